@@ -1,0 +1,137 @@
+"""The public attention op: validation, defaults and backend dispatch.
+
+Every backend computes the contract of DESIGN.md ("The attention op"); see `reference.py` for the
+plain statement. `impl=None` resolves once per call from the default device's platform; a named
+backend that cannot run raises `NotImplementedError` and is never silently replaced.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from genrank_jax.kernels.reference import attention_reference
+from genrank_jax.typing import AttentionOut, HeadSlopes, Keys, Lengths, Queries, TokenPositions, TokenTimes, Values
+
+Impl = Literal["xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu"]
+Kind = Literal["softmax", "silu"]
+
+IMPLEMENTATIONS: tuple[str, ...] = ("xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu")
+# module name under genrank_jax.kernels for each Pallas backend; each exposes
+# `attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_slopes,
+#  time_slopes, kind, scale, interpret, block_sizes)` and `unavailable_reason(interpret) -> str | None`.
+_PALLAS_MODULES = {
+    "pallas_triton": "pallas_triton",
+    "pallas_mosaic_gpu": "pallas_mosaic_gpu",
+    "pallas_tpu": "pallas_tpu",
+}
+
+
+def _backend_module(impl: str):
+    return importlib.import_module(f"genrank_jax.kernels.{_PALLAS_MODULES[impl]}")
+
+
+def unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
+    """None when `impl` can run here, else a sentence saying why not."""
+    if impl == "xla":
+        return None
+    if impl not in _PALLAS_MODULES:
+        return f"unknown impl {impl!r}; expected one of {IMPLEMENTATIONS} or None"
+    try:
+        module = _backend_module(impl)
+    except ImportError as error:  # a backend whose Pallas dialect this jax lacks
+        return f"{impl} cannot be imported with jax {jax.__version__}: {error}"
+    return module.unavailable_reason(interpret)
+
+
+def default_impl() -> str:
+    """The fastest backend for the default device (the jnp reference on CPU)."""
+    platform = jax.devices()[0].platform
+    preferences = {"gpu": ("pallas_mosaic_gpu", "pallas_triton"), "tpu": ("pallas_tpu",)}
+    for impl in preferences.get(platform, ()):
+        if unavailable_reason(impl) is None:
+            return impl
+    return "xla"
+
+
+def _check(name, array, shape, dtypes):
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if not any(jnp.issubdtype(array.dtype, d) for d in dtypes):
+        raise TypeError(f"{name} must have a dtype in {dtypes}, got {array.dtype}")
+
+
+def attention(
+    q: Queries,
+    k: Keys,
+    v: Values,
+    *,
+    lengths: Lengths,
+    num_candidates: Lengths | None = None,
+    positions: TokenPositions | None = None,
+    timestamps: TokenTimes | None = None,
+    alibi_slopes: HeadSlopes | None = None,
+    time_slopes: HeadSlopes | None = None,
+    kind: Kind = "softmax",
+    scale: float | None = None,
+    impl: Impl | None = None,
+    interpret: bool = False,
+    block_sizes=None,
+) -> AttentionOut:
+    """Jagged causal attention with candidate masking and fused ALiBi position/time bias.
+
+    q, k: [B, S, H, D]; v: [B, S, H, Dv]; lengths, num_candidates: [B] int32;
+    positions: [B, S] int32 (default arange(S)); timestamps: [B, S] float32 relative seconds;
+    alibi_slopes, time_slopes: [H] float32 or None. Returns [B, S, H, Dv], zero past `lengths`.
+    `block_sizes` overrides a Pallas backend's tile sizes (ignored by `impl="xla"`, which has none).
+    """
+    if q.ndim != 4:
+        raise ValueError(f"q must be [B, S, H, D], got shape {q.shape}")
+    batch, seq_len, num_heads, head_dim = q.shape
+    _check("k", k, q.shape, (jnp.floating,))
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, S, H, Dv] with B, S, H = {q.shape[:3]}, got {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _check("lengths", lengths, (batch,), (jnp.integer,))
+    if num_candidates is None:
+        num_candidates = jnp.zeros((batch,), jnp.int32)
+    _check("num_candidates", num_candidates, (batch,), (jnp.integer,))
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), (batch, seq_len))
+    _check("positions", positions, (batch, seq_len), (jnp.integer,))
+    if timestamps is None:
+        timestamps = jnp.zeros((batch, seq_len), jnp.float32)
+        if time_slopes is not None:
+            raise ValueError("time_slopes were given without timestamps")
+    _check("timestamps", timestamps, (batch, seq_len), (jnp.floating,))
+    for name, slopes in (("alibi_slopes", alibi_slopes), ("time_slopes", time_slopes)):
+        if slopes is not None:
+            _check(name, slopes, (num_heads,), (jnp.floating,))
+    if kind not in ("softmax", "silu"):
+        raise ValueError(f"kind must be 'softmax' or 'silu', got {kind!r}")
+    if scale is None:
+        scale = head_dim ** -0.5
+    lengths = jnp.clip(lengths.astype(jnp.int32), 0, seq_len)
+    num_candidates = jnp.clip(num_candidates.astype(jnp.int32), 0, lengths)
+    arguments = dict(
+        lengths=lengths, num_candidates=num_candidates, positions=positions.astype(jnp.int32),
+        timestamps=timestamps.astype(jnp.float32),
+        alibi_slopes=None if alibi_slopes is None else alibi_slopes.astype(jnp.float32),
+        time_slopes=None if time_slopes is None else time_slopes.astype(jnp.float32),
+        kind=kind, scale=float(scale),
+    )
+
+    if impl is None:
+        impl = default_impl()
+    if impl == "xla":
+        return attention_reference(q, k, v, **arguments)
+    reason = unavailable_reason(impl, interpret=interpret)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    return _backend_module(impl).attention(
+        q, k, v, **arguments, interpret=interpret, block_sizes=block_sizes
+    )

@@ -1,0 +1,103 @@
+"""Parity harness: one backend against the f32 jnp reference, forward and gradients.
+
+Every kernel test calls `check_parity`; it draws fresh random inputs from `seed`, runs the backend
+and the reference (f32, Precision.HIGHEST), and compares the outputs and the vjp with a random
+cotangent (gradients at 2x the forward tolerance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genrank_jax.kernels import alibi_slopes, attention
+
+TOLERANCE = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.bfloat16): 2e-2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    batch: int = 2
+    seq_len: int = 40
+    heads: int = 2
+    head_dim: int = 32
+    value_dim: int | None = None
+    dtype: object = jnp.float32
+    kind: str = "softmax"
+    lengths: tuple[int, ...] | None = None  # None: random in [0, seq_len]
+    num_candidates: tuple[int, ...] | None = None  # None: random in [0, length]
+    with_positions: bool = True
+    with_timestamps: bool = True
+    with_alibi: bool = True
+    with_time_bias: bool = True
+    seed: int = 0
+
+
+def make_inputs(case: Case):
+    """Random q, k, v and jagged metadata for `case` (numpy RNG, never zeros)."""
+    rng = np.random.default_rng(case.seed)
+    value_dim = case.value_dim or case.head_dim
+    shape = (case.batch, case.seq_len, case.heads)
+    q = rng.normal(size=shape + (case.head_dim,))
+    k = rng.normal(size=shape + (case.head_dim,))
+    v = rng.normal(size=shape + (value_dim,))
+    lengths = (np.array(case.lengths) if case.lengths is not None
+               else rng.integers(0, case.seq_len + 1, size=case.batch))
+    if case.num_candidates is not None:
+        candidates = np.minimum(np.array(case.num_candidates), lengths)
+    else:
+        candidates = rng.integers(0, lengths + 1)
+    arguments = dict(
+        lengths=jnp.asarray(lengths, jnp.int32), num_candidates=jnp.asarray(candidates, jnp.int32),
+    )
+    if case.with_positions:
+        # candidates of one request share one position, as GenRank's tokens do
+        positions = np.tile(np.arange(case.seq_len), (case.batch, 1))
+        for b in range(case.batch):
+            history = lengths[b] - candidates[b]
+            positions[b, history:] = history
+        arguments["positions"] = jnp.asarray(positions, jnp.int32)
+    if case.with_timestamps:
+        gaps = rng.exponential(300.0, size=(case.batch, case.seq_len))
+        times = -np.cumsum(gaps[:, ::-1], axis=1)[:, ::-1]  # increasing, newest near 0
+        arguments["timestamps"] = jnp.asarray(times, jnp.float32)
+    if case.with_alibi:
+        arguments["alibi_slopes"] = alibi_slopes(case.heads) * rng.uniform(0.5, 2.0)
+    if case.with_time_bias and case.with_timestamps:
+        arguments["time_slopes"] = alibi_slopes(case.heads) * rng.uniform(0.5, 2.0)
+    cotangent = rng.normal(size=shape + (value_dim,))
+    cast = lambda x: jnp.asarray(x, case.dtype)
+    return cast(q), cast(k), cast(v), arguments, jnp.asarray(cotangent, jnp.float32)
+
+
+def run(impl, case: Case, *, interpret: bool, block_sizes=None):
+    """Output and (dq, dk, dv) of `impl` on `case`'s inputs, all as float32 numpy."""
+    q, k, v, arguments, cotangent = make_inputs(case)
+    if impl == "xla":  # the oracle: f32 inputs, highest precision
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+
+    def forward(q, k, v):
+        return attention(q, k, v, **arguments, kind=case.kind, impl=impl, interpret=interpret,
+                         block_sizes=block_sizes)
+
+    out, vjp = jax.vjp(forward, q, k, v)
+    grads = vjp(cotangent.astype(out.dtype))
+    as_np = lambda x: np.asarray(x.astype(jnp.float32))
+    return as_np(out), tuple(as_np(g) for g in grads)
+
+
+def check_parity(impl, case: Case, *, interpret: bool, block_sizes=None):
+    """Assert `impl` matches the reference on `case`, forward and all three gradients."""
+    out, grads = run(impl, case, interpret=interpret, block_sizes=block_sizes)
+    want_out, want_grads = run("xla", case, interpret=False)
+    atol = TOLERANCE[jnp.dtype(case.dtype)]
+    # the output scale grows with |v| and the sum over keys; compare relative to it
+    np.testing.assert_allclose(out, want_out, atol=atol * max(1.0, np.abs(want_out).max()),
+                               rtol=atol / 10, err_msg=f"{impl} forward, {case}")
+    for name, got, want in zip(("dq", "dk", "dv"), grads, want_grads):
+        np.testing.assert_allclose(got, want, atol=2 * atol * max(1.0, np.abs(want).max()),
+                                   rtol=2 * atol / 10, err_msg=f"{impl} {name}, {case}")
+    assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads)
