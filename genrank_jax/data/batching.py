@@ -1,0 +1,66 @@
+"""Length-bucketed, padded batches over a split, deterministic per (seed, epoch).
+
+Samples are shuffled, then sorted by token count inside windows of `window_batches` batches, so
+each batch holds samples of similar length (little padding) while batch order stays random.
+Each batch is padded to the batch's own longest sample rounded up to a length bucket: few
+distinct shapes means few jit compilations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+from genrank_jax.data.samples import SampleBuilder
+from genrank_jax.data.tokens import TokenBatch
+
+
+def bucket_length(tokens: int, multiple: int = 32) -> int:
+    """Smallest of 32, 64, 96, 128, 192, 256, 384, 512, 768, ... (for multiple=32) that holds `tokens`."""
+    size = multiple
+    while size < tokens:
+        if size < 4 * multiple:
+            size += multiple
+        elif size & (size - 1) == 0:  # a power of two: next is 1.5x
+            size = size * 3 // 2
+        else:  # 1.5 * 2^k: next is 2^(k+1)
+            size = size * 4 // 3
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    batch_size: int
+    shuffle: bool = True
+    seed: int = 0
+    window_batches: int = 16
+    drop_remainder: bool = False
+
+
+def plan_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPlan, epoch: int = 0) -> list[np.ndarray]:
+    """Request index groups, one per batch, in the order they will be served."""
+    requests = np.asarray(requests, np.int64)
+    rng = np.random.default_rng([plan.seed, epoch])
+    order = rng.permutation(len(requests)) if plan.shuffle else np.arange(len(requests))
+    requests = requests[order]
+    window = plan.batch_size * plan.window_batches
+    groups = []
+    for start in range(0, len(requests), window):
+        chunk = requests[start:start + window]
+        chunk = chunk[np.argsort(builder.token_counts(chunk), kind="stable")]
+        groups += [chunk[i:i + plan.batch_size] for i in range(0, len(chunk), plan.batch_size)]
+    if plan.drop_remainder:
+        groups = [g for g in groups if len(g) == plan.batch_size]
+    if plan.shuffle:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    return groups
+
+
+def iterate_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPlan, epoch: int = 0,
+                    skip: int = 0) -> Iterator[TokenBatch]:
+    """Yield padded batches; `skip` resumes after that many batches of the same epoch."""
+    for group in plan_batches(builder, requests, plan, epoch)[skip:]:
+        seq_len = bucket_length(int(builder.token_counts(group).max()))
+        yield builder.build(group, seq_len, plan.batch_size)

@@ -1,0 +1,150 @@
+"""From a `RankingDataset` to token batches: one sample per request.
+
+A sample is request r of user u: its exposures are the candidates, the user's exposures in
+earlier requests are the history. Histories longer than `max_history` keep the most recent
+`max_history` exposures (the oldest are dropped: recent behaviour predicts best, and the paper's
+sequences are capped the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from genrank_jax.data.schema import RankingDataset
+from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
+
+Organization = Literal["action", "item"]
+
+
+def gap_buckets(gap_seconds: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Bucket of a time gap: 0 for none (gap < 0), then log2 of minutes, capped at num_buckets - 1."""
+    minutes = np.maximum(gap_seconds, 0.0) / 60.0
+    bucket = 1 + np.floor(np.log2(1.0 + minutes)).astype(np.int64)
+    return np.where(gap_seconds < 0, 0, np.minimum(bucket, num_buckets - 1)).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleLayout:
+    """How samples become tokens. max_candidates caps a request's candidates (extra ones dropped)."""
+
+    max_history: int = 256
+    max_candidates: int = 128
+    num_gap_buckets: int = 16
+    num_request_slots: int = 64  # request_index is capped at this - 1
+    organization: Organization = "action"
+
+    def __post_init__(self):
+        if self.organization not in ("action", "item"):
+            raise ValueError(f"organization must be 'action' or 'item', got {self.organization!r}")
+        if self.max_history < 0 or self.max_candidates < 1:
+            raise ValueError(f"need max_history >= 0 and max_candidates >= 1, got {self.max_history}, {self.max_candidates}")
+
+    def tokens_for(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """Token count of samples with these history/candidate counts."""
+        history = np.minimum(history, self.max_history)
+        candidates = np.minimum(candidates, self.max_candidates)
+        return (2 * history if self.organization == "item" else history) + candidates
+
+
+class SampleBuilder:
+    """Tokenizes requests of one dataset; per-row indices are computed once here."""
+
+    def __init__(self, dataset: RankingDataset, layout: SampleLayout):
+        dataset.validate()
+        self.dataset = dataset
+        self.layout = layout
+        log = dataset.interactions
+        starts = log.request_starts
+        self.request_of_row = np.repeat(np.arange(log.num_requests), np.diff(starts))
+        users = log.request_users()
+        times = log.request_times()
+        first_of_user = np.ones(log.num_requests, bool)
+        first_of_user[1:] = users[1:] != users[:-1]
+        # row where each request's user timeline begins: the history never crosses users
+        self.user_start_row = np.maximum.accumulate(np.where(first_of_user, starts[:-1], 0))
+        previous_gap = np.full(log.num_requests, -1.0)
+        previous_gap[1:] = np.where(first_of_user[1:], -1.0, times[1:] - times[:-1])
+        self.request_gap_bucket = gap_buckets(previous_gap, layout.num_gap_buckets)
+        self.history_count = starts[:-1] - self.user_start_row
+        self.candidate_count = np.diff(starts)
+
+    def token_counts(self, requests: np.ndarray) -> np.ndarray:
+        """[R] tokens each request's sample will have."""
+        return self.layout.tokens_for(self.history_count[requests], self.candidate_count[requests])
+
+    def build(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None) -> TokenBatch:
+        """Token batch of `requests` padded to [batch_size, seq_len]; extra rows are empty (length 0)."""
+        requests = np.asarray(requests, np.int64)
+        batch_size = batch_size or len(requests)
+        if len(requests) > batch_size:
+            raise ValueError(f"{len(requests)} requests do not fit a batch of {batch_size}")
+        counts = self.token_counts(requests)
+        if counts.size and counts.max() > seq_len:
+            raise ValueError(f"a sample needs {counts.max()} tokens but seq_len is {seq_len}")
+        data, log, layout = self.dataset, self.dataset.interactions, self.layout
+        num_actions = data.spec.num_actions
+        num_side = len(data.spec.side_vocab_sizes)
+        content_dim = data.spec.content_dim
+        shape = (batch_size, seq_len)
+        # rows[b, s]: the exposure row behind each token (-1: padding)
+        rows = np.full(shape, -1, np.int64)
+        kinds = np.zeros(shape, np.int8)
+        positions = np.zeros(shape, np.int32)
+        lengths = np.zeros(batch_size, np.int32)
+        num_candidates = np.zeros(batch_size, np.int32)
+        request_time = np.zeros(batch_size, np.float64)
+        first_request = np.zeros(batch_size, np.int64)
+        for b, request in enumerate(requests):
+            start, end = log.request_starts[request], log.request_starts[request + 1]
+            end = min(end, start + layout.max_candidates)
+            history_start = max(self.user_start_row[request], start - layout.max_history)
+            history = np.arange(history_start, start)
+            n, m = len(history), end - start
+            if layout.organization == "action":
+                rows[b, :n] = history
+                kinds[b, :n] = TokenKind.EXPOSURE
+                positions[b, :n] = np.arange(n)
+                h = n
+            else:
+                rows[b, 0:2 * n:2] = history
+                rows[b, 1:2 * n:2] = history
+                kinds[b, 0:2 * n:2] = TokenKind.ITEM
+                kinds[b, 1:2 * n:2] = TokenKind.ACTION
+                positions[b, :2 * n] = np.arange(2 * n)
+                h = 2 * n
+            rows[b, h:h + m] = np.arange(start, end)
+            kinds[b, h:h + m] = TokenKind.CANDIDATE
+            positions[b, h:h + m] = h
+            lengths[b], num_candidates[b] = h + m, m
+            request_time[b] = log.timestamps[start]
+            first_request[b] = self.request_of_row[history_start] if n else request
+
+        valid = rows >= 0
+        safe_rows = np.where(valid, rows, 0)
+        items = log.item_ids[safe_rows]
+        has_item = valid & (kinds != TokenKind.ACTION)
+        item_ids = np.where(has_item, items, NO_ITEM).astype(np.int32)
+        has_actions = (kinds == TokenKind.EXPOSURE) | (kinds == TokenKind.ACTION)
+        actions = np.where(has_actions[..., None], log.actions[safe_rows], 0).astype(np.float32)
+        labels = np.where((kinds == TokenKind.CANDIDATE)[..., None], log.actions[safe_rows], 0).astype(np.float32)
+        side = np.where(has_item[..., None], data.catalog.side_features[np.where(has_item, items, 0)], 0).astype(np.int32)
+        if content_dim:
+            content = np.where(has_item[..., None], data.catalog.content[np.where(has_item, items, 0)], 0).astype(np.float32)
+        else:
+            content = np.zeros(shape + (0,), np.float32)
+        row_request = self.request_of_row[safe_rows]
+        request_index = np.where(valid, row_request - first_request[:, None], 0)
+        request_index = np.minimum(request_index, layout.num_request_slots - 1).astype(np.int32)
+        gap_bucket = np.where(valid, self.request_gap_bucket[row_request], 0).astype(np.int32)
+        timestamps = np.where(valid, log.timestamps[safe_rows] - request_time[:, None], 0).astype(np.float32)
+        user_ids = np.zeros(batch_size, np.int32)
+        user_ids[:len(requests)] = log.request_users()[requests]
+        assert side.shape[-1] == num_side and labels.shape[-1] == num_actions
+        return TokenBatch(
+            user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,
+            content=content, positions=positions, request_index=request_index, gap_bucket=gap_bucket,
+            timestamps=timestamps, labels=labels, lengths=lengths, num_candidates=num_candidates,
+        )
