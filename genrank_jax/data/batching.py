@@ -63,4 +63,5 @@ def iterate_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPla
     """Yield padded batches; `skip` resumes after that many batches of the same epoch."""
     for group in plan_batches(builder, requests, plan, epoch)[skip:]:
         seq_len = bucket_length(int(builder.token_counts(group).max()))
-        yield builder.build(group, seq_len, plan.batch_size)
+        slots = bucket_length(int(np.minimum(builder.candidate_count[group], builder.layout.max_candidates).max()), 8)
+        yield builder.build(group, seq_len, plan.batch_size, candidate_slots=slots)

@@ -75,8 +75,12 @@ class SampleBuilder:
         """[R] tokens each request's sample will have."""
         return self.layout.tokens_for(self.history_count[requests], self.candidate_count[requests])
 
-    def build(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None) -> TokenBatch:
-        """Token batch of `requests` padded to [batch_size, seq_len]; extra rows are empty (length 0)."""
+    def build(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None,
+              candidate_slots: int | None = None) -> TokenBatch:
+        """Token batch of `requests` padded to [batch_size, seq_len]; extra rows are empty (length 0).
+
+        candidate_slots: M of `candidate_index` (default: the most candidates of any request here).
+        """
         requests = np.asarray(requests, np.int64)
         batch_size = batch_size or len(requests)
         if len(requests) > batch_size:
@@ -140,6 +144,13 @@ class SampleBuilder:
         request_index = np.minimum(request_index, layout.num_request_slots - 1).astype(np.int32)
         gap_bucket = np.where(valid, self.request_gap_bucket[row_request], 0).astype(np.int32)
         timestamps = np.where(valid, log.timestamps[safe_rows] - request_time[:, None], 0).astype(np.float32)
+        if candidate_slots is None:
+            candidate_slots = max(1, int(num_candidates.max()) if batch_size else 1)
+        if num_candidates.size and num_candidates.max() > candidate_slots:
+            raise ValueError(f"a sample has {num_candidates.max()} candidates but candidate_slots is {candidate_slots}")
+        slot = np.arange(candidate_slots)[None, :]
+        candidate_index = np.where(slot < num_candidates[:, None], (lengths - num_candidates)[:, None] + slot,
+                                   seq_len).astype(np.int32)
         user_ids = np.zeros(batch_size, np.int32)
         user_ids[:len(requests)] = log.request_users()[requests]
         assert side.shape[-1] == num_side and labels.shape[-1] == num_actions
@@ -147,4 +158,5 @@ class SampleBuilder:
             user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,
             content=content, positions=positions, request_index=request_index, gap_bucket=gap_bucket,
             timestamps=timestamps, labels=labels, lengths=lengths, num_candidates=num_candidates,
+            candidate_index=candidate_index,
         )

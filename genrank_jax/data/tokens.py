@@ -39,6 +39,8 @@ class TokenBatch:
     gap_bucket: [B, S] int32 (bucketed time since the previous request; 0 = no previous request)
     timestamps: [B, S] float32 seconds relative to the sample's request (<= 0)
     labels: [B, S, A] float32 (candidate tokens only; 0 elsewhere)
+    candidate_index: [B, M] int32 token index of each candidate (S where the slot is empty), for
+      models that score candidates only (the DIN ranker) and for gathering per-candidate outputs
     """
 
     user_ids: np.ndarray
@@ -54,6 +56,7 @@ class TokenBatch:
     labels: np.ndarray
     lengths: np.ndarray
     num_candidates: np.ndarray
+    candidate_index: np.ndarray
 
     @property
     def batch_size(self) -> int:

@@ -1,0 +1,74 @@
+"""The conventional ranker of the paper's comparison: DIN-style target attention + MLP.
+
+It reads the same action-oriented token batch as GenRank: history tokens are its behaviour
+sequence, each candidate token a target. The item-oriented HSTU-style baseline is `GenRank` with
+`organization="item"`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.tokens import TokenBatch, TokenKind
+from genrank_jax.embeddings import ItemEmbedding, lookup
+from genrank_jax.typing import TaskLogits
+
+
+class DINRanker(nnx.Module):
+    """score(candidate) = MLP([user, candidate, sum_j a(candidate, h_j) h_j, mean history]).
+
+    h_j = item embedding + action embedding of history exposure j; a(.) is DIN's activation unit,
+    an MLP over [c, h, c - h, c * h]. Attention weights are not normalized (as in DIN).
+    """
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        if config.organization != "action":
+            raise ValueError("the DIN ranker reads action-oriented batches (organization='action')")
+        width, init = config.width, nnx.initializers.normal(0.02)
+        self.config = config
+        self.items = ItemEmbedding(config, rngs=rngs)
+        self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
+        self.user = nnx.Embed(config.num_user_buckets, width, embedding_init=init, rngs=rngs)
+        self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
+        self.attention_hidden = nnx.Linear(4 * width, width, rngs=rngs)
+        self.attention_score = nnx.Linear(width, 1, rngs=rngs)
+        hidden = config.mlp_ratio * width
+        self.mlp = nnx.List([nnx.Linear(5 * width, hidden, rngs=rngs), nnx.Linear(hidden, hidden // 2, rngs=rngs)])
+        self.out = nnx.Linear(hidden // 2, config.features.num_actions, rngs=rngs)
+
+    def __call__(self, batch: TokenBatch) -> TaskLogits:
+        """[B, S, A] logits at candidate tokens (zero elsewhere)."""
+        items = self.items(batch.item_ids, batch.side, batch.content)  # [B, S, W]
+        history_mask = batch.kinds == TokenKind.EXPOSURE  # [B, S]
+        history = (items + batch.actions @ self.action_vectors.value) * history_mask[..., None]
+        context = items + self.gap(batch.gap_bucket)  # the request's recency as context
+        gather = lambda x: jnp.take_along_axis(x, batch.candidate_index[..., None], axis=1, mode="clip")
+        candidates = gather(context)  # [B, M, W]
+        # activation unit over (candidate m, history j) pairs: [B, M, S, 4W]
+        c, h = jnp.broadcast_arrays(candidates[:, :, None, :], history[:, None, :, :])
+        pair = jnp.concatenate([c, h, c - h, c * h], axis=-1)
+        weights = self.attention_score(jax.nn.sigmoid(self.attention_hidden(pair)))[..., 0]
+        weights = weights * history_mask[:, None, :]
+        interest = jnp.einsum("bmj,bjw->bmw", weights, history)
+        count = jnp.maximum(history_mask.sum(-1, keepdims=True), 1)[..., None]
+        mean_history = jnp.broadcast_to(history.sum(1, keepdims=True) / count, candidates.shape)
+        user = lookup(self.user, batch.user_ids % self.config.num_user_buckets)[:, None, :]
+        x = jnp.concatenate([jnp.broadcast_to(user, candidates.shape), candidates, interest, mean_history,
+                             candidates * mean_history], axis=-1)
+        for layer in self.mlp:
+            x = jax.nn.relu(layer(x))
+        per_candidate = self.out(x)  # [B, M, A]
+        logits = jnp.zeros(batch.item_ids.shape + (per_candidate.shape[-1],), per_candidate.dtype)
+        rows = jnp.arange(logits.shape[0])[:, None]
+        # empty slots point at index S, past the end: dropped
+        return logits.at[rows, batch.candidate_index].set(per_candidate, mode="drop")
+
+
+def build_model(config: GenRankConfig, *, rngs: nnx.Rngs):
+    """GenRank (either organization) or the DIN ranker, as `config.architecture` says."""
+    from genrank_jax.model import GenRank
+
+    return DINRanker(config, rngs=rngs) if config.architecture == "din" else GenRank(config, rngs=rngs)

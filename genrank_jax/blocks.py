@@ -1,0 +1,85 @@
+"""The two block types; both run `genrank_jax.kernels.attention` with the fused ALiBi biases."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.tokens import TokenBatch
+from genrank_jax.kernels import alibi_slopes, attention
+
+
+class RelativeAttention(nnx.Module):
+    """Calls the attention op with the batch's jagged layout and parameter-free slopes.
+
+    Holds no parameters: the one place where the attention backend (and later a KV cache) attaches.
+    """
+
+    def __init__(self, config: GenRankConfig, kind: str):
+        self.kind = kind
+        self.impl = config.attention_impl
+        self.interpret = False
+        # Python floats, not arrays: static configuration, not module state
+        slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
+        self.alibi = tuple(slopes) if config.use_alibi else None
+        self.time = tuple(s * config.time_bias_scale for s in slopes) if config.use_time_bias else None
+
+    def __call__(self, q, k, v, batch: TokenBatch):
+        """q, k: [B, S, H, D], v: [B, S, H, Dv] -> [B, S, H, Dv]."""
+        return attention(
+            q, k, v, lengths=batch.lengths, num_candidates=batch.num_candidates,
+            positions=batch.positions, timestamps=batch.timestamps if self.time is not None else None,
+            alibi_slopes=None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32),
+            time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32), kind=self.kind, impl=self.impl,
+            interpret=self.interpret,
+        )
+
+
+def _heads(x, num_heads):
+    return x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-norm softmax multi-head attention + MLP, both residual."""
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        width = config.width
+        self.num_heads = config.num_heads
+        self.attention_norm = nnx.RMSNorm(width, rngs=rngs)
+        self.qkv = nnx.Linear(width, 3 * width, use_bias=False, rngs=rngs)
+        self.attention = RelativeAttention(config, "softmax")
+        self.out = nnx.Linear(width, width, use_bias=False, rngs=rngs)
+        self.mlp_norm = nnx.RMSNorm(width, rngs=rngs)
+        self.mlp_in = nnx.Linear(width, config.mlp_ratio * width, rngs=rngs)
+        self.mlp_out = nnx.Linear(config.mlp_ratio * width, width, rngs=rngs)
+
+    def __call__(self, x, batch: TokenBatch):
+        q, k, v = jnp.split(self.qkv(self.attention_norm(x)), 3, axis=-1)
+        heads = lambda t: _heads(t, self.num_heads)
+        attended = self.attention(heads(q), heads(k), heads(v), batch)
+        x = x + self.out(attended.reshape(x.shape))
+        return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
+
+
+class HSTUBlock(nnx.Module):
+    """HSTU: u, v, q, k = split(silu(W x)); A = silu attention; y = W_o(u * norm(A v)) + x."""
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        width = config.width
+        self.num_heads = config.num_heads
+        self.input_norm = nnx.RMSNorm(width, rngs=rngs)
+        self.uvqk = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.attention = RelativeAttention(config, "silu")
+        self.output_norm = nnx.LayerNorm(width, rngs=rngs)
+        self.out = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, x, batch: TokenBatch):
+        u, v, q, k = jnp.split(jax.nn.silu(self.uvqk(self.input_norm(x))), 4, axis=-1)
+        heads = lambda t: _heads(t, self.num_heads)
+        attended = self.attention(heads(q), heads(k), heads(v), batch).reshape(x.shape)
+        return x + self.out(u * self.output_norm(attended))
+
+
+BLOCKS = {"transformer": TransformerBlock, "hstu": HSTUBlock}

@@ -1,0 +1,93 @@
+"""Model configuration: one frozen dataclass, named presets, overrides by keyword."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Literal
+
+from genrank_jax.data.schema import FeatureSpec
+
+Block = Literal["transformer", "hstu"]
+Organization = Literal["action", "item"]
+Architecture = Literal["genrank", "din"]
+
+# Named shapes. "paper": the HSTU baseline shape of the GenRank paper (3 blocks, 8 heads, width 768,
+# at most 480 tokens).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(width=32, num_blocks=1, num_heads=2, max_tokens=128),
+    "small": dict(width=64, num_blocks=2, num_heads=4, max_tokens=512),
+    "paper": dict(width=768, num_blocks=3, num_heads=8, max_tokens=480),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenRankConfig:
+    """Everything that shapes a GenRank model or one of its baselines.
+
+    architecture: "genrank" (a token sequence model; `organization` picks action- or
+      item-oriented tokens, `block` the block type) or "din" (DIN-style target attention + MLP).
+    max_tokens: longest token sequence (history + candidates) the position table covers.
+    use_alibi / use_time_bias: the parameter-free ALiBi position and time biases in attention.
+    time_bias_scale: multiplies the geometric per-head slopes of the time term.
+    task_weights: one loss weight per action type (None: all 1).
+    attention_impl: backend of `genrank_jax.kernels.attention` (None: fastest for the device).
+    """
+
+    features: FeatureSpec
+    architecture: Architecture = "genrank"
+    organization: Organization = "action"
+    block: Block = "transformer"
+    width: int = 64
+    num_blocks: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    max_tokens: int = 512
+    num_request_slots: int = 64
+    num_gap_buckets: int = 16
+    num_user_buckets: int = 100_003
+    use_alibi: bool = True
+    use_time_bias: bool = True
+    alibi_max_bias: float = 8.0
+    time_bias_scale: float = 0.25
+    use_user_embedding: bool = True
+    task_weights: tuple[float, ...] | None = None
+    attention_impl: str | None = None
+    dtype: str = "float32"  # activations/compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        if self.architecture not in ("genrank", "din"):
+            raise ValueError(f"architecture must be 'genrank' or 'din', got {self.architecture!r}")
+        if self.organization not in ("action", "item"):
+            raise ValueError(f"organization must be 'action' or 'item', got {self.organization!r}")
+        if self.block not in ("transformer", "hstu"):
+            raise ValueError(f"block must be 'transformer' or 'hstu', got {self.block!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width={self.width} must be a multiple of num_heads={self.num_heads}")
+        if self.task_weights is not None and len(self.task_weights) != self.features.num_actions:
+            raise ValueError(f"task_weights has {len(self.task_weights)} entries, expected one per action "
+                             f"{self.features.action_names}")
+
+    @classmethod
+    def preset(cls, name: str, features: FeatureSpec, **overrides) -> "GenRankConfig":
+        """The named shape ("tiny", "small", "paper") for these features, with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(features=features, **{**PRESETS[name], **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GenRankConfig":
+        fields = json.loads(text)
+        features = fields.pop("features")
+        for key in ("action_names", "side_vocab_sizes"):
+            features[key] = tuple(features[key])
+        if fields.get("task_weights") is not None:
+            fields["task_weights"] = tuple(fields["task_weights"])
+        return cls(features=FeatureSpec(**features), **fields)

@@ -1,0 +1,81 @@
+"""Token embeddings (paper Eq. 1): item part + action part + position, request and time terms.
+
+All embedding-table lookups of the token models happen here, so partition rules (tables split by
+rows over a mesh) and a serving cache have one place to attach.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.tokens import TokenBatch, TokenKind
+
+
+def lookup(table: nnx.Embed, ids, present=None):
+    """Rows of `table` for `ids` (any shape); zero where `present` is False or ids < 0."""
+    present = (ids >= 0) if present is None else present & (ids >= 0)
+    rows = table(jnp.maximum(ids, 0))
+    return rows * present[..., None].astype(rows.dtype)
+
+
+class ItemEmbedding(nnx.Module):
+    """phi(x): item id + categorical side features + projected frozen content embedding."""
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        features, width = config.features, config.width
+        init = nnx.initializers.normal(0.02)
+        self.item = nnx.Embed(features.num_items, width, embedding_init=init, rngs=rngs)
+        self.side = nnx.List([nnx.Embed(size, width, embedding_init=init, rngs=rngs)
+                              for size in features.side_vocab_sizes])
+        self.content = (nnx.Linear(features.content_dim, width, use_bias=False, rngs=rngs)
+                        if features.content_dim else None)
+
+    def __call__(self, item_ids, side, content):
+        """item_ids [...]: NO_ITEM (< 0) gives zeros; side [..., F] int; content [..., C] float."""
+        present = item_ids >= 0
+        x = lookup(self.item, item_ids)
+        for f, table in enumerate(self.side):
+            x = x + lookup(table, side[..., f], present)
+        if self.content is not None:
+            x = x + self.content(content) * present[..., None]
+        return x
+
+
+class TokenEmbedding(nnx.Module):
+    """e = phi(item) + psi(actions) [+ M on candidates] + position + request index + gap + user.
+
+    psi(actions) sums one learned vector per action taken. The mask-action vector M marks
+    action-oriented candidates (item-oriented candidates are plain item tokens, as in HSTU).
+    """
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        width, init = config.width, nnx.initializers.normal(0.02)
+        self.config = config
+        self.items = ItemEmbedding(config, rngs=rngs)
+        self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
+        # every action-token carries this even when no action was taken (a pure exposure)
+        self.exposure_vector = nnx.Param(init(rngs.params(), (width,)))
+        self.mask_action = nnx.Param(init(rngs.params(), (width,)))
+        self.position = nnx.Embed(config.max_tokens, width, embedding_init=init, rngs=rngs)
+        self.request = nnx.Embed(config.num_request_slots, width, embedding_init=init, rngs=rngs)
+        self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
+        self.user = (nnx.Embed(config.num_user_buckets, width, embedding_init=init, rngs=rngs)
+                     if config.use_user_embedding else None)
+
+    def __call__(self, batch: TokenBatch):
+        """[B, S, W] token embeddings; zero on padding."""
+        kinds = batch.kinds
+        valid = kinds != TokenKind.PAD
+        x = self.items(batch.item_ids, batch.side, batch.content)
+        carries_actions = (kinds == TokenKind.EXPOSURE) | (kinds == TokenKind.ACTION)
+        x = x + (batch.actions @ self.action_vectors.value
+                 + carries_actions[..., None] * self.exposure_vector.value)
+        if self.config.organization == "action":
+            x = x + (kinds == TokenKind.CANDIDATE)[..., None] * self.mask_action.value
+        positions = jnp.minimum(batch.positions, self.config.max_tokens - 1)
+        x = x + self.position(positions) + self.request(batch.request_index) + self.gap(batch.gap_bucket)
+        if self.user is not None:
+            x = x + self.user(batch.user_ids % self.config.num_user_buckets)[:, None, :]
+        return x * valid[..., None]

@@ -1,0 +1,47 @@
+"""GenRank: a generative ranking transformer over action-oriented (or item-oriented) tokens."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from genrank_jax.blocks import BLOCKS
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.tokens import TokenBatch
+from genrank_jax.embeddings import TokenEmbedding
+from genrank_jax.typing import TaskLogits
+
+
+class TaskHeads(nnx.Module):
+    """One logit per action type from each token's final state."""
+
+    def __init__(self, width: int, num_actions: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.RMSNorm(width, rngs=rngs)
+        self.logits = nnx.Linear(width, num_actions, rngs=rngs)
+
+    def __call__(self, x):
+        return self.logits(self.norm(x))
+
+
+class GenRank(nnx.Module):
+    """Token embedding -> blocks (causal history, candidates see history and themselves) -> heads.
+
+    `config.organization` picks the token layout the batch was built with ("action": N + M tokens,
+    GenRank; "item": 2N + M, the HSTU-style baseline); `config.block` the block type.
+    """
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        if config.architecture != "genrank":
+            raise ValueError(f"GenRank needs architecture='genrank', got {config.architecture!r}; "
+                             "use genrank_jax.build_model for the baselines")
+        self.config = config
+        self.embed = TokenEmbedding(config, rngs=rngs)
+        self.blocks = nnx.List([BLOCKS[config.block](config, rngs=rngs) for _ in range(config.num_blocks)])
+        self.heads = TaskHeads(config.width, config.features.num_actions, rngs=rngs)
+
+    def __call__(self, batch: TokenBatch) -> TaskLogits:
+        """[B, S, A] logits; only candidate tokens' logits are meaningful."""
+        x = self.embed(batch).astype(jnp.dtype(self.config.dtype))
+        for block in self.blocks:
+            x = block(x, batch)
+        return self.heads(x).astype(jnp.float32)
