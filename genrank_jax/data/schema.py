@@ -11,6 +11,8 @@ request's exposures are contiguous row ranges.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +60,8 @@ class Interactions:
     user_ids, item_ids: [E] int32; timestamps: [E] float64 Unix-like seconds; actions: [E, A] uint8
     (1 = that action was taken on the exposure); request_starts: [R + 1] int64 row offsets: request r
     is rows request_starts[r]:request_starts[r + 1], all of one user at one timestamp-ordered slot.
+    extras: optional per-exposure columns, each [E] (e.g. KuaiRand's `is_rand` for unbiased
+    evaluation, MovieLens' `rating`); models ignore them.
     """
 
     user_ids: np.ndarray
@@ -65,6 +69,7 @@ class Interactions:
     timestamps: np.ndarray
     actions: np.ndarray
     request_starts: np.ndarray
+    extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_exposures(self) -> int:
@@ -91,6 +96,9 @@ class RankingDataset:
     of a sample is every earlier exposure of its user, whatever the split (a temporal split evaluates
     requests after the cutoff with all of the user's past as history).
     oracle_probabilities: [E, A] float32, the true action probabilities when known (simulator only).
+    user_features: optional categorical user features, each [U] int32 (real datasets that have them);
+    the model contract needs only item side features.
+    info: provenance (source, split cutoff, skipped bad rows, ...); free-form, JSON-like.
     """
 
     name: str
@@ -100,6 +108,8 @@ class RankingDataset:
     train_requests: np.ndarray
     eval_requests: np.ndarray
     oracle_probabilities: np.ndarray | None = None
+    user_features: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistency between the parts."""
@@ -116,6 +126,12 @@ class RankingDataset:
         if rows and (log.user_ids.min() < 0 or log.user_ids.max() >= spec.num_users):
             raise ValueError(f"user id outside the vocabulary [0, {spec.num_users}): "
                              f"min {log.user_ids.min()}, max {log.user_ids.max()}")
+        for name, column in log.extras.items():
+            if column.shape[:1] != (rows,):
+                raise ValueError(f"interactions.extras[{name!r}] must have {rows} rows, got shape {column.shape}")
+        for name, column in self.user_features.items():
+            if column.shape != (spec.num_users,):
+                raise ValueError(f"user_features[{name!r}] must have shape ({spec.num_users},), got {column.shape}")
         if not np.isfinite(log.timestamps).all():
             raise ValueError("interactions.timestamps must be finite")
         starts = log.request_starts
