@@ -1,0 +1,290 @@
+"""Blocked `pallas_call` attention kernels: forward, dq and dk/dv, written with plain ref indexing.
+
+These are the Triton backend's kernels (lowered with Triton compiler params) and the kernels the
+Mosaic GPU backend runs under `interpret=True` (the Hopper pipeline needs hardware barriers and TMA
+that the CPU interpreter cannot run; the tile math is the same `_gpu_tiles` code).
+
+Layouts, all padded by the caller (`_gpu_vjp.pad_inputs`):
+  q, k [B, S, H, D], v [B, S, H, Dv] with S a multiple of every block size, D, Dv powers of two;
+  lengths, num_candidates [B] int32; positions [B, S] int32; timestamps [B, S] f32;
+  alibi / time slopes [H] f32 (absent when None); lse, delta [B, H, S] f32.
+Grid (B, H, tiles): each program owns one output tile and writes it once, so results are
+bit-for-bit deterministic (no atomics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from genrank_jax.kernels import _gpu_tiles as tiles
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Block sizes of the three kernels (rows of q, rows of k/v)."""
+    block_q: int
+    block_k: int
+    block_q_dq: int
+    block_k_dq: int
+    block_q_dkv: int
+    block_k_dkv: int
+
+    @property
+    def largest(self) -> int:
+        return max(dataclasses.astuple(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything about a call that is fixed at trace time (hashable: a custom_vjp nondiff arg)."""
+    kind: str
+    scale: float
+    has_alibi: bool
+    has_time: bool
+    tiling: Tiling
+    interpret: bool = False
+    compiler_params: object = None  # e.g. Triton CompilerParams; None under the interpreter
+    bwd_compiler_params: object = None
+
+
+def _dot(a, b, contract_a: int, contract_b: int):
+    """[M, K] x [N, K] style products with f32 accumulation; f32 inputs at full (IEEE) precision."""
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                           precision=precision, preferred_element_type=jnp.float32)
+
+
+def _iota(n: int, axis: int):
+    return lax.broadcasted_iota(jnp.int32, (n, 1) if axis == 0 else (1, n), axis)
+
+
+class _Meta:
+    """The per-sample / per-head metadata refs of one program, read lazily."""
+
+    def __init__(self, refs, static: Static):
+        refs = list(refs)
+        self.lengths, self.candidates, self.positions, self.times = refs[:4]
+        rest = refs[4:]
+        self.alibi = rest.pop(0) if static.has_alibi else None
+        self.time_slopes = rest.pop(0) if static.has_time else None
+        self.static = static
+        batch, head = pl.program_id(0), pl.program_id(1)
+        self.length = self.lengths[batch]
+        self.num_candidates = self.candidates[batch]
+        self.alibi_slope = None if self.alibi is None else self.alibi[head]
+        self.time_slope = None if self.time_slopes is None else self.time_slopes[head]
+
+    def span(self, start, size: int, axis: int):
+        """(index, position, time) of tokens [start, start + size) as [size, 1] or [1, size]."""
+        shape = (size, 1) if axis == 0 else (1, size)
+        index = start + _iota(size, axis)
+        position = time = None
+        if self.alibi is not None:
+            position = lax.broadcast_in_dim(self.positions[pl.ds(start, size)], shape, (axis,))
+        if self.time_slopes is not None:
+            time = lax.broadcast_in_dim(self.times[pl.ds(start, size)], shape, (axis,))
+        return index, position, time
+
+    def logits(self, qk, q_span, k_span):
+        return tiles.tile_logits(
+            qk, q_index=q_span[0], k_index=k_span[0], q_pos=q_span[1], k_pos=k_span[1],
+            q_time=q_span[2], k_time=k_span[2], length=self.length,
+            num_candidates=self.num_candidates, alibi_slope=self.alibi_slope,
+            time_slope=self.time_slope, scale=self.static.scale)
+
+    def inverse_length(self):
+        return 1.0 / jnp.maximum(self.length, 1).astype(jnp.float32)
+
+
+def _num_meta(static: Static) -> int:
+    return 4 + static.has_alibi + static.has_time
+
+
+# ---------------------------------------------------------------- forward
+
+def _forward_kernel(*refs, static: Static):
+    split = _num_meta(static)
+    meta = _Meta(refs[:split], static)
+    q_ref, k_ref, v_ref, o_ref, lse_ref = refs[split:]
+    block_q, block_k = static.tiling.block_q, static.tiling.block_k
+    q_start = pl.program_id(2) * block_q
+    q = q_ref[...]
+    q_span = meta.span(q_start, block_q, 0)
+    n_first, second_start, n_steps = tiles.kv_steps(
+        q_start, block_q, block_k, meta.length, meta.num_candidates)
+
+    def body(step, carry):
+        acc, m, l = carry
+        k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
+        k = k_ref[pl.ds(k_start, block_k), :]
+        v = v_ref[pl.ds(k_start, block_k), :]
+        logits, mask = meta.logits(_dot(q, k, 1, 1), q_span, meta.span(k_start, block_k, 1))
+        if static.kind == "softmax":
+            p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
+            acc = acc * tiles.rows(correction, acc.shape)
+        else:
+            p = tiles.silu_weights(logits, mask)
+        return acc + _dot(p.astype(v.dtype), v, 1, 0), m, l
+
+    value_dim = v_ref.shape[-1]
+    init = (jnp.zeros((block_q, value_dim), jnp.float32),
+            jnp.full((block_q,), tiles.MASK_VALUE, jnp.float32),
+            jnp.zeros((block_q,), jnp.float32))
+    acc, m, l = lax.fori_loop(0, n_steps, body, init)
+    if static.kind == "softmax":
+        out, lse2 = tiles.softmax_finish(acc, m, l)
+    else:
+        out, lse2 = acc * meta.inverse_length(), jnp.zeros((block_q,), jnp.float32)
+    o_ref[...] = out.astype(o_ref.dtype)
+    lse_ref[...] = lse2
+
+
+def _meta_specs(static: Static, seq_len: int):
+    whole = lambda *_: (0,)
+    specs = [
+        pl.BlockSpec(None, whole),  # lengths [B]
+        pl.BlockSpec(None, whole),  # num_candidates [B]
+        pl.BlockSpec((None, seq_len), lambda b, h, i: (b, 0)),  # positions row
+        pl.BlockSpec((None, seq_len), lambda b, h, i: (b, 0)),  # timestamps row
+    ]
+    specs += [pl.BlockSpec(None, whole)] * (static.has_alibi + static.has_time)  # slopes [H]
+    return specs
+
+
+def _meta_args(meta):
+    lengths, candidates, positions, times, alibi, time_slopes = meta
+    return [lengths, candidates, positions, times] + [s for s in (alibi, time_slopes) if s is not None]
+
+
+def forward(static: Static, q, k, v, meta):
+    """(out [B, S, H, Dv], lse2 [B, H, S] f32) for padded inputs."""
+    batch, seq_len, heads, head_dim = q.shape
+    value_dim = v.shape[-1]
+    block_q = static.tiling.block_q
+    row_tile = lambda size, dim: pl.BlockSpec((None, size, None, dim), lambda b, h, i: (b, i, h, 0))
+    whole_rows = lambda dim: pl.BlockSpec((None, seq_len, None, dim), lambda b, h, i: (b, 0, h, 0))
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, static=static),
+        grid=(batch, heads, seq_len // block_q),
+        in_specs=_meta_specs(static, seq_len) + [
+            row_tile(block_q, head_dim), whole_rows(head_dim), whole_rows(value_dim)],
+        out_specs=[row_tile(block_q, value_dim),
+                   pl.BlockSpec((None, None, block_q), lambda b, h, i: (b, h, i))],
+        out_shape=[jax.ShapeDtypeStruct((batch, seq_len, heads, value_dim), v.dtype),
+                   jax.ShapeDtypeStruct((batch, heads, seq_len), jnp.float32)],
+        compiler_params=static.compiler_params,
+        interpret=static.interpret,
+        name=f"genrank_attention_{static.kind}_fwd",
+    )(*_meta_args(meta), q, k, v)
+
+
+# ---------------------------------------------------------------- backward
+
+def _tile_grads(static, meta, q, k, v, do, q_span, k_span, lse2, delta):
+    logits, mask = meta.logits(_dot(q, k, 1, 1), q_span, k_span)
+    dp = _dot(do, v, 1, 1)
+    if static.kind == "softmax":
+        return tiles.softmax_grads(logits, mask, lse2, delta, dp)
+    return tiles.silu_grads(logits, mask, dp)
+
+
+def _dq_kernel(*refs, static: Static):
+    split = _num_meta(static)
+    meta = _Meta(refs[:split], static)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[split:]
+    block_q, block_k = static.tiling.block_q_dq, static.tiling.block_k_dq
+    q_start = pl.program_id(2) * block_q
+    q, do = q_ref[...], do_ref[...]
+    lse2, delta = lse_ref[...], delta_ref[...]
+    q_span = meta.span(q_start, block_q, 0)
+    n_first, second_start, n_steps = tiles.kv_steps(
+        q_start, block_q, block_k, meta.length, meta.num_candidates)
+
+    def body(step, dq):
+        k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
+        k = k_ref[pl.ds(k_start, block_k), :]
+        v = v_ref[pl.ds(k_start, block_k), :]
+        _, dlogits = _tile_grads(static, meta, q, k, v, do, q_span,
+                                 meta.span(k_start, block_k, 1), lse2, delta)
+        return dq + _dot(dlogits.astype(k.dtype), k, 1, 0)
+
+    dq = lax.fori_loop(0, n_steps, body, jnp.zeros(q.shape, jnp.float32)) * static.scale
+    if static.kind == "silu":
+        dq = dq * meta.inverse_length()
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dkv_kernel(*refs, static: Static):
+    split = _num_meta(static)
+    meta = _Meta(refs[:split], static)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[split:]
+    block_q, block_k = static.tiling.block_q_dkv, static.tiling.block_k_dkv
+    k_start = pl.program_id(2) * block_k
+    k, v = k_ref[...], v_ref[...]
+    k_span = meta.span(k_start, block_k, 1)
+    first, end = tiles.q_blocks(k_start, block_k, block_q, meta.length, meta.num_candidates)
+
+    def body(q_block, carry):
+        dk, dv = carry
+        q_start = pl.multiple_of(q_block * block_q, block_q)
+        rows = pl.ds(q_start, block_q)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        p, dlogits = _tile_grads(static, meta, q, k, v, do, meta.span(q_start, block_q, 0),
+                                 k_span, lse_ref[rows], delta_ref[rows])
+        return dk + _dot(dlogits.astype(q.dtype), q, 0, 0), dv + _dot(p.astype(do.dtype), do, 0, 0)
+
+    init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+    dk, dv = lax.fori_loop(first, end, body, init)
+    dk = dk * static.scale
+    if static.kind == "silu":
+        dk, dv = dk * meta.inverse_length(), dv * meta.inverse_length()
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def backward(static: Static, q, k, v, meta, out, lse2, dout):
+    """(dq, dk, dv) for padded inputs; `out`, `lse2` from `forward`, `dout` like `out`."""
+    batch, seq_len, heads, head_dim = q.shape
+    value_dim = v.shape[-1]
+    dout = dout.astype(v.dtype)
+    if static.kind == "softmax":
+        delta = jnp.einsum("bshd,bshd->bhs", out.astype(jnp.float32), dout.astype(jnp.float32))
+    else:  # HSTU has no normalizer: lse and delta are unused placeholders
+        delta = jnp.zeros_like(lse2)
+    tiling = static.tiling
+    row_tile = lambda size, dim: pl.BlockSpec((None, size, None, dim), lambda b, h, i: (b, i, h, 0))
+    whole_rows = lambda dim: pl.BlockSpec((None, seq_len, None, dim), lambda b, h, i: (b, 0, h, 0))
+    stat_tile = lambda size: pl.BlockSpec((None, None, size), lambda b, h, i: (b, h, i))
+    stat_row = pl.BlockSpec((None, None, seq_len), lambda b, h, i: (b, h, 0))
+    common = dict(compiler_params=static.bwd_compiler_params, interpret=static.interpret)
+    meta_args = _meta_args(meta)
+
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, static=static),
+        grid=(batch, heads, seq_len // tiling.block_q_dq),
+        in_specs=_meta_specs(static, seq_len) + [
+            row_tile(tiling.block_q_dq, head_dim), whole_rows(head_dim), whole_rows(value_dim),
+            row_tile(tiling.block_q_dq, value_dim), stat_tile(tiling.block_q_dq),
+            stat_tile(tiling.block_q_dq)],
+        out_specs=row_tile(tiling.block_q_dq, head_dim),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        name=f"genrank_attention_{static.kind}_dq", **common,
+    )(*meta_args, q, k, v, dout, lse2, delta)
+
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, static=static),
+        grid=(batch, heads, seq_len // tiling.block_k_dkv),
+        in_specs=_meta_specs(static, seq_len) + [
+            whole_rows(head_dim), row_tile(tiling.block_k_dkv, head_dim),
+            row_tile(tiling.block_k_dkv, value_dim), whole_rows(value_dim), stat_row, stat_row],
+        out_specs=[row_tile(tiling.block_k_dkv, head_dim), row_tile(tiling.block_k_dkv, value_dim)],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        name=f"genrank_attention_{static.kind}_dkv", **common,
+    )(*meta_args, q, k, v, dout, lse2, delta)
+    return dq, dk, dv

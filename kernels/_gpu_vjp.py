@@ -1,0 +1,66 @@
+"""Padding and the custom_vjp shared by the GPU attention backends.
+
+A backend supplies `forward(static, q, k, v, meta) -> (out, lse2)` and
+`backward(static, q, k, v, meta, out, lse2, dout) -> (dq, dk, dv)` on padded arrays; `padded_call`
+pads the public [B, S, H, D] inputs (sequence to the tile multiple, head dims to what the kernels
+need), runs them through one `jax.custom_vjp` and slices the result back. Padding sits outside the
+custom_vjp, so its own gradient (a slice) comes from autodiff. Padded tokens are beyond every
+sample's length and are masked like any other invalid pair.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def make_op(forward, backward):
+    """The differentiable op `op(static, q, k, v, meta) -> out` (meta gets no cotangent)."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def op(static, q, k, v, meta):
+        return forward(static, q, k, v, meta)[0]
+
+    def op_fwd(static, q, k, v, meta):
+        out, lse2 = forward(static, q, k, v, meta)
+        return out, (q, k, v, meta, out, lse2)
+
+    def op_bwd(static, residuals, dout):
+        q, k, v, meta, out, lse2 = residuals
+        dq, dk, dv = backward(static, q, k, v, meta, out, lse2, dout)
+        no_cotangent = jax.tree.map(lambda _: None, meta)
+        return dq, dk, dv, no_cotangent
+
+    op.defvjp(op_fwd, op_bwd)
+    return op
+
+
+def _pad_axis(x, axis: int, size: int):
+    if x.shape[axis] == size:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, size - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def padded_call(op, static, q, k, v, *, lengths, num_candidates, positions, timestamps,
+                alibi_slopes, time_slopes, seq_multiple: int, head_dim: int, value_dim: int):
+    """Pad to (S', head_dim, value_dim), run `op`, return [B, S, H, Dv] in v's dtype."""
+    seq_len, original_value_dim = q.shape[1], v.shape[-1]
+    padded_len = round_up(seq_len, seq_multiple)
+    q, k = (_pad_axis(_pad_axis(x, 1, padded_len), 3, head_dim) for x in (q, k))
+    v = _pad_axis(_pad_axis(v, 1, padded_len), 3, value_dim)
+    meta = (lengths, num_candidates, _pad_axis(positions, 1, padded_len),
+            _pad_axis(timestamps, 1, padded_len), alibi_slopes, time_slopes)
+    out = op(static, q, k, v, meta)
+    return out[:, :seq_len, :, :original_value_dim]
