@@ -289,6 +289,8 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
         timestamps=np.repeat(request_times, k),
         actions=actions.reshape(-1, len(ACTION_NAMES)),
         request_starts=np.arange(total_requests + 1, dtype=np.int64) * k,
+        # where the recommender placed the exposure (0 = top): the position bias is part of the truth
+        extras={"position": np.tile(np.arange(k, dtype=np.int32), total_requests)},
     )
     spec = FeatureSpec(
         num_items=num_items, num_users=num_users, action_names=ACTION_NAMES,
@@ -299,6 +301,8 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
         name="synthetic", spec=spec, catalog=catalog, interactions=interactions,
         train_requests=np.flatnonzero(~is_eval).astype(np.int64), eval_requests=np.flatnonzero(is_eval).astype(np.int64),
         oracle_probabilities=probabilities.reshape(-1, len(ACTION_NAMES)).astype(np.float32),
+        info={"source": "simulator", "cutoff_time": float(cutoff), "side_features": SIDE_FEATURE_NAMES,
+              "config": dataclasses.asdict(config)},
     )
     return SimulatedFeed(dataset=dataset, user_factors=user_factors, item_factors=item_factors, config=config,
                          item_popularity=popularity, user_activity=activity)
