@@ -296,19 +296,23 @@ def _forward_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref
         out_ref[...] = out.astype(out_ref.dtype)
 
 
-def _index_maps(cfg):
-    """Block index maps; `outer`/`inner` are the grid's 3rd/4th axes, the prefetch refs follow."""
-    def fetch_kv(b, q_block, kv_block, lengths, candidates):
-        return _kv_block_to_fetch(q_block, kv_block, lengths[b], candidates[b], cfg)
+def _kv_map(cfg):
+    """Index-map helper of grids whose inner axis walks kv blocks: (b, q block, kv block) -> kv block."""
+    return lambda b, q_block, kv_block, lengths, candidates, slopes: _kv_block_to_fetch(
+        q_block, kv_block, lengths[b], candidates[b], cfg)
 
-    def fetch_q(b, kv_block, q_block, lengths, candidates):
-        return _q_block_to_fetch(q_block, kv_block, lengths[b], candidates[b], cfg)
 
-    return fetch_kv, fetch_q
+def _q_map(cfg):
+    """Index-map helper of the dk/dv grid, inner axis q blocks: (b, kv block, q block) -> q block."""
+    return lambda b, kv_block, q_block, lengths, candidates, slopes: _q_block_to_fetch(
+        q_block, kv_block, lengths[b], candidates[b], cfg)
 
 
 def _meta_specs(cfg, q_index, k_index):
-    """BlockSpecs of the per-query [B, S', 128] and per-key [B, 8, S'] vectors in use."""
+    """BlockSpecs of the per-query [B, S', 128] and per-key [B, 8, S'] vectors in use.
+
+    `q_index`, `k_index`: (b, outer, inner, *prefetch refs) -> that block's index on the tokens.
+    """
     q_spec = pl.BlockSpec((None, cfg.block_q, NUM_LANES),
                           lambda b, h, i, j, *refs: (b, q_index(b, i, j, *refs), 0))
     k_spec = pl.BlockSpec((None, NUM_SUBLANES, cfg.block_k),
@@ -326,16 +330,14 @@ def _forward(q, k, v, meta, cfg):
     batch, heads, seq, dim = q.shape
     value_dim = v.shape[-1]
     bq, bk = cfg.block_q, cfg.block_k
-    fetch_kv, _ = _index_maps(cfg)
-    kv_map = lambda b, h, i, j, lengths, candidates, slopes: (
-        b, h, fetch_kv(b, i, j, lengths, candidates), 0)
+    fetch_kv = _kv_map(cfg)
+    kv_map = lambda b, h, i, j, *refs: (b, h, fetch_kv(b, i, j, *refs), 0)
     q_map = lambda b, h, i, j, *_: (b, h, i, 0)
     in_specs = [
         pl.BlockSpec((None, None, bq, dim), q_map),
         pl.BlockSpec((None, None, bk, dim), kv_map),
         pl.BlockSpec((None, None, bk, value_dim), kv_map),
-    ] + _meta_specs(cfg, lambda b, i, j, *_: i,
-                    lambda b, i, j, lengths, candidates, slopes: fetch_kv(b, i, j, lengths, candidates))
+    ] + _meta_specs(cfg, lambda b, i, j, *_: i, fetch_kv)
     out_shape = [jax.ShapeDtypeStruct((batch, heads, seq, value_dim), v.dtype)]
     out_specs = [pl.BlockSpec((None, None, bq, value_dim), q_map)]
     scratch = [pltpu.VMEM((bq, value_dim), jnp.float32)]
@@ -355,6 +357,154 @@ def _forward(q, k, v, meta, cfg):
         name=f"genrank_attention_{cfg.kind}_fwd",
     )(*prefetch, q, k, v, *vectors)
     return outs[0], (outs[1] if cfg.kind == "softmax" else None)
+
+
+# --- backward -----------------------------------------------------------------------------------
+# softmax: p = exp(logits - lse) on the mask, dp = dO v^T, dlogits = p (dp - di), di = rowsum(dO o).
+# silu:    w = silu(logits) / length on the mask, dlogits = (dO v^T) silu'(logits) / length.
+# Then dq = scale dlogits k, dk = scale dlogits^T q, dv = w^T dO (p for softmax). The bias is not
+# scaled and gets no gradient.
+
+def _logits_grad(logits, mask, d_out, v, lse_ref, di_ref, length, cfg):
+    """(weights, dlogits) [bq, bk] of one tile; d_out: [bq, Dv], v: [bk, Dv]."""
+    d_weights = lax.dot_general(d_out, v, (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+    if cfg.kind == "softmax":
+        weights = jnp.where(mask, jnp.exp(logits - _lanes(lse_ref[...], cfg.block_k)), 0.0)
+        return weights, weights * (d_weights - _lanes(di_ref[...], cfg.block_k))
+    inv_length = _inverse_length(length)
+    return (_silu_weights(logits, mask, inv_length),
+            _silu_weights_grad(d_weights, logits, mask, inv_length))
+
+
+def _dq_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_out_ref, *refs, cfg):
+    """One (b, h, q block, kv block) step of dq [bq, D]; kv blocks are the inner axis."""
+    meta, refs = _split_meta(refs, cfg)
+    if cfg.kind == "softmax":
+        lse_ref, di_ref, dq_ref, acc_ref = refs
+    else:
+        lse_ref = di_ref = None
+        dq_ref, acc_ref = refs
+    b, head, q_block, kv_block = (pl.program_id(axis) for axis in range(4))
+    length, num_candidates = lengths_ref[b], candidates_ref[b]
+
+    @pl.when(kv_block == 0)
+    def _init():
+        acc_ref[...] = jnp.zeros_like(acc_ref)
+
+    @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
+    def _accumulate():
+        k = k_ref[...]
+        logits, mask = _scores(q_ref[...], k, q_lo=q_block * cfg.block_q,
+                               k_lo=kv_block * cfg.block_k, length=length,
+                               num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
+                               meta=meta, cfg=cfg)
+        _, d_logits = _logits_grad(logits, mask, d_out_ref[...], v_ref[...], lse_ref, di_ref,
+                                   length, cfg)
+        acc_ref[...] += lax.dot(d_logits.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+    @pl.when(kv_block == pl.num_programs(3) - 1)
+    def _finish():
+        dq_ref[...] = (acc_ref[...] * cfg.scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_out_ref, *refs,
+                cfg):
+    """One (b, h, kv block, q block) step of dk [bk, D] and dv [bk, Dv]; q blocks are inner."""
+    meta, refs = _split_meta(refs, cfg)
+    if cfg.kind == "softmax":
+        lse_ref, di_ref, dk_ref, dv_ref, dk_acc_ref, dv_acc_ref = refs
+    else:
+        lse_ref = di_ref = None
+        dk_ref, dv_ref, dk_acc_ref, dv_acc_ref = refs
+    b, head, kv_block, q_block = (pl.program_id(axis) for axis in range(4))
+    length, num_candidates = lengths_ref[b], candidates_ref[b]
+
+    @pl.when(q_block == 0)
+    def _init():
+        dk_acc_ref[...] = jnp.zeros_like(dk_acc_ref)
+        dv_acc_ref[...] = jnp.zeros_like(dv_acc_ref)
+
+    @pl.when(_q_block_is_live(q_block, kv_block, length, num_candidates, cfg))
+    def _accumulate():
+        q, d_out = q_ref[...], d_out_ref[...]
+        logits, mask = _scores(q, k_ref[...], q_lo=q_block * cfg.block_q,
+                               k_lo=kv_block * cfg.block_k, length=length,
+                               num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
+                               meta=meta, cfg=cfg)
+        weights, d_logits = _logits_grad(logits, mask, d_out, v_ref[...], lse_ref, di_ref,
+                                         length, cfg)
+        dv_acc_ref[...] += lax.dot(weights.T.astype(d_out.dtype), d_out,
+                                   preferred_element_type=jnp.float32)
+        dk_acc_ref[...] += lax.dot(d_logits.T.astype(q.dtype), q,
+                                   preferred_element_type=jnp.float32)
+
+    @pl.when(q_block == pl.num_programs(3) - 1)
+    def _finish():
+        dk_ref[...] = (dk_acc_ref[...] * cfg.scale).astype(dk_ref.dtype)
+        dv_ref[...] = dv_acc_ref[...].astype(dv_ref.dtype)
+
+
+def _backward(q, k, v, out, lse, d_out, meta, cfg):
+    """Kernel layout [B, H, S', *] -> (dq, dk, dv) like q, k, v."""
+    batch, heads, seq, dim = q.shape
+    value_dim = v.shape[-1]
+    bq, bk = cfg.block_q, cfg.block_k
+    prefetch, vectors = _prefetch_and_meta(meta)
+    d_out = d_out.astype(v.dtype)
+    row_inputs = []
+    if cfg.kind == "softmax":
+        di = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+        row_inputs = [lse, jnp.broadcast_to(di[..., None], lse.shape)]
+    row_spec = lambda index: pl.BlockSpec((None, None, bq, NUM_LANES), index)
+    params = _CompilerParams(dimension_semantics=_DIMENSIONS)
+
+    fetch_kv = _kv_map(cfg)
+    q_map = lambda b, h, i, j, *_: (b, h, i, 0)
+    kv_map = lambda b, h, i, j, *refs: (b, h, fetch_kv(b, i, j, *refs), 0)
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=3, grid=(batch, heads, seq // bq, seq // bk),
+            in_specs=[
+                pl.BlockSpec((None, None, bq, dim), q_map),
+                pl.BlockSpec((None, None, bk, dim), kv_map),
+                pl.BlockSpec((None, None, bk, value_dim), kv_map),
+                pl.BlockSpec((None, None, bq, value_dim), q_map),
+            ] + _meta_specs(cfg, lambda b, i, j, *_: i, fetch_kv)
+              + [row_spec(q_map)] * len(row_inputs),
+            out_specs=pl.BlockSpec((None, None, bq, dim), q_map),
+            scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)]),
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=params,
+        interpret=cfg.interpret,
+        name=f"genrank_attention_{cfg.kind}_dq",
+    )(*prefetch, q, k, v, d_out, *vectors, *row_inputs)
+
+    fetch_q = _q_map(cfg)
+    kv_own = lambda b, h, i, j, *_: (b, h, i, 0)
+    q_fetch = lambda b, h, i, j, *refs: (b, h, fetch_q(b, i, j, *refs), 0)
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkv_kernel, cfg=cfg),
+        grid_spec=pltpu.PrefetchScalarGridSpec(
+            num_scalar_prefetch=3, grid=(batch, heads, seq // bk, seq // bq),
+            in_specs=[
+                pl.BlockSpec((None, None, bq, dim), q_fetch),
+                pl.BlockSpec((None, None, bk, dim), kv_own),
+                pl.BlockSpec((None, None, bk, value_dim), kv_own),
+                pl.BlockSpec((None, None, bq, value_dim), q_fetch),
+            ] + _meta_specs(cfg, fetch_q, lambda b, i, j, *_: i)
+              + [row_spec(q_fetch)] * len(row_inputs),
+            out_specs=[pl.BlockSpec((None, None, bk, dim), kv_own),
+                       pl.BlockSpec((None, None, bk, value_dim), kv_own)],
+            scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32),
+                            pltpu.VMEM((bk, value_dim), jnp.float32)]),
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        compiler_params=params,
+        interpret=cfg.interpret,
+        name=f"genrank_attention_{cfg.kind}_dkv",
+    )(*prefetch, q, k, v, d_out, *vectors, *row_inputs)
+    return dq, dk, dv
 
 
 # --- public function -----------------------------------------------------------------------------
@@ -409,13 +559,16 @@ def _flash(q, k, v, meta, cfg):
     return _forward(q, k, v, meta, cfg)[0]
 
 
-def _flash_fwd(q, k, v, meta, cfg):
+def _flash_forward(q, k, v, meta, cfg):
     out, lse = _forward(q, k, v, meta, cfg)
-    return out, None
+    return out, (q, k, v, out, lse, meta)
 
 
-def _flash_bwd(cfg, residuals, d_out):
-    raise NotImplementedError
+def _flash_backward(cfg, residuals, d_out):
+    q, k, v, out, lse, meta = residuals
+    dq, dk, dv = _backward(q, k, v, out, lse, d_out, meta, cfg)
+    # lengths, slopes, positions and timestamps are constants of the op: no cotangent
+    return dq, dk, dv, jax.tree.map(lambda _: None, meta)
 
 
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash.defvjp(_flash_forward, _flash_backward)
