@@ -1,0 +1,171 @@
+"""The shared TFDS builder of interaction logs: one record per user, written as array_record.
+
+A record holds one user's exposures sorted by (timestamp, item): item ids, timestamps, actions,
+each exposure's item side features (denormalized, so the loader rebuilds the catalog from the
+records alone), the user's categorical features, and source-specific per-exposure extras.
+User and item ids are dense, [0, n) in the order of the sorted raw ids of the users/items that
+appear in the log (deterministic; items never exposed are left out: they can never be a
+candidate). Vocabularies and counts go to `info.metadata`, with the number of skipped rows.
+
+Subclasses read their raw files into a `ParsedLog`; nothing is downloaded (files come from
+`manual_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core.utils import py_utils
+
+from genrank_jax.data.builders.rows import BadRows
+
+
+@dataclasses.dataclass
+class ParsedLog:
+    """Raw log columns as read from a source's files (E exposures, I' items, U' users with features).
+
+    user_raw, item_raw: [E] int64 raw ids; timestamps: [E] float64 seconds; actions: [E, A] uint8;
+    extras: name -> [E] per-exposure column. item_table_raw: [I'] int64 with item_side [I', F] int32
+    (codes, 0 = missing); user_table_raw: [U'] int64 with user_table [U', G] int32.
+    """
+
+    user_raw: np.ndarray
+    item_raw: np.ndarray
+    timestamps: np.ndarray
+    actions: np.ndarray
+    extras: dict[str, np.ndarray]
+    item_table_raw: np.ndarray
+    item_side: np.ndarray
+    side_vocab_sizes: tuple[int, ...]
+    user_table_raw: np.ndarray
+    user_table: np.ndarray
+    user_vocab_sizes: tuple[int, ...]
+    file_format: str
+
+
+def lookup_rows(table_raw: np.ndarray, table: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
+    """Rows of `table` for `raw_ids` (matched on table_raw); zeros (missing codes) where absent."""
+    out = np.zeros((len(raw_ids), table.shape[1]), np.int32)
+    if len(table_raw) == 0:
+        return out
+    order = np.argsort(table_raw, kind="stable")
+    sorted_raw = table_raw[order]
+    at = np.minimum(np.searchsorted(sorted_raw, raw_ids), len(sorted_raw) - 1)
+    found = sorted_raw[at] == raw_ids
+    out[found] = table[order[at[found]]]
+    return out
+
+
+class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the log builders. Subclasses set the class constants and implement `_read`.
+
+    Constructor: `manual_dir` (where the raw files are; or DownloadConfig(manual_dir=...)),
+    `skip_bad_rows` (skip and count malformed rows instead of raising), plus TFDS's
+    `data_dir`/`config`.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    ACTION_NAMES: tuple[str, ...] = ()
+    SIDE_FEATURE_NAMES: tuple[str, ...] = ()
+    EXTRAS: dict[str, type] = {}
+    HOMEPAGE = ""
+    # How the loader groups exposures into requests unless told otherwise.
+    DEFAULT_REQUEST_GAP_SECONDS = 1800.0
+    DEFAULT_MAX_REQUEST_SIZE: int | None = None
+
+    def __init__(self, *, manual_dir: str | pathlib.Path | None = None, skip_bad_rows: bool = False, **kwargs):
+        self._manual_dir = None if manual_dir is None else pathlib.Path(manual_dir).expanduser()
+        self._skip_bad_rows = skip_bad_rows
+        super().__init__(**kwargs)
+
+    @py_utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's own lookup goes through importlib_resources for installed packages, which this
+        # environment lacks (and which TFDS does not require); the defining file is what it wants.
+        return epath.Path(inspect.getfile(cls))
+
+    # --- for subclasses ---------------------------------------------------------------------
+    @classmethod
+    def user_feature_names(cls, config_name: str) -> tuple[str, ...]:
+        """Categorical user features the config's files carry (the record's user_features order)."""
+        return ()
+
+    @classmethod
+    def input_files(cls, config_name: str, manual_dir: pathlib.Path) -> list[pathlib.Path]:
+        """The raw files a build of this config reads; MissingFileError naming the first absent one."""
+        raise NotImplementedError
+
+    def _read(self, manual_dir: pathlib.Path, bad: BadRows) -> ParsedLog:
+        raise NotImplementedError
+
+    # --- TFDS -------------------------------------------------------------------------------
+    def _info(self) -> tfds.core.DatasetInfo:
+        per_exposure = lambda dtype, *rest: tfds.features.Tensor(shape=(None, *rest), dtype=dtype)
+        num_user_features = len(self.user_feature_names(self.builder_config.name))
+        features = tfds.features.FeaturesDict({
+            "user": np.int64,
+            "item_ids": per_exposure(np.int64),
+            "timestamps": per_exposure(np.float64),
+            "actions": per_exposure(np.uint8, len(self.ACTION_NAMES)),
+            "item_side": per_exposure(np.int32, len(self.SIDE_FEATURE_NAMES)),
+            "user_features": tfds.features.Tensor(shape=(num_user_features,), dtype=np.int32),
+            "extras": tfds.features.FeaturesDict({name: per_exposure(dtype) for name, dtype in self.EXTRAS.items()}),
+        })
+        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features,
+                                     homepage=self.HOMEPAGE, metadata=tfds.core.MetadataDict())
+
+    def _manual_path(self, dl_manager) -> pathlib.Path:
+        if self._manual_dir is not None:
+            return self._manual_dir
+        return pathlib.Path(str(dl_manager.manual_dir))
+
+    def _split_generators(self, dl_manager):
+        # One split holds every user; train/eval is decided at load time (loading.py), so changing
+        # the split rule never rebuilds the dataset.
+        return {"train": self._generate_examples(self._manual_path(dl_manager))}
+
+    def _generate_examples(self, manual_dir: pathlib.Path):
+        bad = BadRows(skip=self._skip_bad_rows)
+        parsed = self._read(manual_dir, bad)
+        bad.summarize()
+        users, user_ids = np.unique(parsed.user_raw, return_inverse=True)
+        items, item_ids = np.unique(parsed.item_raw, return_inverse=True)
+        item_side = lookup_rows(parsed.item_table_raw, parsed.item_side, items)
+        user_table = lookup_rows(parsed.user_table_raw, parsed.user_table, users)
+        # ties in time are common (ml-100k rates many movies in the same second): item id breaks them
+        order = np.lexsort((item_ids, parsed.timestamps, user_ids))
+        user_ids, item_ids = user_ids[order], item_ids[order]
+        timestamps, actions = parsed.timestamps[order], parsed.actions[order]
+        extras = {name: parsed.extras[name][order].astype(dtype) for name, dtype in self.EXTRAS.items()}
+        self.info.metadata.update({
+            "format": parsed.file_format,
+            "num_users": int(len(users)),
+            "num_items": int(len(items)),
+            "num_exposures": int(len(order)),
+            "action_names": list(self.ACTION_NAMES),
+            "side_feature_names": list(self.SIDE_FEATURE_NAMES),
+            "side_vocab_sizes": [int(s) for s in parsed.side_vocab_sizes],
+            "user_feature_names": list(self.user_feature_names(self.builder_config.name)),
+            "user_vocab_sizes": [int(s) for s in parsed.user_vocab_sizes],
+            "bad_rows": dict(bad.counts),
+            "default_request_gap_seconds": self.DEFAULT_REQUEST_GAP_SECONDS,
+            "default_max_request_size": self.DEFAULT_MAX_REQUEST_SIZE,
+        })
+        bounds = np.flatnonzero(np.diff(user_ids)) + 1
+        for rows in np.split(np.arange(len(order)), bounds) if len(order) else []:
+            user = int(user_ids[rows[0]])
+            yield user, {
+                "user": user,
+                "item_ids": item_ids[rows].astype(np.int64),
+                "timestamps": timestamps[rows].astype(np.float64),
+                "actions": actions[rows].astype(np.uint8),
+                "item_side": item_side[item_ids[rows]],
+                "user_features": user_table[user],
+                "extras": {name: column[rows] for name, column in extras.items()},
+            }
