@@ -1,0 +1,209 @@
+"""Training and evaluation: optax AdamW, a jit-compiled step, orbax checkpoints, NaN guard.
+
+Data order is a pure function of (seed, epoch), so a run resumed from a checkpoint at step s
+sees exactly the batches an uninterrupted run sees after step s, and its loss curve is the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from genrank_jax import metrics
+from genrank_jax.baselines import build_model
+from genrank_jax.checkpoint import Checkpoints, abstract_like
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.batching import BatchPlan, iterate_batches, plan_batches
+from genrank_jax.data.samples import SampleBuilder, SampleLayout
+from genrank_jax.data.schema import RankingDataset
+from genrank_jax.losses import candidate_bce
+from genrank_jax.validation import validate_batch
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimization and run settings. schedule: "cosine" (warmup then cosine decay), "constant"."""
+
+    steps: int = 500
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    seed: int = 0
+    max_history: int = 256
+    max_candidates: int = 128
+    min_history: int = 1
+    checkpoint_every: int = 0  # 0: no checkpoints
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    if train.schedule == "cosine":
+        warmup = min(train.warmup_steps, train.steps // 2)
+        rate = optax.warmup_cosine_decay_schedule(
+            0.0, train.learning_rate, warmup, max(train.steps, warmup + 1), train.learning_rate * 0.05)
+    else:
+        rate = optax.linear_schedule(0.0, train.learning_rate, max(1, min(train.warmup_steps, train.steps)))
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip),
+                       optax.adamw(rate, weight_decay=train.weight_decay))
+
+
+def usable_requests(builder: SampleBuilder, requests: np.ndarray, min_history: int) -> np.ndarray:
+    """Requests whose user has at least `min_history` earlier exposures (GenRank needs some)."""
+    return requests[builder.history_count[requests] >= min_history]
+
+
+def train_step_fn(graphdef, task_weights):
+    """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state."""
+
+    def loss_of(model, batch):
+        return candidate_bce(model(batch), batch, task_weights)
+
+    @jax.jit
+    def step(state, batch):
+        model, optimizer = nnx.merge(graphdef, state)
+        (loss, per_task), grads = nnx.value_and_grad(loss_of, has_aux=True)(model, batch)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer)), loss, per_task
+
+    return step
+
+
+def predict_fn(graphdef):
+    @jax.jit
+    def predict(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        return model(batch)
+
+    return predict
+
+
+class Trainer:
+    """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`."""
+
+    def __init__(self, config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
+                 output_dir: str | pathlib.Path | None = None):
+        if config.features != dataset.spec:
+            raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
+        self.config, self.train_config, self.dataset = config, train, dataset
+        self.layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
+                                   num_gap_buckets=config.num_gap_buckets,
+                                   num_request_slots=config.num_request_slots,
+                                   organization=config.organization)
+        self.builder = SampleBuilder(dataset, self.layout)
+        self.train_requests = usable_requests(self.builder, dataset.train_requests, train.min_history)
+        self.eval_requests = usable_requests(self.builder, dataset.eval_requests, train.min_history)
+        if not len(self.train_requests):
+            raise ValueError(f"no training request has at least {train.min_history} history exposures")
+        longest = int(self.builder.token_counts(self.train_requests).max())
+        if longest > config.max_tokens:
+            raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
+                             "lower max_history or raise max_tokens")
+        self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
+        self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
+        model = build_model(config, rngs=nnx.Rngs(train.seed))
+        optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+        self.graphdef, self.state = nnx.split((model, optimizer))
+        self._step = train_step_fn(self.graphdef, config.task_weights)
+        self._predict = predict_fn(self.graphdef)
+        self.step = 0
+        self.history: list[dict] = []
+        self.checkpoints = None
+        if output_dir is not None and train.checkpoint_every:
+            self.checkpoints = Checkpoints(pathlib.Path(output_dir) / "checkpoints", config_json=config.to_json(),
+                                           every=train.checkpoint_every, keep=train.keep_checkpoints)
+
+    @property
+    def model(self):
+        """The current model as an NNX module (a fresh view of the trained state)."""
+        return nnx.merge(self.graphdef, self.state)[0]
+
+    def resume(self) -> int:
+        """Restore the latest checkpoint if there is one; returns the step training continues from."""
+        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+            return self.step
+        pure = self.state.to_pure_dict()
+        restored, meta = self.checkpoints.restore(abstract_like(pure))
+        nnx.replace_by_pure_dict(self.state, restored)
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+        return self.step
+
+    def _batches_from(self, step: int):
+        epoch, skip = divmod(step, self.batches_per_epoch)
+        while True:
+            yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
+            epoch, skip = epoch + 1, 0
+
+    def fit(self, steps: int | None = None, progress: bool = False, log_every: int = 10) -> list[dict]:
+        """Train until `steps` (default the config's) total steps; returns the per-step history."""
+        target = self.train_config.steps if steps is None else steps
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        exposures, started = 0, time.perf_counter()
+        batches = self._batches_from(self.step)
+        while self.step < target:
+            batch = next(batches)
+            validate_batch(batch, self.config)
+            new_state, loss, per_task = self._step(self.state, jax.tree.map(jnp.asarray, batch))
+            loss = float(loss)
+            if not math.isfinite(loss):
+                last = self.checkpoints.latest_step() if self.checkpoints else None
+                where = f"; the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None \
+                    else "; no checkpoint was saved"
+                raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
+            self.state = new_state
+            self.step += 1
+            exposures += batch.num_exposures()
+            self.history.append({"step": self.step, "loss": loss})
+            if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
+                self.checkpoints.save(self.step, self.state.to_pure_dict(), {"history": self.history})
+            if bar is not None:
+                bar.update(1)
+                if self.step % log_every == 0 or self.step == target:
+                    rate = exposures / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}")
+        if bar is not None:
+            bar.close()
+        return self.history
+
+    def predict(self, requests: np.ndarray, batch_size: int | None = None):
+        """(labels [E, A], logits [E, A], users [E]) over the candidates of `requests`, in a fixed order."""
+        plan = BatchPlan(batch_size=batch_size or self.train_config.batch_size, shuffle=False)
+        labels, logits, users = [], [], []
+        for batch in iterate_batches(self.builder, requests, plan):
+            out = np.asarray(self._predict(self.state, jax.tree.map(jnp.asarray, batch)))
+            mask = batch.candidate_mask()
+            labels.append(batch.labels[mask])
+            logits.append(out[mask])
+            users.append(np.broadcast_to(batch.user_ids[:, None], mask.shape)[mask])
+        return np.concatenate(labels), np.concatenate(logits), np.concatenate(users)
+
+    def evaluate(self, split: str = "eval") -> dict[str, dict[str, float]]:
+        """AUC / GAUC / log loss per task on `split` ("eval" or "train")."""
+        requests = self.eval_requests if split == "eval" else self.train_requests
+        labels, logits, users = self.predict(requests)
+        return metrics.task_metrics(labels, logits, users, self.config.features.action_names)

@@ -1,0 +1,70 @@
+"""Checks of a token batch against a model's vocabularies, with errors that name the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.tokens import TokenBatch, TokenKind
+
+
+class BatchError(ValueError):
+    """A batch a model cannot take; the message names the field and the offending row."""
+
+
+def _expect(name, array, shape, kind):
+    if array.shape != shape:
+        raise BatchError(f"{name} must have shape {shape}, got {array.shape}")
+    if np.dtype(array.dtype).kind not in kind:
+        raise BatchError(f"{name} must have a dtype of kind {kind!r}, got {array.dtype}")
+
+
+def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
+    """Raise BatchError on a wrong shape or dtype, an id outside its vocabulary, an empty history
+    or a sample with no candidates. Padding rows (length 0) are allowed."""
+    features = config.features
+    if batch.item_ids.ndim != 2:
+        raise BatchError(f"item_ids must be [B, S], got shape {batch.item_ids.shape}")
+    b, s = batch.item_ids.shape
+    a, f, c = features.num_actions, len(features.side_vocab_sizes), features.content_dim
+    _expect("item_ids", batch.item_ids, (b, s), "iu")
+    for name in ("kinds", "positions", "request_index", "gap_bucket"):
+        _expect(name, getattr(batch, name), (b, s), "iu")
+    _expect("actions", batch.actions, (b, s, a), "f")
+    _expect("labels", batch.labels, (b, s, a), "f")
+    _expect("side", batch.side, (b, s, f), "iu")
+    _expect("content", batch.content, (b, s, c), "f")
+    _expect("timestamps", batch.timestamps, (b, s), "f")
+    for name in ("user_ids", "lengths", "num_candidates"):
+        _expect(name, getattr(batch, name), (b,), "iu")
+    if batch.candidate_index.ndim != 2 or batch.candidate_index.shape[0] != b:
+        raise BatchError(f"candidate_index must be [B, M] with B={b}, got {batch.candidate_index.shape}")
+    if s > config.max_tokens:
+        raise BatchError(f"sequences of {s} tokens exceed the model's max_tokens={config.max_tokens}")
+    items = np.asarray(batch.item_ids)
+    bad = (items >= features.num_items) | (items < -1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise BatchError(f"item id {items[row, col]} at row {row}, token {col} is outside the vocabulary "
+                         f"[0, {features.num_items})")
+    for index, size in enumerate(features.side_vocab_sizes):
+        column = np.asarray(batch.side[..., index])
+        if column.size and (column.min() < 0 or column.max() >= size):
+            raise BatchError(f"side feature {index} has a value outside [0, {size})")
+    lengths = np.asarray(batch.lengths)
+    candidates = np.asarray(batch.num_candidates)
+    if (lengths < 0).any() or (lengths > s).any():
+        raise BatchError(f"lengths must lie in [0, {s}], got {lengths.min()}..{lengths.max()}")
+    live = lengths > 0
+    if (live & (candidates <= 0)).any():
+        row = int(np.flatnonzero(live & (candidates <= 0))[0])
+        raise BatchError(f"row {row} has zero candidates: nothing to score")
+    if (candidates > lengths).any():
+        raise BatchError("num_candidates exceeds lengths in some row")
+    history = (np.asarray(batch.kinds) == TokenKind.EXPOSURE) | (np.asarray(batch.kinds) == TokenKind.ITEM)
+    empty = live & ~history.any(axis=1)
+    if empty.any():
+        raise BatchError(f"row {int(np.flatnonzero(empty)[0])} has an empty history: GenRank ranks from "
+                         "behaviour; drop first requests (min_history=1) or give the user some history")
+    if not np.isfinite(np.asarray(batch.timestamps)).all():
+        raise BatchError("timestamps contain NaN or infinity")
