@@ -109,7 +109,7 @@ def _concatenate(builder: LogBuilder) -> dict:
     return {
         "user_ids": np.repeat([int(r["user"]) for r in records], [len(r["item_ids"]) for r in records]).astype(np.int32),
         "item_ids": cat("item_ids", np.int32),
-        "timestamps": cat("timestamps", np.float64),
+        "timestamps": cat("timestamp_ms", np.int64).astype(np.float64) / 1000.0,
         "actions": cat("actions", np.uint8, len(meta["action_names"])),
         "item_side": cat("item_side", np.int32, len(meta["side_feature_names"])),
         "extras": {name: np.concatenate([np.asarray(r["extras"][name]) for r in records])

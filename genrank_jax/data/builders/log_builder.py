@@ -1,6 +1,7 @@
 """The shared TFDS builder of interaction logs: one record per user, written as array_record.
 
-A record holds one user's exposures sorted by (timestamp, item): item ids, timestamps, actions,
+A record holds one user's exposures sorted by (timestamp, item): item ids, integer millisecond
+timestamps (TFDS stores floats as float32, far too coarse for Unix times), actions,
 each exposure's item side features (denormalized, so the loader rebuilds the catalog from the
 records alone), the user's categorical features, and source-specific per-exposure extras.
 User and item ids are dense, [0, n) in the order of the sorted raw ids of the users/items that
@@ -111,7 +112,8 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features = tfds.features.FeaturesDict({
             "user": np.int64,
             "item_ids": per_exposure(np.int64),
-            "timestamps": per_exposure(np.float64),
+            # tf.train.Example stores floats as float32 (2-minute steps at Unix times): keep integer ms
+            "timestamp_ms": per_exposure(np.int64),
             "actions": per_exposure(np.uint8, len(self.ACTION_NAMES)),
             "item_side": per_exposure(np.int32, len(self.SIDE_FEATURE_NAMES)),
             "user_features": tfds.features.Tensor(shape=(num_user_features,), dtype=np.int32),
@@ -163,7 +165,7 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield user, {
                 "user": user,
                 "item_ids": item_ids[rows].astype(np.int64),
-                "timestamps": timestamps[rows].astype(np.float64),
+                "timestamp_ms": np.round(timestamps[rows] * 1000.0).astype(np.int64),
                 "actions": actions[rows].astype(np.uint8),
                 "item_side": item_side[item_ids[rows]],
                 "user_features": user_table[user],
