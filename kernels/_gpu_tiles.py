@@ -84,14 +84,16 @@ def silu_weights(logits, mask):
     return jnp.where(mask, logits * _sigmoid(logits), 0.0)
 
 
-def softmax_grads(logits, mask, lse2, delta, dp):
+def softmax_grads(logits, mask, lse2, delta, dp, query_axis: int = 0):
     """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32.
 
     `lse2`, `delta` [Tq] (delta_i = sum_d out_id * dout_id); `dp` [Tq, Tk] = dout . v_j.
+    `query_axis=1` takes transposed [Tk, Tq] tiles (the Hopper dk/dv kernel computes k q^T).
     """
+    per_query = lambda x: lax.broadcast_in_dim(x, dp.shape, (query_axis,))
     scores = jnp.where(mask, logits * LOG2E, MASK_VALUE)
-    p = jnp.where(mask, jnp.exp2(scores - rows(lse2, scores.shape)), 0.0)
-    return p, p * (dp - rows(delta, dp.shape))
+    p = jnp.where(mask, jnp.exp2(scores - per_query(lse2)), 0.0)
+    return p, p * (dp - per_query(delta))
 
 
 def silu_grads(logits, mask, dp):
