@@ -264,3 +264,15 @@ def test_shared_ml100k(shared_data, tmp_path):
     assert first.side.shape[-1] == 3 and int(first.num_candidates.sum()) > 0
     resumed = next(iterate_batches(builder, data.train_requests, plan, skip=1))
     np.testing.assert_array_equal(next(batches).item_ids, resumed.item_ids)
+
+
+def test_read_table_chunks_agree(ml_log, tmp_path, monkeypatch):
+    from genrank_jax.data.builders import rows
+    fixtures.write_grouplens_csv(tmp_path, ml_log)
+    columns = {"userId": int, "rating": float, "timestamp": int}
+    whole = rows.read_table(tmp_path / "ratings.csv", columns, sep=",", header=True, bad=rows.BadRows())
+    monkeypatch.setattr(rows, "CHUNK_ROWS", 7)
+    chunked = rows.read_table(tmp_path / "ratings.csv", columns, sep=",", header=True, bad=rows.BadRows())
+    for key in columns:
+        np.testing.assert_array_equal(chunked[key], whole[key])
+    np.testing.assert_array_equal(whole["userId"], ml_log.users)

@@ -74,15 +74,20 @@ def _split_lines(path: pathlib.Path, sep: str, encoding: str) -> Iterator[tuple[
                 yield line_no, line.rstrip("\r\n").split(sep)
 
 
+CHUNK_ROWS = 1 << 20  # parsed values move from Python lists into numpy every this many rows
+
+
 def read_table(path: pathlib.Path, columns: Mapping[str | int, Callable[[str], object]], *, sep: str,
-               header: bool, bad: BadRows, encoding: str = "utf-8") -> dict[str | int, list]:
-    """Parse the `columns` of a delimited file into lists, one per column key.
+               header: bool, bad: BadRows, encoding: str = "utf-8") -> dict[str | int, np.ndarray]:
+    """Parse the `columns` of a delimited file into arrays, one per column key.
 
     Keys are column names when `header` (RecBole's `name:type` headers match by `name`) or
     0-based positions otherwise. A row with too few fields, or a value its converter rejects
-    (ValueError), goes to `bad`. Blank lines are ignored.
+    (ValueError), goes to `bad`. Blank lines are ignored. Python objects cost ~36 bytes a value,
+    so rows are packed into numpy chunks as they come (20M-row logs stay well under a GB).
     """
     out: dict[str | int, list] = {key: [] for key in columns}
+    chunks: dict[str | int, list[np.ndarray]] = {key: [] for key in columns}
     index: dict[str | int, int] = {}
     lines = _split_lines(path, sep, encoding)
     if header:
@@ -112,7 +117,12 @@ def read_table(path: pathlib.Path, columns: Mapping[str | int, Callable[[str], o
             continue
         for (target, _, _), value in zip(converters, values):
             target.append(value)
-    return out
+        if len(converters[0][0]) == CHUNK_ROWS:
+            for key in columns:
+                chunks[key].append(np.asarray(out[key]))
+                out[key].clear()
+    return {key: np.concatenate([*chunks[key], np.asarray(out[key])]) if chunks[key] else np.asarray(out[key])
+            for key in columns}
 
 
 def dense_codes(values: Sequence[str]) -> tuple[np.ndarray, int]:
