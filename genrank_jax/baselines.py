@@ -31,7 +31,7 @@ class DINRanker(nnx.Module):
         self.config = config
         self.items = ItemEmbedding(config, rngs=rngs)
         self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
-        self.user = nnx.Embed(config.num_user_buckets, width, embedding_init=init, rngs=rngs)
+        self.user = nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
         self.attention_hidden = nnx.Linear(4 * width, width, rngs=rngs)
         self.attention_score = nnx.Linear(width, 1, rngs=rngs)
@@ -43,7 +43,7 @@ class DINRanker(nnx.Module):
         """[B, S, A] logits at candidate tokens (zero elsewhere)."""
         items = self.items(batch.item_ids, batch.side, batch.content)  # [B, S, W]
         history_mask = batch.kinds == TokenKind.EXPOSURE  # [B, S]
-        history = (items + batch.actions @ self.action_vectors.value) * history_mask[..., None]
+        history = (items + batch.actions @ self.action_vectors[...]) * history_mask[..., None]
         context = items + self.gap(batch.gap_bucket)  # the request's recency as context
         gather = lambda x: jnp.take_along_axis(x, batch.candidate_index[..., None], axis=1, mode="clip")
         candidates = gather(context)  # [B, M, W]
@@ -55,7 +55,7 @@ class DINRanker(nnx.Module):
         interest = jnp.einsum("bmj,bjw->bmw", weights, history)
         count = jnp.maximum(history_mask.sum(-1, keepdims=True), 1)[..., None]
         mean_history = jnp.broadcast_to(history.sum(1, keepdims=True) / count, candidates.shape)
-        user = lookup(self.user, batch.user_ids % self.config.num_user_buckets)[:, None, :]
+        user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
         x = jnp.concatenate([jnp.broadcast_to(user, candidates.shape), candidates, interest, mean_history,
                              candidates * mean_history], axis=-1)
         for layer in self.mlp:

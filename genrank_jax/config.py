@@ -45,7 +45,7 @@ class GenRankConfig:
     max_tokens: int = 512
     num_request_slots: int = 64
     num_gap_buckets: int = 16
-    num_user_buckets: int = 100_003
+    num_user_buckets: int | None = None  # None: one row per user id (features.num_users)
     use_alibi: bool = True
     use_time_bias: bool = True
     alibi_max_bias: float = 8.0
@@ -74,6 +74,11 @@ class GenRankConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(features=features, **{**PRESETS[name], **overrides})
+
+    @property
+    def user_rows(self) -> int:
+        """Rows of the user table: user ids are hashed modulo this many buckets."""
+        return self.num_user_buckets or self.features.num_users
 
     @property
     def head_dim(self) -> int:

@@ -61,7 +61,7 @@ class TokenEmbedding(nnx.Module):
         self.position = nnx.Embed(config.max_tokens, width, embedding_init=init, rngs=rngs)
         self.request = nnx.Embed(config.num_request_slots, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
-        self.user = (nnx.Embed(config.num_user_buckets, width, embedding_init=init, rngs=rngs)
+        self.user = (nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
 
     def __call__(self, batch: TokenBatch):
@@ -70,12 +70,12 @@ class TokenEmbedding(nnx.Module):
         valid = kinds != TokenKind.PAD
         x = self.items(batch.item_ids, batch.side, batch.content)
         carries_actions = (kinds == TokenKind.EXPOSURE) | (kinds == TokenKind.ACTION)
-        x = x + (batch.actions @ self.action_vectors.value
-                 + carries_actions[..., None] * self.exposure_vector.value)
+        x = x + (batch.actions @ self.action_vectors[...]
+                 + carries_actions[..., None] * self.exposure_vector[...])
         if self.config.organization == "action":
-            x = x + (kinds == TokenKind.CANDIDATE)[..., None] * self.mask_action.value
+            x = x + (kinds == TokenKind.CANDIDATE)[..., None] * self.mask_action[...]
         positions = jnp.minimum(batch.positions, self.config.max_tokens - 1)
         x = x + self.position(positions) + self.request(batch.request_index) + self.gap(batch.gap_bucket)
         if self.user is not None:
-            x = x + self.user(batch.user_ids % self.config.num_user_buckets)[:, None, :]
+            x = x + self.user(batch.user_ids % self.config.user_rows)[:, None, :]
         return x * valid[..., None]

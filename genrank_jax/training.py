@@ -207,3 +207,20 @@ class Trainer:
         requests = self.eval_requests if split == "eval" else self.train_requests
         labels, logits, users = self.predict(requests)
         return metrics.task_metrics(labels, logits, users, self.config.features.action_names)
+
+
+def candidate_rows(dataset: RankingDataset, requests: np.ndarray, max_candidates: int) -> np.ndarray:
+    """[E] exposure rows scored for `requests` (each request's first max_candidates)."""
+    starts = dataset.interactions.request_starts
+    return np.concatenate([np.arange(starts[r], min(starts[r + 1], starts[r] + max_candidates))
+                           for r in requests]) if len(requests) else np.zeros(0, np.int64)
+
+
+def oracle_metrics(dataset: RankingDataset, requests: np.ndarray, max_candidates: int) -> dict[str, float] | None:
+    """AUC per task of the true probabilities on the candidates of `requests` (simulated data only)."""
+    if dataset.oracle_probabilities is None:
+        return None
+    rows = candidate_rows(dataset, requests, max_candidates)
+    labels = dataset.interactions.actions[rows]
+    return {name: metrics.auc(labels[:, t], dataset.oracle_probabilities[rows, t])
+            for t, name in enumerate(dataset.spec.action_names)}

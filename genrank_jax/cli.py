@@ -1,0 +1,104 @@
+"""Command line: `genrank-jax train` (also `python -m genrank_jax train`) and `genrank-jax lis`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic",
+                        help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m, kuairand:pure|1k|27k")
+    parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
+    parser.add_argument("--architecture", default="genrank", choices=["genrank", "din"])
+    parser.add_argument("--organization", default="action", choices=["action", "item"])
+    parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    parser.add_argument("--no-alibi", action="store_true", help="drop the ALiBi position bias")
+    parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
+    parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--max-history", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def format_table(results: dict, oracle: dict | None) -> str:
+    header = f"{'task':<12}{'AUC':>8}{'GAUC':>8}{'logloss':>9}{'pos.rate':>10}" + (f"{'oracle AUC':>12}" if oracle else "")
+    lines = [header, "-" * len(header)]
+    for task, row in results.items():
+        line = f"{task:<12}{row['auc']:>8.4f}{row['gauc']:>8.4f}{row['logloss']:>9.4f}{row['positive_rate']:>10.4f}"
+        if oracle:
+            line += f"{oracle[task]:>12.4f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run_train(args) -> int:
+    from genrank_jax.config import GenRankConfig
+    from genrank_jax.data.sources import load_dataset
+    from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
+
+    dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed)
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        seed=args.seed, max_history=args.max_history, checkpoint_every=args.checkpoint_every)
+    config = GenRankConfig.preset(
+        args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
+        block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
+        attention_impl=args.attention_impl,
+        max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
+                       (2 if args.organization == "item" else 1) * args.max_history + train.max_candidates),
+    )
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, train, dataset, output_dir=out)
+    if args.resume:
+        print(f"resumed at step {trainer.resume()}")
+    print(f"{dataset.name}: {len(trainer.train_requests):,} train / {len(trainer.eval_requests):,} eval requests, "
+          f"{dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
+          f"{config.block} preset={args.preset}")
+    started = time.perf_counter()
+    trainer.fit(progress=not args.no_progress)
+    train_seconds = time.perf_counter() - started
+    results = trainer.evaluate("eval")
+    oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
+    report = {
+        "data": args.data, "config": json.loads(config.to_json()), "train": vars(args),
+        "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
+        "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+    }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    print(format_table(results, oracle))
+    print(f"trained {trainer.step} steps in {train_seconds:.1f} s; metrics in {out / 'metrics.json'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="genrank-jax", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(commands.add_parser("train", help="train GenRank or a baseline and evaluate it"))
+    lis = commands.add_parser("lis", help="Leakage Impact Score of leak kinds / features with probe rankers")
+    try:
+        from genrank_jax.leakage import cli as leakage_cli
+        leakage_cli.add_arguments(lis)
+    except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
+        lis.set_defaults(import_error=error)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return run_train(args)
+    if getattr(args, "import_error", None) is not None:
+        raise SystemExit(f"genrank-jax lis is unavailable: {args.import_error}")
+    return leakage_cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
