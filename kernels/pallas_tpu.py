@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +78,8 @@ class BlockSizes:
         """
         if device_kind is None:
             device_kind = jax.devices()[0].device_kind
-        kind = device_kind.lower()
-        newer = "tpu" in kind and any(tag in kind for tag in ("v5", "v6", "7"))
+        version = re.match(r"tpu\s*v?(\d+)", device_kind.strip().lower())  # "TPU v5 lite", "TPU7x"
+        newer = version is not None and int(version.group(1)) >= 5
         block_q, block_k = (256, 512) if newer and not interpret else (128, 128)
         if seq_len is not None:
             # no tile bigger than the (padded) sequence; interpret mode has no lane rule
@@ -140,11 +141,21 @@ def _kv_block_is_live(q_block, kv_block, length, num_candidates, cfg):
     return rows_live & ((kv_block < num_history) | ((kv_block >= first_diag) & (kv_block <= last_diag)))
 
 
+def _last_block(length, block):
+    """The block holding token `length - 1` (block 0 when the sample is empty)."""
+    return jnp.maximum(length - 1, 0) // block
+
+
 def _kv_block_to_fetch(q_block, kv_block, length, num_candidates, cfg):
-    """`kv_block` when live, else the live block fetched last (or next), so its DMA is skipped."""
+    """`kv_block` when live, else the live block fetched last (or next), so its DMA is skipped.
+
+    A q block past the length keeps the kv block its last live predecessor ended on.
+    """
+    last_q = _last_block(length, cfg.block_q)
+    rows_dead = q_block > last_q
     rows_live, num_history, first_diag, last_diag = _kv_blocks_of_q_block(
-        q_block, length, num_candidates, cfg)
-    block = jnp.minimum(kv_block, last_diag)
+        jnp.minimum(q_block, last_q), length, num_candidates, cfg)
+    block = jnp.where(rows_dead, last_diag, jnp.minimum(kv_block, last_diag))
     in_gap = (block >= num_history) & (block < first_diag)
     gap_target = jnp.where(num_history > 0, num_history - 1, first_diag)
     return jnp.where(rows_live, jnp.where(in_gap, gap_target, block), 0)
@@ -171,8 +182,14 @@ def _q_block_is_live(q_block, kv_block, length, num_candidates, cfg):
 
 
 def _q_block_to_fetch(q_block, kv_block, length, num_candidates, cfg):
-    keys_live, first, last = _q_blocks_of_kv_block(kv_block, length, num_candidates, cfg)
-    return jnp.where(keys_live, jnp.clip(q_block, first, last), 0)
+    """`q_block` when live, else the nearest live one; a kv block past the length keeps the q
+    block its last live predecessor ended on."""
+    last_k = _last_block(length, cfg.block_k)
+    keys_dead = kv_block > last_k
+    keys_live, first, last = _q_blocks_of_kv_block(
+        jnp.minimum(kv_block, last_k), length, num_candidates, cfg)
+    block = jnp.where(keys_dead, last, jnp.clip(q_block, first, last))
+    return jnp.where(keys_live, block, 0)
 
 
 # --- per-tile math shared by the three kernels ---------------------------------------------------
@@ -308,6 +325,22 @@ def _q_map(cfg):
         q_block, kv_block, lengths[b], candidates[b], cfg)
 
 
+def _outer_map(block):
+    """Index-map helper of an outer-axis input: (b, outer, inner) -> outer block, where blocks past
+    the length re-point at the last live one (their steps compute nothing, so no DMA is wasted;
+    the outputs keep their own blocks and are written as zeros)."""
+    return lambda b, outer, inner, lengths, *_: jnp.minimum(outer, _last_block(lengths[b], block))
+
+
+def _spec(rows, cols, token_map):
+    """BlockSpec of a [B, H, S', cols] array, token block from `token_map(b, outer, inner, *refs)`."""
+    return pl.BlockSpec((None, None, rows, cols),
+                        lambda b, h, i, j, *refs: (b, h, token_map(b, i, j, *refs), 0))
+
+
+_OWN_BLOCK = lambda b, outer, inner, *_: outer  # outputs: every outer step writes its own block
+
+
 def _meta_specs(cfg, q_index, k_index):
     """BlockSpecs of the per-query [B, S', 128] and per-key [B, 8, S'] vectors in use.
 
@@ -330,20 +363,15 @@ def _forward(q, k, v, meta, cfg):
     batch, heads, seq, dim = q.shape
     value_dim = v.shape[-1]
     bq, bk = cfg.block_q, cfg.block_k
-    fetch_kv = _kv_map(cfg)
-    kv_map = lambda b, h, i, j, *refs: (b, h, fetch_kv(b, i, j, *refs), 0)
-    q_map = lambda b, h, i, j, *_: (b, h, i, 0)
-    in_specs = [
-        pl.BlockSpec((None, None, bq, dim), q_map),
-        pl.BlockSpec((None, None, bk, dim), kv_map),
-        pl.BlockSpec((None, None, bk, value_dim), kv_map),
-    ] + _meta_specs(cfg, lambda b, i, j, *_: i, fetch_kv)
+    fetch_kv, fetch_q = _kv_map(cfg), _outer_map(bq)
+    in_specs = [_spec(bq, dim, fetch_q), _spec(bk, dim, fetch_kv), _spec(bk, value_dim, fetch_kv)]
+    in_specs += _meta_specs(cfg, fetch_q, fetch_kv)
     out_shape = [jax.ShapeDtypeStruct((batch, heads, seq, value_dim), v.dtype)]
-    out_specs = [pl.BlockSpec((None, None, bq, value_dim), q_map)]
+    out_specs = [_spec(bq, value_dim, _OWN_BLOCK)]
     scratch = [pltpu.VMEM((bq, value_dim), jnp.float32)]
     if cfg.kind == "softmax":
         out_shape.append(jax.ShapeDtypeStruct((batch, heads, seq, NUM_LANES), jnp.float32))
-        out_specs.append(pl.BlockSpec((None, None, bq, NUM_LANES), q_map))
+        out_specs.append(_spec(bq, NUM_LANES, _OWN_BLOCK))
         scratch = [pltpu.VMEM((bq, NUM_LANES), jnp.float32)] * 2 + scratch
     prefetch, vectors = _prefetch_and_meta(meta)
     outs = pl.pallas_call(
@@ -456,24 +484,18 @@ def _backward(q, k, v, out, lse, d_out, meta, cfg):
     if cfg.kind == "softmax":
         di = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
         row_inputs = [lse, jnp.broadcast_to(di[..., None], lse.shape)]
-    row_spec = lambda index: pl.BlockSpec((None, None, bq, NUM_LANES), index)
     params = _CompilerParams(dimension_semantics=_DIMENSIONS)
 
-    fetch_kv = _kv_map(cfg)
-    q_map = lambda b, h, i, j, *_: (b, h, i, 0)
-    kv_map = lambda b, h, i, j, *refs: (b, h, fetch_kv(b, i, j, *refs), 0)
+    fetch_kv, fetch_q = _kv_map(cfg), _outer_map(bq)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(batch, heads, seq // bq, seq // bk),
-            in_specs=[
-                pl.BlockSpec((None, None, bq, dim), q_map),
-                pl.BlockSpec((None, None, bk, dim), kv_map),
-                pl.BlockSpec((None, None, bk, value_dim), kv_map),
-                pl.BlockSpec((None, None, bq, value_dim), q_map),
-            ] + _meta_specs(cfg, lambda b, i, j, *_: i, fetch_kv)
-              + [row_spec(q_map)] * len(row_inputs),
-            out_specs=pl.BlockSpec((None, None, bq, dim), q_map),
+            in_specs=[_spec(bq, dim, fetch_q), _spec(bk, dim, fetch_kv),
+                      _spec(bk, value_dim, fetch_kv), _spec(bq, value_dim, fetch_q)]
+                     + _meta_specs(cfg, fetch_q, fetch_kv)
+                     + [_spec(bq, NUM_LANES, fetch_q)] * len(row_inputs),
+            out_specs=_spec(bq, dim, _OWN_BLOCK),
             scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=params,
@@ -481,22 +503,16 @@ def _backward(q, k, v, out, lse, d_out, meta, cfg):
         name=f"genrank_attention_{cfg.kind}_dq",
     )(*prefetch, q, k, v, d_out, *vectors, *row_inputs)
 
-    fetch_q = _q_map(cfg)
-    kv_own = lambda b, h, i, j, *_: (b, h, i, 0)
-    q_fetch = lambda b, h, i, j, *refs: (b, h, fetch_q(b, i, j, *refs), 0)
+    fetch_kv, fetch_q = _outer_map(bk), _q_map(cfg)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, cfg=cfg),
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(batch, heads, seq // bk, seq // bq),
-            in_specs=[
-                pl.BlockSpec((None, None, bq, dim), q_fetch),
-                pl.BlockSpec((None, None, bk, dim), kv_own),
-                pl.BlockSpec((None, None, bk, value_dim), kv_own),
-                pl.BlockSpec((None, None, bq, value_dim), q_fetch),
-            ] + _meta_specs(cfg, fetch_q, lambda b, i, j, *_: i)
-              + [row_spec(q_fetch)] * len(row_inputs),
-            out_specs=[pl.BlockSpec((None, None, bk, dim), kv_own),
-                       pl.BlockSpec((None, None, bk, value_dim), kv_own)],
+            in_specs=[_spec(bq, dim, fetch_q), _spec(bk, dim, fetch_kv),
+                      _spec(bk, value_dim, fetch_kv), _spec(bq, value_dim, fetch_q)]
+                     + _meta_specs(cfg, fetch_q, fetch_kv)
+                     + [_spec(bq, NUM_LANES, fetch_q)] * len(row_inputs),
+            out_specs=[_spec(bk, dim, _OWN_BLOCK), _spec(bk, value_dim, _OWN_BLOCK)],
             scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32),
                             pltpu.VMEM((bk, value_dim), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
