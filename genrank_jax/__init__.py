@@ -1,0 +1,33 @@
+"""genrank-jax: GenRank generative ranking and the Leakage Impact Score, in JAX.
+
+Public API:
+  GenRankConfig, GenRank, DINRanker, build_model       the models (Flax NNX)
+  TokenBatch, SampleBuilder, SampleLayout              token batches from a RankingDataset
+  RankingDataset, FeatureSpec, load_dataset            data (simulator, MovieLens, KuaiRand)
+  candidate_bce, make_optimizer, Trainer, TrainConfig  training
+  validate_batch, metrics                              checks and AUC / GAUC
+  genrank_jax.kernels.attention                        the fused jagged attention op
+  genrank_jax.leakage                                  LIS / AIS with probe rankers
+"""
+
+from genrank_jax import metrics
+from genrank_jax.baselines import DINRanker, build_model
+from genrank_jax.config import PRESETS, GenRankConfig
+from genrank_jax.data.batching import BatchPlan, iterate_batches
+from genrank_jax.data.samples import SampleBuilder, SampleLayout
+from genrank_jax.data.schema import FeatureSpec, ItemCatalog, Interactions, RankingDataset
+from genrank_jax.data.sources import load_dataset
+from genrank_jax.data.tokens import TokenBatch, TokenKind
+from genrank_jax.losses import candidate_bce
+from genrank_jax.model import GenRank
+from genrank_jax.training import TrainConfig, Trainer, make_optimizer
+from genrank_jax.validation import BatchError, validate_batch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "metrics", "DINRanker", "build_model", "PRESETS", "GenRankConfig", "BatchPlan", "iterate_batches",
+    "SampleBuilder", "SampleLayout", "FeatureSpec", "ItemCatalog", "Interactions", "RankingDataset",
+    "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
+    "make_optimizer", "BatchError", "validate_batch",
+]

@@ -1,0 +1,14 @@
+"""Data: the dataset contract, the feed simulator, real-dataset builders, samples and batches."""
+
+from genrank_jax.data.batching import BatchPlan, bucket_length, iterate_batches, plan_batches
+from genrank_jax.data.samples import SampleBuilder, SampleLayout
+from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
+from genrank_jax.data.sources import load_dataset
+from genrank_jax.data.synthetic import SimulatedFeed, SimulatorConfig, simulate
+from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
+
+__all__ = [
+    "BatchPlan", "bucket_length", "iterate_batches", "plan_batches", "SampleBuilder", "SampleLayout",
+    "FeatureSpec", "Interactions", "ItemCatalog", "RankingDataset", "load_dataset", "SimulatedFeed",
+    "SimulatorConfig", "simulate", "NO_ITEM", "TokenBatch", "TokenKind",
+]
