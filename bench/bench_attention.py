@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import statistics
-import subprocess
 import sys
 import time
 
@@ -36,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchlib import measure, run_header, write_rows
 from genrank_jax.kernels import alibi_slopes, attention, relative_bias, valid_pairs
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def valid_pair_count(lengths, candidates) -> np.ndarray:
@@ -102,30 +99,6 @@ def build(impl, problem, kind, interpret, on_gpu):
     return jax.jit(forward), jax.jit(forward_backward), args
 
 
-def measure(fn, args, repeats):
-    """(compile seconds, median ms, temp bytes)."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    analysis = compiled.memory_analysis()
-    temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
-    return compile_s, statistics.median(times), temp
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=RESULTS.parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def parse_args(argv, on_gpu):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-lens", default="1024,4096,8192,16384" if on_gpu else "256")
@@ -161,8 +134,7 @@ def main(argv=None):
     on_gpu = device.platform == "gpu"
     args = parse_args(argv, on_gpu)
     rng = np.random.default_rng(0)
-    header = dict(device_kind=device.device_kind, platform=device.platform,
-                  jax_version=jax.__version__, git_commit=git_commit(), interpret=args.interpret)
+    header = dict(run_header(), interpret=args.interpret)
     print(json.dumps(header))
     print(f"{'kind':8} {'S':>6} {'D':>4} {'impl':18} {'fwd ms':>9} {'TFLOP/s':>8} {'f+b ms':>9} "
           f"{'TFLOP/s':>8} {'temp MiB':>9} {'vs dpa':>7} {'vs xla':>7}")
@@ -213,11 +185,8 @@ def main(argv=None):
                             row[f"fwd_bwd_speedup_vs_{baseline}"] = base["fwd_bwd_ms"] / row["fwd_bwd_ms"]
                     print_row(row)
                 rows.extend(config_rows)
-    if args.out:
-        path = (RESULTS / f"attention_{device.platform}_{header['git_commit']}_{int(time.time())}.json"
-                if args.out == "auto" else pathlib.Path(args.out))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=1))
+    path = write_rows("attention", header, rows, args.out)
+    if path:
         print(f"wrote {len(rows)} rows to {path}")
     return rows
 

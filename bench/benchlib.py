@@ -1,0 +1,55 @@
+"""Shared benchmark plumbing: timing a compiled function, run metadata, JSON rows."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import subprocess
+import time
+
+import jax
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def measure(fn, args, repeats):
+    """(compile seconds, median ms, temp bytes) of jitted `fn` on `args` (compile timed apart)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+    return compile_s, statistics.median(times), temp
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=RESULTS.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_header() -> dict:
+    """Device kind, platform, jax version and git commit of this run."""
+    device = jax.devices()[0]
+    return dict(device_kind=device.device_kind, platform=device.platform, jax_version=jax.__version__,
+                git_commit=git_commit())
+
+
+def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pathlib.Path | None:
+    """Write {header, rows} as JSON to `out` ("auto": bench/results/<name>_<platform>_<commit>.json)."""
+    if not out:
+        return None
+    path = (RESULTS / f"{name}_{header['platform']}_{header['git_commit']}_{int(time.time())}.json"
+            if out == "auto" else pathlib.Path(out))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    return path
