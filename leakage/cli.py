@@ -1,0 +1,119 @@
+"""`genrank-jax lis`: the LIS table of leak kinds x horizons (+ AIS of given features) for a dataset.
+
+Writes <out>/lis.md (the table), <out>/lis.json (rows + run metadata) and <out>/lis.png (deltas
+with 95% intervals), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from genrank_jax.leakage import leaks as leak_builders
+from genrank_jax.leakage.impact import leakage_impact
+from genrank_jax.leakage.log import InteractionLog
+from genrank_jax.leakage.probe import ProbeConfig
+from genrank_jax.leakage.times import parse_duration, parse_time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="synthetic:tests",
+                        help="dataset source for genrank_jax.data.sources.load_dataset (default synthetic:tests)")
+    parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    parser.add_argument("--task", default=None, help="action to score (name); default: all, AUC averaged")
+    parser.add_argument("--cutoff", default="0.8",
+                        help="train before this time: a quantile of the log's times (0.8), an ISO date or seconds")
+    parser.add_argument("--eval-end", default=None, help="evaluate up to this time (same forms); default: log end")
+    parser.add_argument("--horizon", default="7d,30d", help="comma-separated leak horizons (7d, 12h, seconds)")
+    parser.add_argument("--leaks", default=",".join(leak_builders.BUILDERS),
+                        help=f"comma-separated leak kinds among {', '.join(leak_builders.BUILDERS)} (empty: none)")
+    parser.add_argument("--features", nargs="*", default=[], metavar="NAME=PATH.npy",
+                        help="representation features (AIS): [num_items, d] or [N, d] arrays in .npy files")
+    parser.add_argument("--bound", default=None, help="leak row that AIS is divided by (default: largest LIS)")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--dim", type=int, default=None, help="probe embedding width (and type A width)")
+    parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
+    parser.add_argument("--out", default="lis_out", help="output folder")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _probe_config(args) -> ProbeConfig:
+    overrides = {name: getattr(args, name) for name in ("epochs", "batch_size", "dim") if getattr(args, name)}
+    return ProbeConfig(**overrides)
+
+
+def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
+    features = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--features takes NAME=PATH.npy, got {spec!r}")
+        features[name] = np.load(path)
+    return features
+
+
+def run(args) -> int:
+    from genrank_jax.data.sources import load_dataset
+
+    dataset = load_dataset(args.data, data_dir=args.data_dir)
+    log = InteractionLog.from_dataset(dataset, task=args.task)
+    cutoff = parse_time(args.cutoff, log.timestamp)
+    eval_end = parse_time(args.eval_end, log.timestamp) if args.eval_end else None
+    horizons = [h.strip() for h in args.horizon.split(",") if h.strip()]
+    kinds = [k.strip() for k in args.leaks.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in leak_builders.BUILDERS]
+    if unknown:
+        print(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}", file=sys.stderr)
+        return 2
+    config = _probe_config(args)
+    features, feature_kinds = {}, {}
+    quiet = args.no_progress
+    with tqdm(total=len(kinds) * len(horizons), desc="leaks", disable=quiet) as bar:
+        for horizon in horizons:
+            seconds = parse_duration(horizon)
+            for kind in kinds:
+                name = f"{kind}@{horizon}"
+                extra = {"dim": config.dim, "probe": config} if kind == "future_item_embeddings" else {}
+                features[name] = leak_builders.BUILDERS[kind](log, cutoff, seconds, **extra)
+                feature_kinds[name] = "leak"
+                bar.update()
+    for name, values in _load_features(args.features).items():
+        if name in features:
+            print(f"feature name {name!r} is taken by a leak", file=sys.stderr)
+            return 2
+        features[name] = values
+        feature_kinds[name] = "representation"
+    with tqdm(total=None, desc="probes (epochs)", disable=quiet) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
+                                probe=config, parallel=not args.sequential, kinds=feature_kinds,
+                                bound=args.bound, progress=progress)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {**report.metadata, "data": args.data, "horizons": horizons}
+    (out / "lis.md").write_text(report.to_markdown())
+    (out / "lis.json").write_text(type(report)(report.rows, metadata).to_json())
+    report.plot(out / "lis.png")
+    print(report.to_markdown())
+    print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="genrank-jax lis", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

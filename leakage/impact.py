@@ -1,0 +1,95 @@
+"""`leakage_impact`: LIS of leaked features and AIS of representations, with intervals over seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from genrank_jax import metrics
+from genrank_jax.leakage import bank
+from genrank_jax.leakage.log import InteractionLog
+from genrank_jax.leakage.probe import ProbeConfig
+from genrank_jax.leakage.report import LeakageReport, build_rows
+
+_KINDS = ("leak", "representation")
+
+
+def probe_aucs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[K, T] exact AUC of each probe on each task; logits [K, Ne, T], labels [Ne, T]."""
+    return np.array([[metrics.auc(labels[:, t], logits[k, :, t]) for t in range(labels.shape[1])]
+                     for k in range(logits.shape[0])])
+
+
+def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None = None,
+                   features: dict, seeds: int = 8, probe: ProbeConfig = ProbeConfig(), parallel: bool = True,
+                   kinds: dict[str, str] | None = None, bound: str | None = None, strategy: str = "auto",
+                   progress=None) -> LeakageReport:
+    """Train probes with and without each feature; report AUC, delta (LIS / AIS) and intervals.
+
+    Probes train on the rows with timestamp < cutoff and are evaluated on cutoff <= t < eval_end
+    (default: to the end of the log). Each feature (per-item [num_items, d], per-interaction [N, d],
+    or a `bank.Feature`) gets `seeds` probes, each paired with the baseline probe of its seed.
+    kinds: {feature: "leak" | "representation"}; unnamed features are "feature". With both kinds
+    present a representation's `fraction_of_bound` is its AIS over the LIS of `bound` (default:
+    the leak with the largest LIS: the tightest known bound on what that data can teach).
+    parallel: one bank for all probes (True) or the same probes one at a time; strategy: how the
+    bank runs its probe axis ("auto", "vmap", "map"; see `bank.resolve_strategy`).
+    progress: optional callable(done, total) called after each epoch of training.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    kinds = dict(kinds or {})
+    unknown = set(kinds) - set(features)
+    if unknown:
+        raise ValueError(f"kinds names features that were not given: {sorted(unknown)}")
+    bad = {name: kind for name, kind in kinds.items() if kind not in _KINDS}
+    if bad:
+        raise ValueError(f"kinds must be 'leak' or 'representation', got {bad}")
+    if "baseline" in features:
+        raise ValueError("'baseline' is reserved for the probe without a feature")
+    eval_end = np.inf if eval_end is None else float(eval_end)
+    if not eval_end > cutoff:
+        raise ValueError(f"eval_end ({eval_end}) must be after cutoff ({cutoff})")
+    train_rows = log.rows_between(None, cutoff)
+    eval_rows = log.rows_between(cutoff, eval_end)
+    if len(eval_rows) == 0:
+        raise ValueError(f"no interactions in the eval window [{cutoff}, {eval_end})")
+    prepared = {name: bank.as_feature(name, values, log) for name, values in features.items()}
+    start = time.perf_counter()
+    run = bank.prepare_run(log, train_rows, eval_rows, prepared, probe)
+    names = ("baseline",) + run.feature_names
+    families = len(names)
+    seed_of = np.repeat(np.arange(seeds), families)
+    slot_of = np.tile(np.arange(families), seeds)
+    total = probe.epochs * (1 if parallel else len(slot_of))
+    done = [0]
+
+    def on_epoch(_):
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    logits = bank.train_and_predict(run, seed_of, slot_of, parallel=parallel, strategy=strategy, on_epoch=on_epoch)
+    task_aucs = probe_aucs(logits, run.eval_labels).reshape(seeds, families, -1)  # [S, F+1, T]
+    with np.errstate(all="ignore"):
+        aucs = np.nanmean(task_aucs, axis=-1)
+    if np.isnan(aucs).any():
+        raise ValueError("the eval window has a single label class on every task: AUC is undefined")
+    row_kinds = ["baseline"] + [kinds.get(name, "feature") for name in run.feature_names]
+    # report rows in the caller's feature order (the bank groups slots by side)
+    order = [0] + [1 + run.feature_names.index(name) for name in prepared]
+    names = tuple(names[i] for i in order)
+    row_kinds = [row_kinds[i] for i in order]
+    rows = build_rows(names, row_kinds, aucs[:, order], task_aucs[:, order], log.task_names, bound=bound)
+    metadata = {
+        "cutoff": float(cutoff), "eval_end": None if np.isinf(eval_end) else eval_end,
+        "train_rows": int(len(train_rows)), "eval_rows": int(len(eval_rows)), "seeds": int(seeds),
+        "tasks": list(log.task_names), "probes": int(len(slot_of)), "parallel": bool(parallel),
+        "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(probe),
+        "feature_widths": {name: prepared[name].width for name in run.feature_names},
+        "feature_per": {name: prepared[name].per for name in run.feature_names},
+        "seconds": time.perf_counter() - start,
+    }
+    return LeakageReport(tuple(rows), metadata)
