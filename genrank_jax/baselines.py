@@ -33,6 +33,7 @@ class DINRanker(nnx.Module):
         self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
         self.user = nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
+        self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
         self.attention_hidden = nnx.Linear(4 * width, width, rngs=rngs)
         self.attention_score = nnx.Linear(width, 1, rngs=rngs)
         hidden = config.mlp_ratio * width
@@ -44,7 +45,8 @@ class DINRanker(nnx.Module):
         items = self.items(batch.item_ids, batch.side, batch.content)  # [B, S, W]
         history_mask = batch.kinds == TokenKind.EXPOSURE  # [B, S]
         history = (items + batch.actions @ self.action_vectors[...]) * history_mask[..., None]
-        context = items + self.gap(batch.gap_bucket)  # the request's recency as context
+        # the request's recency and the display slot as context
+        context = items + self.gap(batch.gap_bucket) + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
         gather = lambda x: jnp.take_along_axis(x, batch.candidate_index[..., None], axis=1, mode="clip")
         candidates = gather(context)  # [B, M, W]
         # activation unit over (candidate m, history j) pairs: [B, M, S, 4W]

@@ -45,6 +45,7 @@ class GenRankConfig:
     max_tokens: int = 512
     num_request_slots: int = 64
     num_gap_buckets: int = 16
+    num_slots: int = 64  # exposure index inside a request (display position)
     num_user_buckets: int | None = None  # None: one row per user id (features.num_users)
     use_alibi: bool = True
     use_time_bias: bool = True

@@ -44,7 +44,10 @@ class ItemEmbedding(nnx.Module):
 
 
 class TokenEmbedding(nnx.Module):
-    """e = phi(item) + psi(actions) [+ M on candidates] + position + request index + gap + user.
+    """e = phi(item) + psi(actions) [+ M on candidates] + position + request index + gap + slot + user.
+
+    The slot (index inside the request) is not in the paper's Eq. 1; it carries display-position
+    bias, which feeds show in every log. Set all slots to 0 where positions are unknown.
 
     psi(actions) sums one learned vector per action taken. The mask-action vector M marks
     action-oriented candidates (item-oriented candidates are plain item tokens, as in HSTU).
@@ -61,6 +64,7 @@ class TokenEmbedding(nnx.Module):
         self.position = nnx.Embed(config.max_tokens, width, embedding_init=init, rngs=rngs)
         self.request = nnx.Embed(config.num_request_slots, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
+        self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
         self.user = (nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
 
@@ -76,6 +80,7 @@ class TokenEmbedding(nnx.Module):
             x = x + (kinds == TokenKind.CANDIDATE)[..., None] * self.mask_action[...]
         positions = jnp.minimum(batch.positions, self.config.max_tokens - 1)
         x = x + self.position(positions) + self.request(batch.request_index) + self.gap(batch.gap_bucket)
+        x = x + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
         if self.user is not None:
             x = x + self.user(batch.user_ids % self.config.user_rows)[:, None, :]
         return x * valid[..., None]

@@ -109,7 +109,7 @@ class Trainer:
         self.config, self.train_config, self.dataset = config, train, dataset
         self.layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
                                    num_gap_buckets=config.num_gap_buckets,
-                                   num_request_slots=config.num_request_slots,
+                                   num_request_slots=config.num_request_slots, num_slots=config.num_slots,
                                    organization=config.organization)
         self.builder = SampleBuilder(dataset, self.layout)
         self.train_requests = usable_requests(self.builder, dataset.train_requests, train.min_history)

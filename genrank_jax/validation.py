@@ -28,7 +28,7 @@ def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
     b, s = batch.item_ids.shape
     a, f, c = features.num_actions, len(features.side_vocab_sizes), features.content_dim
     _expect("item_ids", batch.item_ids, (b, s), "iu")
-    for name in ("kinds", "positions", "request_index", "gap_bucket"):
+    for name in ("kinds", "positions", "request_index", "gap_bucket", "slot"):
         _expect(name, getattr(batch, name), (b, s), "iu")
     _expect("actions", batch.actions, (b, s, a), "f")
     _expect("labels", batch.labels, (b, s, a), "f")

@@ -34,6 +34,7 @@ class SampleLayout:
     max_candidates: int = 128
     num_gap_buckets: int = 16
     num_request_slots: int = 64  # request_index is capped at this - 1
+    num_slots: int = 64  # an exposure's index inside its request is capped at this - 1
     organization: Organization = "action"
 
     def __post_init__(self):
@@ -144,19 +145,22 @@ class SampleBuilder:
         request_index = np.minimum(request_index, layout.num_request_slots - 1).astype(np.int32)
         gap_bucket = np.where(valid, self.request_gap_bucket[row_request], 0).astype(np.int32)
         timestamps = np.where(valid, log.timestamps[safe_rows] - request_time[:, None], 0).astype(np.float32)
+        in_request = safe_rows - log.request_starts[row_request]
+        slot = np.where(valid, np.minimum(in_request, layout.num_slots - 1), 0).astype(np.int32)
         if candidate_slots is None:
             candidate_slots = max(1, int(num_candidates.max()) if batch_size else 1)
         if num_candidates.size and num_candidates.max() > candidate_slots:
             raise ValueError(f"a sample has {num_candidates.max()} candidates but candidate_slots is {candidate_slots}")
-        slot = np.arange(candidate_slots)[None, :]
-        candidate_index = np.where(slot < num_candidates[:, None], (lengths - num_candidates)[:, None] + slot,
+        slot_of_candidate = np.arange(candidate_slots)[None, :]
+        candidate_index = np.where(slot_of_candidate < num_candidates[:, None],
+                                   (lengths - num_candidates)[:, None] + slot_of_candidate,
                                    seq_len).astype(np.int32)
         user_ids = np.zeros(batch_size, np.int32)
         user_ids[:len(requests)] = log.request_users()[requests]
         assert side.shape[-1] == num_side and labels.shape[-1] == num_actions
         return TokenBatch(
             user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,
-            content=content, positions=positions, request_index=request_index, gap_bucket=gap_bucket,
+            content=content, positions=positions, request_index=request_index, gap_bucket=gap_bucket, slot=slot,
             timestamps=timestamps, labels=labels, lengths=lengths, num_candidates=num_candidates,
             candidate_index=candidate_index,
         )

@@ -37,6 +37,7 @@ class TokenBatch:
     positions: [B, S] int32 (candidates of a request share one)
     request_index: [B, S] int32 (distinct requests before this token's request, in the sample)
     gap_bucket: [B, S] int32 (bucketed time since the previous request; 0 = no previous request)
+    slot: [B, S] int32 the exposure's index inside its request (its display position in a feed)
     timestamps: [B, S] float32 seconds relative to the sample's request (<= 0)
     labels: [B, S, A] float32 (candidate tokens only; 0 elsewhere)
     candidate_index: [B, M] int32 token index of each candidate (S where the slot is empty), for
@@ -52,6 +53,7 @@ class TokenBatch:
     positions: np.ndarray
     request_index: np.ndarray
     gap_bucket: np.ndarray
+    slot: np.ndarray
     timestamps: np.ndarray
     labels: np.ndarray
     lengths: np.ndarray

@@ -221,3 +221,19 @@ def test_iterate_batches_pads_to_buckets_and_reports_padding():
     resumed = list(iterate_batches(builder, split, plan, epoch=2, skip=3))
     assert len(resumed) == len(all_batches) - 3
     np.testing.assert_array_equal(resumed[0].item_ids, all_batches[3].item_ids)
+
+
+def test_slot_is_the_exposure_index_inside_its_request():
+    from genrank_jax.data.synthetic import SimulatorConfig, simulate
+
+    dataset = simulate(SimulatorConfig.preset("tests")).dataset
+    builder = SampleBuilder(dataset, SampleLayout(max_history=30))
+    requests = dataset.train_requests[builder.history_count[dataset.train_requests] > 0][:8]
+    batch = builder.build(requests, int(builder.token_counts(requests).max()))
+    for b in range(len(requests)):
+        m, n = batch.num_candidates[b], batch.lengths[b] - batch.num_candidates[b]
+        np.testing.assert_array_equal(batch.slot[b, n:n + m], np.arange(m))
+        # inside the history the slot restarts at 0 exactly where a new request begins
+        new_request = np.diff(batch.request_index[b, :n]) != 0
+        np.testing.assert_array_equal(batch.slot[b, 1:n][new_request], 0)
+        np.testing.assert_array_equal(np.diff(batch.slot[b, :n])[~new_request], 1)
