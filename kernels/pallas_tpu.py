@@ -117,7 +117,13 @@ def unavailable_reason(interpret: bool) -> str | None:
 # --- which (q block, kv block) tiles hold a valid pair -------------------------------------------
 # Pure scalar arithmetic on prefetched lengths: shared by the index maps (so dead steps re-point at
 # a block already in VMEM and no DMA is issued) and the kernel bodies (so dead steps do nothing).
-# Divisions only ever see non-negative operands, as Mosaic's scalar division truncates.
+# Every division below has non-negative operands, so truncating `lax.div` is floor division, without
+# the sign fix-ups `//` would add to each index map.
+
+
+def _div(numerator, denominator):
+    return lax.div(numerator, denominator)
+
 
 def _kv_blocks_of_q_block(q_block, length, num_candidates, cfg):
     """Live kv blocks of one q block: [0, num_history) and [first_diag, last_diag].
@@ -128,10 +134,10 @@ def _kv_blocks_of_q_block(q_block, length, num_candidates, cfg):
     q_lo = q_block * cfg.block_q
     q_end = jnp.minimum(q_lo + cfg.block_q, length)  # rows [q_lo, q_end) are live
     rows_live = q_lo < length
-    last_diag = jnp.maximum(q_end - 1, 0) // cfg.block_k
-    first_diag = q_lo // cfg.block_k
+    last_diag = _div(jnp.maximum(q_end - 1, 0), cfg.block_k)
+    first_diag = _div(q_lo, cfg.block_k)
     history = length - num_candidates
-    num_history = jnp.minimum((history + cfg.block_k - 1) // cfg.block_k, last_diag + 1)
+    num_history = jnp.minimum(_div(history + cfg.block_k - 1, cfg.block_k), last_diag + 1)
     return rows_live, num_history, first_diag, last_diag
 
 
@@ -143,7 +149,7 @@ def _kv_block_is_live(q_block, kv_block, length, num_candidates, cfg):
 
 def _last_block(length, block):
     """The block holding token `length - 1` (block 0 when the sample is empty)."""
-    return jnp.maximum(length - 1, 0) // block
+    return _div(jnp.maximum(length - 1, 0), block)
 
 
 def _kv_block_to_fetch(q_block, kv_block, length, num_candidates, cfg):
@@ -171,8 +177,8 @@ def _q_blocks_of_kv_block(kv_block, length, num_candidates, cfg):
     keys_live = k_lo < length
     history = length - num_candidates
     k_last = jnp.where(k_lo < history, length - 1, jnp.minimum(k_lo + cfg.block_k, length) - 1)
-    first = k_lo // cfg.block_q
-    last = jnp.maximum(k_last, 0) // cfg.block_q
+    first = _div(k_lo, cfg.block_q)
+    last = _div(jnp.maximum(k_last, 0), cfg.block_q)
     return keys_live, first, last
 
 
@@ -272,10 +278,10 @@ def _forward_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref
 
     @pl.when(kv_block == 0)
     def _init():
-        acc_ref[...] = jnp.zeros_like(acc_ref)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
         if cfg.kind == "softmax":
-            m_ref[...] = jnp.full_like(m_ref, -jnp.inf)
-            l_ref[...] = jnp.zeros_like(l_ref)
+            m_ref[...] = jnp.full(m_ref.shape, -jnp.inf, jnp.float32)
+            l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
@@ -418,7 +424,7 @@ def _dq_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_o
 
     @pl.when(kv_block == 0)
     def _init():
-        acc_ref[...] = jnp.zeros_like(acc_ref)
+        acc_ref[...] = jnp.zeros(acc_ref.shape, jnp.float32)
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
@@ -450,8 +456,8 @@ def _dkv_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_
 
     @pl.when(q_block == 0)
     def _init():
-        dk_acc_ref[...] = jnp.zeros_like(dk_acc_ref)
-        dv_acc_ref[...] = jnp.zeros_like(dv_acc_ref)
+        dk_acc_ref[...] = jnp.zeros(dk_acc_ref.shape, jnp.float32)
+        dv_acc_ref[...] = jnp.zeros(dv_acc_ref.shape, jnp.float32)
 
     @pl.when(_q_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
