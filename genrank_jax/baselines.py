@@ -1,4 +1,5 @@
-"""The conventional ranker of the paper's comparison: DIN-style target attention + MLP.
+"""Baselines: the conventional ranker of the paper (DIN-style target attention + MLP) and a
+logistic user + item bias model.
 
 It reads the same action-oriented token batch as GenRank: history tokens are its behaviour
 sequence, each candidate token a target. The item-oriented HSTU-style baseline is `GenRank` with
@@ -69,8 +70,24 @@ class DINRanker(nnx.Module):
         return logits.at[rows, batch.candidate_index].set(per_candidate, mode="drop")
 
 
+class LogisticBias(nnx.Module):
+    """logit[t] = bias[t] + user_bias[u, t] + item_bias[i, t]: no sequence, no interactions."""
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        actions = config.features.num_actions
+        self.config = config
+        self.bias = nnx.Param(jnp.zeros((actions,)))
+        self.user = nnx.Embed(config.user_rows, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.item = nnx.Embed(config.features.num_items, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+
+    def __call__(self, batch: TokenBatch) -> TaskLogits:
+        user = self.user(batch.user_ids % self.config.user_rows)[:, None, :]
+        return self.bias[...] + user + lookup(self.item, batch.item_ids)
+
+
 def build_model(config: GenRankConfig, *, rngs: nnx.Rngs):
-    """GenRank (either organization) or the DIN ranker, as `config.architecture` says."""
+    """GenRank (either organization), the DIN ranker or the logistic bias model, as configured."""
     from genrank_jax.model import GenRank
 
-    return DINRanker(config, rngs=rngs) if config.architecture == "din" else GenRank(config, rngs=rngs)
+    models = {"genrank": GenRank, "din": DINRanker, "logistic": LogisticBias}
+    return models[config.architecture](config, rngs=rngs)

@@ -14,7 +14,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m, kuairand:pure|1k|27k")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
-    parser.add_argument("--architecture", default="genrank", choices=["genrank", "din"])
+    parser.add_argument("--architecture", default="genrank", choices=["genrank", "din", "logistic"])
     parser.add_argument("--organization", default="action", choices=["action", "item"])
     parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])

@@ -10,7 +10,7 @@ from genrank_jax.data.schema import FeatureSpec
 
 Block = Literal["transformer", "hstu"]
 Organization = Literal["action", "item"]
-Architecture = Literal["genrank", "din"]
+Architecture = Literal["genrank", "din", "logistic"]
 
 # Named shapes. "paper": the HSTU baseline shape of the GenRank paper (3 blocks, 8 heads, width 768,
 # at most 480 tokens).
@@ -26,7 +26,8 @@ class GenRankConfig:
     """Everything that shapes a GenRank model or one of its baselines.
 
     architecture: "genrank" (a token sequence model; `organization` picks action- or
-      item-oriented tokens, `block` the block type) or "din" (DIN-style target attention + MLP).
+      item-oriented tokens, `block` the block type), "din" (DIN-style target attention + MLP) or
+      "logistic" (per-task user bias + item bias: the floor every ranker must beat).
     max_tokens: longest token sequence (history + candidates) the position table covers.
     use_alibi / use_time_bias: the parameter-free ALiBi position and time biases in attention.
     time_bias_scale: multiplies the geometric per-head slopes of the time term.
@@ -57,8 +58,8 @@ class GenRankConfig:
     dtype: str = "float32"  # activations/compute dtype; parameters stay float32
 
     def __post_init__(self):
-        if self.architecture not in ("genrank", "din"):
-            raise ValueError(f"architecture must be 'genrank' or 'din', got {self.architecture!r}")
+        if self.architecture not in ("genrank", "din", "logistic"):
+            raise ValueError(f"architecture must be 'genrank', 'din' or 'logistic', got {self.architecture!r}")
         if self.organization not in ("action", "item"):
             raise ValueError(f"organization must be 'action' or 'item', got {self.organization!r}")
         if self.block not in ("transformer", "hstu"):
