@@ -277,6 +277,7 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
         states, _ = _train_epoch(states, run.device_data, epoch_data, num_items=run.sizes.num_items,
                                  strategy=strategy)
         if on_epoch is not None:
+            jax.block_until_ready(states)  # so a callback's clock and progress are real
             on_epoch(epoch)
     return states
 

@@ -1,0 +1,114 @@
+"""Probe bank speed: parallel (one program) vs a loop over probes, FLOP/s vs matmul peak, LIS table.
+
+In one run: the f32 matmul peak of this machine; for K = 8, 32, 64 probes, the steady-state epoch
+time of the bank and of the loop (the first epoch of each compiles; the second is timed) and their
+ratio; the bank's achieved matmul FLOP/s and its fraction of the peak; the end-to-end time of the
+LIS table of three leak kinds x two horizons x 8 seeds (features built, probes compiled and
+trained, AUCs computed). Data: ml-100k (from --data-dir) or, without it, the simulator.
+
+  python bench/bench_leakage.py --data-dir ../shared/data/ml-100k --out auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+from genrank_jax.leakage import InteractionLog, ProbeConfig, leakage_impact, leaks  # noqa: E402
+from genrank_jax.leakage import bank, probe as probe_lib  # noqa: E402
+
+
+def matmul_peak(sizes=(512, 1024, 1536, 2048), repeats=5) -> float:
+    """Best f32 matmul FLOP/s over a few square sizes."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+        f = jax.jit(lambda x, y: x @ y)
+        _, ms, _ = benchlib.measure(f, (a, a), repeats)
+        best = max(best, 2 * n ** 3 / (ms / 1e3))
+    return best
+
+
+def load_log(args):
+    from genrank_jax.data.sources import load_dataset
+    if args.data_dir:
+        dataset = load_dataset("movielens:100k", data_dir=args.data_dir)
+        return "movielens:100k", InteractionLog.from_dataset(dataset, task="like")
+    return "synthetic:default", InteractionLog.from_dataset(load_dataset("synthetic"), task="click")
+
+
+def epoch_times(run, seeds, slots, parallel: bool) -> tuple[float, float]:
+    """(wall seconds incl. compile, steady seconds of one epoch of all probes)."""
+    marks = []
+    start = time.perf_counter()
+    bank.train_and_predict(run, seeds, slots, parallel=parallel, on_epoch=lambda _: marks.append(time.perf_counter()))
+    wall = time.perf_counter() - start
+    marks = np.array(marks).reshape(-1, run.config.epochs)  # [1 or K, epochs]
+    return wall, float(np.sum(marks[:, 1] - marks[:, 0]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None, help="ml-100k folder (default: the simulator)")
+    parser.add_argument("--probes", default="8,32,64")
+    parser.add_argument("--out", default="auto", help='JSON path, "auto" (bench/results/) or "" (none)')
+    args = parser.parse_args()
+    header = benchlib.run_header()
+    source, log = load_log(args)
+    print(f"{header}  data={source} rows={log.num_rows}")
+    peak = matmul_peak()
+    print(f"f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    rows = [dict(kind="matmul_peak", gflops=peak / 1e9)]
+
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+    config = ProbeConfig(epochs=2)  # epoch 1 compiles, epoch 2 is timed
+    rng = np.random.default_rng(0)
+    features = {f"f{i}": bank.Feature(rng.standard_normal((log.num_items, 16)), "item") for i in range(7)}
+    run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None), features, config)
+    flops_per_probe_epoch = probe_lib.train_flops_per_example(config, run.sizes) * run.steps_per_epoch * config.batch_size
+    for k in [int(x) for x in args.probes.split(",")]:
+        seeds, slots = np.arange(k) // 8, np.arange(k) % 8
+        bank_wall, bank_epoch = epoch_times(run, seeds, slots, parallel=True)
+        loop_wall, loop_epoch = epoch_times(run, seeds, slots, parallel=False)
+        gflops = flops_per_probe_epoch * k / bank_epoch / 1e9
+        row = dict(kind="bank_vs_loop", probes=k, strategy=bank.resolve_strategy("auto"),
+                   bank_epoch_s=bank_epoch, loop_epoch_s=loop_epoch, speedup=loop_epoch / bank_epoch,
+                   bank_wall_s=bank_wall, loop_wall_s=loop_wall, wall_speedup=loop_wall / bank_wall,
+                   bank_gflops=gflops, fraction_of_peak=gflops * 1e9 / peak)
+        rows.append(row)
+        print(f"K={k:3d}  epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
+              f"wall incl. compile: bank {bank_wall:6.1f} s  loop {loop_wall:6.1f} s ({row['wall_speedup']:.2f}x) | "
+              f"bank {gflops:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak")
+
+    start = time.perf_counter()
+    table_features, kinds = {}, {}
+    for horizon in (7, 30):
+        for name, build in leaks.BUILDERS.items():
+            extra = {"probe": ProbeConfig()} if name == "future_item_embeddings" else {}
+            table_features[f"{name}@{horizon}d"] = build(log, cutoff, horizon * 86400.0, **extra)
+            kinds[f"{name}@{horizon}d"] = "leak"
+    features_s = time.perf_counter() - start
+    report = leakage_impact(log, cutoff=cutoff, features=table_features, seeds=8, kinds=kinds)
+    total = time.perf_counter() - start
+    rows.append(dict(kind="lis_table", leaks=3, horizons=2, seeds=8, probes=report.metadata["probes"],
+                     features_s=features_s, total_s=total))
+    print(f"LIS table (3 leaks x 2 horizons x 8 seeds = {report.metadata['probes']} probes): {total:.1f} s end to end "
+          f"({features_s:.1f} s building leaks)")
+    print(report.to_markdown())
+    path = benchlib.write_rows("leakage", {**header, "data": source}, rows, args.out)
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
