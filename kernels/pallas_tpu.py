@@ -34,8 +34,12 @@ from genrank_jax.kernels.masking import relative_bias, valid_pairs
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
-# jax <= 0.6 spelled it TPUCompilerParams; newer versions (0.9 .. 0.11) spell it CompilerParams.
-_CompilerParams = getattr(pltpu, "CompilerParams", None) or getattr(pltpu, "TPUCompilerParams")
+try:
+    # jax <= 0.6 spelled it TPUCompilerParams; 0.9 and 0.10 (tested) spell it CompilerParams.
+    _CompilerParams = getattr(pltpu, "CompilerParams", None) or pltpu.TPUCompilerParams
+    _PrefetchScalarGridSpec, _VMEM = pltpu.PrefetchScalarGridSpec, pltpu.VMEM
+except AttributeError as _error:  # a jax whose Pallas TPU API moved: report, don't crash dispatch
+    raise ImportError(f"jax {jax.__version__} lacks a Pallas TPU API this backend uses: {_error}")
 _DIMENSIONS = ("parallel", "parallel", "parallel", "arbitrary")
 
 
@@ -60,13 +64,12 @@ class BlockSizes:
                                  "(the TPU sublane count)")
 
     def check_compiles_for_tpu(self):
-        """Mosaic's stricter rule: a kv block is the lane dim of the logits tile and key vectors."""
-        for name in ("block_q", "block_k"):
-            value = getattr(self, name)
-            if value % NUM_LANES:
-                raise ValueError(f"on a TPU, BlockSizes.{name}={value} must be a multiple of "
-                                 f"{NUM_LANES} (the lane count); other multiples of "
-                                 f"{NUM_SUBLANES} only run with interpret=True")
+        """Mosaic's stricter rule: a kv block is the lane dim of the key vectors' [8, block_k]
+        tiles (and of the logits tile), so it must fill whole 128-lane vregs."""
+        if self.block_k % NUM_LANES:
+            raise ValueError(f"on a TPU, BlockSizes.block_k={self.block_k} must be a multiple of "
+                             f"{NUM_LANES} (the lane count); other multiples of {NUM_SUBLANES} "
+                             "only run with interpret=True")
 
     @classmethod
     def for_device(cls, device_kind: str | None = None, *, seq_len: int | None = None,
@@ -374,15 +377,15 @@ def _forward(q, k, v, meta, cfg):
     in_specs += _meta_specs(cfg, fetch_q, fetch_kv)
     out_shape = [jax.ShapeDtypeStruct((batch, heads, seq, value_dim), v.dtype)]
     out_specs = [_spec(bq, value_dim, _OWN_BLOCK)]
-    scratch = [pltpu.VMEM((bq, value_dim), jnp.float32)]
+    scratch = [_VMEM((bq, value_dim), jnp.float32)]
     if cfg.kind == "softmax":
         out_shape.append(jax.ShapeDtypeStruct((batch, heads, seq, NUM_LANES), jnp.float32))
         out_specs.append(_spec(bq, NUM_LANES, _OWN_BLOCK))
-        scratch = [pltpu.VMEM((bq, NUM_LANES), jnp.float32)] * 2 + scratch
+        scratch = [_VMEM((bq, NUM_LANES), jnp.float32)] * 2 + scratch
     prefetch, vectors = _prefetch_and_meta(meta)
     outs = pl.pallas_call(
         functools.partial(_forward_kernel, cfg=cfg),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
+        grid_spec=_PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(batch, heads, seq // bq, seq // bk),
             in_specs=in_specs, out_specs=out_specs, scratch_shapes=scratch),
         out_shape=out_shape,
@@ -495,14 +498,14 @@ def _backward(q, k, v, out, lse, d_out, meta, cfg):
     fetch_kv, fetch_q = _kv_map(cfg), _outer_map(bq)
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
+        grid_spec=_PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(batch, heads, seq // bq, seq // bk),
             in_specs=[_spec(bq, dim, fetch_q), _spec(bk, dim, fetch_kv),
                       _spec(bk, value_dim, fetch_kv), _spec(bq, value_dim, fetch_q)]
                      + _meta_specs(cfg, fetch_q, fetch_kv)
                      + [_spec(bq, NUM_LANES, fetch_q)] * len(row_inputs),
             out_specs=_spec(bq, dim, _OWN_BLOCK),
-            scratch_shapes=[pltpu.VMEM((bq, dim), jnp.float32)]),
+            scratch_shapes=[_VMEM((bq, dim), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=params,
         interpret=cfg.interpret,
@@ -512,15 +515,15 @@ def _backward(q, k, v, out, lse, d_out, meta, cfg):
     fetch_kv, fetch_q = _outer_map(bk), _q_map(cfg)
     dk, dv = pl.pallas_call(
         functools.partial(_dkv_kernel, cfg=cfg),
-        grid_spec=pltpu.PrefetchScalarGridSpec(
+        grid_spec=_PrefetchScalarGridSpec(
             num_scalar_prefetch=3, grid=(batch, heads, seq // bk, seq // bq),
             in_specs=[_spec(bq, dim, fetch_q), _spec(bk, dim, fetch_kv),
                       _spec(bk, value_dim, fetch_kv), _spec(bq, value_dim, fetch_q)]
                      + _meta_specs(cfg, fetch_q, fetch_kv)
                      + [_spec(bq, NUM_LANES, fetch_q)] * len(row_inputs),
             out_specs=[_spec(bk, dim, _OWN_BLOCK), _spec(bk, value_dim, _OWN_BLOCK)],
-            scratch_shapes=[pltpu.VMEM((bk, dim), jnp.float32),
-                            pltpu.VMEM((bk, value_dim), jnp.float32)]),
+            scratch_shapes=[_VMEM((bk, dim), jnp.float32),
+                            _VMEM((bk, value_dim), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=params,
         interpret=cfg.interpret,
