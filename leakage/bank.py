@@ -224,20 +224,29 @@ def _over_probes(fn, strategy: str, *stacked):
     return jax.lax.map(lambda args: fn(*args), stacked)
 
 
-def bank_step(states: dict, batch: dict, *, strategy: str):
-    """One step of K stacked probes: gather the batch's rows of every table once, run
-    `probe.update` per probe, scatter the rows back. Returns (new states, [K] losses)."""
-    tables = states["tables"]
-    item_block = jnp.take(tables["item"], batch["unique_items"], axis=1)  # [K, Qi, 3, d]
-    user_block = jnp.take(tables["user"], batch["unique_users"], axis=1)
-    params = {name: states[name] for name in ("dense", "adam", "consts")}
-    update = lambda p, i, u: probe_lib.update(p, i, u, batch)
-    params, item_block, user_block, loss = _over_probes(update, strategy, params, item_block, user_block)
+def probe_step(state: dict, batch: dict):
+    """One step of one probe: gather the rows of the batch's unique ids, `probe.update`, write them
+    back. Returns (new state, loss).
+
+    Gather and scatter stay inside the per-probe step on purpose: a probe's tables (a few hundred
+    KB) stay in cache from gather to scatter, where gathering all K probes' rows at once streamed
+    K tables through memory per step and made the bank slower than the loop on a CPU.
+    """
+    tables = state["tables"]
+    item_ids, user_ids = batch["unique_items"], batch["unique_users"]
+    params = {name: state[name] for name in ("dense", "adam", "consts")}
+    params, item_block, user_block, loss = probe_lib.update(params, tables["item"][item_ids],
+                                                            tables["user"][user_ids], batch)
     # padding ids repeat in the unique lists; their rows get identical values, so the order of
     # the duplicate writes does not matter
-    new_tables = {"item": tables["item"].at[:, batch["unique_items"]].set(item_block),
-                  "user": tables["user"].at[:, batch["unique_users"]].set(user_block)}
+    new_tables = {"item": tables["item"].at[item_ids].set(item_block),
+                  "user": tables["user"].at[user_ids].set(user_block)}
     return {"tables": new_tables, **params}, loss
+
+
+def bank_step(states: dict, batch: dict, *, strategy: str):
+    """One step of K stacked probes [K, ...] on one shared batch. Returns (new states, [K] losses)."""
+    return _over_probes(lambda state: probe_step(state, batch), strategy, states)
 
 
 @functools.partial(jax.jit, static_argnames=("num_items", "strategy"), donate_argnums=0)

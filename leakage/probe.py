@@ -1,4 +1,4 @@
-"""One probe ranker, as pure functions over a small state pytree (the bank vmaps exactly these).
+"""One probe ranker, as pure functions over a small state pytree (the bank maps exactly these).
 
 A probe is a small real ranker: item-id and user-id embeddings, the mean embedding of the user's
 last L engaged items (a pooled recent history), an optional feature projected to the embedding
@@ -12,6 +12,9 @@ shared batch stream's unique ids), takes gradients with respect to those rows on
 back with a lazy Adam (moments of untouched rows are left alone). Each table row stores
 [value, adam_m, adam_v] side by side, so a step moves one gather and one scatter per table, not
 three. Dense Adam over the whole table is the slow path this avoids.
+
+The bank (`bank.py`) stacks probe states on a leading axis and runs `update` per probe with
+`lax.map` (CPU) or `jax.vmap` (GPU); a probe trained alone runs the same `update` on an axis of 1.
 
 Shapes (per probe): d embedding width, Dm padded feature width, L history length, T tasks,
 Qi / Qu unique items / users of a batch (padded), B batch, F distinct features of the run (+1: slot 0
@@ -68,8 +71,9 @@ class ProbeConfig:
         """Raise NotImplementedError for a model this version cannot probe with."""
         if self.model == "genrank":
             raise NotImplementedError(
-                "ProbeConfig(model='genrank') is not available yet: the GenRank model has no stable "
-                "API to plug a feature into; use model='mlp'")
+                "ProbeConfig(model='genrank') is not implemented yet: the GenRank probe needs the "
+                "model to take an extra per-item / per-exposure feature and a bank over its params; "
+                "use model='mlp'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +92,8 @@ def init_probe(seed_key: jax.Array, feature_key: jax.Array, feature_slot, featur
 
     seed_key draws the tables and the MLP, feature_key the feature projection. Probes of one seed get
     the same seed_key on purpose (common random numbers: their paired AUC difference then measures
-    the feature, not the init); the bank vmaps this over [K] keys, so each seed is its own stream.
+    the feature, not the init); the bank vmaps this over [K] keys, so each seed is its own stream
+    (the flax pitfall of every copy drawing the same key is tested against).
     feature_slot: int index into the run's features (0 = none); feature_width: its true width
     (columns beyond it are padding and masked); item_side: 1.0 per-item feature, 0.0 per-interaction.
     """
