@@ -20,7 +20,7 @@ class RelativeAttention(nnx.Module):
     def __init__(self, config: GenRankConfig, kind: str):
         self.kind = kind
         self.impl = config.attention_impl
-        self.interpret = False
+        self.interpret = config.attention_interpret
         # Python floats, not arrays: static configuration, not module state
         slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
         self.alibi = tuple(slopes) if config.use_alibi else None

@@ -21,15 +21,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-alibi", action="store_true", help="drop the ALiBi position bias")
     parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
     parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--max-history", type=int, default=128)
+    # 56 history + 8 candidates = 64 tokens: one length bucket for the default feed
+    parser.add_argument("--max-history", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+# What --data-dir must hold for each real source (the builders' docstrings have the details).
+REAL_DATA_FILES = {
+    "movielens": "GroupLens u.data/u.item/u.user (100k), ratings.dat/movies.dat/users.dat (1m), "
+                 "ratings.csv/movies.csv (20m, 32m), or RecBole ml-<size>.inter/.item/.user; "
+                 "from https://grouplens.org/datasets/movielens/",
+    "kuairand": "log_standard_4_08_to_4_21_<s>.csv, log_standard_4_22_to_5_08_<s>.csv, "
+                "log_random_4_22_to_5_08_<s>.csv, user_features_<s>.csv, video_features_basic_<s>.csv "
+                "(<s> = pure, 1k or 27k; the folder or its data/ subfolder); from https://kuairand.com/",
+}
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -45,18 +57,30 @@ def format_table(results: dict, oracle: dict | None) -> str:
 
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
+    from genrank_jax.data.batching import bucket_length
+    from genrank_jax.data.builders.rows import MissingFileError
     from genrank_jax.data.sources import load_dataset
     from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
 
-    dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed)
+    if not args.data.startswith("synthetic") and args.data_dir is None:
+        # a real source reads files the user downloaded; say which option is missing, not a traceback
+        name, _, config = args.data.partition(":")
+        raise SystemExit(f"genrank-jax train: --data {args.data} needs --data-dir <folder holding the raw "
+                         f"{name} {config} files>: {REAL_DATA_FILES.get(name, '')}")
+    try:
+        dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed)
+    except MissingFileError as error:
+        raise SystemExit(f"genrank-jax train: {error}") from None
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         seed=args.seed, max_history=args.max_history, checkpoint_every=args.checkpoint_every)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
         attention_impl=args.attention_impl,
+        # batches are padded up to a length bucket: the position table must cover the bucket, not the raw count
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
-                       (2 if args.organization == "item" else 1) * args.max_history + train.max_candidates),
+                       bucket_length((2 if args.organization == "item" else 1) * args.max_history
+                                     + train.max_candidates)),
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ class GenRankConfig:
     time_bias_scale: multiplies the geometric per-head slopes of the time term.
     task_weights: one loss weight per action type (None: all 1).
     attention_impl: backend of `genrank_jax.kernels.attention` (None: fastest for the device).
+    attention_interpret: run that Pallas backend in interpret mode (how CPU CI tests the kernels).
     """
 
     features: FeatureSpec
@@ -55,6 +56,7 @@ class GenRankConfig:
     use_user_embedding: bool = True
     task_weights: tuple[float, ...] | None = None
     attention_impl: str | None = None
+    attention_interpret: bool = False  # run a Pallas backend in interpret mode (CPU tests)
     dtype: str = "float32"  # activations/compute dtype; parameters stay float32
 
     def __post_init__(self):

@@ -47,10 +47,12 @@ class SimulatorConfig:
     Weights are in logit units; affinities <u, v> have unit standard deviation over random pairs.
     """
 
-    num_users: int = 1500
-    num_items: int = 1000
-    latent_dim: int = 8
-    requests_per_user: tuple[int, int] = (10, 40)  # inclusive range; more active users get more
+    # The defaults are the CLI's default feed: few latent dimensions and many exposures per user
+    # and item, so a small model trained for a couple of minutes on a CPU can approach the oracle.
+    num_users: int = 1000
+    num_items: int = 500
+    latent_dim: int = 4
+    requests_per_user: tuple[int, int] = (20, 60)  # inclusive range; more active users get more
     exposures_per_request: int = 8  # K
     content_dim: int = 32
     content_noise: float = 0.5  # noise std relative to the signal's: 0 = perfectly aligned
