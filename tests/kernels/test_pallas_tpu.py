@@ -92,7 +92,7 @@ class TestPallasTpuInterpret(_Blocks):
                 assert not grad[b, length:].any()
 
     def test_deterministic(self):
-        case = self.edge_case(kind="softmax", dtype=jnp.bfloat16, seed=6)
+        case = self.edge_case(kind="softmax", dtype=jnp.bfloat16, heads=1, seed=6)
         first = run("pallas_tpu", case, interpret=self.INTERPRET, block_sizes=self.block_sizes)
         second = run("pallas_tpu", case, interpret=self.INTERPRET, block_sizes=self.block_sizes)
         np.testing.assert_array_equal(first[0], second[0])
