@@ -47,11 +47,14 @@ def unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
     return module.unavailable_reason(interpret)
 
 
-def default_impl() -> str:
-    """The fastest backend for the default device (the jnp reference on CPU)."""
+def default_impl(dtype=None) -> str:
+    """The fastest backend for the default device and `dtype` (the jnp reference on CPU)."""
     platform = jax.devices()[0].platform
     preferences = {"gpu": ("pallas_mosaic_gpu", "pallas_triton"), "tpu": ("pallas_tpu",)}
     for impl in preferences.get(platform, ()):
+        # Hopper's WGMMA would run f32 as TF32, so the Mosaic GPU backend takes 16-bit inputs only
+        if impl == "pallas_mosaic_gpu" and dtype is not None and jnp.dtype(dtype).itemsize != 2:
+            continue
         if unavailable_reason(impl) is None:
             return impl
     return "xla"
@@ -126,7 +129,7 @@ def attention(
     )
 
     if impl is None:
-        impl = default_impl()
+        impl = default_impl(q.dtype)
     if impl == "xla":
         return attention_reference(q, k, v, **arguments)
     reason = unavailable_reason(impl, interpret=interpret)

@@ -57,3 +57,11 @@ def test_bad_shapes_are_named():
         attention(q, k, v, **{**arguments, "lengths": jnp.zeros((5,), jnp.int32)})
     with pytest.raises(ValueError, match="k must have shape"):
         attention(q, k[:, :4], v, **arguments)
+
+
+def test_default_impl_is_the_reference_on_cpu():
+    from genrank_jax.kernels import default_impl
+
+    import jax
+    if jax.devices()[0].platform == "cpu":
+        assert default_impl(jnp.float32) == "xla" and default_impl(jnp.bfloat16) == "xla"
