@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -55,6 +56,22 @@ def format_table(results: dict, oracle: dict | None) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict:
+    """Device kind, platform, jax version and git commit (when run from a checkout) of this run."""
+    import subprocess
+
+    import jax
+
+    device = jax.devices()[0]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=pathlib.Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return dict(device_kind=device.device_kind, platform=device.platform, jax_version=jax.__version__,
+                git_commit=commit)
+
+
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
     from genrank_jax.data.batching import bucket_length
@@ -96,7 +113,8 @@ def run_train(args) -> int:
     results = trainer.evaluate("eval")
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
     report = {
-        "data": args.data, "config": json.loads(config.to_json()), "train": vars(args),
+        "data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
+        "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k != "argv"},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
         "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
     }
@@ -117,6 +135,7 @@ def main(argv=None) -> int:
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
         lis.set_defaults(import_error=error)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
     if args.command == "train":
         return run_train(args)
     if getattr(args, "import_error", None) is not None:

@@ -1,0 +1,171 @@
+"""Fill README.md's results section from the files in bench/results/ (nothing there is typed by hand).
+
+    python bench/update_readme.py [--readme README.md] [--results bench/results] [--check]
+
+Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from the newest file
+of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
+ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
+(train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json) and
+lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def newest(results: pathlib.Path, pattern: str, exclude: str | None = None) -> pathlib.Path | None:
+    files = [p for p in results.glob(pattern) if not (exclude and exclude in p.name)]
+    return max(files, key=lambda p: (p.stat().st_mtime, p.name)) if files else None
+
+
+def machine(header: dict) -> str:
+    """One line naming the machine and code behind a table."""
+    return (f"{header.get('device_kind', '?')} ({header.get('platform', '?')}), jax {header.get('jax_version', '?')}, "
+            f"commit {header.get('git_commit', '?')}")
+
+
+def table(columns: list[tuple[str, str, str]], rows: list[dict]) -> list[str]:
+    """Markdown table; columns are (title, key, format) and a missing value prints as '-'."""
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            cells.append("-" if value is None else format(value, fmt) if fmt else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def relative(path: pathlib.Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def ablation_section(results: pathlib.Path) -> list[str]:
+    path = newest(results, "ablation_*.md", exclude="_validation")
+    if path is None:
+        return ["### GenRank ablation", "", "_No ablation results yet (run `bench/ablation.py`)._"]
+    # the file carries its own title, machine line and command
+    return [*path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
+
+
+def organization_section(results: pathlib.Path) -> list[str]:
+    path = newest(results, "organization_*.json")
+    title = "### Training step: action- vs item-oriented organization"
+    if path is None:
+        return [title, "", "_No organization benchmark yet (run `bench/bench_organization.py --out auto`)._"]
+    data = json.loads(path.read_text())
+    header, rows = data["header"], data["rows"]
+    for row in rows:
+        row["temp_mib"] = row["temp_bytes"] / 2**20 if row.get("temp_bytes") is not None else None
+        row.setdefault("speedup_vs_item", 1.0 if row["organization"] == "item" else None)
+    first = rows[0] if rows else {}
+    shape = (f"preset {first.get('preset')}, {first.get('block')} block, batch {first.get('batch_size')}, "
+             f"{first.get('candidates')} candidates" if first else "")
+    command = header.get("command") or "python bench/bench_organization.py (arguments not recorded)"
+    return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).", "",
+            *table([("history N", "history", ""), ("organization", "organization", ""), ("tokens", "tokens", ""),
+                    ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
+                    ("temp MiB", "temp_mib", ".1f"), ("speedup vs item", "speedup_vs_item", ".2f")], rows),
+            "", f"_Source: `{relative(path)}`._"]
+
+
+def train_section(results: pathlib.Path) -> list[str]:
+    path = newest(results, "train_default*.json")
+    title = "### `genrank-jax train` (defaults)"
+    if path is None:
+        return [title, "", "_No training run recorded yet (copy a run's metrics.json to "
+                           "`bench/results/train_default.json`)._"]
+    report = json.loads(path.read_text())
+    header = report.get("machine", {})
+    command = report.get("command") or "genrank-jax train " + " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in (report.get("train") or {}).items()
+        if key in ("data", "preset", "architecture", "organization", "block", "steps"))
+    oracle = report.get("oracle_auc") or {}
+    rows = [dict(task=task, oracle=oracle.get(task), **values) for task, values in report["eval"].items()]
+    columns = [("task", "task", ""), ("AUC", "auc", ".4f"), ("GAUC", "gauc", ".4f"), ("log loss", "logloss", ".4f")]
+    if oracle:
+        columns.append(("oracle AUC", "oracle", ".4f"))
+    where = f"Machine: {machine(header)}." if header else "Machine: not recorded in this metrics.json."
+    return [title, "", f"{where} Command: `{command}`; {report.get('steps')} steps in "
+                       f"{report.get('train_seconds', 0):.0f} s on `{report.get('data')}`.", "",
+            *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
+
+
+def attention_section(results: pathlib.Path) -> list[str]:
+    path = newest(results, "attention_*.json")
+    title = "### Attention op: backends"
+    if path is None:
+        return [title, "", "_No attention benchmark yet (run `bench/bench_attention.py --out auto`)._"]
+    data = json.loads(path.read_text())
+    header, rows = data["header"], data["rows"]
+    for row in rows:
+        row["note"] = row.get("skipped", "")
+    speedups = sorted({key for row in rows for key in row if key.startswith("fwd_bwd_speedup_vs_")})
+    columns = [("kind", "kind", ""), ("S", "seq_len", ""), ("D", "head_dim", ""), ("impl", "impl", ""),
+               ("fwd ms", "fwd_ms", ".2f"), ("fwd+bwd ms", "fwd_bwd_ms", ".2f"), ("fwd TFLOP/s", "fwd_tflops", ".2f"),
+               *[(f"fwd+bwd vs {key.rsplit('_vs_', 1)[1]}", key, ".2f") for key in speedups], ("note", "note", "")]
+    command = header.get("command") or "python bench/bench_attention.py (arguments not recorded)"
+    interpret = " (Pallas in interpret mode)" if header.get("interpret") else ""
+    return [title, "", f"Machine: {machine(header)}{interpret}. Command: `{command}`.", "",
+            *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
+
+
+def lis_section(results: pathlib.Path) -> list[str]:
+    path = results / "lis_movielens.md"
+    title = "### LIS / AIS on MovieLens-100K"
+    if not path.is_file():
+        return [title, "", "_No LIS results yet (`bench/results/lis_movielens.md` is absent)._"]
+    lines = path.read_text().rstrip().splitlines()
+    # the markdown states its own run; its JSON twin, when present, names the machine and command
+    twin = path.with_suffix(".json")
+    meta = json.loads(twin.read_text()).get("metadata", {}) if twin.is_file() else {}
+    where = [f"Machine: {machine(meta)}. Command: `{meta.get('command', 'not recorded')}`.", ""] if meta else []
+    return [title, "", *where, *lines, "", f"_Source: `{relative(path)}`._"]
+
+
+def render(results: pathlib.Path) -> str:
+    sections = [ablation_section, organization_section, train_section, attention_section, lis_section]
+    body = []
+    for section in sections:
+        body += section(results) + [""]
+    return "\n".join(body).rstrip() + "\n"
+
+
+def fill(readme_text: str, body: str) -> str:
+    if START not in readme_text or END not in readme_text:
+        raise SystemExit(f"README.md lacks the {START} ... {END} markers")
+    head, rest = readme_text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{body}{END}{tail}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date")
+    args = parser.parse_args(argv)
+    readme = pathlib.Path(args.readme)
+    text = readme.read_text()
+    updated = fill(text, render(pathlib.Path(args.results)))
+    if args.check:
+        print("README.md is up to date" if updated == text else "README.md is stale: run bench/update_readme.py")
+        return 0 if updated == text else 1
+    readme.write_text(updated)
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
