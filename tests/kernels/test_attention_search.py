@@ -58,7 +58,7 @@ def tpu_block_sizes(draw_block):
     return BlockSizes(block_q=draw_block(), block_k=draw_block())
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
+@settings(max_examples=6, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases(), data=st.data())
 def search(impl, case, data):
