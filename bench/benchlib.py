@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
+import shlex
 import subprocess
+import sys
 import time
 
 import jax
@@ -38,10 +40,12 @@ def git_commit() -> str:
 
 
 def run_header() -> dict:
-    """Device kind, platform, jax version and git commit of this run."""
+    """Device kind, platform, jax version, git commit and command line of this run."""
     device = jax.devices()[0]
+    script = pathlib.Path(sys.argv[0])
+    script = f"bench/{script.name}" if script.parent.name == "bench" else str(script)
     return dict(device_kind=device.device_kind, platform=device.platform, jax_version=jax.__version__,
-                git_commit=git_commit())
+                git_commit=git_commit(), command=shlex.join(["python", script, *sys.argv[1:]]))
 
 
 def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pathlib.Path | None:
