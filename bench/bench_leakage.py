@@ -12,6 +12,7 @@ trained, AUCs computed). Data: ml-100k (from --data-dir) or, without it, the sim
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -62,9 +63,9 @@ def main() -> int:
     parser.add_argument("--probes", default="8,32,64")
     parser.add_argument("--out", default="auto", help='JSON path, "auto" (bench/results/) or "" (none)')
     args = parser.parse_args()
-    header = benchlib.run_header()
+    header = {**benchlib.run_header(), "load_average_start": os.getloadavg()}
     source, log = load_log(args)
-    print(f"{header}  data={source} rows={log.num_rows}")
+    print(f"{header}  data={source} rows={log.num_rows}  load average {os.getloadavg()}")
     peak = matmul_peak()
     print(f"f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     rows = [dict(kind="matmul_peak", gflops=peak / 1e9)]
@@ -80,7 +81,8 @@ def main() -> int:
         bank_wall, bank_epoch = epoch_times(run, seeds, slots, parallel=True)
         loop_wall, loop_epoch = epoch_times(run, seeds, slots, parallel=False)
         gflops = flops_per_probe_epoch * k / bank_epoch / 1e9
-        row = dict(kind="bank_vs_loop", probes=k, strategy=bank.resolve_strategy("auto"),
+        strategy = bank.resolve_strategy("auto")
+        row = dict(kind="bank_vs_loop", probes=k, strategy=strategy, chunk=bank.chunk_size(k, strategy),
                    bank_epoch_s=bank_epoch, loop_epoch_s=loop_epoch, speedup=loop_epoch / bank_epoch,
                    bank_wall_s=bank_wall, loop_wall_s=loop_wall, wall_speedup=loop_wall / bank_wall,
                    bank_gflops=gflops, fraction_of_peak=gflops * 1e9 / peak)
@@ -104,6 +106,7 @@ def main() -> int:
     print(f"LIS table (3 leaks x 2 horizons x 8 seeds = {report.metadata['probes']} probes): {total:.1f} s end to end "
           f"({features_s:.1f} s building leaks)")
     print(report.to_markdown())
+    header["load_average_end"] = os.getloadavg()
     path = benchlib.write_rows("leakage", {**header, "data": source}, rows, args.out)
     if path:
         print(f"wrote {path}")

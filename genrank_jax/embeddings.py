@@ -68,8 +68,12 @@ class TokenEmbedding(nnx.Module):
         self.user = (nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
 
-    def __call__(self, batch: TokenBatch):
-        """[B, S, W] token embeddings; zero on padding."""
+    def __call__(self, batch: TokenBatch, extra=None):
+        """[B, S, W] token embeddings; zero on padding.
+
+        extra: optional [B, S, W] added to every token before the padding mask (a hook for probes
+        that inject an outside feature, e.g. a projected per-item vector, without a new table).
+        """
         kinds = batch.kinds
         valid = kinds != TokenKind.PAD
         x = self.items(batch.item_ids, batch.side, batch.content)
@@ -83,4 +87,6 @@ class TokenEmbedding(nnx.Module):
         x = x + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
         if self.user is not None:
             x = x + self.user(batch.user_ids % self.config.user_rows)[:, None, :]
+        if extra is not None:
+            x = x + extra
         return x * valid[..., None]

@@ -39,9 +39,12 @@ class GenRank(nnx.Module):
         self.blocks = nnx.List([BLOCKS[config.block](config, rngs=rngs) for _ in range(config.num_blocks)])
         self.heads = TaskHeads(config.width, config.features.num_actions, rngs=rngs)
 
-    def __call__(self, batch: TokenBatch) -> TaskLogits:
-        """[B, S, A] logits; only candidate tokens' logits are meaningful."""
-        x = self.embed(batch).astype(jnp.dtype(self.config.dtype))
+    def __call__(self, batch: TokenBatch, extra_embeddings=None) -> TaskLogits:
+        """[B, S, A] logits; only candidate tokens' logits are meaningful.
+
+        extra_embeddings: optional [B, S, W] added to the token embeddings (see `TokenEmbedding`).
+        """
+        x = self.embed(batch, extra_embeddings).astype(jnp.dtype(self.config.dtype))
         for block in self.blocks:
             x = block(x, batch)
         return self.heads(x).astype(jnp.float32)

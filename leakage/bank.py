@@ -1,14 +1,16 @@
 """The probe bank: many probes (baseline and features x seeds) trained by one compiled program.
 
 Probe states are stacked along a leading probe axis [K, ...]; one epoch is one `jax.jit` of a
-`lax.scan` over steps whose body gathers the batch once (labels, history, every feature's rows),
-then runs `jax.vmap(probe.train_step)` over the probe axis with that batch shared. The loop mode
-(`parallel=False`) runs the very same `probe.train_step` for one probe at a time.
+`lax.scan` over steps whose body gathers the batch once (labels, history mask, every feature's
+rows), then runs `probe.update` on stacks of probes (an explicit probe axis: batched matmuls, one
+gather per shared index for all probes of a stack). The loop mode (`parallel=False`) runs the very
+same code on a stack of one probe at a time.
 
 Why this shape on a CPU: a loop already keeps both cores busy, so the bank only wins by doing less
-per probe: the batch is gathered once, not K times; embedding rows are touched sparsely (the unique
-ids of a step are computed once on the host, shared by all probes); only the eval window is scored.
-On a GPU the bank is where the speed comes from (one launch per step instead of K).
+per probe and by larger operations: the batch is gathered once, not K times; embedding rows are
+touched sparsely (the unique ids of a step are computed once on the host, shared by all probes);
+the MLPs of a stack run as batched matmuls; only the eval window is scored. On a GPU one stack of
+all K probes is one launch per op instead of K.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class ProbeRun:
     feature_names: tuple[str, ...]
     feature_widths: tuple[int, ...]  # per slot, slot 0 = 0
     feature_item_side: tuple[float, ...]
+    log: InteractionLog | None = None  # the sequence (GenRank) probe tokenizes it
 
     @property
     def steps_per_epoch(self) -> int:
@@ -113,7 +116,6 @@ class ProbeRun:
 def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, Feature],
                 config: probe_lib.ProbeConfig) -> ProbeRun:
     """Precompute histories, stack features by side (padded to one width) and move them to device."""
-    config.check_model()
     train_rows = np.asarray(train_rows, np.int64)
     eval_rows = np.asarray(eval_rows, np.int64)
     if len(train_rows) == 0:
@@ -139,7 +141,7 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
     sizes = probe_lib.ProbeSizes(num_items, num_users, log.num_tasks, width)
     return ProbeRun(config, sizes, device_data, log.item, log.user, history, train_rows, eval_rows,
                     log.labels[eval_rows], slot_names, (0,) + tuple(features[n].width for n in slot_names),
-                    (0.0,) + tuple(1.0 if features[n].per == "item" else 0.0 for n in slot_names))
+                    (0.0,) + tuple(1.0 if features[n].per == "item" else 0.0 for n in slot_names), log)
 
 
 def init_bank(run: ProbeRun, seeds, slots) -> dict:
@@ -201,14 +203,18 @@ def _shared_batch(data: dict, batch: dict, num_items: int) -> dict:
             "features": jnp.concatenate(features, axis=0)}
 
 
-def resolve_strategy(strategy: str) -> str:
-    """How the probe axis is run: "vmap" (batched ops), "map" (`lax.map`, one probe after another
-    inside the compiled program) or "auto": "map" on CPU, "vmap" elsewhere.
+CPU_CHUNK = 8  # probes per batched chunk on a CPU (see `resolve_strategy`)
 
-    On this 2-core CPU, XLA's batched (vmapped) matmul gradients ran ~3x slower than the same
-    matmuls one probe at a time, while a loop of separate calls pays dispatch and gathers K times;
-    `lax.map` keeps one program and one shared batch and runs plain per-probe matmuls. On a GPU the
-    batched form fills the device.
+
+def resolve_strategy(strategy: str) -> str:
+    """How the probe axis is run: "vmap" (all K probes as one batched stack), "map" (`lax.map`
+    over chunks of up to `CPU_CHUNK` probes, each chunk one batched stack) or "auto": "map" on
+    CPU, "vmap" elsewhere.
+
+    Both run the same `probe.update` on an explicit probe axis (the form `jax.vmap` would give,
+    but with the batch's gathers shared by all probes). On a GPU one stack of all probes fills the
+    device. On this 2-core CPU a stack of 64 probes' activations ([64, B, 128] floats) falls out
+    of the per-core cache and its batched matmuls ran ~2-3x slower per probe than stacks of 8.
     """
     if strategy == "auto":
         return "map" if jax.default_backend() == "cpu" else "vmap"
@@ -217,53 +223,70 @@ def resolve_strategy(strategy: str) -> str:
     return strategy
 
 
-def _over_probes(fn, strategy: str, *stacked):
-    """fn(*per_probe_args) for each probe of stacked args [K, ...] (the shared batch is closed over)."""
+def chunk_size(num_probes: int, strategy: str) -> int:
+    """Probes per stack: all of them ("vmap"), else the largest divisor of K up to CPU_CHUNK."""
     if strategy == "vmap":
-        return jax.vmap(fn)(*stacked)
-    return jax.lax.map(lambda args: fn(*args), stacked)
+        return num_probes
+    return max(c for c in range(1, min(CPU_CHUNK, num_probes) + 1) if num_probes % c == 0)
 
 
-def probe_step(state: dict, batch: dict):
-    """One step of one probe: gather the rows of the batch's unique ids, `probe.update`, write them
-    back. Returns (new state, loss).
+def _grouped(tree, chunk: int):
+    """[K, ...] leaves as [K / chunk, chunk, ...]."""
+    return jax.tree.map(lambda x: x.reshape(-1, chunk, *x.shape[1:]), tree)
 
-    Gather and scatter stay inside the per-probe step on purpose: a probe's tables (a few hundred
-    KB) stay in cache from gather to scatter, where gathering all K probes' rows at once streamed
-    K tables through memory per step and made the bank slower than the loop on a CPU.
+
+def _ungrouped(tree):
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+
+def stack_step(states: dict, batch: dict):
+    """One step of c stacked probes [c, ...] on a shared batch: gather the rows of the batch's
+    unique ids from every probe's tables, `probe.update`, write them back. Returns (states, [c]).
+
+    The gathered rows are laid out [Q, c, 3, d] so the batch's per-example lookups (B items,
+    B * L history items) read c probes' rows per index; a stack of c = 1 is a probe alone.
     """
-    tables = state["tables"]
+    tables = states["tables"]
     item_ids, user_ids = batch["unique_items"], batch["unique_users"]
-    params = {name: state[name] for name in ("dense", "adam", "consts")}
-    params, item_block, user_block, loss = probe_lib.update(params, tables["item"][item_ids],
-                                                            tables["user"][user_ids], batch)
+    params = {name: states[name] for name in ("dense", "adam", "consts")}
+
+    def gather(table, ids):  # [c, rows, 3, d] -> [Q, c, 3, d]
+        return jnp.swapaxes(jnp.take(table, ids, axis=1), 0, 1)
+
+    params, item_block, user_block, losses = probe_lib.update(
+        params, gather(tables["item"], item_ids), gather(tables["user"], user_ids), batch)
     # padding ids repeat in the unique lists; their rows get identical values, so the order of
     # the duplicate writes does not matter
-    new_tables = {"item": tables["item"].at[item_ids].set(item_block),
-                  "user": tables["user"].at[user_ids].set(user_block)}
-    return {"tables": new_tables, **params}, loss
+    new_tables = {"item": tables["item"].at[:, item_ids].set(jnp.swapaxes(item_block, 0, 1)),
+                  "user": tables["user"].at[:, user_ids].set(jnp.swapaxes(user_block, 0, 1))}
+    return {"tables": new_tables, **params}, losses
 
 
-def bank_step(states: dict, batch: dict, *, strategy: str):
-    """One step of K stacked probes [K, ...] on one shared batch. Returns (new states, [K] losses)."""
-    return _over_probes(lambda state: probe_step(state, batch), strategy, states)
+def bank_step(groups: dict, batch: dict):
+    """One step of grouped probes [G, c, ...] on one shared batch: `lax.map` over the G stacks
+    (G = 1 is one stack). Returns (new groups, [G, c] losses)."""
+    return jax.lax.map(lambda group: stack_step(group, batch), groups)
 
 
-@functools.partial(jax.jit, static_argnames=("num_items", "strategy"), donate_argnums=0)
-def _train_epoch(states, data, batches, *, num_items: int, strategy: str):
-    def body(states, batch):
-        return bank_step(states, _shared_batch(data, batch, num_items), strategy=strategy)
+@functools.partial(jax.jit, static_argnames=("num_items", "chunk"), donate_argnums=0)
+def _train_epoch(states, data, batches, *, num_items: int, chunk: int):
+    def body(groups, batch):
+        return bank_step(groups, _shared_batch(data, batch, num_items))
 
-    return jax.lax.scan(body, states, batches)
+    groups, losses = jax.lax.scan(body, _grouped(states, chunk), batches)
+    return _ungrouped(groups), losses.reshape(losses.shape[0], -1)
 
 
-@functools.partial(jax.jit, static_argnames=("num_items", "strategy"))
-def _predict_chunks(states, data, rows, *, num_items: int, strategy: str):
+@functools.partial(jax.jit, static_argnames=("num_items", "chunk"))
+def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
+    groups = _grouped(states, chunk)
+
     def body(_, chunk_rows):
         shared = _shared_batch(data, {"rows": chunk_rows}, num_items)
         inputs = {**shared, "local_item": data["item"][chunk_rows], "local_user": data["user"][chunk_rows],
                   "local_history": data["history"][chunk_rows]}
-        return None, _over_probes(lambda state: probe_lib.predict(state, inputs), strategy, states)
+        logits = jax.lax.map(lambda group: probe_lib.predict(group, inputs), groups)  # [G, c, B, T]
+        return None, logits.reshape(-1, *logits.shape[2:])
 
     return jax.lax.scan(body, None, rows)[1]
 
@@ -284,7 +307,7 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
     for epoch in range(run.config.epochs):
         epoch_data = batches[epoch] if batches is not None else epoch_batches(run, epoch)
         states, _ = _train_epoch(states, run.device_data, epoch_data, num_items=run.sizes.num_items,
-                                 strategy=strategy)
+                                 chunk=chunk_size(num_probes(states), strategy))
         if on_epoch is not None:
             jax.block_until_ready(states)  # so a callback's clock and progress are real
             on_epoch(epoch)
@@ -294,10 +317,15 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
 def predict_eval(run: ProbeRun, states: dict, *, strategy: str = "auto") -> np.ndarray:
     """[K, Ne, T] logits of stacked states on the eval rows."""
     chunks = _eval_chunks(run)
+    chunk = chunk_size(num_probes(states), resolve_strategy(strategy))
     logits = np.asarray(_predict_chunks(states, run.device_data, chunks, num_items=run.sizes.num_items,
-                                        strategy=resolve_strategy(strategy)))
+                                        chunk=chunk))
     logits = np.moveaxis(logits, 0, 1)  # scan stacks chunks first: [C, K, chunk, T]
     return logits.reshape(logits.shape[0], -1, run.sizes.num_tasks)[:, :len(run.eval_rows)]
+
+
+def num_probes(states: dict) -> int:
+    return int(states["adam"]["count"].shape[0])
 
 
 def select(states: dict, index: int) -> dict:
@@ -311,7 +339,11 @@ def train_and_predict(run: ProbeRun, seeds, slots, *, parallel: bool = True, str
 
     Both modes start from the same initial states and run the same `bank_step` / `probe.update`;
     the loop gives it a probe axis of size 1 and reuses one set of batches for every probe.
+    `ProbeConfig(model="genrank")` probes are trained by `genrank_probe.train_and_predict`.
     """
+    if run.config.model == "genrank":
+        from genrank_jax.leakage import genrank_probe
+        return genrank_probe.train_and_predict(run, seeds, slots, parallel=parallel, on_epoch=on_epoch)
     states = init_bank(run, seeds, slots)
     if parallel:
         return predict_eval(run, train(run, states, strategy=strategy, on_epoch=on_epoch), strategy=strategy)

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--dim", type=int, default=None, help="probe embedding width (and type A width)")
+    parser.add_argument("--probe-model", choices=("mlp", "genrank"), default="mlp",
+                        help="probe ranker: the MLP probe (default) or a tiny GenRank")
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
     parser.add_argument("--out", default="lis_out", help="output folder")
     parser.add_argument("--no-progress", action="store_true")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _probe_config(args) -> ProbeConfig:
     overrides = {name: getattr(args, name) for name in ("epochs", "batch_size", "dim") if getattr(args, name)}
-    return ProbeConfig(**overrides)
+    return ProbeConfig(model=args.probe_model, **overrides)
 
 
 def _load_features(specs: list[str]) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ def future_item_embeddings(log: InteractionLog, cutoff: float, horizon: float, d
     if len(rows) == 0:
         raise ValueError("no interactions to train the future ranker on")
     config = probe or ProbeConfig()
-    config = ProbeConfig(**{**config.__dict__, "dim": dim})
+    config = ProbeConfig(**{**config.__dict__, "dim": dim, "model": "mlp"})  # the type-A ranker is an MLP probe
     run = bank.prepare_run(log, rows, np.zeros(0, np.int64), {}, config)
     states = bank.train(run, bank.init_bank(run, [seed], [0]))
     return np.asarray(states["tables"]["item"][0, :log.num_items, 0], np.float32)

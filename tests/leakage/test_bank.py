@@ -88,8 +88,3 @@ def test_standardized_features_have_unit_rows_and_keep_constant_columns_silent()
     scaled = bank.standardized(values)
     np.testing.assert_allclose(scaled[:, :3].std(0), 0.5, rtol=1e-5)
     np.testing.assert_array_equal(scaled[:, 3], 0.0)
-
-
-def test_genrank_probe_is_reported_not_silently_replaced():
-    with pytest.raises(NotImplementedError, match="genrank"):
-        ProbeConfig(model="genrank").check_model()
