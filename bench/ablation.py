@@ -106,13 +106,6 @@ def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     probe = Trainer(config, train, dataset)
     steps = args.steps or args.epochs * probe.batches_per_epoch
     trainer = Trainer(config, dataclasses.replace(train, steps=steps), dataset)  # the schedule needs steps
-    first = compiled.get(name)
-    if first is not None and first.config == config and \
-            first.train_config == dataclasses.replace(trainer.train_config, seed=first.train_config.seed):
-        # Same model and optimizer, other seed: reuse the jitted functions so each shape compiles once
-        # per model. (GraphDefs never compare equal across instances: the optax closures differ by
-        # identity, not by what they compute, which is fixed by the equal configs checked here.)
-        trainer._step, trainer._predict = first._step, first._predict
     compiled.setdefault(name, trainer)
     groups = served_groups(trainer, steps)
     compile_s = warm_up(trainer, groups)
