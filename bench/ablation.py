@@ -94,13 +94,31 @@ def warm_up(trainer: Trainer, groups: list[np.ndarray]) -> float:
     return time.perf_counter() - started
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """{"alibi_max_bias": 4.0, ...} from ["alibi_max_bias=4", ...], typed like GenRankConfig's defaults."""
+    defaults = {field.name: field.default for field in dataclasses.fields(GenRankConfig)}
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in defaults or name in ("features", "architecture", "organization"):
+            raise SystemExit(f"--set takes FIELD=VALUE with a GenRankConfig field, got {pair!r}")
+        default = defaults[name]
+        if isinstance(default, bool):
+            overrides[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            overrides[name] = type(default)(value)
+        else:
+            overrides[name] = value
+    return overrides
+
+
 def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     """Train and evaluate one (model, seed); returns its JSON row."""
     organization = MODELS[name].get("organization", "action")
     train = TrainConfig(steps=1, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed,
                         max_history=args.max_history, max_candidates=args.max_candidates)
     config = GenRankConfig.preset(
-        args.preset, dataset.spec, block=args.block, **MODELS[name],
+        args.preset, dataset.spec, block=args.block, **{**args.config_overrides, **MODELS[name]},
         # batches are padded up to a length bucket, so the position table must cover the bucket
         max_tokens=bucket_length((2 if organization == "item" else 1) * args.max_history + args.max_candidates))
     probe = Trainer(config, train, dataset)
@@ -223,6 +241,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--max-history", type=int, default=128)
     parser.add_argument("--max-candidates", type=int, default=64)
+    parser.add_argument("--set", dest="config_overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a GenRankConfig field for every model, e.g. --set alibi_max_bias=4 (repeatable)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--validate", action="store_true",
                         help="evaluate on the last 15%% of the train split (for choosing hyperparameters)")
@@ -230,6 +250,7 @@ def main(argv=None):
                         help="'auto': bench/results/ablation_<data>[_validation].md + JSON; a path stem: <stem>.md/.json")
     parser.add_argument("--from-json", default=None, help="re-render the table of a saved run's JSON, no training")
     args = parser.parse_args(argv)
+    args.config_overrides = parse_overrides(args.config_overrides)
     if args.from_json:
         return render_saved(pathlib.Path(args.from_json))
     names = args.models.split(",")
