@@ -24,3 +24,10 @@ def test_exactly_two_setup_commands():
     assert "genrank-jax train" in commands[0] and "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install --quiet -e '.[test]'" in ci and "pytest" in ci
+
+
+def test_lis_example_reports_a_leak_and_a_representation(capsys):
+    (code,) = [block for block in python_blocks() if "leakage_impact" in block]
+    exec(compile(code, "README LIS example", "exec"), {})
+    table = capsys.readouterr().out
+    assert "| future_item_embeddings@7d | leak |" in table and "| content | representation |" in table
