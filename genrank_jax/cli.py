@@ -9,6 +9,8 @@ import shlex
 import sys
 import time
 
+import numpy as np
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
@@ -117,10 +119,13 @@ def run_train(args) -> int:
         "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k != "argv"},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
         "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+        # fraction of the padded token grid that was padding (batches pad to their own length bucket)
+        "padding_ratio": float(np.mean([h["padding"] for h in trainer.history])) if trainer.history else None,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     print(format_table(results, oracle))
-    print(f"trained {trainer.step} steps in {train_seconds:.1f} s; metrics in {out / 'metrics.json'}")
+    padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
+    print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}")
     return 0
 
 

@@ -178,14 +178,15 @@ class Trainer:
             self.state = new_state
             self.step += 1
             exposures += batch.num_exposures()
-            self.history.append({"step": self.step, "loss": loss})
+            self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
             if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
                 self.checkpoints.save(self.step, self.state.to_pure_dict(), {"history": self.history})
             if bar is not None:
                 bar.update(1)
                 if self.step % log_every == 0 or self.step == target:
                     rate = exposures / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}")
+                    padding = np.mean([h["padding"] for h in self.history[-log_every:]])
+                    bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}", padding=f"{padding:.0%}")
         if bar is not None:
             bar.close()
         return self.history

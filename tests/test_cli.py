@@ -18,6 +18,7 @@ def test_train_synthetic_writes_metrics_and_prints_oracle_table(tmp_path, capsys
     assert report["steps"] == 3 and report["data"] == "synthetic:tests"
     assert report["command"].startswith("genrank-jax train --data synthetic:tests")
     assert report["machine"]["platform"] and report["machine"]["jax_version"]
+    assert 0.0 <= report["padding_ratio"] < 1.0
     assert set(report["eval"]) == set(tasks) == set(report["oracle_auc"])
     for task in tasks:
         row = report["eval"][task]
