@@ -6,11 +6,12 @@ import json
 import pathlib
 import statistics
 import shlex
-import subprocess
 import sys
 import time
 
 import jax
+
+from genrank_jax.cli import machine
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -31,21 +32,11 @@ def measure(fn, args, repeats):
     return compile_s, statistics.median(times), temp
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=RESULTS.parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_header() -> dict:
     """Device kind, platform, jax version, git commit and command line of this run."""
-    device = jax.devices()[0]
     script = pathlib.Path(sys.argv[0])
     script = f"bench/{script.name}" if script.parent.name == "bench" else str(script)
-    return dict(device_kind=device.device_kind, platform=device.platform, jax_version=jax.__version__,
-                git_commit=git_commit(), command=shlex.join(["python", script, *sys.argv[1:]]))
+    return dict(machine(), command=shlex.join(["python", script, *sys.argv[1:]]))
 
 
 def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pathlib.Path | None:
