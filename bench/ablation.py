@@ -46,7 +46,7 @@ import numpy as np
 
 from benchlib import RESULTS, run_header, write_rows
 from genrank_jax.config import GenRankConfig
-from genrank_jax.data.batching import bucket_length, plan_batches
+from genrank_jax.data.batching import batch_shape, padded_max_tokens, plan_batches
 from genrank_jax.data.sources import load_dataset
 from genrank_jax.training import TrainConfig, Trainer
 
@@ -86,11 +86,10 @@ def served_groups(trainer: Trainer, steps: int) -> list[np.ndarray]:
 
 def warm_up(trainer: Trainer, groups: list[np.ndarray]) -> float:
     """Compile the step for every batch shape `groups` will produce (results discarded); seconds."""
-    builder, layout, started = trainer.builder, trainer.builder.layout, time.perf_counter()
+    builder, started = trainer.builder, time.perf_counter()
     seen = set()
     for group in groups:
-        seq_len = bucket_length(int(builder.token_counts(group).max()))
-        slots = bucket_length(int(np.minimum(builder.candidate_count[group], layout.max_candidates).max()), 8)
+        seq_len, slots = batch_shape(builder, group)
         if (seq_len, slots) in seen:
             continue
         seen.add((seq_len, slots))
@@ -124,8 +123,7 @@ def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
                         max_history=args.max_history, max_candidates=args.max_candidates)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, block=args.block, **{**args.config_overrides, **MODELS[name]},
-        # batches are padded up to a length bucket, so the position table must cover the bucket
-        max_tokens=bucket_length((2 if organization == "item" else 1) * args.max_history + args.max_candidates))
+        max_tokens=padded_max_tokens(organization, args.max_history, args.max_candidates))
     probe = Trainer(config, train, dataset)
     steps = args.steps or args.epochs * probe.batches_per_epoch
     trainer = Trainer(config, dataclasses.replace(train, steps=steps), dataset)  # the schedule needs steps

@@ -76,7 +76,7 @@ def machine() -> dict:
 
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
-    from genrank_jax.data.batching import bucket_length
+    from genrank_jax.data.batching import padded_max_tokens
     from genrank_jax.data.builders.rows import MissingFileError
     from genrank_jax.data.sources import load_dataset
     from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
@@ -96,10 +96,8 @@ def run_train(args) -> int:
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
         attention_impl=args.attention_impl,
-        # batches are padded up to a length bucket: the position table must cover the bucket, not the raw count
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
-                       bucket_length((2 if args.organization == "item" else 1) * args.max_history
-                                     + train.max_candidates)),
+                       padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

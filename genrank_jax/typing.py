@@ -11,17 +11,13 @@ Dimension letters:
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 __all__ = [
-    "Array", "Bool", "Float", "Int", "PRNGKey",
+    "Array", "Bool", "Float", "Int",
     "Queries", "Keys", "Values", "Lengths", "TokenPositions", "TokenTimes", "HeadSlopes",
     "AttentionOut", "Hidden", "TaskLogits",
 ]
-
-PRNGKey = jax.Array
 
 Queries = Float[Array, "B S H D"]
 Keys = Float[Array, "B S H D"]
@@ -33,5 +29,3 @@ TokenTimes = Float[Array, "B S"]
 HeadSlopes = Float[Array, "H"]
 Hidden = Float[Array, "B S W"]
 TaskLogits = Float[Array, "B S A"]
-
-NumpyInts = Int[np.ndarray, "..."]

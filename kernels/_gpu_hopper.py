@@ -19,7 +19,6 @@ Only 16-bit inputs: WGMMA has no f32 x f32 -> f32 mode (f32 would run as TF32).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 
 import jax

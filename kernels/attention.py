@@ -20,25 +20,21 @@ Impl = Literal["xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu"]
 Kind = Literal["softmax", "silu"]
 
 IMPLEMENTATIONS: tuple[str, ...] = ("xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu")
-# module name under genrank_jax.kernels for each Pallas backend; each exposes
+# Each Pallas backend is the module genrank_jax.kernels.<impl>, exposing
 # `attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_slopes,
 #  time_slopes, kind, scale, interpret, block_sizes)` and `unavailable_reason(interpret) -> str | None`.
-_PALLAS_MODULES = {
-    "pallas_triton": "pallas_triton",
-    "pallas_mosaic_gpu": "pallas_mosaic_gpu",
-    "pallas_tpu": "pallas_tpu",
-}
+_PALLAS_BACKENDS = IMPLEMENTATIONS[1:]
 
 
 def _backend_module(impl: str):
-    return importlib.import_module(f"genrank_jax.kernels.{_PALLAS_MODULES[impl]}")
+    return importlib.import_module(f"genrank_jax.kernels.{impl}")
 
 
 def unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
     """None when `impl` can run here, else a sentence saying why not."""
     if impl == "xla":
         return None
-    if impl not in _PALLAS_MODULES:
+    if impl not in _PALLAS_BACKENDS:
         return f"unknown impl {impl!r}; expected one of {IMPLEMENTATIONS} or None"
     try:
         module = _backend_module(impl)

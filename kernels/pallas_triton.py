@@ -20,7 +20,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 
 from genrank_jax.kernels import _gpu_blocked as blocked
 from genrank_jax.kernels._gpu_vjp import make_op, next_power_of_two, padded_call

@@ -1,7 +1,6 @@
 """Training: learning, resume equals uninterrupted, checkpoint errors, NaN guard, bad input."""
 
 import dataclasses
-import pathlib
 
 import numpy as np
 import pytest

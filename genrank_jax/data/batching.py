@@ -30,6 +30,14 @@ def bucket_length(tokens: int, multiple: int = 32) -> int:
     return size
 
 
+def padded_max_tokens(organization: str, max_history: int, max_candidates: int) -> int:
+    """Longest padded sequence a batch can have: the bucket of the longest possible sample.
+
+    A model's position table (`GenRankConfig.max_tokens`) must cover this, not the raw count.
+    """
+    return bucket_length((2 if organization == "item" else 1) * max_history + max_candidates)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
     batch_size: int
@@ -58,10 +66,16 @@ def plan_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPlan, 
     return groups
 
 
+def batch_shape(builder: SampleBuilder, group: np.ndarray) -> tuple[int, int]:
+    """(seq_len, candidate_slots) the batch of `group` is padded to: both rounded to a bucket."""
+    seq_len = bucket_length(int(builder.token_counts(group).max()))
+    most_candidates = int(np.minimum(builder.candidate_count[group], builder.layout.max_candidates).max())
+    return seq_len, bucket_length(most_candidates, 8)
+
+
 def iterate_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPlan, epoch: int = 0,
                     skip: int = 0) -> Iterator[TokenBatch]:
     """Yield padded batches; `skip` resumes after that many batches of the same epoch."""
     for group in plan_batches(builder, requests, plan, epoch)[skip:]:
-        seq_len = bucket_length(int(builder.token_counts(group).max()))
-        slots = bucket_length(int(np.minimum(builder.candidate_count[group], builder.layout.max_candidates).max()), 8)
+        seq_len, slots = batch_shape(builder, group)
         yield builder.build(group, seq_len, plan.batch_size, candidate_slots=slots)

@@ -9,7 +9,7 @@ import pytest
 
 from genrank_jax.data import sources
 from genrank_jax.data.batching import BatchPlan, iterate_batches
-from genrank_jax.data.builders.movielens import GenrankMovielens, rating_actions
+from genrank_jax.data.builders.movielens import rating_actions
 from genrank_jax.data.builders.rows import MalformedRowError, MissingFileError
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from tests.data import fixtures

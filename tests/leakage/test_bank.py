@@ -1,6 +1,5 @@
 """The probe bank: one program equals the loop, every seed its own RNG stream, features padded."""
 
-import jax
 import numpy as np
 import pytest
 
