@@ -51,7 +51,7 @@ def future_item_embeddings(log: InteractionLog, cutoff: float, horizon: float, d
     config = ProbeConfig(**{**config.__dict__, "dim": dim, "model": "mlp"})  # the type-A ranker is an MLP probe
     run = bank.prepare_run(log, rows, np.zeros(0, np.int64), {}, config)
     states = bank.train(run, bank.init_bank(run, [seed], [0]))
-    return np.asarray(states["tables"]["item"][0, :log.num_items, 0], np.float32)
+    return np.asarray(states["tables"]["item"]["value"][0, :log.num_items], np.float32)
 
 
 def cooccurrence_neighbors(log: InteractionLog, cutoff: float, horizon: float, k: int = 5, dim: int = 32, *,

@@ -9,9 +9,10 @@ the candidate) the way a factorization model does.
 
 Embedding tables are updated sparsely: a step gathers the rows its batch touches (once, by the
 shared batch stream's unique ids), takes gradients with respect to those rows only and writes them
-back with a lazy Adam (moments of untouched rows are left alone). Each table row stores
-[value, adam_m, adam_v] side by side, so a step moves one gather and one scatter per table, not
-three. Dense Adam over the whole table is the slow path this avoids.
+back with a lazy Adam (moments of untouched rows are left alone). A table is three arrays, value,
+adam m and adam v, so the update is three plain elementwise passes (rows stored interleaved as
+[value, m, v] made XLA recompute the moments inside one concatenating loop and ran slower).
+Dense Adam over the whole table is the slow path this avoids.
 
 `init_probe` builds one probe (the bank vmaps it); `forward` / `update` / `predict` take a stack
 of c probes with an explicit probe axis, written so that everything the probes share (the batch's
@@ -99,23 +100,31 @@ def init_probe(seed_key: jax.Array, feature_key: jax.Array, feature_slot, featur
     (columns beyond it are padding and masked); item_side: 1.0 per-item feature, 0.0 per-interaction.
     """
     d, dm = config.dim, sizes.feature_width
-    keys = jax.random.split(seed_key, 2 + len(config.hidden) + 1)
-
-    def table(key, rows):
-        # [rows + 1, 3, d]: value, adam m, adam v; the extra last row is the padding id
-        value = config.init_scale * jax.random.normal(key, (rows + 1, d), jnp.float32)
-        return jnp.stack([value, jnp.zeros_like(value), jnp.zeros_like(value)], axis=1)
-
     widths = (5 * d, *config.hidden, sizes.num_tasks)
+    shapes = {"item": (sizes.num_items + 1, d), "user": (sizes.num_users + 1, d)}  # last row: padding id
+    shapes.update({f"w{layer}": (fan_in, fan_out) for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))})
+    # one draw per key, both in one vmapped call, cut into pieces: a random.normal per array made
+    # this function take 2.4 s to compile on the CPU (each draw is its own threefry), 0.3 s now
+    sizes_flat = [int(np.prod(shape)) for shape in shapes.values()]
+    total = max(sum(sizes_flat), dm * d)
+    seed_draw, feature_draw = jax.vmap(lambda key: jax.random.normal(key, (total,), jnp.float32))(
+        jnp.stack([seed_key, feature_key]))
+    pieces = jnp.split(seed_draw[:sum(sizes_flat)], np.cumsum(sizes_flat)[:-1])
+    draws = {name: piece.reshape(shape) for (name, shape), piece in zip(shapes.items(), pieces)}
+
+    def table(name):  # value, adam m, adam v
+        value = config.init_scale * draws[name]
+        return {"value": value, "m": jnp.zeros_like(value), "v": jnp.zeros_like(value)}
+
     dense = {}
     for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        dense[f"w{layer}"] = jax.random.normal(keys[2 + layer], (fan_in, fan_out), jnp.float32) / np.sqrt(fan_in)
+        dense[f"w{layer}"] = draws[f"w{layer}"] / np.sqrt(fan_in)
         dense[f"b{layer}"] = jnp.zeros((fan_out,), jnp.float32)
     mask = (jnp.arange(dm) < feature_width).astype(jnp.float32)
     fan_in = jnp.maximum(feature_width, 1).astype(jnp.float32)
-    dense["proj"] = jax.random.normal(feature_key, (dm, d), jnp.float32) * mask[:, None] / jnp.sqrt(fan_in)
+    dense["proj"] = feature_draw[:dm * d].reshape(dm, d) * mask[:, None] / jnp.sqrt(fan_in)
     return {
-        "tables": {"item": table(keys[0], sizes.num_items), "user": table(keys[1], sizes.num_users)},
+        "tables": {"item": table("item"), "user": table("user")},
         "dense": dense,
         "adam": {"m": jax.tree.map(jnp.zeros_like, dense), "v": jax.tree.map(jnp.zeros_like, dense),
                  "count": jnp.zeros((), jnp.int32)},
@@ -144,21 +153,23 @@ def forward(dense: dict, consts: dict, item_rows, user_rows, inputs: dict):
     float, features [F, B, Dm]. The MLP runs as batched matmuls [c, B, in] x [c, in, out]: on
     this CPU that form ran ~3x the speed of c separate probe matmuls in one program.
     """
-    e_item = item_rows[inputs["local_item"]]  # [B, c, d]
-    e_user = user_rows[inputs["local_user"]]
+    def rows_of(rows, index):  # [Q, c, d] gathered at index [...] -> [..., c, d]; indices are in range
+        return rows.at[index].get(mode="promise_in_bounds")
+
+    e_item = jnp.swapaxes(rows_of(item_rows, inputs["local_item"]), 0, 1)  # [c, B, d]
+    e_user = jnp.swapaxes(rows_of(user_rows, inputs["local_user"]), 0, 1)
     mask = inputs["history_mask"]
     if mask.shape[-1]:
-        pooled = jnp.einsum("blcd,bl->bcd", item_rows[inputs["local_history"]], mask)
-        history = pooled / jnp.maximum(mask.sum(-1), 1.0)[:, None, None]
+        pooled = jnp.einsum("blcd,bl->cbd", rows_of(item_rows, inputs["local_history"]), mask)
+        history = pooled / jnp.maximum(mask.sum(-1), 1.0)[None, :, None]
     else:
         history = jnp.zeros_like(e_item)
     raw = inputs["features"][consts["feature_slot"]] * consts["feature_mask"][:, None, :]  # [c, B, Dm]
-    feature = jnp.einsum("cbm,cmd->bcd", raw, dense["proj"])
-    side = _per_probe(consts["item_side"], e_item, axis=1)
+    feature = jnp.einsum("cbm,cmd->cbd", raw, dense["proj"])
+    side = _per_probe(consts["item_side"], e_item)
     item_side = e_item + side * feature
     user_side = e_user + history + (1.0 - side) * feature
-    x = jnp.concatenate([e_item, e_user, history, feature, item_side * user_side], axis=-1)
-    x = jnp.swapaxes(x, 0, 1)  # [c, B, 5d]
+    x = jnp.concatenate([e_item, e_user, history, feature, item_side * user_side], axis=-1)  # [c, B, 5d]
     layers = (len(dense) - 1) // 2
     for layer in range(layers):
         x = jnp.einsum("cbi,cio->cbo", x, dense[f"w{layer}"]) + dense[f"b{layer}"][:, None, :]
@@ -191,14 +202,14 @@ def update(params: dict, item_block, user_block, batch: dict):
     """One Adam step of c stacked probes on their gathered embedding rows.
 
     params: the probes' states without their tables ("dense", "adam", "consts"), leaves [c, ...];
-    item_block [Qi, c, 3, d], user_block [Qu, c, 3, d]: rows of the batch's unique ids as
-    [value, adam m, adam v]; batch: the `forward` inputs, labels [B, T], weights [B].
+    item_block / user_block: {"value", "m", "v"}, each [Qi or Qu, c, d]: the rows of the batch's
+    unique ids (probe axis second, as `forward` reads them); batch: the `forward` inputs, labels [B, T], weights [B].
     Returns (new params, new item_block, new user_block, [c] losses). Only these rows move: a lazy
     Adam, whose untouched rows keep their moments (the bank writes the blocks back).
     """
     consts = params["consts"]
     (_, losses), (g_dense, g_item, g_user) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
-        params["dense"], item_block[:, :, 0], user_block[:, :, 0], consts, batch, batch["labels"], batch["weights"])
+        params["dense"], item_block["value"], user_block["value"], consts, batch, batch["labels"], batch["weights"])
     count = params["adam"]["count"] + 1
     lr, decay = consts["learning_rate"], consts["weight_decay"]
     new_dense, new_m, new_v = {}, {}, {}
@@ -211,8 +222,8 @@ def update(params: dict, item_block, user_block, batch: dict):
 
     def rows_update(block, grad):
         at = functools.partial(_per_probe, shape_like=grad, axis=1)
-        return jnp.stack(_adam(block[:, :, 0], grad, block[:, :, 1], block[:, :, 2], at(count), at(lr), at(decay)),
-                         axis=2)
+        value, m, v = _adam(block["value"], grad, block["m"], block["v"], at(count), at(lr), at(decay))
+        return {"value": value, "m": m, "v": v}
 
     new_params = {"dense": new_dense, "adam": {"m": new_m, "v": new_v, "count": count}, "consts": consts}
     return new_params, rows_update(item_block, g_item), rows_update(user_block, g_user), losses
@@ -220,8 +231,8 @@ def update(params: dict, item_block, user_block, batch: dict):
 
 def predict(states: dict, inputs: dict):
     """[c, B, T] logits of c stacked probes with global ids as the local indices (whole tables)."""
-    def rows(table):  # [c, rows, 3, d] -> [rows, c, d]
-        return jnp.swapaxes(table[:, :, 0], 0, 1)
+    def rows(table):  # value [c, rows, d] -> [rows, c, d]
+        return jnp.swapaxes(table["value"], 0, 1)
 
     return forward(states["dense"], states["consts"], rows(states["tables"]["item"]),
                    rows(states["tables"]["user"]), inputs)

@@ -47,12 +47,39 @@ def test_vmap_strategy_equals_map(feed, log):
     np.testing.assert_allclose(mapped, vmapped, atol=2e-4, rtol=0)  # logits after an epoch of Adam
 
 
+def test_stacks_and_blocks_of_any_size_equal_the_loop(feed, log, monkeypatch):
+    """A last stack smaller than the others and a last block of steps shorter than the others
+    change nothing: the bank's logits equal the loop's."""
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+    config = ProbeConfig(dim=8, hidden=(16,), history=4, epochs=2, batch_size=64)
+    run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None),
+                           {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()}, config)
+    steps = run.steps_per_epoch
+    block = next(b for b in range(2, steps) if steps // b >= 2 and steps % b)
+    seeds, slots = [0, 0, 0, 1, 1, 2, 2], [0, 1, 3, 2, 3, 0, 1]  # stacks of 3, 3 and 1
+    monkeypatch.setattr(bank, "block_steps", lambda _: 1)  # the loop steps one batch at a time
+    loop = bank.train_and_predict(run, seeds, slots, parallel=False, strategy="map")
+    monkeypatch.setattr(bank, "CPU_CHUNK", 3)
+    monkeypatch.setattr(bank, "block_steps", lambda _: block)
+    assert bank.chunk_size(len(seeds), "map") == 3
+    stacked = bank.train_and_predict(run, seeds, slots, parallel=True, strategy="map")
+    np.testing.assert_allclose(stacked, loop, atol=1e-5, rtol=0)
+
+
+def test_block_steps_fit_the_budget(feed, log):
+    run = bank.prepare_run(log, log.rows_between(None, None), np.arange(10),
+                           {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()},
+                           ProbeConfig(batch_size=32, epochs=1))
+    assert run.steps_per_epoch > 1
+    assert 1 <= bank.block_steps(run) <= run.steps_per_epoch
+
+
 def test_each_seed_draws_its_own_initial_params(feed, log):
     run = bank.prepare_run(log, np.arange(100), np.arange(100, 120),
                            {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()}, SMALL)
     seeds, slots = [0, 1, 2, 0, 1], [1, 1, 1, 2, 2]
     states = bank.init_bank(run, seeds, slots)
-    trained = {**states["dense"], "item": states["tables"]["item"][:, :, 0], "user": states["tables"]["user"][:, :, 0]}
+    trained = {**states["dense"], "item": states["tables"]["item"]["value"], "user": states["tables"]["user"]["value"]}
     for name, leaf in trained.items():
         if name.startswith("b") or name == "proj":
             continue  # biases start at zero; projections are checked below
