@@ -56,7 +56,7 @@ def test_stacks_and_blocks_of_any_size_equal_the_loop(feed, log, monkeypatch):
                            {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()}, config)
     steps = run.steps_per_epoch
     block = next(b for b in range(2, steps) if steps // b >= 2 and steps % b)
-    seeds, slots = [0, 0, 0, 1, 1, 2, 2], [0, 1, 3, 2, 3, 0, 1]  # stacks of 3, 3 and 1
+    seeds, slots = [0, 0, 0, 1, 1, 2, 2], [0, 1, 3, 2, 3, 0, 1]  # 3 stacks of 3: 2 copies padded
     monkeypatch.setattr(bank, "block_steps", lambda _: 1)  # the loop steps one batch at a time
     loop = bank.train_and_predict(run, seeds, slots, parallel=False, strategy="map")
     monkeypatch.setattr(bank, "CPU_CHUNK", 3)
