@@ -40,7 +40,7 @@ def run_header() -> dict:
 
 
 def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pathlib.Path | None:
-    """Write {header, rows} as JSON to `out` ("auto": bench/results/<name>_<platform>_<commit>.json)."""
+    """Write {header, rows} as JSON to `out` ("auto": bench/results/<name>_<platform>_<commit>_<unix time>.json)."""
     if not out:
         return None
     path = (RESULTS / f"{name}_{header['platform']}_{header['git_commit']}_{int(time.time())}.json"

@@ -5,8 +5,8 @@
 Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from the newest file
 of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
-(train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json) and
-lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+(train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
+the probe-bank benchmark (leakage_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -22,8 +22,14 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def newest(results: pathlib.Path, pattern: str, exclude: str | None = None) -> pathlib.Path | None:
+    """The latest file of a kind: by the run's unix time that benchlib puts last in the name
+    (a fresh clone gives every file the same modification time), else by modification time."""
+    def when(path: pathlib.Path):
+        stamp = path.stem.rsplit("_", 1)[-1]
+        return (int(stamp) if stamp.isdigit() else 0, path.stat().st_mtime, path.name)
+
     files = [p for p in results.glob(pattern) if not (exclude and exclude in p.name)]
-    return max(files, key=lambda p: (p.stat().st_mtime, p.name)) if files else None
+    return max(files, key=when) if files else None
 
 
 def machine(header: dict) -> str:
@@ -121,6 +127,29 @@ def attention_section(results: pathlib.Path) -> list[str]:
             *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
 
 
+def leakage_section(results: pathlib.Path) -> list[str]:
+    path = newest(results, "leakage_*.json")
+    title = "### LIS probe bank: one program vs a loop over probes"
+    if path is None:
+        return [title, "", "_No probe-bank benchmark yet (run `bench/bench_leakage.py --out auto`)._"]
+    data = json.loads(path.read_text())
+    header, rows = data["header"], data["rows"]
+    peak = next((row["gflops"] for row in rows if row["kind"] == "matmul_peak"), None)
+    bank = [row for row in rows if row["kind"] == "bank_vs_loop"]
+    lis = next((row for row in rows if row["kind"] == "lis_table"), None)
+    command = header.get("command") or "python bench/bench_leakage.py (arguments not recorded)"
+    lines = [title, "", f"Machine: {machine(header)}; f32 matmul peak measured in the same run: "
+                        f"{peak:.0f} GFLOP/s. Command: `{command}` (data {header.get('data', '?')}).", "",
+             *table([("probes K", "probes", ""), ("stack", "chunk", ""), ("bank epoch s", "bank_epoch_s", ".2f"),
+                     ("loop epoch s", "loop_epoch_s", ".2f"), ("bank / loop", "speedup", ".2f"),
+                     ("bank GFLOP/s", "bank_gflops", ".1f"), ("share of peak", "fraction_of_peak", ".0%")], bank)]
+    if lis:
+        lines += ["", f"Full LIS table ({lis['leaks']} leak kinds x {lis['horizons']} horizons x {lis['seeds']} seeds, "
+                      f"{lis['probes']} probes): {lis['total_s']:.1f} s end to end, {lis['features_s']:.1f} s of it "
+                      "building the leaks."]
+    return [*lines, "", f"_Source: `{relative(path)}`._"]
+
+
 def lis_section(results: pathlib.Path) -> list[str]:
     path = results / "lis_movielens.md"
     title = "### LIS / AIS on MovieLens-100K"
@@ -135,7 +164,8 @@ def lis_section(results: pathlib.Path) -> list[str]:
 
 
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, organization_section, train_section, attention_section, lis_section]
+    sections = [ablation_section, organization_section, train_section, attention_section, leakage_section,
+                lis_section]
     body = []
     for section in sections:
         body += section(results) + [""]

@@ -1,0 +1,39 @@
+"""The README's results section is rendered from bench/results, never typed by hand."""
+
+import json
+import os
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import update_readme  # noqa: E402
+
+
+def test_readme_results_match_bench_results():
+    assert update_readme.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
+
+
+def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float) -> pathlib.Path:
+    rows = [{"kind": "matmul_peak", "gflops": 200.0},
+            {"kind": "bank_vs_loop", "probes": 8, "chunk": 8, "bank_epoch_s": bank_epoch, "loop_epoch_s": 0.75,
+             "speedup": 0.75 / bank_epoch, "bank_gflops": 90.0, "fraction_of_peak": 0.45},
+            {"kind": "lis_table", "leaks": 3, "horizons": 2, "seeds": 8, "probes": 56, "features_s": 3.0,
+             "total_s": 15.0}]
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "x"}
+    path = folder / f"leakage_cpu_abc_{stamp}.json"
+    path.write_text(json.dumps({"header": header, "rows": rows}))
+    return path
+
+
+def test_probe_bank_section_shows_the_newest_run(tmp_path):
+    old = _leakage_file(tmp_path, 100, bank_epoch=1.5)
+    new = _leakage_file(tmp_path, 200, bank_epoch=0.5)
+    os.utime(old, (0, 2_000_000_000))  # newer on disk, older run: the name's time decides
+    text = "\n".join(update_readme.leakage_section(tmp_path))
+    assert "| 8 | 8 | 0.50 | 0.75 | 1.50 | 90.0 | 45% |" in text
+    assert new.name in text and "56 probes): 15.0 s end to end" in text
+
+
+def test_missing_results_give_a_note_not_an_error(tmp_path):
+    assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
