@@ -239,7 +239,9 @@ def predict(states: dict, inputs: dict):
 
 
 def train_flops_per_example(config: ProbeConfig, sizes: ProbeSizes) -> int:
-    """Matmul FLOPs of one training example in one probe: forward x3 (forward + two backward)."""
+    """Matmul FLOPs of one training example in one probe: each MLP layer forward and two backward
+    (input and weight gradients), the feature projection forward and its weight gradient only
+    (the feature itself is data)."""
     widths = (5 * config.dim, *config.hidden, sizes.num_tasks)
-    forward_macs = sizes.feature_width * config.dim + sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-    return 3 * 2 * forward_macs
+    mlp_macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return 2 * (3 * mlp_macs + 2 * sizes.feature_width * config.dim)
