@@ -142,6 +142,7 @@ def leakage_section(results: pathlib.Path) -> list[str]:
                         f"{peak:.0f} GFLOP/s. Command: `{command}` (data {header.get('data', '?')}).", "",
              *table([("probes K", "probes", ""), ("stack", "chunk", ""), ("bank epoch s", "bank_epoch_s", ".2f"),
                      ("loop epoch s", "loop_epoch_s", ".2f"), ("bank / loop", "speedup", ".2f"),
+                     ("bank / loop, wall incl. compile", "wall_speedup", ".2f"),
                      ("bank GFLOP/s", "bank_gflops", ".1f"), ("share of peak", "fraction_of_peak", ".0%")], bank)]
     if lis:
         lines += ["", f"Full LIS table ({lis['leaks']} leak kinds x {lis['horizons']} horizons x {lis['seeds']} seeds, "

@@ -17,7 +17,7 @@ def test_readme_results_match_bench_results():
 def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float) -> pathlib.Path:
     rows = [{"kind": "matmul_peak", "gflops": 200.0},
             {"kind": "bank_vs_loop", "probes": 8, "chunk": 8, "bank_epoch_s": bank_epoch, "loop_epoch_s": 0.75,
-             "speedup": 0.75 / bank_epoch, "bank_gflops": 90.0, "fraction_of_peak": 0.45},
+             "speedup": 0.75 / bank_epoch, "wall_speedup": 1.1, "bank_gflops": 90.0, "fraction_of_peak": 0.45},
             {"kind": "lis_table", "leaks": 3, "horizons": 2, "seeds": 8, "probes": 56, "features_s": 3.0,
              "total_s": 15.0}]
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "x"}
@@ -31,7 +31,7 @@ def test_probe_bank_section_shows_the_newest_run(tmp_path):
     new = _leakage_file(tmp_path, 200, bank_epoch=0.5)
     os.utime(old, (0, 2_000_000_000))  # newer on disk, older run: the name's time decides
     text = "\n".join(update_readme.leakage_section(tmp_path))
-    assert "| 8 | 8 | 0.50 | 0.75 | 1.50 | 90.0 | 45% |" in text
+    assert "| 8 | 8 | 0.50 | 0.75 | 1.50 | 1.10 | 90.0 | 45% |" in text
     assert new.name in text and "56 probes): 15.0 s end to end" in text
 
 
