@@ -250,12 +250,16 @@ def block_steps(run: ProbeRun) -> int:
     return -(-run.steps_per_epoch // blocks)
 
 
-def _padded(states: dict, chunk: int) -> dict:
-    """States [K, ...] padded to a multiple of chunk with copies of probe 0."""
-    extra = -num_probes(states) % chunk
+def _pad_leading(tree, extra: int):
+    """Leaves [n, ...] as [n + extra, ...], the extra entries copies of entry 0."""
     if not extra:
-        return states
-    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), states)
+        return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), tree)
+
+
+def _padded(states: dict, chunk: int) -> dict:
+    """States [K, ...] padded to a multiple of chunk with copies of probe 0 (results dropped)."""
+    return _pad_leading(states, -num_probes(states) % chunk)
 
 
 def _grouped(tree, chunk: int):
@@ -310,21 +314,20 @@ def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: in
     """
     total = jax.tree.leaves(batches)[0].shape[0]
     blocks = -(-total // block)
+    padding = blocks * block - total
     live = jnp.arange(blocks * block) < total
-    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], blocks * block - total, axis=0)]),
-                          batches)
-    blocked = jax.tree.map(lambda x: x.reshape(blocks, block, *x.shape[1:]), (padded, live))
+    blocked = jax.tree.map(lambda x: x.reshape(blocks, block, *x.shape[1:]),
+                           (_pad_leading(batches, padding), live))
+
+    def step(state, inputs):
+        batch, is_live = inputs
+        if not padding:  # no cond where no step is skipped (it copies the state, ~2% a step)
+            return stack_step(state, batch)[0], None
+        return jax.lax.cond(is_live, lambda s: stack_step(s, batch)[0], lambda s: s, state), None
 
     def run_block(groups, block_batches):  # leaves [block, ...]
         step_batches, step_live = block_batches
         shared = jax.vmap(lambda batch: _shared_batch(data, batch, num_items))(step_batches)
-
-        def step(state, inputs):
-            batch, is_live = inputs
-            if blocks * block == total:  # no padded step: no cond (it copies the state, ~2% a step)
-                return stack_step(state, batch)[0], None
-            return jax.lax.cond(is_live, lambda s: stack_step(s, batch)[0], lambda s: s, state), None
-
         return jax.lax.map(lambda stack: jax.lax.scan(step, stack, (shared, step_live))[0], groups), None
 
     return _ungrouped(jax.lax.scan(run_block, _grouped(states, chunk), blocked)[0])
@@ -359,7 +362,7 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
     """
     strategy = resolve_strategy(strategy)
     count = num_probes(states)
-    chunk = chunk_size(count, strategy)
+    chunk, block = chunk_size(count, strategy), block_steps(run)
     states = _padded(states, chunk)
 
     def batches_of(epoch):
@@ -368,13 +371,13 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
     epoch_data = batches_of(0)
     for epoch in range(run.config.epochs):
         states = _train_epoch(states, run.device_data, epoch_data, num_items=run.sizes.num_items,
-                              chunk=chunk, block=block_steps(run))
+                              chunk=chunk, block=block)
         if epoch + 1 < run.config.epochs:  # built on the host while the device runs this epoch
             epoch_data = batches_of(epoch + 1)
         if on_epoch is not None:
             jax.block_until_ready(states)  # so a callback's clock and progress are real
             on_epoch(epoch)
-    return jax.tree.map(lambda x: x[:count], states) if num_probes(states) > count else states
+    return jax.tree.map(lambda x: x[:count], states)  # the padding copies dropped
 
 
 def predict_eval(run: ProbeRun, states: dict, *, strategy: str = "auto") -> np.ndarray:

@@ -88,6 +88,12 @@ class ProbeSizes:
     feature_width: int  # Dm, >= 1
 
 
+def _mlp_layers(config: ProbeConfig, sizes: ProbeSizes) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of each MLP layer: [item, user, history, feature, product] -> tasks."""
+    widths = (5 * config.dim, *config.hidden, sizes.num_tasks)
+    return list(zip(widths[:-1], widths[1:]))
+
+
 def init_probe(seed_key: jax.Array, feature_key: jax.Array, feature_slot, feature_width, item_side,
                learning_rate, weight_decay, *, config: ProbeConfig, sizes: ProbeSizes) -> dict:
     """State of one probe.
@@ -100,9 +106,9 @@ def init_probe(seed_key: jax.Array, feature_key: jax.Array, feature_slot, featur
     (columns beyond it are padding and masked); item_side: 1.0 per-item feature, 0.0 per-interaction.
     """
     d, dm = config.dim, sizes.feature_width
-    widths = (5 * d, *config.hidden, sizes.num_tasks)
+    layers = _mlp_layers(config, sizes)
     shapes = {"item": (sizes.num_items + 1, d), "user": (sizes.num_users + 1, d)}  # last row: padding id
-    shapes.update({f"w{layer}": (fan_in, fan_out) for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]))})
+    shapes.update({f"w{layer}": shape for layer, shape in enumerate(layers)})
     # one draw per key, both in one vmapped call, cut into pieces: a random.normal per array made
     # this function take 2.4 s to compile on the CPU (each draw is its own threefry), 0.3 s now
     sizes_flat = [int(np.prod(shape)) for shape in shapes.values()]
@@ -117,7 +123,7 @@ def init_probe(seed_key: jax.Array, feature_key: jax.Array, feature_slot, featur
         return {"value": value, "m": jnp.zeros_like(value), "v": jnp.zeros_like(value)}
 
     dense = {}
-    for layer, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for layer, (fan_in, fan_out) in enumerate(layers):
         dense[f"w{layer}"] = draws[f"w{layer}"] / np.sqrt(fan_in)
         dense[f"b{layer}"] = jnp.zeros((fan_out,), jnp.float32)
     mask = (jnp.arange(dm) < feature_width).astype(jnp.float32)
@@ -242,6 +248,5 @@ def train_flops_per_example(config: ProbeConfig, sizes: ProbeSizes) -> int:
     """Matmul FLOPs of one training example in one probe: each MLP layer forward and two backward
     (input and weight gradients), the feature projection forward and its weight gradient only
     (the feature itself is data)."""
-    widths = (5 * config.dim, *config.hidden, sizes.num_tasks)
-    mlp_macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    mlp_macs = sum(fan_in * fan_out for fan_in, fan_out in _mlp_layers(config, sizes))
     return 2 * (3 * mlp_macs + 2 * sizes.feature_width * config.dim)
