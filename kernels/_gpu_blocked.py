@@ -4,7 +4,7 @@ These are the Triton backend's kernels (lowered with Triton compiler params) and
 Mosaic GPU backend runs under `interpret=True` (the Hopper pipeline needs hardware barriers and TMA
 that the CPU interpreter cannot run; the tile math is the same `_gpu_tiles` code).
 
-Layouts, all padded by the caller (`_gpu_vjp.pad_inputs`):
+Layouts, all padded by the caller (`_vjp.padded_call`):
   q, k [B, S, H, D], v [B, S, H, Dv] with S a multiple of every block size, D, Dv powers of two;
   lengths, num_candidates [B] int32; positions [B, S] int32; timestamps [B, S] f32;
   alibi / time slopes [H] f32 (absent when None); lse, delta [B, H, S] f32.

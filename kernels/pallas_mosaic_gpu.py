@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from genrank_jax.kernels import _gpu_blocked as blocked
-from genrank_jax.kernels._gpu_vjp import make_op, padded_call, round_up
+from genrank_jax.kernels._vjp import check_tile_sizes, make_op, padded_call, round_up
 
 try:
     from genrank_jax.kernels import _gpu_hopper as hopper
@@ -42,10 +42,6 @@ else:
     _IMPORT_ERROR = None
 
 WGMMA_ROWS = 64  # rows of one warpgroup's WGMMA tile
-
-
-def _is_power_of_two(n) -> bool:
-    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +62,7 @@ class BlockSizes:
     block_kv_bwd: int = 64
 
     def __post_init__(self):
-        for name in ("block_q", "block_kv", "block_q_bwd", "block_kv_bwd"):
-            value = getattr(self, name)
-            if not _is_power_of_two(value) or value < 16:
-                raise ValueError(f"{name}={value!r} must be a power of two >= 16")
+        check_tile_sizes(self, ("block_q", "block_kv", "block_q_bwd", "block_kv_bwd"))
         if not isinstance(self.stages, int) or self.stages < 2:
             raise ValueError(f"stages={self.stages!r} must be an int >= 2 (a TMA double buffer)")
         if self.compute_wgs not in (1, 2):

@@ -30,6 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from genrank_jax.kernels._vjp import make_op, round_up
 from genrank_jax.kernels.masking import relative_bias, valid_pairs
 
 NUM_LANES = 128
@@ -367,7 +368,7 @@ def _prefetch_and_meta(meta):
     return meta[:3], [x for x in meta[3:] if x is not None]
 
 
-def _forward(q, k, v, meta, cfg):
+def _forward(cfg, q, k, v, meta):
     """q, k: [B, H, S', D]; v: [B, H, S', Dv] -> out [B, H, S', Dv], lse [B, H, S', 128] or None."""
     batch, heads, seq, dim = q.shape
     value_dim = v.shape[-1]
@@ -482,7 +483,7 @@ def _dkv_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_
         dv_ref[...] = dv_acc_ref[...].astype(dv_ref.dtype)
 
 
-def _backward(q, k, v, out, lse, d_out, meta, cfg):
+def _backward(cfg, q, k, v, meta, out, lse, d_out):
     """Kernel layout [B, H, S', *] -> (dq, dk, dv) like q, k, v."""
     batch, heads, seq, dim = q.shape
     value_dim = v.shape[-1]
@@ -534,10 +535,6 @@ def _backward(q, k, v, out, lse, d_out, meta, cfg):
 
 # --- public function -----------------------------------------------------------------------------
 
-def _round_up(x, multiple):
-    return -(-x // multiple) * multiple
-
-
 def attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_slopes,
               time_slopes, kind, scale, interpret, block_sizes):
     """[B, S, H, Dv]; arguments validated and defaulted by `genrank_jax.kernels.attention`.
@@ -557,7 +554,7 @@ def attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_
                   block_k=block_sizes.block_k, num_heads=heads,
                   with_alibi=alibi_slopes is not None, with_time=time_slopes is not None,
                   interpret=interpret)
-    padded = _round_up(seq_len, math.lcm(cfg.block_q, cfg.block_k))
+    padded = round_up(seq_len, math.lcm(cfg.block_q, cfg.block_k))
     pad_tokens = lambda x, axis: jnp.pad(x, [(0, padded - seq_len if a == axis else 0)
                                              for a in range(x.ndim)])
     to_kernel = lambda x: pad_tokens(jnp.swapaxes(x, 1, 2), 2)  # [B, S, H, D] -> [B, H, S', D]
@@ -575,25 +572,9 @@ def attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_
     q_pos, k_pos = query_and_key_vectors(positions, cfg.with_alibi)
     q_time, k_time = query_and_key_vectors(timestamps, cfg.with_time)
     meta = (lengths, num_candidates, slopes, q_pos, q_time, k_pos, k_time)
-    out = _flash(to_kernel(q), to_kernel(k), to_kernel(v), meta, cfg)
+    out = _flash(cfg, to_kernel(q), to_kernel(k), to_kernel(v), meta)
     return jnp.swapaxes(out[:, :, :seq_len], 1, 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _flash(q, k, v, meta, cfg):
-    return _forward(q, k, v, meta, cfg)[0]
-
-
-def _flash_forward(q, k, v, meta, cfg):
-    out, lse = _forward(q, k, v, meta, cfg)
-    return out, (q, k, v, out, lse, meta)
-
-
-def _flash_backward(cfg, residuals, d_out):
-    q, k, v, out, lse, meta = residuals
-    dq, dk, dv = _backward(q, k, v, out, lse, d_out, meta, cfg)
-    # lengths, slopes, positions and timestamps are constants of the op: no cotangent
-    return dq, dk, dv, jax.tree.map(lambda _: None, meta)
-
-
-_flash.defvjp(_flash_forward, _flash_backward)
+# lengths, slopes, positions and timestamps (meta) are constants of the op: no cotangent
+_flash = make_op(_forward, _backward)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from genrank_jax.kernels import _gpu_blocked as blocked
-from genrank_jax.kernels._gpu_vjp import make_op, next_power_of_two, padded_call
+from genrank_jax.kernels._vjp import check_tile_sizes, make_op, next_power_of_two, padded_call
 
 try:  # jax >= 0.9: Triton is chosen by its compiler params
     from jax.experimental.pallas import triton as _pallas_triton
@@ -34,10 +34,6 @@ else:
     _IMPORT_ERROR = None
 
 MIN_COMPUTE_CAPABILITY = 8.0  # bf16 tensor-core dots in Triton need Ampere or newer
-
-
-def _is_power_of_two(n) -> bool:
-    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +49,7 @@ class BlockSizes:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"):
-            value = getattr(self, name)
-            if not _is_power_of_two(value) or value < 16:
-                raise ValueError(f"{name}={value!r} must be a power of two >= 16")
+        check_tile_sizes(self, ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"))
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"num_warps={self.num_warps!r} must be one of 1, 2, 4, 8, 16")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:

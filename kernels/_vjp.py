@@ -1,11 +1,12 @@
-"""Padding and the custom_vjp shared by the GPU attention backends.
+"""The custom_vjp shared by the Pallas attention backends, and the GPU backends' padding.
 
-A backend supplies `forward(static, q, k, v, meta) -> (out, lse2)` and
+`make_op` is used by all three backends. A backend supplies `forward(static, q, k, v, meta) -> (out, lse2)` and
 `backward(static, q, k, v, meta, out, lse2, dout) -> (dq, dk, dv)` on padded arrays; `padded_call`
 pads the public [B, S, H, D] inputs (sequence to the tile multiple, head dims to what the kernels
 need), runs them through one `jax.custom_vjp` and slices the result back. Padding sits outside the
 custom_vjp, so its own gradient (a slice) comes from autodiff. Padded tokens are beyond every
-sample's length and are masked like any other invalid pair.
+sample's length and are masked like any other invalid pair. (The TPU backend pads to its own
+head-major layout and uses `make_op` only.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ def round_up(n: int, multiple: int) -> int:
 
 def next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def is_power_of_two(n) -> bool:
+    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+
+
+def check_tile_sizes(sizes, names) -> None:
+    """Raise if any of `sizes`' fields `names` is not a power of two >= 16 (a tile edge)."""
+    for name in names:
+        value = getattr(sizes, name)
+        if not is_power_of_two(value) or value < 16:
+            raise ValueError(f"{name}={value!r} must be a power of two >= 16")
 
 
 def make_op(forward, backward):
