@@ -65,20 +65,36 @@ def ablation_section(results: pathlib.Path) -> list[str]:
     return [*path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
 
 
-def organization_section(results: pathlib.Path) -> list[str]:
-    path = newest(results, "organization_*.json")
-    title = "### Training step: action- vs item-oriented organization"
+def newest_run(results: pathlib.Path, kind: str):
+    """(path, header, rows) of the newest benchlib file `<kind>_*.json`, or None."""
+    path = newest(results, f"{kind}_*.json")
     if path is None:
-        return [title, "", "_No organization benchmark yet (run `bench/bench_organization.py --out auto`)._"]
+        return None
     data = json.loads(path.read_text())
-    header, rows = data["header"], data["rows"]
+    return path, data["header"], data["rows"]
+
+
+def no_results(title: str, what: str, script: str) -> list[str]:
+    return [title, "", f"_No {what} yet (run `bench/{script} --out auto`)._"]
+
+
+def command_of(header: dict, script: str) -> str:
+    return header.get("command") or f"python bench/{script} (arguments not recorded)"
+
+
+def organization_section(results: pathlib.Path) -> list[str]:
+    title = "### Training step: action- vs item-oriented organization"
+    run = newest_run(results, "organization")
+    if run is None:
+        return no_results(title, "organization benchmark", "bench_organization.py")
+    path, header, rows = run
     for row in rows:
         row["temp_mib"] = row["temp_bytes"] / 2**20 if row.get("temp_bytes") is not None else None
         row.setdefault("speedup_vs_item", 1.0 if row["organization"] == "item" else None)
     first = rows[0] if rows else {}
     shape = (f"preset {first.get('preset')}, {first.get('block')} block, batch {first.get('batch_size')}, "
              f"{first.get('candidates')} candidates" if first else "")
-    command = header.get("command") or "python bench/bench_organization.py (arguments not recorded)"
+    command = command_of(header, "bench_organization.py")
     return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).", "",
             *table([("history N", "history", ""), ("organization", "organization", ""), ("tokens", "tokens", ""),
                     ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
@@ -109,35 +125,33 @@ def train_section(results: pathlib.Path) -> list[str]:
 
 
 def attention_section(results: pathlib.Path) -> list[str]:
-    path = newest(results, "attention_*.json")
     title = "### Attention op: backends"
-    if path is None:
-        return [title, "", "_No attention benchmark yet (run `bench/bench_attention.py --out auto`)._"]
-    data = json.loads(path.read_text())
-    header, rows = data["header"], data["rows"]
+    run = newest_run(results, "attention")
+    if run is None:
+        return no_results(title, "attention benchmark", "bench_attention.py")
+    path, header, rows = run
     for row in rows:
         row["note"] = row.get("skipped", "")
     speedups = sorted({key for row in rows for key in row if key.startswith("fwd_bwd_speedup_vs_")})
     columns = [("kind", "kind", ""), ("S", "seq_len", ""), ("D", "head_dim", ""), ("impl", "impl", ""),
                ("fwd ms", "fwd_ms", ".2f"), ("fwd+bwd ms", "fwd_bwd_ms", ".2f"), ("fwd TFLOP/s", "fwd_tflops", ".2f"),
                *[(f"fwd+bwd vs {key.rsplit('_vs_', 1)[1]}", key, ".2f") for key in speedups], ("note", "note", "")]
-    command = header.get("command") or "python bench/bench_attention.py (arguments not recorded)"
+    command = command_of(header, "bench_attention.py")
     interpret = " (Pallas in interpret mode)" if header.get("interpret") else ""
     return [title, "", f"Machine: {machine(header)}{interpret}. Command: `{command}`.", "",
             *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
 
 
 def leakage_section(results: pathlib.Path) -> list[str]:
-    path = newest(results, "leakage_*.json")
     title = "### LIS probe bank: one program vs a loop over probes"
-    if path is None:
-        return [title, "", "_No probe-bank benchmark yet (run `bench/bench_leakage.py --out auto`)._"]
-    data = json.loads(path.read_text())
-    header, rows = data["header"], data["rows"]
+    run = newest_run(results, "leakage")
+    if run is None:
+        return no_results(title, "probe-bank benchmark", "bench_leakage.py")
+    path, header, rows = run
     peak = next((row["gflops"] for row in rows if row["kind"] == "matmul_peak"), None)
     bank = [row for row in rows if row["kind"] == "bank_vs_loop"]
     lis = next((row for row in rows if row["kind"] == "lis_table"), None)
-    command = header.get("command") or "python bench/bench_leakage.py (arguments not recorded)"
+    command = command_of(header, "bench_leakage.py")
     lines = [title, "", f"Machine: {machine(header)}; f32 matmul peak measured in the same run: "
                         f"{peak:.0f} GFLOP/s. Command: `{command}` (data {header.get('data', '?')}).", "",
              *table([("probes K", "probes", ""), ("stack", "chunk", ""), ("bank epoch s", "bank_epoch_s", ".2f"),
