@@ -25,7 +25,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 from genrank_jax.leakage import InteractionLog, ProbeConfig, leakage_impact, leaks  # noqa: E402
-from genrank_jax.leakage import bank, probe as probe_lib  # noqa: E402
+from genrank_jax.leakage import bank, probe as probe_lib, use_every_cpu_core  # noqa: E402
+from genrank_jax.leakage.devices import layout  # noqa: E402
 
 
 def matmul_peak(sizes=(512, 1024, 1536, 2048), repeats=5) -> float:
@@ -64,7 +65,8 @@ def main() -> int:
     parser.add_argument("--probes", default="8,32,64")
     parser.add_argument("--out", default="auto", help='JSON path, "auto" (bench/results/) or "" (none)')
     args = parser.parse_args()
-    header = {**benchlib.run_header(), "load_average_start": os.getloadavg()}
+    cpu_devices = use_every_cpu_core()  # as `genrank-jax lis` does; before JAX starts
+    header = {**benchlib.run_header(), "load_average_start": os.getloadavg(), "cpu_devices": cpu_devices}
     source, log = load_log(args)
     print(f"{header}  data={source} rows={log.num_rows}  load average {os.getloadavg()}")
     peak = matmul_peak()
@@ -86,12 +88,13 @@ def main() -> int:
         loop_wall, loop_epoch = epoch_times(run, seeds, slots, parallel=False)
         gflops = flops_per_probe_epoch * k / bank_epoch / 1e9
         strategy = bank.resolve_strategy("auto")
-        row = dict(kind="bank_vs_loop", probes=k, strategy=strategy, chunk=bank.chunk_size(k, strategy),
+        lay = layout(k, strategy)
+        row = dict(kind="bank_vs_loop", probes=k, strategy=strategy, devices=len(lay.devices), chunk=lay.chunk,
                    bank_epoch_s=bank_epoch, loop_epoch_s=loop_epoch, speedup=loop_epoch / bank_epoch,
                    bank_wall_s=bank_wall, loop_wall_s=loop_wall, wall_speedup=loop_wall / bank_wall,
                    bank_gflops=gflops, fraction_of_peak=gflops * 1e9 / peak)
         rows.append(row)
-        print(f"K={k:3d}  epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
+        print(f"K={k:3d} ({len(lay.devices)} devices, stacks of {lay.chunk})  epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
               f"wall incl. compile: bank {bank_wall:6.1f} s  loop {loop_wall:6.1f} s ({row['wall_speedup']:.2f}x) | "
               f"bank {gflops:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak")
 

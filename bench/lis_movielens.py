@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 from genrank_jax.data.sources import load_dataset  # noqa: E402
-from genrank_jax.leakage import InteractionLog, ProbeConfig, leakage_impact, leaks  # noqa: E402
+from genrank_jax.leakage import InteractionLog, ProbeConfig, leakage_impact, leaks, use_every_cpu_core  # noqa: E402
 
 
 def one_hot(values: np.ndarray, size: int) -> np.ndarray:
@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--task", default="like")
     args = parser.parse_args()
+    use_every_cpu_core()  # as `genrank-jax lis` does; before JAX starts
     dataset = load_dataset("movielens:100k", data_dir=args.data_dir)
     log = InteractionLog.from_dataset(dataset, task=args.task)
     cutoff = float(np.quantile(log.timestamp, 0.8))

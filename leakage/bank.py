@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrank_jax.leakage import devices as devices_lib
 from genrank_jax.leakage import probe as probe_lib
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.sequences import recent_engaged
@@ -209,34 +210,8 @@ def _shared_batch(data: dict, batch: dict, num_items: int) -> dict:
             "features": jnp.concatenate(features, axis=0)}
 
 
-CPU_CHUNK = 8  # probes per stack on a CPU (see `resolve_strategy`)
 SHARED_BLOCK_BYTES = 64 << 20  # shared batches gathered ahead per block of steps (see `block_steps`)
-
-
-def resolve_strategy(strategy: str) -> str:
-    """How the probe axis is run: "vmap" (all K probes as one batched stack), "map" (`lax.map`
-    over stacks of up to `CPU_CHUNK` probes) or "auto": "map" on CPU, "vmap" elsewhere.
-
-    Both run the same `probe.update` on an explicit probe axis (the form `jax.vmap` would give,
-    but with the batch's gathers shared by all probes). On a GPU one stack of all probes fills the
-    device. On this 2-core CPU stacks of 8 ran fastest: per probe, 0.080 s an epoch on ml-100k
-    against 0.092 s alone (the batched matmuls run nearer the peak); stacks of 16 or more were
-    slower again, their working set falling out of cache.
-    """
-    if strategy == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    if strategy not in ("vmap", "map"):
-        raise ValueError(f"strategy must be 'auto', 'vmap' or 'map', got {strategy!r}")
-    return strategy
-
-
-def chunk_size(num_probes: int, strategy: str) -> int:
-    """Probes per stack: all of them ("vmap"), else K split evenly into ceil(K / CPU_CHUNK) stacks
-    (the bank pads K up to a multiple with copies of probe 0 whose results it drops, so every
-    stack has one shape and the step is compiled once)."""
-    if strategy == "vmap":
-        return num_probes
-    return -(-num_probes // -(-num_probes // CPU_CHUNK))
+resolve_strategy = devices_lib.resolve_strategy  # the bank's public knobs, re-exported
 
 
 def block_steps(run: ProbeRun) -> int:
@@ -257,9 +232,10 @@ def _pad_leading(tree, extra: int):
     return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]), tree)
 
 
-def _padded(states: dict, chunk: int) -> dict:
-    """States [K, ...] padded to a multiple of chunk with copies of probe 0 (results dropped)."""
-    return _pad_leading(states, -num_probes(states) % chunk)
+def _padded(states: dict, lay: devices_lib.Layout) -> dict:
+    """States [K, ...] padded to the layout's slots with copies of probe 0 (results dropped),
+    on the layout's devices."""
+    return devices_lib.place(_pad_leading(states, lay.padded - num_probes(states)), lay)
 
 
 def _grouped(tree, chunk: int):
@@ -300,7 +276,6 @@ def stack_step(states: dict, batch: dict):
     return {"tables": new_tables, **params}, losses
 
 
-@functools.partial(jax.jit, static_argnames=("num_items", "chunk", "block"), donate_argnums=0)
 def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: int):
     """States [G * chunk, ...] after one epoch of `batches` [S, ...], in blocks of `block` steps.
 
@@ -333,7 +308,9 @@ def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: in
     return _ungrouped(jax.lax.scan(run_block, _grouped(states, chunk), blocked)[0])
 
 
-@functools.partial(jax.jit, static_argnames=("num_items", "chunk"))
+_train_epoch_jit = jax.jit(_train_epoch, static_argnames=("num_items", "chunk", "block"), donate_argnums=0)
+
+
 def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
     """[C, G * chunk, rows, T] logits of stacked states [G * chunk, ...] on row chunks [C, rows]."""
     groups = _grouped(states, chunk)
@@ -348,6 +325,17 @@ def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
     return jax.lax.scan(body, None, rows)[1]
 
 
+_predict_chunks_jit = jax.jit(_predict_chunks, static_argnames=("num_items", "chunk"))
+
+
+def _on_devices(program, jitted, lay: devices_lib.Layout, *, out_axis: int = 0, donate: bool = False, **static):
+    """`program` with its static arguments bound, for the layout: its jit on one device, else
+    spread over the layout's devices (each runs its slice of the probes)."""
+    if not lay.spread:
+        return functools.partial(jitted, **static)
+    return devices_lib.spread(program, lay.devices, tuple(sorted(static.items())), out_axis=out_axis, donate=donate)
+
+
 def _eval_chunks(run: ProbeRun) -> np.ndarray:
     size = run.config.eval_batch_size
     rows = run.eval_rows if len(run.eval_rows) else np.zeros(1, np.int64)
@@ -360,18 +348,19 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
 
     batches: optional list of precomputed `epoch_batches` (a loop over probes reuses them).
     """
-    strategy = resolve_strategy(strategy)
     count = num_probes(states)
-    chunk, block = chunk_size(count, strategy), block_steps(run)
-    states = _padded(states, chunk)
+    lay = devices_lib.layout(count, resolve_strategy(strategy))
+    states = _padded(states, lay)
+    data = devices_lib.place(run.device_data, lay, probe_axis=None)
+    train_epoch = _on_devices(_train_epoch, _train_epoch_jit, lay, donate=True, num_items=run.sizes.num_items,
+                              chunk=lay.chunk, block=block_steps(run))
 
     def batches_of(epoch):
         return batches[epoch] if batches is not None else epoch_batches(run, epoch)
 
     epoch_data = batches_of(0)
     for epoch in range(run.config.epochs):
-        states = _train_epoch(states, run.device_data, epoch_data, num_items=run.sizes.num_items,
-                              chunk=chunk, block=block)
+        states = train_epoch(states, data, epoch_data)
         if epoch + 1 < run.config.epochs:  # built on the host while the device runs this epoch
             epoch_data = batches_of(epoch + 1)
         if on_epoch is not None:
@@ -383,9 +372,11 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
 def predict_eval(run: ProbeRun, states: dict, *, strategy: str = "auto") -> np.ndarray:
     """[K, Ne, T] logits of stacked states on the eval rows."""
     count = num_probes(states)
-    chunk = chunk_size(count, resolve_strategy(strategy))
-    logits = np.asarray(_predict_chunks(_padded(states, chunk), run.device_data, _eval_chunks(run),
-                                        num_items=run.sizes.num_items, chunk=chunk))
+    lay = devices_lib.layout(count, resolve_strategy(strategy))
+    predict = _on_devices(_predict_chunks, _predict_chunks_jit, lay, out_axis=1, num_items=run.sizes.num_items,
+                          chunk=lay.chunk)
+    logits = np.asarray(predict(_padded(states, lay), devices_lib.place(run.device_data, lay, probe_axis=None),
+                                _eval_chunks(run)))
     logits = np.moveaxis(logits, 0, 1)[:count]  # scan stacks chunks first: [C, K, rows, T]
     return logits.reshape(count, -1, run.sizes.num_tasks)[:, :len(run.eval_rows)]
 

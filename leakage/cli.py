@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from genrank_jax.leakage import leaks as leak_builders
+from genrank_jax.leakage.devices import use_every_cpu_core
 from genrank_jax.leakage.impact import leakage_impact
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
@@ -63,6 +64,8 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
 def run(args) -> int:
     from genrank_jax.data.sources import load_dataset
 
+    if not args.sequential:
+        use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
     dataset = load_dataset(args.data, data_dir=args.data_dir)
     log = InteractionLog.from_dataset(dataset, task=args.task)
     cutoff = parse_time(args.cutoff, log.timestamp)

@@ -9,6 +9,7 @@ import numpy as np
 
 from genrank_jax import metrics
 from genrank_jax.leakage import bank
+from genrank_jax.leakage import devices as devices_lib
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
 from genrank_jax.leakage.report import LeakageReport, build_rows
@@ -88,6 +89,8 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         "train_rows": int(len(train_rows)), "eval_rows": int(len(eval_rows)), "seeds": int(seeds),
         "tasks": list(log.task_names), "probes": int(len(slot_of)), "parallel": bool(parallel),
         "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(probe),
+        "devices": (len(devices_lib.layout(len(slot_of) if parallel else 1, bank.resolve_strategy(strategy)).devices)
+                    if probe.model == "mlp" else 1),  # the GenRank probe runs on one device
         "feature_widths": {name: prepared[name].width for name in run.feature_names},
         "feature_per": {name: prepared[name].per for name in run.feature_names},
         "seconds": time.perf_counter() - start,

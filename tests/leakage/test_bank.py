@@ -5,7 +5,7 @@ import pytest
 
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig, leakage_impact
-from genrank_jax.leakage import bank
+from genrank_jax.leakage import bank, devices
 
 SMALL = ProbeConfig(dim=8, hidden=(16,), history=4, epochs=1, batch_size=256)
 
@@ -59,9 +59,9 @@ def test_stacks_and_blocks_of_any_size_equal_the_loop(feed, log, monkeypatch):
     seeds, slots = [0, 0, 0, 1, 1, 2, 2], [0, 1, 3, 2, 3, 0, 1]  # 3 stacks of 3: 2 copies padded
     monkeypatch.setattr(bank, "block_steps", lambda _: 1)  # the loop steps one batch at a time
     loop = bank.train_and_predict(run, seeds, slots, parallel=False, strategy="map")
-    monkeypatch.setattr(bank, "CPU_CHUNK", 3)
+    monkeypatch.setattr(devices, "CPU_CHUNK", 3)
     monkeypatch.setattr(bank, "block_steps", lambda _: block)
-    assert bank.chunk_size(len(seeds), "map") == 3
+    assert devices.layout(len(seeds), "map").chunk == 3
     stacked = bank.train_and_predict(run, seeds, slots, parallel=True, strategy="map")
     np.testing.assert_allclose(stacked, loop, atol=1e-5, rtol=0)
 
