@@ -5,6 +5,8 @@ time of the bank and of the loop (the first epoch of each compiles; the faster o
 third is taken, for both, to damp a shared machine's noise) and their ratio; the bank's achieved
 matmul FLOP/s and its fraction of the peak; the end-to-end time of the LIS table of three leak
 kinds x two horizons x 8 seeds (features built, probes compiled and trained, AUCs computed). Data: ml-100k (from --data-dir) or, without it, the simulator.
+The bank runs as `genrank-jax lis` runs it: one JAX CPU device per core, a slice of the probes on
+each (`--cpu-devices 1` measures it on one device); the loop trains one probe at a time on one device.
 
   python bench/bench_leakage.py --data-dir ../shared/data/ml-100k --out auto
 """
@@ -64,8 +66,10 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None, help="ml-100k folder (default: the simulator)")
     parser.add_argument("--probes", default="8,32,64")
     parser.add_argument("--out", default="auto", help='JSON path, "auto" (bench/results/) or "" (none)')
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="JAX CPU devices (default: one per core, as `genrank-jax lis`; 1: the bank on one device)")
     args = parser.parse_args()
-    cpu_devices = use_every_cpu_core()  # as `genrank-jax lis` does; before JAX starts
+    cpu_devices = use_every_cpu_core(args.cpu_devices)  # before JAX starts
     header = {**benchlib.run_header(), "load_average_start": os.getloadavg(), "cpu_devices": cpu_devices}
     source, log = load_log(args)
     print(f"{header}  data={source} rows={log.num_rows}  load average {os.getloadavg()}")

@@ -149,12 +149,13 @@ def leakage_section(results: pathlib.Path) -> list[str]:
         return no_results(title, "probe-bank benchmark", "bench_leakage.py")
     path, header, rows = run
     peak = next((row["gflops"] for row in rows if row["kind"] == "matmul_peak"), None)
-    bank = [row for row in rows if row["kind"] == "bank_vs_loop"]
+    bank = [{"devices": 1, **row} for row in rows if row["kind"] == "bank_vs_loop"]  # older runs: one device
     lis = next((row for row in rows if row["kind"] == "lis_table"), None)
     command = command_of(header, "bench_leakage.py")
     lines = [title, "", f"Machine: {machine(header)}; f32 matmul peak measured in the same run: "
                         f"{peak:.0f} GFLOP/s. Command: `{command}` (data {header.get('data', '?')}).", "",
-             *table([("probes K", "probes", ""), ("stack", "chunk", ""), ("bank epoch s", "bank_epoch_s", ".2f"),
+             *table([("probes K", "probes", ""), ("devices", "devices", ""), ("stack", "chunk", ""),
+                     ("bank epoch s", "bank_epoch_s", ".2f"),
                      ("loop epoch s", "loop_epoch_s", ".2f"), ("bank / loop", "speedup", ".2f"),
                      ("bank / loop, wall incl. compile", "wall_speedup", ".2f"),
                      ("bank GFLOP/s", "bank_gflops", ".1f"), ("share of peak", "fraction_of_peak", ".0%")], bank)]
