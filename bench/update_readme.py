@@ -21,15 +21,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def newest(results: pathlib.Path, pattern: str, exclude: str | None = None) -> pathlib.Path | None:
-    """The latest file of a kind: by the run's unix time that benchlib puts last in the name
-    (a fresh clone gives every file the same modification time), else by modification time."""
-    def when(path: pathlib.Path):
-        stamp = path.stem.rsplit("_", 1)[-1]
-        return (int(stamp) if stamp.isdigit() else 0, path.stat().st_mtime, path.name)
+def run_time(path: pathlib.Path):
+    """When a result was made: the run's unix time that benchlib puts last in the name (a fresh
+    clone gives every file the same modification time), else the modification time."""
+    stamp = path.stem.rsplit("_", 1)[-1]
+    return int(stamp) if stamp.isdigit() else 0, path.stat().st_mtime, path.name
 
+
+def newest(results: pathlib.Path, pattern: str, exclude: str | None = None) -> pathlib.Path | None:
+    """The latest file of a kind (see `run_time`)."""
     files = [p for p in results.glob(pattern) if not (exclude and exclude in p.name)]
-    return max(files, key=when) if files else None
+    return max(files, key=run_time) if files else None
 
 
 def machine(header: dict) -> str:
@@ -72,6 +74,15 @@ def newest_run(results: pathlib.Path, kind: str):
         return None
     data = json.loads(path.read_text())
     return path, data["header"], data["rows"]
+
+
+def newest_single_device_run(results: pathlib.Path):
+    """(path, header, rows) of the newest probe-bank run made with `--cpu-devices 1`, or None."""
+    for path in sorted(results.glob("leakage_*.json"), key=run_time, reverse=True):
+        data = json.loads(path.read_text())
+        if data["header"].get("cpu_devices") == 1:
+            return path, data["header"], data["rows"]
+    return None
 
 
 def no_results(title: str, what: str, script: str) -> list[str]:
@@ -159,6 +170,16 @@ def leakage_section(results: pathlib.Path) -> list[str]:
                      ("loop epoch s", "loop_epoch_s", ".2f"), ("bank / loop", "speedup", ".2f"),
                      ("bank / loop, wall incl. compile", "wall_speedup", ".2f"),
                      ("bank GFLOP/s", "bank_gflops", ".1f"), ("share of peak", "fraction_of_peak", ".0%")], bank)]
+    single = newest_single_device_run(results)
+    if single and header.get("cpu_devices", 1) > 1:
+        one = {row["probes"]: row for row in single[2] if row["kind"] == "bank_vs_loop"}
+        pairs = [(row, one[row["probes"]]) for row in bank if row["probes"] in one]
+        lines += ["", "The same benchmark with the bank on one CPU device (`--cpu-devices 1`, "
+                      f"`{relative(single[0])}`, a separate run): bank epoch "
+                      + ", ".join(f"{b['bank_epoch_s']:.2f} s at K={b['probes']} ({b['fraction_of_peak']:.0%} of peak)"
+                                  for _, b in pairs)
+                      + "; one device per core above is "
+                      + ", ".join(f"{b['bank_epoch_s'] / a['bank_epoch_s']:.2f}x" for a, b in pairs) + " faster."]
     if lis:
         lines += ["", f"Full LIS table ({lis['leaks']} leak kinds x {lis['horizons']} horizons x {lis['seeds']} seeds, "
                       f"{lis['probes']} probes): {lis['total_s']:.1f} s end to end, {lis['features_s']:.1f} s of it "

@@ -7,11 +7,15 @@ the log once (labels, history mask, every feature's rows), then each stack runs 
 with its state carried in cache. The loop mode (`parallel=False`) runs the very same code on a
 stack of one probe at a time.
 
-Where the speed comes from on a CPU (2 cores, ml-100k, 1024-row batches): a stack of 8 probes'
-[8, 1024, 80] x [8, 80, 128] matmuls run nearer the matmul peak than one probe's; the batch is
+Where the speed comes from on a CPU (2 cores, ml-100k, 1024-row batches): a stack of probes'
+[c, 1024, 80] x [c, 80, 128] matmuls run nearer the matmul peak than one probe's; the batch is
 gathered once, not K times; embedding rows are touched sparsely (the unique ids of a step are
 computed once on the host, shared by all probes); only the eval window is scored; one program,
-not K. On a GPU all K probes run as one stack: one launch per op instead of K.
+not K; and with one JAX CPU device per core (`devices.use_every_cpu_core`) each core runs its
+own slice of the probes, so one stack's serial ops (scatters, small reductions) no longer leave
+the other core idle. On a GPU all of a device's probes run as one stack: one launch per op
+instead of K. Several devices (GPUs, TPU cores, CPU devices) each take a slice of the probe axis
+(`devices.py`).
 """
 
 from __future__ import annotations

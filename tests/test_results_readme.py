@@ -14,13 +14,16 @@ def test_readme_results_match_bench_results():
     assert update_readme.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
 
 
-def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float) -> pathlib.Path:
+def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float, cpu_devices: int | None = None) -> pathlib.Path:
     rows = [{"kind": "matmul_peak", "gflops": 200.0},
             {"kind": "bank_vs_loop", "probes": 8, "chunk": 8, "bank_epoch_s": bank_epoch, "loop_epoch_s": 0.75,
              "speedup": 0.75 / bank_epoch, "wall_speedup": 1.1, "bank_gflops": 90.0, "fraction_of_peak": 0.45},
             {"kind": "lis_table", "leaks": 3, "horizons": 2, "seeds": 8, "probes": 56, "features_s": 3.0,
              "total_s": 15.0}]
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "x"}
+    if cpu_devices is not None:
+        header["cpu_devices"] = cpu_devices
+        rows[1]["devices"] = cpu_devices
     path = folder / f"leakage_cpu_abc_{stamp}.json"
     path.write_text(json.dumps({"header": header, "rows": rows}))
     return path
@@ -31,8 +34,18 @@ def test_probe_bank_section_shows_the_newest_run(tmp_path):
     new = _leakage_file(tmp_path, 200, bank_epoch=0.5)
     os.utime(old, (0, 2_000_000_000))  # newer on disk, older run: the name's time decides
     text = "\n".join(update_readme.leakage_section(tmp_path))
-    assert "| 8 | 8 | 0.50 | 0.75 | 1.50 | 1.10 | 90.0 | 45% |" in text
+    assert "| 8 | 1 | 8 | 0.50 | 0.75 | 1.50 | 1.10 | 90.0 | 45% |" in text  # an older run: one device
     assert new.name in text and "56 probes): 15.0 s end to end" in text
+    assert "one CPU device (`--cpu-devices 1`" not in text  # nothing to compare with
+
+
+def test_probe_bank_section_compares_with_the_newest_one_device_run(tmp_path):
+    _leakage_file(tmp_path, 100, bank_epoch=2.0, cpu_devices=1)
+    one = _leakage_file(tmp_path, 200, bank_epoch=0.8, cpu_devices=1)
+    spread = _leakage_file(tmp_path, 300, bank_epoch=0.5, cpu_devices=2)
+    text = "\n".join(update_readme.leakage_section(tmp_path))
+    assert "| 8 | 2 | 8 | 0.50 |" in text and spread.name in text
+    assert f"`{update_readme.relative(one)}`" in text and "0.80 s at K=8" in text and "1.60x faster" in text
 
 
 def test_missing_results_give_a_note_not_an_error(tmp_path):
