@@ -143,7 +143,7 @@ class Trainer:
         """Restore the latest checkpoint if there is one; returns the step training continues from."""
         if self.checkpoints is None or self.checkpoints.latest_step() is None:
             return self.step
-        pure = self.state.to_pure_dict()
+        pure = nnx.to_pure_dict(self.state)
         restored, meta = self.checkpoints.restore(abstract_like(pure))
         nnx.replace_by_pure_dict(self.state, restored)
         self.step = int(meta["step"])
@@ -180,7 +180,7 @@ class Trainer:
             exposures += batch.num_exposures()
             self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
             if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
-                self.checkpoints.save(self.step, self.state.to_pure_dict(), {"history": self.history})
+                self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), {"history": self.history})
             if bar is not None:
                 bar.update(1)
                 if self.step % log_every == 0 or self.step == target:

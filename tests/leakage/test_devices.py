@@ -73,6 +73,9 @@ def test_bank_spread_over_two_cpu_devices_equals_the_loop(tmp_path):
         spread = bank.train_and_predict(run, seeds, slots, parallel=True)
         assert loop.std() > 0.1, loop.std()
         np.testing.assert_allclose(spread, loop, atol=1e-5, rtol=0)
+        assert devices.layout(len(seeds), "vmap").chunk == 4  # a GPU's layout: one stack a device
+        vmapped = bank.train_and_predict(run, seeds, slots, parallel=True, strategy="vmap")
+        np.testing.assert_allclose(vmapped, loop, atol=2e-4, rtol=0)  # batched ops round differently
         print("ok")
         """, tmp_path)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
