@@ -66,6 +66,19 @@ def test_stacks_and_blocks_of_any_size_equal_the_loop(feed, log, monkeypatch):
     np.testing.assert_allclose(stacked, loop, atol=1e-5, rtol=0)
 
 
+def test_a_probe_does_not_depend_on_the_others_in_its_stack(feed, log):
+    """Same stack size, other partners: probe 0's logits are bitwise equal (any cross-talk between
+    probes, such as a reduction over the probe axis, would show here)."""
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+    run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None),
+                           {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()}, SMALL)
+    first = bank.train_and_predict(run, [0, 0, 1, 1], [0, 1, 2, 3], strategy="map")
+    other = bank.train_and_predict(run, [0, 5, 6, 7], [0, 3, 1, 0], strategy="map")
+    assert devices.layout(4, "map").chunk == 4
+    np.testing.assert_array_equal(first[0], other[0])
+    assert not np.allclose(first[1], other[1])
+
+
 def test_block_steps_fit_the_budget(feed, log):
     run = bank.prepare_run(log, log.rows_between(None, None), np.arange(10),
                            {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()},
