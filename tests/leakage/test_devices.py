@@ -46,10 +46,20 @@ def test_late_call_warns_and_keeps_the_device_count():
         assert devices.use_every_cpu_core(before + 1) == before
 
 
-def _run(code: str, tmp_path) -> subprocess.CompletedProcess:
+def _run(code: str, tmp_path, xla_flags: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags:
+        env["XLA_FLAGS"] = xla_flags
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def test_a_device_count_the_user_set_is_kept(tmp_path):
+    result = _run("""
+        from genrank_jax.leakage import use_every_cpu_core
+        print(use_every_cpu_core(2))
+        """, tmp_path, xla_flags="--xla_force_host_platform_device_count=3")
+    assert result.returncode == 0 and result.stdout.split() == ["3"], result.stderr[-3000:]
 
 
 def test_bank_spread_over_two_cpu_devices_equals_the_loop(tmp_path):
