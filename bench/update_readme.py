@@ -171,7 +171,7 @@ def leakage_section(results: pathlib.Path) -> list[str]:
                      ("bank / loop, wall incl. compile", "wall_speedup", ".2f"),
                      ("bank GFLOP/s", "bank_gflops", ".1f"), ("share of peak", "fraction_of_peak", ".0%")], bank)]
     single = newest_single_device_run(results)
-    if single and header.get("cpu_devices", 1) > 1:
+    if single and header.get("cpu_devices", 1) > 1 and single[1].get("platform") == header.get("platform") == "cpu":
         one = {row["probes"]: row for row in single[2] if row["kind"] == "bank_vs_loop"}
         pairs = [(row, one[row["probes"]]) for row in bank if row["probes"] in one]
         lines += ["", "The same benchmark with the bank on one CPU device (`--cpu-devices 1`, "
