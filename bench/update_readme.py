@@ -67,22 +67,21 @@ def ablation_section(results: pathlib.Path) -> list[str]:
     return [*path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
 
 
+def runs(results: pathlib.Path, kind: str):
+    """(path, header, rows) of the benchlib files `<kind>_*.json`, newest first."""
+    for path in sorted(results.glob(f"{kind}_*.json"), key=run_time, reverse=True):
+        data = json.loads(path.read_text())
+        yield path, data["header"], data["rows"]
+
+
 def newest_run(results: pathlib.Path, kind: str):
     """(path, header, rows) of the newest benchlib file `<kind>_*.json`, or None."""
-    path = newest(results, f"{kind}_*.json")
-    if path is None:
-        return None
-    data = json.loads(path.read_text())
-    return path, data["header"], data["rows"]
+    return next(runs(results, kind), None)
 
 
 def newest_single_device_run(results: pathlib.Path):
     """(path, header, rows) of the newest probe-bank run made with `--cpu-devices 1`, or None."""
-    for path in sorted(results.glob("leakage_*.json"), key=run_time, reverse=True):
-        data = json.loads(path.read_text())
-        if data["header"].get("cpu_devices") == 1:
-            return path, data["header"], data["rows"]
-    return None
+    return next((run for run in runs(results, "leakage") if run[1].get("cpu_devices") == 1), None)
 
 
 def no_results(title: str, what: str, script: str) -> list[str]:

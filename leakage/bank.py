@@ -312,9 +312,6 @@ def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: in
     return _ungrouped(jax.lax.scan(run_block, _grouped(states, chunk), blocked)[0])
 
 
-_train_epoch_jit = jax.jit(_train_epoch, static_argnames=("num_items", "chunk", "block"), donate_argnums=0)
-
-
 def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
     """[C, G * chunk, rows, T] logits of stacked states [G * chunk, ...] on row chunks [C, rows]."""
     groups = _grouped(states, chunk)
@@ -329,15 +326,10 @@ def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
     return jax.lax.scan(body, None, rows)[1]
 
 
-_predict_chunks_jit = jax.jit(_predict_chunks, static_argnames=("num_items", "chunk"))
-
-
-def _on_devices(program, jitted, lay: devices_lib.Layout, *, out_axis: int = 0, donate: bool = False, **static):
-    """`program` with its static arguments bound, for the layout: its jit on one device, else
-    spread over the layout's devices (each runs its slice of the probes)."""
-    if not lay.spread:
-        return functools.partial(jitted, **static)
-    return devices_lib.spread(program, lay.devices, tuple(sorted(static.items())), out_axis=out_axis, donate=donate)
+def _laid_out(run: ProbeRun, states: dict, strategy: str):
+    """(layout, states padded to its slots on its devices, the log's arrays on its devices)."""
+    lay = devices_lib.layout(num_probes(states), resolve_strategy(strategy))
+    return lay, _padded(states, lay), devices_lib.place(run.device_data, lay, probe_axis=None)
 
 
 def _eval_chunks(run: ProbeRun) -> np.ndarray:
@@ -353,11 +345,9 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
     batches: optional list of precomputed `epoch_batches` (a loop over probes reuses them).
     """
     count = num_probes(states)
-    lay = devices_lib.layout(count, resolve_strategy(strategy))
-    states = _padded(states, lay)
-    data = devices_lib.place(run.device_data, lay, probe_axis=None)
-    train_epoch = _on_devices(_train_epoch, _train_epoch_jit, lay, donate=True, num_items=run.sizes.num_items,
-                              chunk=lay.chunk, block=block_steps(run))
+    lay, states, data = _laid_out(run, states, strategy)
+    static = (("block", block_steps(run)), ("chunk", lay.chunk), ("num_items", run.sizes.num_items))
+    train_epoch = devices_lib.spread(_train_epoch, lay.devices, static, donate=True)
 
     def batches_of(epoch):
         return batches[epoch] if batches is not None else epoch_batches(run, epoch)
@@ -376,11 +366,10 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
 def predict_eval(run: ProbeRun, states: dict, *, strategy: str = "auto") -> np.ndarray:
     """[K, Ne, T] logits of stacked states on the eval rows."""
     count = num_probes(states)
-    lay = devices_lib.layout(count, resolve_strategy(strategy))
-    predict = _on_devices(_predict_chunks, _predict_chunks_jit, lay, out_axis=1, num_items=run.sizes.num_items,
-                          chunk=lay.chunk)
-    logits = np.asarray(predict(_padded(states, lay), devices_lib.place(run.device_data, lay, probe_axis=None),
-                                _eval_chunks(run)))
+    lay, padded, data = _laid_out(run, states, strategy)
+    predict = devices_lib.spread(_predict_chunks, lay.devices, (("chunk", lay.chunk), ("num_items", run.sizes.num_items)),
+                                 out_axis=1)
+    logits = np.asarray(predict(padded, data, _eval_chunks(run)))
     logits = np.moveaxis(logits, 0, 1)[:count]  # scan stacks chunks first: [C, K, rows, T]
     return logits.reshape(count, -1, run.sizes.num_tasks)[:, :len(run.eval_rows)]
 

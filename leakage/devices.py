@@ -98,12 +98,13 @@ def place(tree, lay: Layout, *, probe_axis: int | None = 0):
 def spread(program, devices: tuple, static: tuple = (), *, out_axis: int = 0, donate: bool = False):
     """`program(states, data, inputs, **dict(static))`, run by every device on its slice of the
     states' probe axis (data and inputs replicated); its output is split along `out_axis`.
-    One jit per (program, devices, static), cached."""
-    specs = PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()
-    out = PartitionSpec(*([None] * out_axis), AXIS)
+    One jit per (program, devices, static), cached; on one device, the program's plain jit."""
     bound = functools.partial(program, **dict(static))
-    mapped = jax.shard_map(bound, mesh=_mesh(devices), in_specs=specs, out_specs=out)
-    return jax.jit(mapped, donate_argnums=(0,) if donate else ())
+    if len(devices) > 1:
+        specs = PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()
+        out = PartitionSpec(*([None] * out_axis), AXIS)
+        bound = jax.shard_map(bound, mesh=_mesh(devices), in_specs=specs, out_specs=out)
+    return jax.jit(bound, donate_argnums=(0,) if donate else ())
 
 
 def use_every_cpu_core(cores: int | None = None) -> int:
