@@ -8,26 +8,22 @@ Five models, trained on the same temporal split with the same hyperparameters, `
   item-oriented   HSTU-style interleaved item/action tokens (2N + M), same block, width and biases
   din             DIN-style target attention + MLP over the action-oriented batch
   logistic        per-task user bias + item bias (the floor)
+Every model stops the same way, so the comparison is fair by construction: it is fitted on the
+train split minus its validation slice (the latest 15% of train requests by time,
+genrank_jax.data.holdout), scored on the slice after every epoch, stopped after `--patience`
+epochs without a new best validation AUC (first action), and evaluated on the eval split in its
+best state. The table gives the chosen (best) epoch per seed and the validation AUC there.
 Reported: AUC and GAUC per action task on the eval split (mean +- std over seeds), training
-exposures/s and time per epoch. Throughput excludes compilation: before the timed run, one
-discarded step per distinct batch shape of the whole run fills the jit cache (its time is
-reported as compile_s). Seeds loop outermost, so load drift on a shared machine hits every model
+exposures/s and time per epoch. Throughput excludes compilation and validation: before the timed run,
+one discarded step per distinct batch shape of the longest possible run fills the jit cache (its time
+is reported as compile_s). Seeds loop outermost, so load drift on a shared machine hits every model
 alike; speed is the median over seeds. Writes bench/results/ablation_<data>.md and a JSON of
-per-run rows with run metadata. `--validate` trains on the first 85% (by time) of the train
-split and evaluates on the rest: that is how the defaults were chosen (never on the eval split).
+per-run rows (each with its validation curve) and run metadata.
 
-How the defaults were chosen (ml-100k, 2-core shared CPU): width/history are bounded by the ~15 min
-budget (preset "small" with max_history 256 took ~75 s per GenRank epoch and ~210 s per
-item-oriented epoch, before compiling), so preset "tiny", max_history 128 (ml-100k's median history is
-~64), batch 64 and the CLI's lr 3e-3 (cosine). One --validate run (seed 0) scored the validation
-slice after each of 4 epochs: like AUC 0.717/0.747/0.754/0.760 (genrank), 0.721/0.740/0.759/0.763
-(no bias), 0.725/0.755/0.755/0.758 (item-oriented): still rising at 4, but a 5th epoch did not fit
-the budget, so --epochs 4. The DIN and logistic validation runs were cut for time.
-A later --validate run on an idle machine (seed 0, 8 epochs, like AUC per epoch) peaked at epoch 5
-for both GenRank variants (0.7587 with the library's ALiBi slopes, 0.7653 without biases) and showed
-the default slopes too steep for ml-100k; `--set alibi_max_bias=16 --set time_bias_scale=0.1`
-(flatter position and time slopes) gave 0.7676 at epoch 5. The README's table uses --epochs 5 and
-those two settings (recorded in its command line).
+Defaults come from genrank_jax.defaults (the same rule as `genrank-jax train`): for ml-100k-sized
+data preset "tiny", max_history 128, 64 candidates, batch 64, lr 3e-3, weight decay 1e-4, ALiBi
+alibi_max_bias 16 and time_bias_scale 0.1, at most 20 epochs with patience 3; why those, see
+genrank_jax/defaults.py. Settings are compared on the validation column, never on eval.
 """
 
 from __future__ import annotations
@@ -48,6 +44,7 @@ from benchlib import RESULTS, run_header, write_rows
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import batch_shape, padded_max_tokens, plan_batches
 from genrank_jax.data.sources import load_dataset
+from genrank_jax.defaults import defaults_for
 from genrank_jax.training import TrainConfig, Trainer
 
 # name -> config overrides; "item-oriented" is the speed baseline of the other sequence models
@@ -58,21 +55,10 @@ MODELS = {
     "din": dict(architecture="din"),
     "logistic": dict(architecture="logistic"),
 }
-VALIDATION_FRACTION = 0.15
-
-
 def data_tag(source: str) -> str:
     """File-name tag of a source: movielens:100k -> ml-100k, kuairand:pure -> kuairand-pure."""
     name, _, config = source.partition(":")
     return f"ml-{config}" if name == "movielens" else f"{name}-{config}" if config else name
-
-
-def validation_split(dataset):
-    """The dataset with train = first 85% of train requests by time, eval = the last 15%."""
-    times = dataset.interactions.request_times()[dataset.train_requests]
-    cutoff = np.quantile(times, 1.0 - VALIDATION_FRACTION, method="higher")
-    return dataclasses.replace(dataset, train_requests=dataset.train_requests[times < cutoff],
-                               eval_requests=dataset.train_requests[times >= cutoff])
 
 
 def served_groups(trainer: Trainer, steps: int) -> list[np.ndarray]:
@@ -117,37 +103,34 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
-    """Train and evaluate one (model, seed); returns its JSON row."""
+    """Train (early stopping on the validation slice) and evaluate one (model, seed); returns its JSON row."""
     organization = MODELS[name].get("organization", "action")
-    train = TrainConfig(steps=1, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=seed,
-                        max_history=args.max_history, max_candidates=args.max_candidates)
+    train = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        weight_decay=args.weight_decay, seed=seed, max_history=args.max_history,
+                        max_candidates=args.max_candidates, validation_fraction=args.validation_fraction,
+                        patience=args.patience)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, block=args.block, **{**args.config_overrides, **MODELS[name]},
         max_tokens=padded_max_tokens(organization, args.max_history, args.max_candidates))
-    probe = Trainer(config, train, dataset)
-    steps = args.steps or args.epochs * probe.batches_per_epoch
-    trainer = Trainer(config, dataclasses.replace(train, steps=steps), dataset)  # the schedule needs steps
+    trainer = Trainer(config, train, dataset)
     compiled.setdefault(name, trainer)
-    groups = served_groups(trainer, steps)
-    compile_s = warm_up(trainer, groups)
+    compile_s = warm_up(trainer, served_groups(trainer, trainer.train_config.steps))
+    started = time.perf_counter()
+    trainer.fit()
+    train_s = time.perf_counter() - started - trainer.validation_seconds
+    groups = served_groups(trainer, trainer.step)
     exposures = int(sum(np.minimum(trainer.builder.candidate_count[g], args.max_candidates).sum() for g in groups))
     epoch_exposures = int(np.minimum(trainer.builder.candidate_count[trainer.train_requests], args.max_candidates).sum())
-    train_s, by_epoch = 0.0, []
-    while trainer.step < steps:
-        # in --validate runs, score the validation slice after every epoch (how --epochs was chosen)
-        until = min(steps, trainer.step + trainer.batches_per_epoch) if args.validate else steps
-        started = time.perf_counter()
-        trainer.fit(until)
-        train_s += time.perf_counter() - started
-        if args.validate:
-            by_epoch.append({t: m["auc"] for t, m in trainer.evaluate("eval").items()})
     started = time.perf_counter()
-    results = trainer.evaluate("eval")
+    results = trainer.evaluate("eval")  # the best validation state: fit restored it
     rate = exposures / train_s
-    return dict(model=name, seed=seed, steps=steps, epochs=steps / trainer.batches_per_epoch,
-                train_exposures=exposures, compile_s=compile_s, train_s=train_s, exposures_per_s=rate,
+    best = trainer.best
+    return dict(model=name, seed=seed, steps=trainer.step, epochs=trainer.step / trainer.batches_per_epoch,
+                best_step=best["step"], best_epoch=best["epoch"], validation_auc=best["auc"],
+                stopped_early=trainer.stopped_early, train_exposures=exposures, compile_s=compile_s,
+                train_s=train_s, validation_s=trainer.validation_seconds, exposures_per_s=rate,
                 epoch_s=epoch_exposures / rate, eval_s=time.perf_counter() - started,
-                final_loss=trainer.history[-1]["loss"], eval=results, auc_by_epoch=by_epoch,
+                final_loss=trainer.history[-1]["loss"], eval=results, validation_curve=trainer.validation_curve,
                 config=config.to_json())
 
 
@@ -166,7 +149,8 @@ def summarize(rows: list[dict], tasks: tuple[str, ...]) -> dict[str, dict]:
             continue
         entry = {"speed": statistics.median(r["exposures_per_s"] for r in mine),
                  "speeds": [r["exposures_per_s"] for r in mine],
-                 "epoch_s": statistics.median(r["epoch_s"] for r in mine), "seeds": len(mine)}
+                 "epoch_s": statistics.median(r["epoch_s"] for r in mine), "seeds": len(mine),
+                 "best_epochs": [r["best_epoch"] for r in mine], "validation_auc": [r["validation_auc"] for r in mine]}
         for task in tasks:
             entry[task] = [r["eval"][task]["auc"] for r in mine]
             entry[task + "_gauc"] = [r["eval"][task]["gauc"] for r in mine]
@@ -180,19 +164,25 @@ def markdown(summary: dict, tasks: tuple[str, ...], header: dict, command: str, 
     lines = [f"### GenRank ablation on {meta['data']} ({meta['split']})", "",
              f"Machine: {header['device_kind']} ({header['platform']}), jax {header['jax_version']}, "
              f"commit {header['git_commit']}. Command: `{command}`", "",
-             f"{meta['train_requests']:,} train / {meta['eval_requests']:,} {meta['split']} requests; "
-             f"preset {meta['preset']} ({meta['block']} block), max_history {meta['max_history']}, batch "
-             f"{meta['batch_size']}, lr {meta['learning_rate']}, {meta['steps']} steps (~{meta['epochs']:.1f} "
-             f"epochs), seeds {meta['seeds']}. AUC/GAUC: mean ± std over seeds; speed: median over seeds, "
-             "compile excluded.", "",
-             f"| model | {' | '.join(cols)} | Δ {first} AUC vs item | exposures/s | s/epoch | speed vs item |",
-             "| --- |" + " --- |" * (2 * len(tasks) + 4)]
+             f"{meta['train_requests']:,} train (fitted) / {meta['validation_requests']:,} validation / "
+             f"{meta['eval_requests']:,} {meta['split']} eval requests; preset {meta['preset']} ({meta['block']} "
+             f"block), max_history {meta['max_history']}, batch {meta['batch_size']}, lr {meta['learning_rate']}, "
+             f"weight decay {meta['weight_decay']}, at most {meta['max_epochs']} epochs with early stopping "
+             f"(patience {meta['patience']} epochs on the validation slice, the latest "
+             f"{meta['validation_fraction']:.0%} of train by time), seeds {meta['seeds']}. Eval AUC/GAUC of each "
+             "run's best validation state: mean ± std over seeds; best epoch per seed; speed: median over "
+             "seeds, compile and validation excluded.", "",
+             f"| model | {' | '.join(cols)} | val {first} AUC | best epoch | Δ {first} AUC vs item | "
+             "exposures/s | s/epoch | speed vs item |",
+             "| --- |" + " --- |" * (2 * len(tasks) + 6)]
     base = summary.get("item-oriented")
     for name, entry in summary.items():
         cells = [f"{mean_std(entry[t])} | {mean_std(entry[t + '_gauc'])}" for t in tasks]
         delta = f"{statistics.mean(entry[first]) - statistics.mean(base[first]):+.4f}" if base else "-"
         speed = f"{entry['speed'] / base['speed']:.2f}x" if base else "-"
-        lines.append(f"| {name} | {' | '.join(cells)} | {delta} | {entry['speed']:,.0f} | "
+        epochs = " / ".join(f"{e:g}" for e in entry["best_epochs"])
+        lines.append(f"| {name} | {' | '.join(cells)} | {mean_std(entry['validation_auc'])} | {epochs} | "
+                     f"{delta} | {entry['speed']:,.0f} | "
                      f"{entry['epoch_s']:.1f} | {speed} |")
     notes = []
     if base and "genrank" in summary:
@@ -213,6 +203,11 @@ def markdown(summary: dict, tasks: tuple[str, ...], header: dict, command: str, 
     return "\n".join(lines + [""] + notes) + "\n"
 
 
+META_KEYS = ("data", "split", "preset", "block", "max_history", "batch_size", "learning_rate", "weight_decay",
+             "max_epochs", "patience", "validation_fraction", "seeds", "train_requests", "validation_requests",
+             "eval_requests")
+
+
 def render_saved(path: pathlib.Path) -> list[dict]:
     """Rewrite the markdown next to a saved run's JSON (ablation_<data>_....json -> ablation_<data>.md)."""
     import json
@@ -220,11 +215,9 @@ def render_saved(path: pathlib.Path) -> list[dict]:
     saved = json.loads(path.read_text())
     header, rows = saved["header"], saved["rows"]
     tasks = tuple(rows[0]["eval"])
-    meta = {key: header[key] for key in ("data", "split", "preset", "block", "max_history", "batch_size",
-                                          "learning_rate", "steps", "epochs", "seeds", "train_requests",
-                                          "eval_requests")}
+    meta = {key: header[key] for key in META_KEYS}
     table = markdown(summarize(rows, tasks), tasks, header, header["command"], meta)
-    stem = f"ablation_{data_tag(header['data'])}" + ("_validation" if "validation" in header["split"] else "")
+    stem = f"ablation_{data_tag(header['data'])}"
     out = path.parent / f"{stem}.md"
     out.write_text(table)
     print(table + f"\nwrote {out}")
@@ -236,24 +229,25 @@ def main(argv=None):
     parser.add_argument("--data", default="movielens:100k")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --epochs")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: genrank_jax.defaults' rule")
+    parser.add_argument("--patience", type=int, default=None, help="epochs without a new best validation AUC")
+    parser.add_argument("--validation-fraction", type=float, default=None)
+    parser.add_argument("--preset", default=None)
     parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--max-history", type=int, default=128)
-    parser.add_argument("--max-candidates", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--max-history", type=int, default=None)
+    parser.add_argument("--max-candidates", type=int, default=None)
     parser.add_argument("--set", dest="config_overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a GenRankConfig field for every model, e.g. --set alibi_max_bias=4 (repeatable)")
+                        help="a GenRankConfig field for every model, e.g. --set alibi_max_bias=4 (repeatable; "
+                             "added to the defaults' slopes)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
-    parser.add_argument("--validate", action="store_true",
-                        help="evaluate on the last 15%% of the train split (for choosing hyperparameters)")
     parser.add_argument("--out", default="auto",
-                        help="'auto': bench/results/ablation_<data>[_validation].md + JSON; a path stem: <stem>.md/.json")
+                        help="'auto': bench/results/ablation_<data>.md + JSON; a path stem: <stem>.md/.json")
     parser.add_argument("--from-json", default=None, help="re-render the table of a saved run's JSON, no training")
     args = parser.parse_args(argv)
-    args.config_overrides = parse_overrides(args.config_overrides)
+    overrides = parse_overrides(args.config_overrides)
     if args.from_json:
         return render_saved(pathlib.Path(args.from_json))
     names = args.models.split(",")
@@ -263,8 +257,14 @@ def main(argv=None):
     command = "python bench/ablation.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
     dataset = load_dataset(args.data, data_dir=args.data_dir)
     split = "temporal"
-    if args.validate:
-        dataset, split = validation_split(dataset), "validation (last 15% of train)"
+    defaults = defaults_for(dataset)
+    for option, value in (("max_epochs", defaults.epochs or 20), ("patience", defaults.patience),
+                          ("validation_fraction", defaults.validation_fraction), ("preset", defaults.preset),
+                          ("learning_rate", defaults.learning_rate), ("weight_decay", defaults.weight_decay),
+                          ("max_history", defaults.max_history), ("max_candidates", defaults.max_candidates)):
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+    args.config_overrides = {**defaults.config, **overrides}
     header = run_header()
     print(header, flush=True)
     rows, compiled = [], {}
@@ -275,20 +275,20 @@ def main(argv=None):
             tasks = " ".join(f"{t} {m['auc']:.4f}/{m['gauc']:.4f}" for t, m in row["eval"].items())
             print(f"seed {seed} {name:<15} {tasks}  {row['exposures_per_s']:,.0f} exp/s, "
                   f"epoch {row['epoch_s']:.1f} s, compile {row['compile_s']:.1f} s", flush=True)
-            if row["auc_by_epoch"]:
-                first = dataset.spec.action_names[0]
-                print(f"  {first} AUC by epoch: " + " ".join(f"{e[first]:.4f}" for e in row["auc_by_epoch"]))
-    probe = rows[0]
+            first = dataset.spec.action_names[0]
+            print(f"  validation {first} AUC by epoch: " + " ".join(f"{e['auc']:.4f}" for e in row["validation_curve"])
+                  + f"; best epoch {row['best_epoch']:g}", flush=True)
     meta = dict(data=args.data, split=split, preset=args.preset, block=args.block, max_history=args.max_history,
-                batch_size=args.batch_size, learning_rate=args.learning_rate, steps=probe["steps"],
-                epochs=probe["epochs"], seeds=args.seeds,
-                train_requests=len(compiled[names[0]].train_requests),
+                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                max_epochs=args.max_epochs, patience=args.patience, validation_fraction=args.validation_fraction,
+                seeds=args.seeds, train_requests=len(compiled[names[0]].train_requests),
+                validation_requests=len(compiled[names[0]].validation_requests),
                 eval_requests=len(compiled[names[0]].eval_requests))
     tasks = dataset.spec.action_names
     table = markdown(summarize(rows, tasks), tasks, header, command, meta)
     print(table)
     if args.out:
-        stem = f"ablation_{data_tag(args.data)}" + ("_validation" if args.validate else "")
+        stem = f"ablation_{data_tag(args.data)}"
         base = RESULTS / stem if args.out == "auto" else pathlib.Path(args.out)
         base.parent.mkdir(parents=True, exist_ok=True)
         base.with_suffix(".md").write_text(table)

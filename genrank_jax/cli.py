@@ -20,15 +20,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", default="genrank", choices=["genrank", "din", "logistic"])
     parser.add_argument("--organization", default="action", choices=["action", "item"])
     parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    parser.add_argument("--preset", default=None, choices=["tiny", "small", "paper"],
+                        help="default: by data size (genrank_jax/defaults.py), 'tiny' for ml-100k, else 'small'")
     parser.add_argument("--no-alibi", action="store_true", help="drop the ALiBi position bias")
     parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
     parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
-    parser.add_argument("--steps", type=int, default=1000)
+    # None: chosen by the size of the data (genrank_jax/defaults.py); an explicit value always wins
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps (default: by data size)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="at most this many epochs, stopped early on the validation slice (default: by data size)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many validation evaluations without a new best (0: never; default 3)")
+    parser.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0: every epoch)")
+    parser.add_argument("--validation-fraction", type=float, default=None,
+                        help="latest fraction of train (by time) held out for validation (default 0.15; 0: none)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    # 56 history + 8 candidates = 64 tokens: one length bucket for the default feed
-    parser.add_argument("--max-history", type=int, default=56)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--max-history", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -74,8 +83,34 @@ def machine() -> dict:
                 git_commit=commit)
 
 
+def resolve_defaults(args, dataset) -> str:
+    """Fill the options left unset from the data-size rule (genrank_jax/defaults.py); returns a line saying so."""
+    from genrank_jax.defaults import defaults_for, train_exposures
+
+    rule = defaults_for(dataset)
+    chosen = []
+    for option, value in (("preset", rule.preset), ("learning_rate", rule.learning_rate),
+                          ("weight_decay", rule.weight_decay), ("max_history", rule.max_history),
+                          ("patience", rule.patience), ("validation_fraction", rule.validation_fraction)):
+        if getattr(args, option) is None:
+            setattr(args, option, value)
+            chosen.append(f"{option}={value:g}" if isinstance(value, float) else f"{option}={value}")
+    if args.steps is None and args.epochs is None:
+        args.epochs, args.steps = rule.epochs, rule.steps
+        chosen.append(f"epochs<={rule.epochs}" if rule.epochs else f"steps={rule.steps}")
+    args.epochs, args.steps = args.epochs or 0, args.steps or 1
+    if not args.validation_fraction:
+        args.patience = 0  # nothing to stop on
+    args.max_candidates = rule.max_candidates
+    args.config_overrides = dict(rule.config)
+    chosen += [f"max_candidates={rule.max_candidates}"] + [f"{k}={v:g}" for k, v in rule.config.items()]
+    return (f"defaults for {rule.name} ({train_exposures(dataset):,} train exposures; genrank_jax/defaults.py): "
+            + ", ".join(chosen))
+
+
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
+    from genrank_jax.curves import plot_training_curve
     from genrank_jax.data.batching import padded_max_tokens
     from genrank_jax.data.builders.rows import MissingFileError
     from genrank_jax.data.sources import load_dataset
@@ -90,12 +125,16 @@ def run_train(args) -> int:
         dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed)
     except MissingFileError as error:
         raise SystemExit(f"genrank-jax train: {error}") from None
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                        seed=args.seed, max_history=args.max_history, checkpoint_every=args.checkpoint_every)
+    defaults_line = resolve_defaults(args, dataset)
+    train = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+                        learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
+                        max_history=args.max_history, max_candidates=args.max_candidates,
+                        checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction,
+                        eval_every=args.eval_every, patience=args.patience)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
-        attention_impl=args.attention_impl,
+        attention_impl=args.attention_impl, **args.config_overrides,
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
@@ -104,26 +143,38 @@ def run_train(args) -> int:
     trainer = Trainer(config, train, dataset, output_dir=out)
     if args.resume:
         print(f"resumed at step {trainer.resume()}")
-    print(f"{dataset.name}: {len(trainer.train_requests):,} train / {len(trainer.eval_requests):,} eval requests, "
-          f"{dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
-          f"{config.block} preset={args.preset}")
+    validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
+    print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
+          f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
+          f"{config.block} preset={args.preset}\n{defaults_line}")
     started = time.perf_counter()
     trainer.fit(progress=not args.no_progress)
     train_seconds = time.perf_counter() - started
-    results = trainer.evaluate("eval")
+    results = trainer.evaluate("eval")  # fit left the trainer in its best validation state
+    best = trainer.best
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
     report = {
         "data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
         "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k != "argv"},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
+        "eval_state": "best validation" if best else "last",
+        "best": {key: best[key] for key in ("step", "epoch", "auc")} if best else None,
+        "stopped_early": trainer.stopped_early, "validation_curve": trainer.validation_curve,
         "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
         # fraction of the padded token grid that was padding (batches pad to their own length bucket)
         "padding_ratio": float(np.mean([h["padding"] for h in trainer.history])) if trainer.history else None,
     }
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    task = config.features.action_names[0]
+    if best:
+        plot_training_curve(trainer.validation_curve, out / "training.png", task=task, best_step=best["step"])
+        stop = "stopped early" if trainer.stopped_early else "ran to the end"
+        print(f"eval metrics of the best validation state: step {best['step']} (epoch {best['epoch']:.1f}, "
+              f"validation {task} AUC {best['auc']:.4f}; {stop} at step {trainer.step})")
     print(format_table(results, oracle))
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
-    print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}")
+    picture = f" and {out / 'training.png'}" if best else ""
+    print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}{picture}")
     return 0
 
 

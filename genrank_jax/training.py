@@ -1,7 +1,12 @@
-"""Training and evaluation: optax AdamW, a jit-compiled step, orbax checkpoints, NaN guard.
+"""Training and evaluation: optax AdamW, a jit-compiled step, orbax checkpoints, NaN guard, early stopping.
 
 Data order is a pure function of (seed, epoch), so a run resumed from a checkpoint at step s
 sees exactly the batches an uninterrupted run sees after step s, and its loss curve is the same.
+
+With `validation_fraction > 0` the model is fitted on the train split minus its validation slice
+(the latest requests by time, `genrank_jax.data.holdout`), scored on the slice every epoch (or every
+`eval_every` steps), stopped after `patience` evaluations without a new best, and left in its best
+state. Eval is never looked at while training.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from genrank_jax.baselines import build_model
 from genrank_jax.checkpoint import Checkpoints, abstract_like
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import BatchPlan, iterate_batches, plan_batches
+from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.losses import candidate_bce
@@ -35,7 +41,15 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimization and run settings. schedule: "cosine" (warmup then cosine decay), "constant"."""
+    """Optimization and run settings. schedule: "cosine" (warmup then cosine decay), "constant".
+
+    epochs: when > 0, the run is `epochs` passes over the fitted requests (overrides `steps`).
+    validation_fraction: when > 0, that latest fraction of the train requests is held out as the
+      validation slice; the monitored figure is the first action's AUC on it.
+    eval_every: steps between validation evaluations (0: once per epoch; the last step always).
+    patience: stop after this many evaluations without a new best (0: never stop early).
+    keep_best: best checkpoints kept on disk (by validation AUC) beside the latest ones.
+    """
 
     steps: int = 500
     batch_size: int = 64
@@ -50,10 +64,22 @@ class TrainConfig:
     min_history: int = 1
     checkpoint_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 3
+    epochs: int = 0
+    validation_fraction: float = 0.0
+    eval_every: int = 0
+    patience: int = 0
+    keep_best: int = 1
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if self.epochs < 0 or self.eval_every < 0 or self.patience < 0 or self.keep_best < 1:
+            raise ValueError(f"epochs, eval_every and patience must be >= 0 and keep_best >= 1, got {self.epochs}, "
+                             f"{self.eval_every}, {self.patience}, {self.keep_best}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.patience and not self.validation_fraction:
+            raise ValueError("early stopping (patience > 0) needs a validation slice: set validation_fraction > 0")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
 
@@ -112,7 +138,13 @@ class Trainer:
                                    num_request_slots=config.num_request_slots, num_slots=config.num_slots,
                                    organization=config.organization)
         self.builder = SampleBuilder(dataset, self.layout)
-        self.train_requests = usable_requests(self.builder, dataset.train_requests, train.min_history)
+        fit_requests, self.validation_requests = dataset.train_requests, None
+        if train.validation_fraction:
+            fit_requests, held = validation_slice(dataset, train.validation_fraction)
+            self.validation_requests = usable_requests(self.builder, held, train.min_history)
+            if not len(self.validation_requests):
+                raise ValueError(f"no validation request has at least {train.min_history} history exposures")
+        self.train_requests = usable_requests(self.builder, fit_requests, train.min_history)
         self.eval_requests = usable_requests(self.builder, dataset.eval_requests, train.min_history)
         if not len(self.train_requests):
             raise ValueError(f"no training request has at least {train.min_history} history exposures")
@@ -122,6 +154,9 @@ class Trainer:
                              "lower max_history or raise max_tokens")
         self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
         self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
+        if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
+            train = self.train_config = dataclasses.replace(train, steps=train.epochs * self.batches_per_epoch)
+        self.eval_interval = train.eval_every or self.batches_per_epoch
         model = build_model(config, rngs=nnx.Rngs(train.seed))
         optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
         self.graphdef, self.state = nnx.split((model, optimizer))
@@ -129,6 +164,10 @@ class Trainer:
         self._predict = predict_fn(self.graphdef)
         self.step = 0
         self.history: list[dict] = []
+        # one entry per validation evaluation: step, epoch, train_loss, auc (the monitored figure), tasks
+        self.validation_curve: list[dict] = []
+        self.validation_seconds = 0.0  # time spent scoring the validation slice (not training)
+        self._best_state = None  # the state at the best evaluation, when it is in memory
         self.checkpoints = None
         if output_dir is not None and train.checkpoint_every:
             self.checkpoints = Checkpoints(pathlib.Path(output_dir) / "checkpoints", config_json=config.to_json(),
@@ -156,8 +195,51 @@ class Trainer:
             yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
             epoch, skip = epoch + 1, 0
 
-    def fit(self, steps: int | None = None, progress: bool = False, log_every: int = 10) -> list[dict]:
-        """Train until `steps` (default the config's) total steps; returns the per-step history."""
+    @property
+    def best(self) -> dict | None:
+        """The validation evaluation with the highest monitored AUC so far (the earliest on a tie)."""
+        return max(self.validation_curve, key=lambda entry: entry["auc"], default=None)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether `patience` evaluations have passed without a new best."""
+        best, patience = self.best, self.train_config.patience
+        return bool(patience and best is not None
+                    and sum(entry["step"] > best["step"] for entry in self.validation_curve) >= patience)
+
+    def validate(self) -> dict:
+        """Score the validation slice now; append to (and return the entry of) the validation curve."""
+        if self.validation_requests is None:
+            raise ValueError("this run has no validation slice (TrainConfig.validation_fraction is 0)")
+        started = time.perf_counter()
+        labels, logits, users = self.predict(self.validation_requests)
+        tasks = metrics.task_metrics(labels, logits, users, self.config.features.action_names)
+        since = self.validation_curve[-1]["step"] if self.validation_curve else 0
+        losses = [h["loss"] for h in self.history if h["step"] > since]
+        entry = {"step": self.step, "epoch": self.step / self.batches_per_epoch,
+                 "train_loss": float(np.mean(losses)) if losses else None,
+                 "auc": tasks[self.config.features.action_names[0]]["auc"],
+                 "tasks": {task: {k: row[k] for k in ("auc", "gauc", "logloss")} for task, row in tasks.items()}}
+        self.validation_curve.append(entry)
+        if self.best is entry:
+            self._best_state = self.state  # jax arrays are immutable: a reference, not a copy
+        self.validation_seconds += time.perf_counter() - started
+        return entry
+
+    def restore_best(self) -> dict | None:
+        """Put the best validation state back into the trainer; returns its curve entry."""
+        best = self.best
+        if best is not None and self._best_state is not None:
+            self.state = self._best_state
+        return best
+
+    def fit(self, steps: int | None = None, progress: bool = False, log_every: int = 10,
+            restore_best: bool = True) -> list[dict]:
+        """Train until `steps` (default the config's) total steps or early stopping; returns the per-step history.
+
+        With a validation slice, it is scored every `eval_interval` steps and at the run's last step,
+        and (with `restore_best`) the trainer ends in the best-scoring state.
+        """
         target = self.train_config.steps if steps is None else steps
         bar = None
         if progress:
@@ -165,7 +247,7 @@ class Trainer:
             bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         exposures, started = 0, time.perf_counter()
         batches = self._batches_from(self.step)
-        while self.step < target:
+        while self.step < target and not self.stopped_early:
             batch = next(batches)
             validate_batch(batch, self.config)
             new_state, loss, per_task = self._step(self.state, jax.tree.map(jnp.asarray, batch))
@@ -179,6 +261,12 @@ class Trainer:
             self.step += 1
             exposures += batch.num_exposures()
             self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
+            if self.validation_requests is not None and (
+                    self.step % self.eval_interval == 0 or self.step == self.train_config.steps):
+                entry = self.validate()
+                if bar is not None:
+                    bar.write(f"step {self.step} (epoch {entry['epoch']:.1f}): validation AUC {entry['auc']:.4f}"
+                              f"{' (best)' if self.best is entry else ''}")
             if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
                 self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), {"history": self.history})
             if bar is not None:
@@ -189,6 +277,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}", padding=f"{padding:.0%}")
         if bar is not None:
             bar.close()
+        if restore_best and self.validation_requests is not None:
+            self.restore_best()
         return self.history
 
     def predict(self, requests: np.ndarray, batch_size: int | None = None):
