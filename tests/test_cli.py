@@ -12,10 +12,19 @@ FAST = ["--preset", "tiny", "--steps", "3", "--batch-size", "16", "--max-history
 
 def test_train_synthetic_writes_metrics_and_prints_oracle_table(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(out), *FAST]) == 0
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(out), *FAST, "--steps", "5",
+                     "--eval-every", "2"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     tasks = report["config"]["features"]["action_names"]
-    assert report["steps"] == 3 and report["data"] == "synthetic:tests"
+    assert report["steps"] == 5 and report["data"] == "synthetic:tests"
+    # the validation curve (every 2 steps and the last), the best of it, and its picture
+    curve = report["validation_curve"]
+    assert [entry["step"] for entry in curve] == [2, 4, 5]
+    assert all(entry["train_loss"] > 0 and 0 <= entry["auc"] <= 1 and set(entry["tasks"]) == set(tasks)
+               for entry in curve)
+    best = max(curve, key=lambda entry: entry["auc"])
+    assert report["best"]["step"] == best["step"] and report["eval_state"] == "best validation"
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["command"].startswith("genrank-jax train --data synthetic:tests")
     assert report["machine"]["platform"] and report["machine"]["jax_version"]
     assert 0.0 <= report["padding_ratio"] < 1.0
@@ -24,6 +33,8 @@ def test_train_synthetic_writes_metrics_and_prints_oracle_table(tmp_path, capsys
         row = report["eval"][task]
         assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["gauc"] <= 1.0 and row["logloss"] > 0
     printed = capsys.readouterr().out
+    assert f"best validation state: step {best['step']} " in printed
+    assert "defaults for small data" in printed  # synthetic:tests is ml-100k-sized
     table_header = next(line for line in printed.splitlines() if line.startswith("task"))
     assert "AUC" in table_header and "GAUC" in table_header and "oracle AUC" in table_header
     for task in tasks:  # one row per task, its AUC as printed equals metrics.json's

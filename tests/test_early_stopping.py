@@ -1,0 +1,90 @@
+"""Validation slice and early stopping: the slice is the latest train, never eval; an overfitting run stops
+and ends in its best state; the small-data defaults rule."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.holdout import validation_dataset, validation_slice
+from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax import defaults
+from genrank_jax.defaults import LARGE_DATA, SMALL_DATA, defaults_for, train_exposures
+from genrank_jax.training import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return simulate(SimulatorConfig.preset("tests")).dataset
+
+
+def last_request_split(dataset):
+    """The same log split the other way: each user's last request is eval (as loading.py's last_request)."""
+    users = dataset.interactions.request_users()
+    last = np.append(users[1:] != users[:-1], True)
+    requests = np.arange(len(users), dtype=np.int64)
+    return dataclasses.replace(dataset, train_requests=requests[~last], eval_requests=requests[last])
+
+
+@pytest.mark.parametrize("split", ["temporal", "last_request"])
+@pytest.mark.parametrize("fraction", [0.1, 0.15, 0.3])
+def test_validation_slice_is_the_latest_train_and_never_eval(dataset, split, fraction):
+    data = dataset if split == "temporal" else last_request_split(dataset)
+    fit, held = validation_slice(data, fraction)
+    times = data.interactions.request_times()
+    assert not set(held) & set(data.eval_requests) and not set(fit) & set(data.eval_requests)
+    assert not set(fit) & set(held)
+    assert sorted(np.concatenate([fit, held])) == sorted(data.train_requests)
+    assert times[fit].max() < times[held].min()  # every fitted request is strictly earlier
+    assert abs(len(held) / len(data.train_requests) - fraction) < 0.02
+    carved = validation_dataset(data, fraction)
+    np.testing.assert_array_equal(carved.train_requests, fit)
+    np.testing.assert_array_equal(carved.eval_requests, held)
+
+
+def test_validation_slice_rejects_what_it_cannot_carve(dataset):
+    with pytest.raises(ValueError, match="fraction"):
+        validation_slice(dataset, 0.0)
+    with pytest.raises(ValueError, match="empty"):
+        validation_slice(dataclasses.replace(dataset, train_requests=dataset.train_requests[:0]))
+    one_time = dataclasses.replace(dataset, train_requests=dataset.train_requests[:1])
+    with pytest.raises(ValueError, match="nothing left to fit"):
+        validation_slice(one_time)
+    with pytest.raises(ValueError, match="needs a validation slice"):
+        TrainConfig(patience=2)
+
+
+def overfitting_trainer(dataset, **overrides):
+    """A tiny GenRank on 240 train requests at a high constant learning rate: it memorizes within epochs."""
+    small = dataclasses.replace(dataset, train_requests=dataset.train_requests[-240:])
+    settings = dict(epochs=40, batch_size=32, max_history=12, max_candidates=8, warmup_steps=2, learning_rate=1e-2,
+                    schedule="constant", validation_fraction=0.25, patience=3)
+    return Trainer(GenRankConfig.preset("tiny", dataset.spec), TrainConfig(**{**settings, **overrides}), small)
+
+
+def test_overfitting_run_stops_and_ends_in_its_best_state(dataset):
+    trainer = overfitting_trainer(dataset)
+    assert not set(trainer.validation_requests) & set(trainer.eval_requests)
+    assert not set(trainer.validation_requests) & set(trainer.train_requests)
+    trainer.fit()
+    curve, best = trainer.validation_curve, trainer.best
+    epoch = trainer.batches_per_epoch
+    assert [entry["step"] for entry in curve] == list(range(epoch, trainer.step + 1, epoch))  # every epoch
+    # it stopped: `patience` evaluations after the best, long before the 40 epochs it was allowed
+    assert trainer.stopped_early and trainer.step < trainer.train_config.steps
+    assert trainer.step == best["step"] + 3 * epoch
+    assert all(entry["auc"] <= best["auc"] for entry in curve)
+    # overfitting: training loss still falls after the best epoch while validation AUC does not rise
+    assert curve[-1]["train_loss"] < best["train_loss"] and curve[-1]["auc"] < best["auc"]
+    # the trainer holds the best state, not the last one: scoring the slice again gives the best's AUC
+    assert trainer.validate()["auc"] == best["auc"]
+
+
+def test_defaults_rule_follows_the_size_of_the_train_split(dataset, monkeypatch):
+    starts = dataset.interactions.request_starts
+    assert train_exposures(dataset) == sum(int(starts[r + 1] - starts[r]) for r in dataset.train_requests)
+    assert defaults_for(dataset) is SMALL_DATA  # 24k train exposures: ml-100k-sized
+    monkeypatch.setattr(defaults, "SMALL_DATA_EXPOSURES", train_exposures(dataset))  # the threshold is exclusive
+    assert defaults_for(dataset) is LARGE_DATA
+    assert SMALL_DATA.epochs and SMALL_DATA.patience and SMALL_DATA.validation_fraction
