@@ -71,8 +71,9 @@ def parse_cutoff(text: str, timestamps: np.ndarray, *, option: str = "--cutoff")
     value = parse_time(text, timestamps)
     first, last = float(timestamps.min()), float(timestamps.max())
     if not first < value <= last:
+        where = "the log's first time: nothing before it to train on" if value == first else "outside the log"
         raise ValueError(
-            f"{option} {text} is read as {format_time(value)}, outside the log, which runs from {format_time(first)} "
+            f"{option} {text} is read as {format_time(value)}, {where}; the log runs from {format_time(first)} "
             f"to {format_time(last)}; give a quantile in (0, 1), a date in that range, or Unix seconds in "
             f"({first:.0f}, {last:.0f}]")
     return value

@@ -3,7 +3,10 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genrank_jax import cli
 
@@ -186,3 +189,37 @@ def test_every_subcommand_gets_the_wrapper_and_debug():
         parser.parse_args(["export", "--nope"])
     assert stop.value.code == 2
     assert isinstance(parser, argparse.ArgumentParser)
+
+
+@settings(max_examples=25, deadline=None)
+@given(first=st.integers(800_000_000, 1_700_000_000), span=st.integers(100, 10**8), data=st.data())
+def test_parse_cutoff_accepts_inside_and_names_the_range_outside(first, span, data):
+    from genrank_jax.leakage.times import format_time, parse_cutoff
+
+    inner = first + 1 + np.random.default_rng(span).choice(span - 1, 20, replace=False)  # distinct: no ties at the ends
+    times = np.sort(np.concatenate([[first, first + span], inner]))
+    quantile = data.draw(st.floats(0.01, 0.99))
+    assert times.min() < parse_cutoff(repr(quantile), times) <= times.max()
+    inside = data.draw(st.integers(first + 1, first + span))
+    assert parse_cutoff(str(inside), times) == inside
+    assert parse_cutoff(format_time(inside).replace(" UTC", "+00:00"), times) == inside
+    outside = data.draw(st.one_of(st.integers(-10**9, first), st.integers(first + span + 1, 4 * 10**9),
+                                  st.sampled_from([0, 1, 2])))
+    with pytest.raises(ValueError) as error:
+        parse_cutoff(f"{outside}.0", times)
+    message = str(error.value)
+    assert f"the log runs from {format_time(first)} to {format_time(first + span)}" in message
+    assert "quantile in (0, 1)" in message and "Unix seconds" in message
+
+
+def test_leakage_module_entry_point_reports_one_line(capsys):
+    from genrank_jax.leakage import cli as leakage_cli
+
+    with pytest.raises(SystemExit) as stop:
+        leakage_cli.main(["--seeds", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == ("genrank-jax lis: argument --seeds: expected a positive integer, "
+                                               "got '0' (see genrank-jax lis --help)")
+    assert leakage_cli.main(["--leaks", "next_item,teleport", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrank-jax lis: unknown leak kinds ['teleport']; choose among") and "\n" not in err

@@ -103,6 +103,16 @@ def temporal_cutoff(timestamps: np.ndarray, train_fraction: float) -> float:
     return float(np.quantile(timestamps, train_fraction, method="higher"))
 
 
+def check_cutoff(cutoff: float, timestamps: np.ndarray) -> None:
+    """ValueError unless `cutoff` (Unix seconds) leaves exposures on both sides, naming the log's dates."""
+    from genrank_jax.data.builders.rows import utc_date
+
+    first, last = float(np.min(timestamps)), float(np.max(timestamps))
+    if not first < cutoff <= last:
+        raise ValueError(f"cutoff {cutoff:g} ({utc_date(cutoff)}) is outside the log, which runs from "
+                         f"{utc_date(first)} to {utc_date(last)}: nothing would be left to train or to evaluate on")
+
+
 def last_request_split(interactions: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """(train, eval) request indices: eval = the last request of each user with >= 2 requests."""
     users = interactions.request_users()
@@ -155,6 +165,8 @@ def load_prepared(builder: LogBuilder, *, name: str | None = None, split: Split 
     data = _concatenate(builder)
     if split == "temporal" and cutoff is None:
         cutoff = temporal_cutoff(data["timestamps"], train_fraction)
+    elif split == "temporal":
+        check_cutoff(cutoff, data["timestamps"])
     starts = request_starts(data["user_ids"], data["timestamps"], gap_seconds=gap, max_size=max_size,
                             cutoff=cutoff if split == "temporal" else None)
     interactions = Interactions(user_ids=data["user_ids"], item_ids=data["item_ids"], timestamps=data["timestamps"],

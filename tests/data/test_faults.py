@@ -55,13 +55,14 @@ def load(raw, **options):
     return sources.load_dataset("movielens:100k", data_dir=raw, tfds_dir=raw.parent / "tfds", **options)
 
 
-def cli_error(raw, capsys, *extra, keep_out=False):
-    """The one line the CLI prints for this folder (asserting exit code 2 and a single line)."""
-    code = cli.main(["train", "--data", "movielens:100k", "--data-dir", str(raw), "--out", str(raw.parent / "run"),
-                     "--steps", "1", "--preset", "tiny", "--no-progress", *extra])
+def cli_error(raw, capsys, *extra, keep_out=False, command="train"):
+    """The one line `genrank-jax <command>` prints for this folder (asserting exit code 2 and one line)."""
+    options = {"train": ["--steps", "1", "--preset", "tiny"], "lis": ["--sequential", "--seeds", "1"]}[command]
+    code = cli.main([command, "--data", "movielens:100k", "--data-dir", str(raw), "--out", str(raw.parent / "run"),
+                     "--no-progress", *options, *extra])
     captured = capsys.readouterr()
     err = captured.err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("genrank-jax train: "), err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"genrank-jax {command}: "), err
     assert "skip_bad_rows=True" not in err and "Traceback" not in err
     return (err, captured.out) if keep_out else err
 
@@ -113,14 +114,17 @@ def test_bad_row_names_file_line_and_cause(case, ml100k, tmp_path_factory, capsy
     assert skipped.interactions.num_exposures == NUM_RATINGS - 1
 
 
-def test_truncated_timestamp_of_the_issue(ml100k, tmp_path):
+def test_truncated_timestamp_of_the_issue(ml100k, tmp_path, capsys):
     rows = list(ml100k[1])
     rows[3] = "587\t310\t3\t8928"
     raw = write_copy(tmp_path, ml100k, rows)
-    with pytest.raises(MalformedRowError, match=r"ml-100k\.inter:5: bad value \(timestamp 8928 \(1970-01-01 02:28:48 "
-                                                r"UTC\) is outside movielens:100k's documented period 1997-09-19 \.\. "
-                                                r"1998-04-22: a truncated value\?\)"):
+    expected = ("ml-100k.inter:5: bad value (timestamp 8928 (1970-01-01 02:28:48 UTC) is outside movielens:100k's "
+                "documented period 1997-09-19 .. 1998-04-22: a truncated value?): ['587', '310', '3', '8928']")
+    with pytest.raises(MalformedRowError) as error:
         load(raw)
+    assert expected + " (pass skip_bad_rows=True to skip such rows)" in str(error.value)
+    for command in ("train", "lis"):
+        assert cli_error(raw, capsys, command=command).endswith(expected + " (--skip-bad-rows skips such rows)")
 
 
 @FAST
@@ -157,7 +161,8 @@ def test_header_only_file(ml100k, tmp_path, capsys):
     raw = write_copy(tmp_path, ml100k, rows=[])
     with pytest.raises(DataError, match=r"ml-100k\.inter: no data rows after the header"):
         load(raw)
-    assert "ml-100k.inter: no data rows after the header" in cli_error(raw, capsys)
+    for command in ("train", "lis"):
+        assert "ml-100k.inter: no data rows after the header" in cli_error(raw, capsys, command=command)
 
 
 def test_all_rows_skipped_is_an_error(ml100k, tmp_path):
@@ -242,3 +247,16 @@ def test_kuairand_period_and_ids(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(MalformedRowError, match=rf"{path.name}:2: bad value \(id -12 is negative"):
         sources.load_dataset("kuairand:pure", data_dir=tmp_path / "raw", tfds_dir=tmp_path / "tfds")
+
+
+def test_explicit_cutoff_outside_the_log_names_its_range(tmp_path):
+    log = fixtures.movielens_log(seed=7)
+    fixtures.write_grouplens_100k(tmp_path / "raw", log)
+    first, last = log.times.min(), log.times.max()
+    from genrank_jax.data.builders.rows import utc_date
+
+    for cutoff in (2.0, float(first), float(last) + 1):
+        with pytest.raises(ValueError, match=rf"cutoff .* is outside the log, which runs from {utc_date(first)} "
+                                             rf"to {utc_date(last)}"):
+            load(tmp_path / "raw", cutoff=cutoff)
+    assert load(tmp_path / "raw", cutoff=float(last)).eval_requests.size > 0  # the last time itself is accepted
