@@ -224,6 +224,28 @@ def render_saved(path: pathlib.Path) -> list[dict]:
     return rows
 
 
+def save(rows: list[dict], args, dataset, header: dict, command: str, trainer: Trainer,
+         json_path: pathlib.Path | None) -> tuple[str, pathlib.Path | None]:
+    """Write the table (markdown) and the rows (JSON, at `json_path` once chosen); (table, JSON path)."""
+    seeds = sorted({r["seed"] for r in rows})
+    complete = [r for r in rows if sum(q["seed"] == r["seed"] for q in rows) == len(args.models.split(","))]
+    meta = dict(data=args.data, split="temporal", preset=args.preset, block=args.block, max_history=args.max_history,
+                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+                max_epochs=args.max_epochs, patience=args.patience, validation_fraction=args.validation_fraction,
+                seeds=len({r["seed"] for r in complete}) or len(seeds), train_requests=len(trainer.train_requests),
+                validation_requests=len(trainer.validation_requests), eval_requests=len(trainer.eval_requests))
+    tasks = dataset.spec.action_names
+    table = markdown(summarize(complete or rows, tasks), tasks, header, command, meta)
+    if not args.out:
+        return table, None
+    stem = f"ablation_{data_tag(args.data)}"
+    base = RESULTS / stem if args.out == "auto" else pathlib.Path(args.out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".md").write_text(table)
+    target = str(json_path) if json_path else "auto" if args.out == "auto" else str(base.with_suffix(".json"))
+    return table, write_rows(stem, dict(header, command=command, **meta), rows, target)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="movielens:100k")
@@ -267,7 +289,7 @@ def main(argv=None):
     args.config_overrides = {**defaults.config, **overrides}
     header = run_header()
     print(header, flush=True)
-    rows, compiled = [], {}
+    rows, compiled, json_path = [], {}, None
     for seed in range(args.seeds):
         for name in names:
             row = run_one(name, dataset, args, seed, compiled)
@@ -278,23 +300,9 @@ def main(argv=None):
             first = dataset.spec.action_names[0]
             print(f"  validation {first} AUC by epoch: " + " ".join(f"{e['auc']:.4f}" for e in row["validation_curve"])
                   + f"; best epoch {row['best_epoch']:g}", flush=True)
-    meta = dict(data=args.data, split=split, preset=args.preset, block=args.block, max_history=args.max_history,
-                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-                max_epochs=args.max_epochs, patience=args.patience, validation_fraction=args.validation_fraction,
-                seeds=args.seeds, train_requests=len(compiled[names[0]].train_requests),
-                validation_requests=len(compiled[names[0]].validation_requests),
-                eval_requests=len(compiled[names[0]].eval_requests))
-    tasks = dataset.spec.action_names
-    table = markdown(summarize(rows, tasks), tasks, header, command, meta)
-    print(table)
-    if args.out:
-        stem = f"ablation_{data_tag(args.data)}"
-        base = RESULTS / stem if args.out == "auto" else pathlib.Path(args.out)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        base.with_suffix(".md").write_text(table)
-        header = dict(header, command=command, **meta)
-        path = write_rows(stem, header, rows, "auto" if args.out == "auto" else str(base.with_suffix(".json")))
-        print(f"wrote {base.with_suffix('.md')} and {path}")
+            # rewritten after every run: a run cut short keeps what finished (seeds counts complete ones)
+            table, json_path = save(rows, args, dataset, header, command, compiled[names[0]], json_path)
+    print(table + (f"\nwrote {json_path}" if json_path else ""))
     return rows
 
 
