@@ -5,7 +5,8 @@
 Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from the newest file
 of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
-(train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
+(train_default*.json, a copy of its metrics.json), the README's ml-100k `genrank-jax train` run
+(train_ml-100k*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
@@ -112,12 +113,12 @@ def organization_section(results: pathlib.Path) -> list[str]:
             "", f"_Source: `{relative(path)}`._"]
 
 
-def train_section(results: pathlib.Path) -> list[str]:
-    path = newest(results, "train_default*.json")
-    title = "### `genrank-jax train` (defaults)"
+def train_section(results: pathlib.Path, pattern: str = "train_default*.json",
+                  title: str = "### `genrank-jax train` (defaults)") -> list[str]:
+    path = newest(results, pattern)
     if path is None:
-        return [title, "", "_No training run recorded yet (copy a run's metrics.json to "
-                           "`bench/results/train_default.json`)._"]
+        return [title, "", f"_No training run recorded yet (copy a run's metrics.json to "
+                           f"`bench/results/{pattern.replace('*', '')}`)._"]
     report = json.loads(path.read_text())
     header = report.get("machine", {})
     command = report.get("command") or "genrank-jax train " + " ".join(
@@ -129,9 +130,19 @@ def train_section(results: pathlib.Path) -> list[str]:
     if oracle:
         columns.append(("oracle AUC", "oracle", ".4f"))
     where = f"Machine: {machine(header)}." if header else "Machine: not recorded in this metrics.json."
-    return [title, "", f"{where} Command: `{command}`; {report.get('steps')} steps in "
-                       f"{report.get('train_seconds', 0):.0f} s on `{report.get('data')}`.", "",
-            *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
+    lines = [title, "", f"{where} Command: `{command}`; {report.get('steps')} steps in "
+                        f"{report.get('train_seconds', 0):.0f} s on `{report.get('data')}`."]
+    best = report.get("best")
+    if best:  # runs with a validation slice report the eval metrics of their best validation state
+        curve = " ".join(f"{entry['auc']:.4f}" for entry in report.get("validation_curve", []))
+        stop = "stopped early" if report.get("stopped_early") else "ran all its steps"
+        lines[-1] += (f" Eval metrics of the best validation state: step {best['step']} (epoch {best['epoch']:.1f},"
+                      f" validation AUC {best['auc']:.4f}; {stop}). Validation AUC per evaluation: {curve}.")
+    return lines + ["", *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
+
+
+def train_movielens_section(results: pathlib.Path) -> list[str]:
+    return train_section(results, "train_ml-100k*.json", "### `genrank-jax train` on MovieLens-100K (defaults)")
 
 
 def attention_section(results: pathlib.Path) -> list[str]:
@@ -200,8 +211,8 @@ def lis_section(results: pathlib.Path) -> list[str]:
 
 
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, organization_section, train_section, attention_section, leakage_section,
-                lis_section]
+    sections = [ablation_section, train_movielens_section, organization_section, train_section, attention_section,
+                leakage_section, lis_section]
     body = []
     for section in sections:
         body += section(results) + [""]

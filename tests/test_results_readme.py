@@ -50,3 +50,17 @@ def test_probe_bank_section_compares_with_the_newest_one_device_run(tmp_path):
 
 def test_missing_results_give_a_note_not_an_error(tmp_path):
     assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
+
+
+def test_train_section_reports_the_best_validation_state(tmp_path):
+    report = {"machine": {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc"},
+              "command": "genrank-jax train --data movielens:100k --data-dir d", "data": "movielens:100k",
+              "steps": 330, "train_seconds": 40.0, "oracle_auc": None,
+              "eval": {"like": {"auc": 0.7412, "gauc": 0.7, "logloss": 0.6}},
+              "best": {"step": 198, "epoch": 6.0, "auc": 0.7655}, "stopped_early": True,
+              "validation_curve": [{"step": 33 * e, "epoch": e, "auc": 0.7 + e / 100} for e in (1, 2)]}
+    (tmp_path / "train_ml-100k.json").write_text(json.dumps(report))
+    text = "\n".join(update_readme.train_movielens_section(tmp_path))
+    assert "best validation state: step 198 (epoch 6.0, validation AUC 0.7655; stopped early)" in text
+    assert "| like | 0.7412 |" in text and "0.7100 0.7200" in text
+    assert "No training run recorded" in "\n".join(update_readme.train_section(tmp_path))  # no train_default
