@@ -208,19 +208,34 @@ META_KEYS = ("data", "split", "preset", "block", "max_history", "batch_size", "l
              "eval_requests")
 
 
-def render_saved(path: pathlib.Path) -> list[dict]:
-    """Rewrite the markdown next to a saved run's JSON (ablation_<data>_....json -> ablation_<data>.md)."""
+def complete_seeds(rows: list[dict], models: int) -> list[dict]:
+    """The rows of seeds that ran every one of `models` models (a run cut short leaves a partial seed)."""
+    return [r for r in rows if sum(q["seed"] == r["seed"] for q in rows) == models]
+
+
+def render_saved(paths: list[pathlib.Path]) -> list[dict]:
+    """Rewrite bench/results/ablation_<data>.md from saved runs' JSON; several runs (e.g. one seed per
+    process) are joined: complete seeds only, a seed found twice taken from the first file. With more
+    than one file the joined rows are also written as a new JSON."""
     import json
 
-    saved = json.loads(path.read_text())
-    header, rows = saved["header"], saved["rows"]
+    runs = [json.loads(path.read_text()) for path in paths]
+    header, rows = dict(runs[0]["header"]), []
+    models = len({r["model"] for run in runs for r in run["rows"]})
+    for run in runs:
+        seen = {r["seed"] for r in rows}
+        rows += [r for r in complete_seeds(run["rows"], models) if r["seed"] not in seen]
+    if len(runs) > 1:
+        header["command"] = " ; ".join(run["header"]["command"] for run in runs) + " (joined with --from-json)"
+    header["seeds"] = len({r["seed"] for r in rows})
     tasks = tuple(rows[0]["eval"])
     meta = {key: header[key] for key in META_KEYS}
     table = markdown(summarize(rows, tasks), tasks, header, header["command"], meta)
     stem = f"ablation_{data_tag(header['data'])}"
-    out = path.parent / f"{stem}.md"
+    out = RESULTS / f"{stem}.md"
     out.write_text(table)
-    print(table + f"\nwrote {out}")
+    joined = write_rows(stem, header, rows, "auto") if len(runs) > 1 else None
+    print(table + f"\nwrote {out}" + (f" and {joined}" if joined else ""))
     return rows
 
 
@@ -228,7 +243,7 @@ def save(rows: list[dict], args, dataset, header: dict, command: str, trainer: T
          json_path: pathlib.Path | None) -> tuple[str, pathlib.Path | None]:
     """Write the table (markdown) and the rows (JSON, at `json_path` once chosen); (table, JSON path)."""
     seeds = sorted({r["seed"] for r in rows})
-    complete = [r for r in rows if sum(q["seed"] == r["seed"] for q in rows) == len(args.models.split(","))]
+    complete = complete_seeds(rows, len(args.models.split(",")))
     meta = dict(data=args.data, split="temporal", preset=args.preset, block=args.block, max_history=args.max_history,
                 batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                 max_epochs=args.max_epochs, patience=args.patience, validation_fraction=args.validation_fraction,
@@ -251,6 +266,9 @@ def main(argv=None):
     parser.add_argument("--data", default="movielens:100k")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (split a long run over processes; "
+                             "--merge joins their JSONs)")
     parser.add_argument("--max-epochs", type=int, default=None, help="default: genrank_jax.defaults' rule")
     parser.add_argument("--patience", type=int, default=None, help="epochs without a new best validation AUC")
     parser.add_argument("--validation-fraction", type=float, default=None)
@@ -267,11 +285,12 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--out", default="auto",
                         help="'auto': bench/results/ablation_<data>.md + JSON; a path stem: <stem>.md/.json")
-    parser.add_argument("--from-json", default=None, help="re-render the table of a saved run's JSON, no training")
+    parser.add_argument("--from-json", nargs="+", default=None,
+                        help="re-render the table from saved runs' JSON (several: joined), no training")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.config_overrides)
     if args.from_json:
-        return render_saved(pathlib.Path(args.from_json))
+        return render_saved([pathlib.Path(path) for path in args.from_json])
     names = args.models.split(",")
     unknown = set(names) - set(MODELS)
     if unknown:
@@ -290,7 +309,7 @@ def main(argv=None):
     header = run_header()
     print(header, flush=True)
     rows, compiled, json_path = [], {}, None
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in names:
             row = run_one(name, dataset, args, seed, compiled)
             rows.append(dict(header, data=args.data, split=split, **row))
