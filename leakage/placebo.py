@@ -33,9 +33,17 @@ def placebo_key(feature: Feature) -> tuple[str, int, tuple[bool, ...]]:
 
 
 def placebo_name(key: tuple[str, int, tuple[bool, ...]]) -> str:
+    """"placebo[item,16]"; with constant columns "placebo[item,23,zero:0,17-22]"."""
     per, width, varies = key
-    constant = [str(c) for c, v in enumerate(varies) if not v]
-    return f"placebo[{per},{width}" + (f",zero:{'+'.join(constant)}" if constant else "") + "]"
+    constant = [c for c, v in enumerate(varies) if not v]
+    spans = []  # runs of consecutive constant columns as "a-b"
+    for column in constant:
+        if spans and spans[-1][1] == column - 1:
+            spans[-1][1] = column
+        else:
+            spans.append([column, column])
+    zero = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"placebo[{per},{width}" + (f",zero:{zero}" if zero else "") + "]"
 
 
 def placebo_values(key: tuple[str, int, tuple[bool, ...]], rows: int, seed: int = PLACEBO_SEED) -> np.ndarray:

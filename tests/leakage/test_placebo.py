@@ -23,13 +23,13 @@ PROBE = ProbeConfig(batch_size=256, epochs=3)
 
 def test_one_placebo_per_shape_with_the_features_column_scale():
     rng = np.random.default_rng(0)
-    constant = rng.standard_normal((50, 3))
-    constant[:, 1] = 7.0
+    constant = rng.standard_normal((50, 6))
+    constant[:, [1, 3, 4, 5]] = 7.0
     features = {"a": Feature(rng.standard_normal((50, 4)), "item"), "b": Feature(rng.random((50, 4)) * 9, "item"),
                 "c": Feature(rng.standard_normal((80, 4)), "interaction"), "d": Feature(constant, "item")}
     placebos, pairs = placebos_for(features)
     assert pairs == {"a": "placebo[item,4]", "b": "placebo[item,4]", "c": "placebo[interaction,4]",
-                     "d": "placebo[item,3,zero:1]"}
+                     "d": "placebo[item,6,zero:1,3-5]"}
     assert set(placebos) == set(pairs.values())
     for name, placebo in pairs.items():
         feature, control = features[name], placebos[placebo]
