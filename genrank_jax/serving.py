@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
+from genrank_jax.errors import GenrankError
 from genrank_jax.typing import Array, Float, Int
 
 CachedKeys = Float[Array, "B N H D"]
@@ -39,7 +40,7 @@ CachedValues = Float[Array, "B N H Dv"]
 CandidateLogits = Float[Array, "B M A"]
 
 
-class ServingError(ValueError):
+class ServingError(GenrankError, ValueError):
     """Input that serving cannot score: unknown items, no candidates, too long a history, a foreign cache."""
 
 
