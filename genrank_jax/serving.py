@@ -116,11 +116,11 @@ class HistoryCache:
 
     @property
     def capacity(self) -> int:
-        return int(self.positions.shape[1])
+        return self.positions.shape[1]
 
     @property
     def batch_size(self) -> int:
-        return int(self.positions.shape[0])
+        return self.positions.shape[0]
 
     def append(self, new_exposures: History, *, model) -> "HistoryCache":
         """This cache extended by newly observed history tokens (with their actions), exactly.
