@@ -260,3 +260,24 @@ def test_explicit_cutoff_outside_the_log_names_its_range(tmp_path):
                                              rf"to {utc_date(last)}"):
             load(tmp_path / "raw", cutoff=cutoff)
     assert load(tmp_path / "raw", cutoff=float(last)).eval_requests.size > 0  # the last time itself is accepted
+
+
+def test_exactly_another_configs_size_is_refused(monkeypatch, tmp_path, capsys):
+    """ml-20m's ratings.csv under movielens:32m: same format, times inside 32m's period; its size gives it away.
+
+    (Documented sizes are shrunk so a small file stands in for 20 million rows.)
+    """
+    import dataclasses
+
+    from genrank_jax.data.builders import movielens
+
+    log = fixtures.movielens_log(seed=8)
+    fixtures.write_grouplens_csv(tmp_path / "raw", log)
+    shrunk = {"20m": len(log.users), "32m": len(log.users) + 5}
+    monkeypatch.setattr(movielens, "DOCUMENTED", {name: dataclasses.replace(facts, num_ratings=shrunk.get(
+        name, facts.num_ratings)) for name, facts in movielens.DOCUMENTED.items()})
+    with pytest.raises(DataError, match=rf"ratings\.csv: exactly {len(log.users)} ratings, the size of movielens:20m, "
+                                        rf"not of movielens:32m \({len(log.users) + 5}\) \(load movielens:20m instead\)"):
+        sources.load_dataset("movielens:32m", data_dir=tmp_path / "raw", tfds_dir=tmp_path / "tfds")
+    assert sources.load_dataset("movielens:20m", data_dir=tmp_path / "raw",
+                                tfds_dir=tmp_path / "tfds").interactions.num_exposures == len(log.users)

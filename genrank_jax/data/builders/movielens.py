@@ -186,10 +186,7 @@ class GenrankMovielens(LogBuilder):
                   "grouplens-1m": self._read_1m, "grouplens-csv": self._read_csv}[fmt]
         config = self.builder_config.name
         ratings, item_table, user_table = reader(paths, bad, rating_columns(config))
-        documented = DOCUMENTED[config].num_ratings
-        if len(ratings[0]) > documented:  # fewer is fine (a sample, skipped rows); more is another dataset
-            raise DataError(f"{paths['ratings']}: {len(ratings[0]):,} ratings, more than the {documented:,} of "
-                            f"movielens:{config}: the file belongs to a larger MovieLens")
+        self._check_size(config, paths["ratings"], len(ratings[0]))
         num_user_features = len(self.user_feature_names(self.builder_config.name))
         if user_table[1].shape[1] != num_user_features:  # 20m/32m keep none; RecBole may lack its .user
             user_table = (np.zeros(0, np.int64), np.zeros((0, num_user_features), np.int32), (1,) * num_user_features)
@@ -202,6 +199,19 @@ class GenrankMovielens(LogBuilder):
             user_table_raw=user_table[0], user_table=user_table[1], user_vocab_sizes=user_table[2],
             file_format=fmt,
         )
+
+    @staticmethod
+    def _check_size(config: str, path: pathlib.Path, num_ratings: int) -> None:
+        """DataError when the ratings cannot be this config's: more than it documents, or exactly another's."""
+        documented = DOCUMENTED[config].num_ratings
+        if num_ratings > documented:  # fewer is fine (a sample, skipped rows); more is another dataset
+            raise DataError(f"{path}: {num_ratings:,} ratings, more than the {documented:,} of movielens:{config}: "
+                            "the file belongs to a larger MovieLens")
+        for other, facts in DOCUMENTED.items():
+            if other != config and num_ratings == facts.num_ratings:  # ml-20m's ratings.csv under 32m, say
+                raise DataError(f"{path}: exactly {num_ratings:,} ratings, the size of movielens:{other}, not of "
+                                f"movielens:{config} ({documented:,})", hint=f"load movielens:{other} instead",
+                                cli_hint=f"use --data movielens:{other}")
 
     # Each reader returns (ratings: [user, item, rating, timestamp] lists, item table, user table).
     @staticmethod

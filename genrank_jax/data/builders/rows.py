@@ -85,7 +85,7 @@ DELIMITERS = {"\t": "tab", ",": "comma", "::": "'::'", "|": "'|'", ";": "semicol
 
 
 def check_text_file(path: pathlib.Path) -> None:
-    """DataError if the file starts with NUL bytes' worth of binary data (no text table holds a NUL)."""
+    """DataError if the file's first 64 KiB hold a NUL byte: no text table has one, binary data does."""
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     if b"\x00" in head:
@@ -113,7 +113,7 @@ def _split_lines(path: pathlib.Path, sep: str, encoding: str) -> Iterator[tuple[
                 for fields in reader:
                     yield reader.line_num, fields
             except csv.Error as error:
-                raise DataError(f"{path}:{reader.line_num + 1}: not readable as CSV ({error})") from None
+                raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({error})") from None
         else:
             for line_no, line in enumerate(lines, 1):
                 yield line_no, line.rstrip("\r\n").split(sep)
