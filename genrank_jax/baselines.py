@@ -14,7 +14,7 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch, TokenKind
-from genrank_jax.embeddings import ItemEmbedding, lookup
+from genrank_jax.embeddings import ItemEmbedding, clipped, lookup
 from genrank_jax.typing import TaskLogits
 
 
@@ -47,7 +47,7 @@ class DINRanker(nnx.Module):
         history_mask = batch.kinds == TokenKind.EXPOSURE  # [B, S]
         history = (items + batch.actions @ self.action_vectors[...]) * history_mask[..., None]
         # the request's recency and the display slot as context
-        context = items + self.gap(batch.gap_bucket) + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
+        context = items + clipped(self.gap, batch.gap_bucket) + clipped(self.slot, batch.slot)
         gather = lambda x: jnp.take_along_axis(x, batch.candidate_index[..., None], axis=1, mode="clip")
         candidates = gather(context)  # [B, M, W]
         # activation unit over (candidate m, history j) pairs: [B, M, S, 4W]
@@ -81,7 +81,7 @@ class LogisticBias(nnx.Module):
         self.item = nnx.Embed(config.features.num_items, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
-        user = self.user(batch.user_ids % self.config.user_rows)[:, None, :]
+        user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
         return self.bias[...] + user + lookup(self.item, batch.item_ids)
 
 
