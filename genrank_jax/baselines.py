@@ -71,7 +71,14 @@ class DINRanker(nnx.Module):
 
 
 class LogisticBias(nnx.Module):
-    """logit[t] = bias[t] + user_bias[u, t] + item_bias[i, t]: no sequence, no interactions."""
+    """logit[t] = bias[t] + user_bias[u, t] + item_bias[i, t]: no sequence, no interactions.
+
+    Start `bias` at the training data's log-odds (`set_prior`, which the Trainer calls): from
+    bias 0, Adam moves every parameter about one learning rate per step it sees, so the rows of
+    frequently shown items absorb most of the push from 0 down to a rare task's base rate (-4.4
+    for `share`), and item biases end up ranked by exposure count instead of by engagement (AUC
+    0.36 on `share` after the CLI's 1000 steps, below chance; see tests/test_baselines.py).
+    """
 
     def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
         actions = config.features.num_actions
@@ -79,6 +86,11 @@ class LogisticBias(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((actions,)))
         self.user = nnx.Embed(config.user_rows, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
         self.item = nnx.Embed(config.features.num_items, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+
+    def set_prior(self, positive_rates) -> None:
+        """Set the global bias to the log-odds of each task's positive rate [A] (clipped to (1e-6, 1 - 1e-6))."""
+        rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
+        self.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
         user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]

@@ -5,7 +5,6 @@ Each case asserts the clear error and that nothing saved was lost (every file of
 is byte-identical afterwards, or moved aside intact when the user asked for a fallback).
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from genrank_jax import cli
 from genrank_jax.checkpoint import (CheckpointError, Checkpoints, CorruptCheckpointError, SettingsMismatchError,
@@ -223,14 +223,14 @@ def test_resume_without_checkpoint_every_finds_the_saved_step(dataset, run_folde
 
 
 def test_nan_stop_names_the_last_verified_checkpoint(dataset, run_folder):
-    poisoned = dataclasses.replace(dataset, catalog=dataclasses.replace(
-        dataset.catalog, content=dataset.catalog.content.copy()))
-    trainer = make_trainer(poisoned, run_folder, steps=10)
+    trainer = make_trainer(dataset, run_folder, steps=10)
     with pytest.raises(SettingsMismatchError, match="train.steps: saved 6, now 10"):
         trainer.resume()
     assert trainer.resume(allow_setting_changes=True) == 6
     flip_bit(largest_array_file(run_folder / "checkpoints" / "6"))  # step 6 is damaged on disk
-    poisoned.catalog.content[:] = np.nan
+    pure = nnx.to_pure_dict(trainer.state)  # and the run diverges
+    nnx.replace_by_pure_dict(trainer.state, jax.tree.map(
+        lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, pure))
     with pytest.raises(NonFiniteLossError, match=r"step 7; the last good \(verified\) checkpoint is step 4"):
         trainer.fit()
 
