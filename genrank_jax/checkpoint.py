@@ -28,16 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from genrank_jax.errors import GenrankError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(GenrankError, RuntimeError):
     """A checkpoint that cannot be saved, or restored into this run (missing or mismatched)."""
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A checkpoint whose arrays fail their checksum or finiteness check, or cannot be read."""
+    """A checkpoint whose arrays fail their checksum or finiteness check, or cannot be read.
 
-    def __init__(self, message: str, step: int, good_step: int | None = None):
-        super().__init__(message)
+    step: the damaged step; good_step: the latest earlier step that verifies (None if none does)."""
+
+    def __init__(self, message: str, step: int, good_step: int | None = None, **hints):
+        super().__init__(message, **hints)
         self.step, self.good_step = step, good_step
 
 
@@ -152,8 +156,9 @@ class Checkpoints:
         if differences and not allow_setting_changes:
             raise SettingsMismatchError(
                 f"checkpoint at step {step} in {self.directory} was written with other training settings: "
-                + "; ".join(differences) + ". Resume with the saved settings, or allow the change explicitly "
-                "(allow_setting_changes=True; genrank-jax train --allow-setting-changes)")
+                + "; ".join(differences),
+                hint="resume with the saved settings, or accept the change with allow_setting_changes=True",
+                cli_hint="resume with the saved settings, or accept the change with --allow-setting-changes")
 
     def _restore_verified(self, step: int, abstract_state, meta: dict):
         """The state at `step`, its arrays checked against the saved checksums and for finiteness."""
@@ -219,13 +224,14 @@ class Checkpoints:
                 raise
             good = self.latest_good_step(abstract_state, before=target)
             if good is None:
-                raise CorruptCheckpointError(f"{error}; no earlier checkpoint verifies", target) from error
+                raise CorruptCheckpointError(f"{error.message}; no earlier checkpoint verifies", target) from error
             if not fallback:
+                moves = f"which moves the damaged steps to {self.quarantine}"
                 raise CorruptCheckpointError(
-                    f"{error}; the latest good checkpoint is step {good}: resume from it with fallback=True "
-                    "(genrank-jax train --resume --resume-fallback), which moves the damaged steps to "
-                    f"{self.quarantine}", target, good) from error
-            warnings.warn(f"{error}; restoring the latest good checkpoint, step {good}, instead; damaged steps "
+                    f"{error.message}; the latest good checkpoint is step {good}", target, good,
+                    hint=f"resume from it with fallback=True, {moves}",
+                    cli_hint=f"resume from it with --resume --resume-fallback, {moves}") from error
+            warnings.warn(f"{error.message}; restoring the latest good checkpoint, step {good}, instead; damaged steps "
                           f"moved to {self.quarantine}", RuntimeWarning, stacklevel=2)
             self._quarantine_after(good)
             meta = self._meta(good)

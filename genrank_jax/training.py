@@ -206,9 +206,9 @@ class Trainer:
         steps = self.checkpoints.all_steps()
         if steps:
             raise OutputInUseError(
-                f"{self.checkpoints.directory} holds another run's checkpoints (steps {steps}); resume it "
-                "(Trainer.resume(); genrank-jax train --resume) or replace them explicitly "
-                "(Trainer.overwrite_checkpoints(); genrank-jax train --overwrite)")
+                f"{self.checkpoints.directory} holds another run's checkpoints (steps {steps})",
+                hint="continue that run with Trainer.resume() or replace it with Trainer.overwrite_checkpoints()",
+                cli_hint="continue that run with --resume, replace it with --overwrite, or choose another --out")
         self._owns_checkpoints = True
 
     def last_good_checkpoint(self) -> int | None:
@@ -295,11 +295,15 @@ def check_output_folder(out: str | pathlib.Path, *, resume: bool, overwrite: boo
     if not resume and (steps or metrics_file.exists()):
         held = [f"checkpoints at steps {steps}"] if steps else []
         held += [metrics_file.name] if metrics_file.exists() else []
-        raise OutputInUseError(f"{out} holds another run's {' and '.join(held)}; continue it with --resume "
-                               "(Trainer.resume()), replace it with --overwrite, or choose another --out")
+        raise OutputInUseError(f"{out} holds another run's {' and '.join(held)}",
+                               hint="continue that run with resume=True, replace it with overwrite=True, or "
+                                    "choose another folder",
+                               cli_hint="continue that run with --resume, replace it with --overwrite, or choose "
+                                        "another --out")
     if resume and not steps and metrics_file.exists():
         raise OutputInUseError(f"{out} holds a finished run's {metrics_file.name} but no checkpoint to resume "
-                               f"from (in {folder}); replace it with --overwrite or choose another --out")
+                               f"from (in {folder})", hint="replace it with overwrite=True or choose another folder",
+                               cli_hint="replace it with --overwrite or choose another --out")
 
 
 def candidate_rows(dataset: RankingDataset, requests: np.ndarray, max_candidates: int) -> np.ndarray:

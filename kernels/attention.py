@@ -38,7 +38,7 @@ def unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
         return f"unknown impl {impl!r}; expected one of {IMPLEMENTATIONS} or None"
     try:
         module = _backend_module(impl)
-    except ImportError as error:  # a backend whose Pallas dialect this jax lacks
+    except ImportError as error:  # backends report a missing jax API themselves; this is a broken install
         return f"{impl} cannot be imported with jax {jax.__version__}: {error}"
     return module.unavailable_reason(interpret)
 

@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
 from genrank_jax.kernels._vjp import make_op, round_up
 from genrank_jax.kernels.masking import relative_bias, valid_pairs
@@ -36,11 +35,14 @@ from genrank_jax.kernels.masking import relative_bias, valid_pairs
 NUM_LANES = 128
 NUM_SUBLANES = 8
 try:
-    # jax <= 0.6 spelled it TPUCompilerParams; 0.9 and 0.10 (tested) spell it CompilerParams.
+    from jax.experimental.pallas import tpu as pltpu
+    # jax <= 0.6 spelled it TPUCompilerParams; 0.9 to 0.12 spell it CompilerParams.
     _CompilerParams = getattr(pltpu, "CompilerParams", None) or pltpu.TPUCompilerParams
     _PrefetchScalarGridSpec, _VMEM = pltpu.PrefetchScalarGridSpec, pltpu.VMEM
-except AttributeError as _error:  # a jax whose Pallas TPU API moved: report, don't crash dispatch
-    raise ImportError(f"jax {jax.__version__} lacks a Pallas TPU API this backend uses: {_error}")
+except Exception as _error:  # noqa: BLE001 - a jax whose Pallas TPU API moved: reported, never raised
+    _IMPORT_ERROR = _error
+else:
+    _IMPORT_ERROR = None
 _DIMENSIONS = ("parallel", "parallel", "parallel", "arbitrary")
 
 
@@ -109,6 +111,8 @@ class _Config:
 
 def unavailable_reason(interpret: bool) -> str | None:
     """None when this backend can run here (interpret mode anywhere, compiled on a TPU)."""
+    if _IMPORT_ERROR is not None:
+        return f"jax {jax.__version__} lacks the Pallas TPU API this backend uses ({_IMPORT_ERROR})"
     if interpret:
         return None
     platform = jax.devices()[0].platform

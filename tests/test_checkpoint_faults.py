@@ -186,7 +186,8 @@ def test_second_run_into_the_same_folder_is_refused(dataset, run_folder, second_
     block = second_run.pop("block", None)
     config = GenRankConfig.preset("tiny", dataset.spec, block=block) if block else None
     trainer = make_trainer(dataset, run_folder, config=config, **second_run)
-    with pytest.raises(OutputInUseError, match=r"another run's checkpoints \(steps \[2, 4, 6\]\).*--resume.*--overwrite"):
+    with pytest.raises(OutputInUseError, match=r"another run's checkpoints \(steps \[2, 4, 6\]\).*Trainer.resume\(\).*"
+                                               r"Trainer.overwrite_checkpoints\(\)"):
         trainer.fit()
     assert trainer.step == 0
     assert files_of(run_folder) == before
@@ -207,7 +208,7 @@ def test_resume_with_other_settings_names_each_difference(dataset, run_folder):
         other.resume()
     message = str(error.value)
     for difference in ("train.batch_size: saved 16, now 8", "train.learning_rate: saved 0.003, now 0.01",
-                       "train.seed: saved 0, now 3", "--allow-setting-changes"):
+                       "train.seed: saved 0, now 3", "allow_setting_changes=True"):
         assert difference in message
     assert files_of(run_folder) == before
     assert other.resume(allow_setting_changes=True) == 6
@@ -242,17 +243,28 @@ def test_cli_second_run_is_refused_and_resume_needs_no_checkpoint_every(tmp_path
     assert cli.main([*fast, "--steps", "3", "--checkpoint-every", "1"]) == 0
     before = files_of(out)
     assert "metrics.json" in before and "checkpoints/3/commit_success.txt" in before
-    with pytest.raises(OutputInUseError, match=r"checkpoints at steps \[1, 2, 3\] and metrics.json"):
-        cli.main([*fast, "--steps", "3", "--checkpoint-every", "1"])
-    with pytest.raises(SettingsMismatchError, match="train.steps: saved 3, now 5"):
-        cli.main([*fast, "--steps", "5", "--resume"])
-    assert files_of(out) == before
     capsys.readouterr()
+    assert cli.main([*fast, "--steps", "3", "--checkpoint-every", "1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"genrank-jax train: {out} holds another run's checkpoints at steps [1, 2, 3] and metrics.json (continue "
+        "that run with --resume, replace it with --overwrite, or choose another --out)")
+    assert cli.main([*fast, "--steps", "5", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("genrank-jax train: checkpoint at step 3") and "train.steps: saved 3, now 5" in error
+    assert error.strip().endswith("accept the change with --allow-setting-changes)")
+    assert files_of(out) == before
     assert cli.main([*fast, "--steps", "3", "--resume"]) == 0  # no --checkpoint-every
     assert "resumed at step 3" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
     assert {k: v for k, v in files_of(out).items() if k.startswith("checkpoints/")} == \
         {k: v for k, v in before.items() if k.startswith("checkpoints/")}
+    flip_bit(largest_array_file(out / "checkpoints" / "3"))
+    assert cli.main([*fast, "--steps", "3", "--resume"]) == 2
+    assert "step 3" in (error := capsys.readouterr().err) and "latest good checkpoint is step 2" in error
+    assert "--resume --resume-fallback" in error
+    assert cli.main([*fast, "--steps", "3", "--resume", "--resume-fallback"]) == 0
+    assert "resumed at step 2" in capsys.readouterr().out
+    assert (out / "checkpoints.corrupt" / "3").is_dir()
 
 
 # the run a SIGKILL interrupts: hangs inside the save of step 4 (after the arrays are written, before

@@ -10,7 +10,9 @@ short of running them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from genrank_jax.kernels import alibi_slopes, attention, unavailable_reason
-from genrank_jax.kernels import pallas_mosaic_gpu, pallas_triton
+from genrank_jax.kernels import _gpu_hopper, pallas_mosaic_gpu, pallas_triton
 from tests.kernels.parity import Case, check_parity, make_inputs, run
 
 IMPLS = ("pallas_triton", "pallas_mosaic_gpu")
@@ -176,9 +178,24 @@ class _FakeGpu:
     platform = "gpu"
 
 
-def _lower_for_cuda(module, head_dim, kind, with_bias):
+# jax >= 0.11 asks the lowering's device which GPU Triton targets; without a GPU, an abstract H100
+# (the GPU machine's kind) answers. Mosaic GPU lowering does not ask, and ignores it.
+ABSTRACT_H100 = dict(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
+HOPPER_LOWERINGS = _gpu_hopper.lowering_modes()
+
+
+def _cuda_target():
+    if jax.__version_info__ < (0, 11):
+        return contextlib.nullcontext()
+    device = jax.sharding.AbstractDevice(**ABSTRACT_H100)
+    mesh = jax.sharding.AbstractMesh((1,), ("devices",), abstract_device=device)
+    return jax.sharding.use_abstract_mesh(mesh)
+
+
+def _lower_for_cuda(module, head_dim, kind, with_bias, **block_overrides):
     batch, seq_len, heads = 2, 200, 2
     block_sizes = module.BlockSizes.for_device(head_dim, jnp.bfloat16, device=_FakeGpu())
+    block_sizes = dataclasses.replace(block_sizes, **block_overrides)
     slopes = alibi_slopes(heads) if with_bias else None
 
     def loss(q, k, v, lengths, candidates, positions, times):
@@ -192,23 +209,42 @@ def _lower_for_cuda(module, head_dim, kind, with_bias):
     tokens = spec((batch, seq_len, heads, head_dim), jnp.bfloat16)
     ints, rows = spec((batch,), jnp.int32), spec((batch, seq_len), jnp.int32)
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-    try:
+    with _cuda_target():
         lowered = grad.trace(tokens, tokens, tokens, ints, ints, rows,
                              spec((batch, seq_len), jnp.float32)).lower(lowering_platforms=("cuda",))
-    except RuntimeError as error:  # jax >= 0.11 asks a real device for the Triton target
-        if "GPU" in str(error):
-            pytest.skip(f"this jax cannot lower for CUDA without a GPU: {error}")
-        raise
     return lowered.as_text()
 
 
-@pytest.mark.parametrize("module,marker", [(pallas_triton, "triton"),
-                                           (pallas_mosaic_gpu, "mosaic_gpu")])
-def test_cuda_lowering_forward_and_backward(module, marker):
-    text = _lower_for_cuda(module, 64, "softmax", with_bias=True)
-    assert marker in text
+def _kernel_calls(text):
+    """Names of the custom calls in the lowered module: the GPU kernels, forward, dq and dk/dv."""
+    return re.findall(r"custom_call @([^(]+)\(", text)
 
 
-def test_hopper_lowering_large_head_dim_fits_shared_memory():
+def test_triton_lowers_forward_and_backward_for_cuda():
+    calls = _kernel_calls(_lower_for_cuda(pallas_triton, 64, "softmax", with_bias=True))
+    assert len(calls) == 3 and all("triton" in call for call in calls), calls
+
+
+def test_mosaic_gpu_offers_both_lowering_modes():
+    assert set(HOPPER_LOWERINGS) == {"lane", "warpgroup"}, HOPPER_LOWERINGS
+
+
+@pytest.mark.parametrize("lowering", HOPPER_LOWERINGS)
+def test_hopper_lowers_forward_and_backward_for_cuda(lowering):
+    text = _lower_for_cuda(pallas_mosaic_gpu, 64, "softmax", with_bias=True, lowering=lowering)
+    calls = _kernel_calls(text)
+    assert len(calls) == 3 and all("mosaic_gpu" in call for call in calls), calls
+
+
+def test_hopper_lowering_modes_differ():
+    """The `lowering` block size reaches Mosaic GPU: the two modes give different modules."""
+    texts = {mode: _lower_for_cuda(pallas_mosaic_gpu, 64, "silu", with_bias=False, lowering=mode)
+             for mode in HOPPER_LOWERINGS}
+    assert len(set(texts.values())) == len(texts) == 2
+
+
+@pytest.mark.parametrize("lowering", HOPPER_LOWERINGS)
+def test_hopper_lowering_large_head_dim_fits_shared_memory(lowering):
     # Mosaic GPU checks the shared-memory budget while lowering: D = 256 must fit 227 KiB.
-    assert "mosaic_gpu" in _lower_for_cuda(pallas_mosaic_gpu, 256, "silu", with_bias=False)
+    text = _lower_for_cuda(pallas_mosaic_gpu, 256, "silu", with_bias=False, lowering=lowering)
+    assert len(_kernel_calls(text)) == 3
