@@ -1,4 +1,5 @@
-"""Command line: `genrank-jax train` (also `python -m genrank_jax train`) and `genrank-jax lis`."""
+"""Command line: `genrank-jax train` (also `python -m genrank_jax train`), `genrank-jax lis` and
+`genrank-jax export` (a trained model's encode/score functions for serving, see genrank_jax/export.py)."""
 
 from __future__ import annotations
 
@@ -134,6 +135,26 @@ def run_train(args) -> int:
     return 0
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder of a training run (genrank-jax train --checkpoint-every N writes "
+                             "<out>/checkpoints)")
+    parser.add_argument("--out", required=True, help="folder for encode/score .jaxexport, params.npz, manifest.json")
+    parser.add_argument("--platforms", default="cpu", help="comma-separated targets: cpu, cuda, tpu")
+    parser.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
+
+
+def run_export(args) -> int:
+    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model
+
+    platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
+    model, step = load_checkpoint_model(args.checkpoint, args.step)
+    out = export_scorer(model, args.out, platforms=platforms)
+    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
+          f"score.jaxexport, params.npz, manifest.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="genrank-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
         lis.set_defaults(run=lambda args: _unavailable("lis", error))
+    export = commands.add_parser("export", help="write a trained model's encode/score functions with jax.export")
+    add_export_arguments(export)
+    export.set_defaults(run=run_export)
     add_debug_flags(parser)  # last: every subcommand, whoever added it, gets --debug
     return parser
 
