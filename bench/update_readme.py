@@ -196,7 +196,10 @@ def serving_section(results: pathlib.Path) -> list[str]:
     shape = (f"preset {first.get('preset')}, {first.get('block')} block, micro-batches of "
              f"{first.get('rows_per_batch')} x {first.get('candidates_per_row')} candidate slots" if first else "")
     load = header.get("load_average_before")
-    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}." if load else ""
+    after = header.get("load_average_after")
+    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}" if load else ""
+    load_text += f", at the end: {', '.join(f'{x:.1f}' for x in after)}" if load and after else ""
+    load_text += " (a shared machine)." if load else ""
     command = command_of(header, "bench_serving.py")
     return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).{load_text} One request = one "
                        "user, N history exposures, M candidates; `cached` reuses a history cache encoded beforehand, "

@@ -64,4 +64,4 @@ def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     text = "\n".join(update_readme.serving_section(tmp_path))
     assert "| 1024 | 500 | cached | 10.0 | 20.0 | 50,000 | 10.00 |" in text
     assert "| 1024 | 500 | single | 400.0 | 800.0 | 1,250 | 0.25 |" in text
-    assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5" in text and path.name in text
+    assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text
