@@ -45,7 +45,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-history", type=positive_int, default=56)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0: never)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --out (verified; same model and settings)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoints and metrics.json another run left in --out (they are deleted)")
+    parser.add_argument("--resume-fallback", action="store_true",
+                        help="with --resume: if the latest checkpoint is damaged, resume from the latest good one "
+                             "(warns; damaged steps are moved to checkpoints.corrupt/)")
+    parser.add_argument("--allow-setting-changes", action="store_true",
+                        help="with --resume: accept training settings that differ from the saved run's")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -81,7 +89,7 @@ def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
     from genrank_jax.data.batching import padded_max_tokens
     from genrank_jax.data.sources import data_report, load_dataset
-    from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
+    from genrank_jax.training import TrainConfig, Trainer, check_output_folder, oracle_metrics
 
     dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed,
                            skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
@@ -97,10 +105,13 @@ def run_train(args) -> int:
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
     out = pathlib.Path(args.out)
+    check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, train, dataset, output_dir=out)
+    if args.overwrite and (removed := trainer.overwrite_checkpoints()):
+        print(f"--overwrite: deleted the checkpoints at steps {removed} in {trainer.checkpoints.directory}")
     if args.resume:
-        print(f"resumed at step {trainer.resume()}")
+        print(f"resumed at step {trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)}")
     print(f"{dataset.name}: {len(trainer.train_requests):,} train / {len(trainer.eval_requests):,} eval requests, "
           f"{dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
           f"{config.block} preset={args.preset}")
