@@ -55,12 +55,13 @@ def test_validation_slice_rejects_what_it_cannot_carve(dataset):
         TrainConfig(patience=2)
 
 
-def overfitting_trainer(dataset, **overrides):
+def overfitting_trainer(dataset, output_dir=None, **overrides):
     """A tiny GenRank on 240 train requests at a high constant learning rate: it memorizes within epochs."""
     small = dataclasses.replace(dataset, train_requests=dataset.train_requests[-240:])
     settings = dict(epochs=40, batch_size=32, max_history=12, max_candidates=8, warmup_steps=2, learning_rate=1e-2,
                     schedule="constant", validation_fraction=0.25, patience=3)
-    return Trainer(GenRankConfig.preset("tiny", dataset.spec), TrainConfig(**{**settings, **overrides}), small)
+    return Trainer(GenRankConfig.preset("tiny", dataset.spec), TrainConfig(**{**settings, **overrides}), small,
+                   output_dir=output_dir)
 
 
 def test_overfitting_run_stops_and_ends_in_its_best_state(dataset):
@@ -78,7 +79,7 @@ def test_overfitting_run_stops_and_ends_in_its_best_state(dataset):
     # overfitting: training loss still falls after the best epoch while validation AUC does not rise
     assert curve[-1]["train_loss"] < best["train_loss"] and curve[-1]["auc"] < best["auc"]
     # the trainer holds the best state, not the last one: scoring the slice again gives the best's AUC
-    assert trainer.validate()["auc"] == best["auc"]
+    assert trainer.score_validation()["click"]["auc"] == best["auc"]
 
 
 def test_defaults_rule_follows_the_size_of_the_train_split(dataset, monkeypatch):
@@ -88,3 +89,23 @@ def test_defaults_rule_follows_the_size_of_the_train_split(dataset, monkeypatch)
     monkeypatch.setattr(defaults, "SMALL_DATA_EXPOSURES", train_exposures(dataset))  # the threshold is exclusive
     assert defaults_for(dataset) is LARGE_DATA
     assert SMALL_DATA.epochs and SMALL_DATA.patience and SMALL_DATA.validation_fraction
+
+
+def test_best_state_is_kept_by_orbax_and_a_resumed_run_keeps_it(dataset, tmp_path):
+    trainer = overfitting_trainer(dataset, output_dir=tmp_path)
+    trainer.fit()
+    best, epoch, curve = trainer.best, trainer.batches_per_epoch, list(trainer.validation_curve)
+    assert trainer.stopped_early and trainer.step == best["step"] + 3 * epoch
+    manager = trainer.checkpoints.manager
+    # orbax keeps the best evaluation (best_fn over the saved validation AUC) and the latest steps
+    assert manager.best_step() == best["step"]
+    assert best["step"] in manager.all_steps() and trainer.step in manager.all_steps()
+    assert set(manager.all_steps()) == {best["step"]} | {entry["step"] for entry in curve[-3:]}  # the rest deleted
+    assert trainer.score_validation()["click"]["auc"] == best["auc"]  # fit ended in the best checkpoint's state
+
+    resumed = overfitting_trainer(dataset, output_dir=tmp_path)
+    assert resumed.resume() == trainer.step  # the latest checkpoint: after the best
+    assert resumed.best == best and resumed.validation_curve == curve
+    assert resumed.stopped_early
+    resumed.fit()  # nothing left to train: it only restores the best state
+    assert resumed.step == trainer.step and resumed.score_validation()["click"]["auc"] == best["auc"]
