@@ -225,6 +225,8 @@ def render_saved(paths: list[pathlib.Path]) -> list[dict]:
     for run in runs:
         seen = {r["seed"] for r in rows}
         rows += [r for r in complete_seeds(run["rows"], models) if r["seed"] not in seen]
+    if not rows:
+        raise SystemExit(f"no seed ran all {models} models in {', '.join(map(str, paths))}")
     if len(runs) > 1:
         header["command"] = " ; ".join(run["header"]["command"] for run in runs) + " (joined with --from-json)"
     header["seeds"] = len({r["seed"] for r in rows})
