@@ -110,7 +110,7 @@ def test_append_refuses_hstu(feed):
 def test_micro_batches_compile_once_and_equal_the_full_pass(feed, block):
     model = make_model(feed.dataset, "action", block, seed=2)
     scorer = Scorer(model, rows_per_batch=3, candidates_per_row=4)
-    for seed in (4, 5, 6):  # request sizes differ from call to call; the cache shape does not
+    for seed in (4, 5):  # request sizes differ from call to call; the cache shape does not
         batch = make_batch(feed.dataset, "action", seed=seed, max_history=16)
         history, candidates = split_batch(batch)
         rng = np.random.default_rng(seed)
