@@ -66,6 +66,17 @@ def test_score_equals_full_forward_pass(feed, organization, block):
     assert np.abs(want).max() > 0.1
 
 
+@pytest.mark.parametrize("block", ["transformer", "hstu"])
+def test_score_through_the_pallas_cached_kernel(feed, block):
+    """The model's cached attention through the Pallas backend (interpret mode on the CPU)."""
+    batch = make_batch(feed.dataset, "action", seed=7, count=3, max_history=12)
+    model = make_model(feed.dataset, "action", block, attention_interpret=True)
+    history, candidates = split_batch(batch)
+    cache = model.encode_history(history, num_candidates=candidates.num_candidates)
+    got = np.asarray(model.score(cache, candidates, impl="pallas_triton"))
+    np.testing.assert_allclose(got, full_pass_candidates(model, batch), atol=ATOL, rtol=ATOL / 10)
+
+
 @pytest.mark.parametrize("organization", ["action", "item"])
 def test_append_equals_recomputation(feed, organization):
     batch = make_batch(feed.dataset, organization, seed=3)
