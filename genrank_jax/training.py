@@ -75,11 +75,13 @@ def usable_requests(builder: SampleBuilder, requests: np.ndarray, min_history: i
     return requests[builder.history_count[requests] >= min_history]
 
 
-def train_step_fn(graphdef, task_weights, shardings=None):
+def train_step_fn(graphdef, task_weights, shardings=None, donate: bool = False):
     """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state.
 
     shardings: (state shardings, batch sharding) on a mesh; the state keeps its layout across
-    steps and the loss comes back replicated. None: one device."""
+    steps and the loss comes back replicated. None: one device. donate: the new state reuses the
+    old state's buffers (the old state is gone after the call; the Trainer keeps it for its NaN
+    guard, a loop that needs the memory does not)."""
 
     def loss_of(model, batch):
         return candidate_bce(model(batch), batch, task_weights)
@@ -90,12 +92,13 @@ def train_step_fn(graphdef, task_weights, shardings=None):
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss, per_task
 
+    donated = (0,) if donate else ()
     if shardings is None:
-        return jax.jit(step)
+        return jax.jit(step, donate_argnums=donated)
     state_shardings, batch_sharding = shardings
     replicated = batch_sharding.update(spec=jax.sharding.PartitionSpec())
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, replicated, replicated))
+                   out_shardings=(state_shardings, replicated, replicated), donate_argnums=donated)
 
 
 def predict_fn(graphdef, shardings=None):
@@ -122,7 +125,7 @@ class Trainer:
 
     def __init__(self, config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
                  output_dir: str | pathlib.Path | None = None, *, mesh=None,
-                 sharding_options: sharding.ShardingOptions = sharding.ShardingOptions()):
+                 sharding_options: sharding.ShardingOptions | None = None):
         if config.features != dataset.spec:
             raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
         self.config, self.train_config, self.dataset = config, train, dataset
@@ -151,7 +154,8 @@ class Trainer:
             self.graphdef, self.state = nnx.split(make())
         else:  # every check before any compilation
             self.rows = sharding.process_rows(mesh, train.batch_size)
-            self.graphdef, self.state, state_shardings = sharding.init_sharded(make, mesh, sharding_options)
+            self.graphdef, self.state, state_shardings = sharding.init_sharded(
+                make, mesh, sharding_options or sharding.ShardingOptions())
             shardings = state_shardings, sharding.batch_sharding(mesh)
         self._step = train_step_fn(self.graphdef, config.task_weights, shardings)
         self._predict = predict_fn(self.graphdef, shardings)

@@ -68,6 +68,6 @@ def make_mesh(spec: str | dict[str, int], devices=None) -> Mesh:
 
 
 def describe(mesh_or_sizes) -> str:
-    """'data=4,model=2' for a mesh or a size dict."""
-    sizes = dict(mesh_or_sizes.shape) if isinstance(mesh_or_sizes, Mesh) else mesh_or_sizes
+    """'data=4,model=2' for a mesh (concrete or abstract) or a size dict."""
+    sizes = dict(getattr(mesh_or_sizes, "shape", mesh_or_sizes))
     return ",".join(f"{axis}={sizes[axis]}" for axis in AXES)
