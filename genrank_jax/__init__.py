@@ -6,6 +6,7 @@ Public API:
   RankingDataset, FeatureSpec, load_dataset            data (simulator, MovieLens, KuaiRand)
   candidate_bce, make_optimizer, Trainer, TrainConfig  training
   validate_batch, metrics                              checks and AUC / GAUC
+  GenrankError                                         base of the errors a user can fix (one CLI line)
   genrank_jax.kernels.attention                        the fused jagged attention op
   genrank_jax.leakage                                  LIS / AIS with probe rankers
 """
@@ -18,6 +19,7 @@ from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import FeatureSpec, ItemCatalog, Interactions, RankingDataset
 from genrank_jax.data.sources import load_dataset
 from genrank_jax.data.tokens import TokenBatch, TokenKind
+from genrank_jax.errors import GenrankError
 from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank
 from genrank_jax.training import TrainConfig, Trainer, make_optimizer
@@ -31,3 +33,4 @@ __all__ = [
     "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
     "make_optimizer", "BatchError", "validate_batch",
 ]
+__all__ += ["GenrankError"]

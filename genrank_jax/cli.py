@@ -11,11 +11,24 @@ import time
 
 import numpy as np
 
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, positive_float,
+                                      positive_int, run_reporting_errors)
+from genrank_jax.errors import GenrankError
+
+
+def add_data_quality_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a real dataset's loader does with rows it cannot use (shared by `train` and `lis`)."""
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip (and count) malformed rows of the raw files instead of stopping at the first")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="drop exact duplicate rows of the raw log (default: keep them; both report the count)")
+
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
                         help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m, kuairand:pure|1k|27k")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    add_data_quality_arguments(parser)
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
     parser.add_argument("--architecture", default="genrank", choices=["genrank", "din", "logistic"])
     parser.add_argument("--organization", default="action", choices=["action", "item"])
@@ -24,13 +37,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-alibi", action="store_true", help="drop the ALiBi position bias")
     parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
     parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--steps", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--learning-rate", type=positive_float, default=3e-3)
     # 56 history + 8 candidates = 64 tokens: one length bucket for the default feed
-    parser.add_argument("--max-history", type=int, default=56)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: never)")
+    parser.add_argument("--max-history", type=positive_int, default=56)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0: never)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
@@ -49,17 +62,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     sharded.add_argument("--coordinator", default=None, help="host:port of process 0 (with --distributed)")
     sharded.add_argument("--num-processes", type=int, default=None)
     sharded.add_argument("--process-id", type=int, default=None)
-
-
-# What --data-dir must hold for each real source (the builders' docstrings have the details).
-REAL_DATA_FILES = {
-    "movielens": "GroupLens u.data/u.item/u.user (100k), ratings.dat/movies.dat/users.dat (1m), "
-                 "ratings.csv/movies.csv (20m, 32m), or RecBole ml-<size>.inter/.item/.user; "
-                 "from https://grouplens.org/datasets/movielens/",
-    "kuairand": "log_standard_4_08_to_4_21_<s>.csv, log_standard_4_22_to_5_08_<s>.csv, "
-                "log_random_4_22_to_5_08_<s>.csv, user_features_<s>.csv, video_features_basic_<s>.csv "
-                "(<s> = pure, 1k or 27k; the folder or its data/ subfolder); from https://kuairand.com/",
-}
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -106,19 +108,13 @@ def mesh_from_args(args):
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
     from genrank_jax.data.batching import padded_max_tokens
-    from genrank_jax.data.builders.rows import MissingFileError
-    from genrank_jax.data.sources import load_dataset
+    from genrank_jax.data.sources import data_report, load_dataset
     from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
 
-    if not args.data.startswith("synthetic") and args.data_dir is None:
-        # a real source reads files the user downloaded; say which option is missing, not a traceback
-        name, _, config = args.data.partition(":")
-        raise SystemExit(f"genrank-jax train: --data {args.data} needs --data-dir <folder holding the raw "
-                         f"{name} {config} files>: {REAL_DATA_FILES.get(name, '')}")
-    try:
-        dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed)
-    except MissingFileError as error:
-        raise SystemExit(f"genrank-jax train: {error}") from None
+    dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed,
+                           skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
+    for line in data_report(dataset):
+        print(line)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
                         seed=args.seed, max_history=args.max_history, checkpoint_every=args.checkpoint_every)
     config = GenRankConfig.preset(
@@ -144,7 +140,7 @@ def run_train(args) -> int:
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
     report = {
         "data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
-        "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k != "argv"},
+        "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
         "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
         # fraction of the padded token grid that was padding (batches pad to their own length bucket)
@@ -160,23 +156,34 @@ def run_train(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="genrank-jax", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = CommandLineParser(prog="genrank-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    add_train_arguments(commands.add_parser("train", help="train GenRank or a baseline and evaluate it"))
-    lis = commands.add_parser("lis", help="Leakage Impact Score of leak kinds / features with probe rankers")
+    train = commands.add_parser("train", help="train GenRank or a baseline and evaluate it")
+    add_train_arguments(train)
+    train.set_defaults(run=run_train)
+    lis = commands.add_parser("lis", help="Leakage Impact Score of leak kinds / features with probe rankers",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     try:
         from genrank_jax.leakage import cli as leakage_cli
+        lis.description = leakage_cli.__doc__
         leakage_cli.add_arguments(lis)
+        lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
-        lis.set_defaults(import_error=error)
-    args = parser.parse_args(argv)
+        lis.set_defaults(run=lambda args: _unavailable("lis", error))
+    add_debug_flags(parser)  # last: every subcommand, whoever added it, gets --debug
+    return parser
+
+
+def _unavailable(command: str, error: ImportError) -> int:
+    raise GenrankError(f"genrank-jax {command} is unavailable: {error}")
+
+
+def main(argv=None) -> int:
+    """Run a subcommand; any error it raises is reported as one line (see genrank_jax/command_line.py)."""
+    args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
-    if args.command == "train":
-        return run_train(args)
-    if getattr(args, "import_error", None) is not None:
-        raise SystemExit(f"genrank-jax lis is unavailable: {args.import_error}")
-    return leakage_cli.run(args)
+    return run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

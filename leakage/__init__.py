@@ -8,10 +8,10 @@ from genrank_jax.leakage.leaks import cooccurrence_neighbors, future_item_embedd
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
 from genrank_jax.leakage.report import LeakageReport, LeakageRow
-from genrank_jax.leakage.times import parse_duration, parse_time
+from genrank_jax.leakage.times import parse_cutoff, parse_duration, parse_time
 
 __all__ = [
     "Feature", "InteractionLog", "LeakageReport", "LeakageRow", "ProbeConfig",
     "cooccurrence_neighbors", "future_item_embeddings", "item_codebook", "leakage_impact", "next_item",
-    "parse_duration", "parse_time", "use_every_cpu_core",
+    "parse_cutoff", "parse_duration", "parse_time", "use_every_cpu_core",
 ]

@@ -2,13 +2,18 @@
 
 Writes <out>/lis.md (the table), <out>/lis.json (rows + run metadata) and <out>/lis.png (deltas
 with 95% intervals), and prints the table.
+
+--cutoff and --eval-end take a time in one of three forms:
+  a quantile of the log's times, strictly between 0 and 1   (--cutoff 0.8)
+  an ISO date or date-time, UTC unless a zone is given      (--cutoff 1998-03-01)
+  Unix seconds, any other number                            (--cutoff 888000000)
+"2.0" is therefore two seconds after 1970: a cutoff outside the log is an error naming the log's dates.
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -18,27 +23,34 @@ from genrank_jax.leakage.devices import use_every_cpu_core
 from genrank_jax.leakage.impact import leakage_impact
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
-from genrank_jax.leakage.times import parse_duration, parse_time
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, positive_int, run_reporting_errors)
+from genrank_jax.leakage.times import format_time, parse_cutoff, parse_duration, parse_time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic:tests",
                         help="dataset source for genrank_jax.data.sources.load_dataset (default synthetic:tests)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip (and count) malformed rows of the raw files instead of stopping at the first")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="drop exact duplicate rows of the raw log (default: keep them; both report the count)")
     parser.add_argument("--task", default=None, help="action to score (name); default: all, AUC averaged")
     parser.add_argument("--cutoff", default="0.8",
-                        help="train before this time: a quantile of the log's times (0.8), an ISO date or seconds")
-    parser.add_argument("--eval-end", default=None, help="evaluate up to this time (same forms); default: log end")
+                        help="train before this time, inside the log: a quantile of the log's times in (0, 1) "
+                             "(0.8), an ISO date (1998-03-01, UTC) or Unix seconds (888000000)")
+    parser.add_argument("--eval-end", default=None,
+                        help="evaluate up to this time, after --cutoff (same forms); default: the log's end")
     parser.add_argument("--horizon", default="7d,30d", help="comma-separated leak horizons (7d, 12h, seconds)")
     parser.add_argument("--leaks", default=",".join(leak_builders.BUILDERS),
                         help=f"comma-separated leak kinds among {', '.join(leak_builders.BUILDERS)} (empty: none)")
     parser.add_argument("--features", nargs="*", default=[], metavar="NAME=PATH.npy",
                         help="representation features (AIS): [num_items, d] or [N, d] arrays in .npy files")
     parser.add_argument("--bound", default=None, help="leak row that AIS is divided by (default: largest LIS)")
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--dim", type=int, default=None, help="probe embedding width (and type A width)")
+    parser.add_argument("--seeds", type=positive_int, default=8)
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--dim", type=positive_int, default=None, help="probe embedding width (and type A width)")
     parser.add_argument("--probe-model", choices=("mlp", "genrank"), default="mlp",
                         help="probe ranker: the MLP probe (default) or a tiny GenRank")
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
@@ -62,20 +74,29 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
 
 
 def run(args) -> int:
-    from genrank_jax.data.sources import load_dataset
+    from genrank_jax.data.sources import data_report, load_dataset
 
-    if not args.sequential:
-        use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
-    dataset = load_dataset(args.data, data_dir=args.data_dir)
-    log = InteractionLog.from_dataset(dataset, task=args.task)
-    cutoff = parse_time(args.cutoff, log.timestamp)
-    eval_end = parse_time(args.eval_end, log.timestamp) if args.eval_end else None
     horizons = [h.strip() for h in args.horizon.split(",") if h.strip()]
+    for horizon in horizons:
+        parse_duration(horizon)  # a bad horizon is an error now, not after the data is loaded
     kinds = [k.strip() for k in args.leaks.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in leak_builders.BUILDERS]
     if unknown:
-        print(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}")
+    if not args.sequential:
+        use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
+    dataset = load_dataset(args.data, data_dir=args.data_dir, skip_bad_rows=args.skip_bad_rows,
+                           drop_duplicates=args.drop_duplicates)
+    for line in data_report(dataset):
+        print(line)
+    log = InteractionLog.from_dataset(dataset, task=args.task)
+    cutoff = parse_cutoff(args.cutoff, log.timestamp)
+    eval_end = None
+    if args.eval_end:
+        eval_end = parse_time(args.eval_end, log.timestamp)
+        if not eval_end > cutoff:
+            raise ValueError(f"--eval-end {args.eval_end} is read as {format_time(eval_end)}, not after --cutoff "
+                             f"{args.cutoff} ({format_time(cutoff)})")
     config = _probe_config(args)
     features, feature_kinds = {}, {}
     quiet = args.no_progress
@@ -90,8 +111,7 @@ def run(args) -> int:
                 bar.update()
     for name, values in _load_features(args.features).items():
         if name in features:
-            print(f"feature name {name!r} is taken by a leak", file=sys.stderr)
-            return 2
+            raise ValueError(f"feature name {name!r} is taken by a leak; name the --features entry otherwise")
         features[name] = values
         feature_kinds[name] = "representation"
     with tqdm(total=None, desc="probes (epochs)", disable=quiet) as bar:
@@ -115,9 +135,13 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="genrank-jax lis", description=__doc__)
+    """`python -m genrank_jax.leakage.cli`: the same as `genrank-jax lis` (errors as one line, exit code 2)."""
+    parser = CommandLineParser(prog="genrank-jax lis", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    add_debug_flags(parser)
+    args = parser.parse_args(argv)
+    return run_reporting_errors("genrank-jax lis", lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

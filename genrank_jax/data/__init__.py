@@ -1,5 +1,6 @@
 """Data: the dataset contract, the feed simulator, real-dataset builders, samples and batches."""
 
+from genrank_jax.data.builders.rows import DataError, MalformedRowError, MissingFileError
 from genrank_jax.data.batching import BatchPlan, bucket_length, iterate_batches, plan_batches
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
@@ -10,5 +11,6 @@ from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 __all__ = [
     "BatchPlan", "bucket_length", "iterate_batches", "plan_batches", "SampleBuilder", "SampleLayout",
     "FeatureSpec", "Interactions", "ItemCatalog", "RankingDataset", "load_dataset", "SimulatedFeed",
-    "SimulatorConfig", "simulate", "NO_ITEM", "TokenBatch", "TokenKind",
+    "SimulatorConfig", "simulate", "NO_ITEM", "TokenBatch", "TokenKind", "DataError", "MalformedRowError",
+    "MissingFileError",
 ]

@@ -15,6 +15,7 @@ Everything is deterministic: records are re-sorted by user (TFDS returns them in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,24 +37,43 @@ def tfds_root(tfds_dir: str | os.PathLike | None = None) -> pathlib.Path:
     return pathlib.Path(tfds_dir or os.environ.get("GENRANK_TFDS_DIR") or DEFAULT_TFDS_DIR).expanduser()
 
 
-def fingerprint(builder_cls: type[LogBuilder], config: str, manual_dir: pathlib.Path, skip_bad_rows: bool) -> str:
+def fingerprint(builder_cls: type[LogBuilder], config: str, manual_dir: pathlib.Path, skip_bad_rows: bool,
+                drop_duplicates: bool = False) -> str:
     """Hash of what a build depends on: the input files (name, size, mtime), version, options."""
     files = builder_cls.input_files(config, manual_dir)
     state = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    blob = json.dumps([builder_cls.name, config, str(builder_cls.VERSION), skip_bad_rows, state])
+    blob = json.dumps([builder_cls.name, config, str(builder_cls.VERSION), skip_bad_rows, drop_duplicates, state])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def prepare(builder_cls: type[LogBuilder], config: str, manual_dir: str | os.PathLike, *,
-            tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False) -> LogBuilder:
+            tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False,
+            drop_duplicates: bool = False) -> LogBuilder:
     """The builder with its array_record files written (reused when the raw files are unchanged)."""
     manual_dir = pathlib.Path(manual_dir).expanduser()
-    key = fingerprint(builder_cls, config, manual_dir, skip_bad_rows)  # raises MissingFileError first
+    key = fingerprint(builder_cls, config, manual_dir, skip_bad_rows, drop_duplicates)  # MissingFileError first
     data_dir = tfds_root(tfds_dir) / f"{builder_cls.name}-{config}-{key}"
-    builder = builder_cls(config=config, data_dir=str(data_dir), manual_dir=manual_dir, skip_bad_rows=skip_bad_rows)
-    builder.download_and_prepare(file_format="array_record",
-                                 download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    builder = builder_cls(config=config, data_dir=str(data_dir), manual_dir=manual_dir, skip_bad_rows=skip_bad_rows,
+                          drop_duplicates=drop_duplicates)
+    with _without_tfds_progress_bars():
+        builder.download_and_prepare(file_format="array_record",
+                                     download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder
+
+
+@contextlib.contextmanager
+def _without_tfds_progress_bars():
+    # TFDS's bars go to stderr, where a failed build would bury the one-line error under them; the
+    # slow part (parsing) has no bar anyway. TFDS has a setter but no getter: the previous state is
+    # read from the flag the setter writes, so a caller's own choice is restored.
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    previous = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(previous)
 
 
 def request_starts(user_ids: np.ndarray, timestamps: np.ndarray, *, gap_seconds: float,
@@ -81,6 +101,16 @@ def temporal_cutoff(timestamps: np.ndarray, train_fraction: float) -> float:
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
     return float(np.quantile(timestamps, train_fraction, method="higher"))
+
+
+def check_cutoff(cutoff: float, timestamps: np.ndarray) -> None:
+    """ValueError unless `cutoff` (Unix seconds) leaves exposures on both sides, naming the log's dates."""
+    from genrank_jax.data.builders.rows import utc_date
+
+    first, last = float(np.min(timestamps)), float(np.max(timestamps))
+    if not first < cutoff <= last:
+        raise ValueError(f"cutoff {cutoff:g} ({utc_date(cutoff)}) is outside the log, which runs from "
+                         f"{utc_date(first)} to {utc_date(last)}: nothing would be left to train or to evaluate on")
 
 
 def last_request_split(interactions: Interactions) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +165,8 @@ def load_prepared(builder: LogBuilder, *, name: str | None = None, split: Split 
     data = _concatenate(builder)
     if split == "temporal" and cutoff is None:
         cutoff = temporal_cutoff(data["timestamps"], train_fraction)
+    elif split == "temporal":
+        check_cutoff(cutoff, data["timestamps"])
     starts = request_starts(data["user_ids"], data["timestamps"], gap_seconds=gap, max_size=max_size,
                             cutoff=cutoff if split == "temporal" else None)
     interactions = Interactions(user_ids=data["user_ids"], item_ids=data["item_ids"], timestamps=data["timestamps"],
@@ -156,6 +188,7 @@ def load_prepared(builder: LogBuilder, *, name: str | None = None, split: Split 
         user_features={n: data["user_features"][:, i] for i, n in enumerate(user_names)},
         info={"format": meta["format"], "split": split, "cutoff": cutoff, "request_gap_seconds": gap,
               "max_request_size": max_size, "bad_rows": dict(meta["bad_rows"]),
+              "duplicate_rows": int(meta.get("duplicate_rows", 0)), "drop_duplicates": bool(meta.get("drop_duplicates")),
               "side_feature_names": tuple(meta["side_feature_names"]),
               "user_vocab_sizes": dict(zip(user_names, meta["user_vocab_sizes"])),
               "prepared_dir": str(builder.data_dir)},

@@ -88,8 +88,14 @@ def _age_code(age: int) -> int:
     return [1, 18, 25, 35, 45, 50, 56][int(np.searchsorted([18, 25, 35, 45, 50, 56], age, side="right"))]
 
 
+# The log's times fall in ml-100k's period (1997-98); ml-1m's files hold 2000-03 times, so they are
+# written this much later (the loaders reject times outside the config's documented period).
+TIME_SHIFT = {"grouplens-1m": 100_000_000}
+
+
 def write_grouplens_1m(folder: pathlib.Path, log: RawLog) -> None:
-    _write(folder / "ratings.dat", [f"{u}::{i}::{r}::{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, log.times)])
+    times = log.times + TIME_SHIFT["grouplens-1m"]
+    _write(folder / "ratings.dat", [f"{u}::{i}::{r}::{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, times)])
     _write(folder / "movies.dat", [f"{i}::Movie {i}, The ({y})::{'|'.join(g)}"
                                    for i, y, g in zip(log.item_ids, log.item_years, log.item_genres)], "latin-1")
     _write(folder / "users.dat", [f"{u}::{g}::{_age_code(a)}::{o}::00000" for u, a, g, o in

@@ -10,7 +10,7 @@ import pytest
 from genrank_jax.data import sources
 from genrank_jax.data.batching import BatchPlan, iterate_batches
 from genrank_jax.data.builders.movielens import rating_actions
-from genrank_jax.data.builders.rows import MalformedRowError, MissingFileError
+from genrank_jax.data.builders.rows import DataError, MalformedRowError, MissingFileError
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from tests.data import fixtures
 
@@ -52,7 +52,8 @@ def test_movielens_format_loads_the_known_log(fmt, ml_datasets, ml_log):
     order = np.lexsort((ml_log.items, ml_log.times, ml_log.users))
     np.testing.assert_array_equal(log.user_ids, np.searchsorted(np.unique(ml_log.users), ml_log.users[order]))
     np.testing.assert_array_equal(log.item_ids, np.searchsorted(np.unique(ml_log.items), ml_log.items[order]))
-    np.testing.assert_array_equal(log.timestamps, ml_log.times[order].astype(np.float64))
+    shift = fixtures.TIME_SHIFT.get(fmt, 0)
+    np.testing.assert_array_equal(log.timestamps, ml_log.times[order].astype(np.float64) + shift)
     ratings = ml_log.ratings[order]
     np.testing.assert_array_equal(log.actions[:, 0], ratings >= 4)  # like
     np.testing.assert_array_equal(log.actions[:, 1], ratings == 5)  # love
@@ -66,8 +67,10 @@ def test_movielens_format_loads_the_known_log(fmt, ml_datasets, ml_log):
 def test_movielens_formats_agree(ml_datasets):
     reference = ml_datasets["grouplens-100k"]
     for fmt, data in ml_datasets.items():
-        for name in ("user_ids", "item_ids", "timestamps", "actions", "request_starts"):
+        for name in ("user_ids", "item_ids", "actions", "request_starts"):
             np.testing.assert_array_equal(getattr(data.interactions, name), getattr(reference.interactions, name), err_msg=fmt)
+        np.testing.assert_array_equal(data.interactions.timestamps - fixtures.TIME_SHIFT.get(fmt, 0),
+                                      reference.interactions.timestamps, err_msg=fmt)
         # genres and years agree across formats; the vocabularies too
         np.testing.assert_array_equal(data.catalog.side_features, reference.catalog.side_features, err_msg=fmt)
         assert data.spec == reference.spec, fmt
@@ -188,7 +191,7 @@ def test_malformed_csv_header(ml_log, tmp_path):
     fixtures.write_grouplens_csv(raw, ml_log)
     text = (raw / "ratings.csv").read_text().replace("timestamp", "time", 1)
     (raw / "ratings.csv").write_text(text)
-    with pytest.raises(MalformedRowError, match=r"ratings\.csv:1: header has no column 'timestamp'"):
+    with pytest.raises(DataError, match=r"ratings\.csv:1: header has no column 'timestamp'"):
         load("movielens:20m", raw, tmp_path)
 
 

@@ -23,8 +23,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import (BadRows, MissingFileError, binary, dense_codes, finite_float,
-                                            read_table, require_file)
+from genrank_jax.data.builders.rows import (BadRows, MissingFileError, binary, dense_codes, non_negative_id,
+                                            read_table, require_file, timestamp_within)
 
 WHERE = "KuaiRand comes from https://kuairand.com/ (unzip it and pass the folder as data_dir / manual_dir)"
 LOGS = ("log_standard_4_08_to_4_21", "log_standard_4_22_to_5_08", "log_random_4_22_to_5_08")
@@ -33,6 +33,8 @@ SIDE_COLUMNS = ("video_type", "upload_type", "visible_status", "music_type", "ta
 USER_COLUMNS = ("user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",
                 "follow_user_num_range", "fans_user_num_range", "friend_user_num_range", "register_days_range")
 DURATION_BUCKETS = 16
+# The logs' file names give the period: April 8 to May 8, 2022 (Beijing dates)
+FIRST_DAY, LAST_DAY = "2022-04-08", "2022-05-08"
 
 
 def _optional_float(text: str) -> float:
@@ -90,13 +92,14 @@ class GenrankKuairand(LogBuilder):
 
     def _read(self, manual_dir: pathlib.Path, bad: BadRows) -> ParsedLog:
         paths = self.locate(self.builder_config.name, manual_dir)
-        columns = {"user_id": int, "video_id": int, "time_ms": finite_float, "is_rand": binary, "tab": int,
+        time_ms = timestamp_within(FIRST_DAY, LAST_DAY, f"kuairand:{self.builder_config.name}", unit=1e-3)
+        columns = {"user_id": non_negative_id, "video_id": non_negative_id, "time_ms": time_ms, "is_rand": binary, "tab": int,
                    "play_time_ms": _optional_float, "duration_ms": _optional_float,
                    **{name: binary for name in ACTION_COLUMNS}}
         tables = [read_table(path, columns, sep=",", header=True, bad=bad) for path in paths["logs"]]
         log = {key: np.concatenate([np.asarray(t[key]) for t in tables]) for key in columns}
 
-        videos = read_table(paths["videos"][0], {"video_id": int, "video_duration": _optional_float,
+        videos = read_table(paths["videos"][0], {"video_id": non_negative_id, "video_duration": _optional_float,
                                                   **{name: str for name in SIDE_COLUMNS}},
                             sep=",", header=True, bad=bad)
         side, side_vocab = [], []
@@ -110,7 +113,7 @@ class GenrankKuairand(LogBuilder):
         side.append(duration_bucket(np.asarray(videos["video_duration"], np.float64)))
         side_vocab.append(DURATION_BUCKETS)
 
-        users = read_table(paths["users"][0], {"user_id": int, **{name: str for name in USER_COLUMNS}},
+        users = read_table(paths["users"][0], {"user_id": non_negative_id, **{name: str for name in USER_COLUMNS}},
                            sep=",", header=True, bad=bad)
         user_codes = [dense_codes([v.strip() for v in users[name]]) for name in USER_COLUMNS]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import pathlib
 
 import numpy as np
@@ -24,6 +25,8 @@ from etils import epath
 from tensorflow_datasets.core.utils import py_utils
 
 from genrank_jax.data.builders.rows import BadRows
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -49,6 +52,23 @@ class ParsedLog:
     file_format: str
 
 
+def duplicate_rows(columns: list[np.ndarray]) -> np.ndarray:
+    """[E] bool: True for a row equal in every column to an earlier row (the first copy stays False)."""
+    flat = [c.reshape(len(c), -1) for c in columns]
+    keys = [column[:, j] for column in flat for j in range(column.shape[1])]
+    rows = len(columns[0])
+    duplicate = np.zeros(rows, bool)
+    if rows < 2:
+        return duplicate
+    order = np.lexsort(keys[::-1])  # stable: equal rows keep file order, so the later copy is flagged
+    same = np.ones(rows - 1, bool)
+    for key in keys:
+        ordered = key[order]
+        same &= ordered[1:] == ordered[:-1]
+    duplicate[order[1:][same]] = True
+    return duplicate
+
+
 def lookup_rows(table_raw: np.ndarray, table: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
     """Rows of `table` for `raw_ids` (matched on table_raw); zeros (missing codes) where absent."""
     out = np.zeros((len(raw_ids), table.shape[1]), np.int32)
@@ -66,8 +86,8 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the log builders. Subclasses set the class constants and implement `_read`.
 
     Constructor: `manual_dir` (where the raw files are; or DownloadConfig(manual_dir=...)),
-    `skip_bad_rows` (skip and count malformed rows instead of raising), plus TFDS's
-    `data_dir`/`config`.
+    `skip_bad_rows` (skip and count malformed rows instead of raising), `drop_duplicates` (drop
+    exact duplicate log rows; kept by default, counted either way), plus TFDS's `data_dir`/`config`.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -79,9 +99,11 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     DEFAULT_REQUEST_GAP_SECONDS = 1800.0
     DEFAULT_MAX_REQUEST_SIZE: int | None = None
 
-    def __init__(self, *, manual_dir: str | pathlib.Path | None = None, skip_bad_rows: bool = False, **kwargs):
+    def __init__(self, *, manual_dir: str | pathlib.Path | None = None, skip_bad_rows: bool = False,
+                 drop_duplicates: bool = False, **kwargs):
         self._manual_dir = None if manual_dir is None else pathlib.Path(manual_dir).expanduser()
         self._skip_bad_rows = skip_bad_rows
+        self._drop_duplicates = drop_duplicates
         super().__init__(**kwargs)
 
     @py_utils.classproperty
@@ -136,6 +158,18 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         bad = BadRows(skip=self._skip_bad_rows)
         parsed = self._read(manual_dir, bad)
         bad.summarize()
+        duplicate = duplicate_rows([parsed.user_raw, parsed.item_raw, parsed.timestamps, parsed.actions,
+                                    *parsed.extras.values()])
+        num_duplicates = int(duplicate.sum())
+        if num_duplicates:
+            log.warning("%d exact duplicate rows in the %s log: %s", num_duplicates, parsed.file_format,
+                        "dropped" if self._drop_duplicates else "kept")
+        if self._drop_duplicates and num_duplicates:
+            keep = ~duplicate
+            parsed = dataclasses.replace(
+                parsed, user_raw=parsed.user_raw[keep], item_raw=parsed.item_raw[keep],
+                timestamps=parsed.timestamps[keep], actions=parsed.actions[keep],
+                extras={name: column[keep] for name, column in parsed.extras.items()})
         users, user_ids = np.unique(parsed.user_raw, return_inverse=True)
         items, item_ids = np.unique(parsed.item_raw, return_inverse=True)
         item_side = lookup_rows(parsed.item_table_raw, parsed.item_side, items)
@@ -156,6 +190,8 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "user_feature_names": list(self.user_feature_names(self.builder_config.name)),
             "user_vocab_sizes": [int(s) for s in parsed.user_vocab_sizes],
             "bad_rows": dict(bad.counts),
+            "duplicate_rows": num_duplicates,
+            "drop_duplicates": bool(self._drop_duplicates),
             "default_request_gap_seconds": self.DEFAULT_REQUEST_GAP_SECONDS,
             "default_max_request_size": self.DEFAULT_MAX_REQUEST_SIZE,
         })

@@ -24,6 +24,7 @@ Requests: the loader groups a user's ratings into sessions (a gap over 30 minute
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import re
 
@@ -31,7 +32,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import BadRows, dense_codes, find_file, finite_float, read_table, require_file
+from genrank_jax.data.builders.rows import (BadRows, DataError, dense_codes, find_file, non_negative_id, rating_scale,
+                                            read_table, require_file, timestamp_within)
 
 WHERE = ("MovieLens comes from GroupLens: https://grouplens.org/datasets/movielens/ "
          "(unzip it and pass the folder as data_dir / manual_dir)")
@@ -42,6 +44,36 @@ AGE_BANDS = (18, 25, 35, 45, 50, 56)  # the ml-1m age codes; raw ages are put in
 YEAR_BUCKETS = 23  # 0 = unknown, 1..22 = 5-year bands from 1920
 NATIVE_FILES = {"100k": ("u.data", "u.item", "u.user"), "1m": ("ratings.dat", "movies.dat", "users.dat"),
                 "20m": ("ratings.csv", "movies.csv"), "32m": ("ratings.csv", "movies.csv")}
+NATIVE_FORMATS = {"100k": "grouplens-100k", "1m": "grouplens-1m", "20m": "grouplens-csv", "32m": "grouplens-csv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Documented:
+    """What each config's README documents: rating scale, collection period (local dates), size."""
+
+    lowest_rating: float
+    rating_step: float
+    first_day: str
+    last_day: str
+    num_ratings: int
+
+
+DOCUMENTED = {
+    # "September 19th, 1997 through April 22nd, 1998"
+    "100k": Documented(1, 1, "1997-09-19", "1998-04-22", 100_000),
+    # users "who joined MovieLens in 2000"; the data was released in February 2003
+    "1m": Documented(1, 1, "2000-01-01", "2003-02-28", 1_000_209),
+    # "between January 09, 1995 and March 31, 2015" / "... and October 12, 2023"; half stars
+    "20m": Documented(0.5, 0.5, "1995-01-09", "2015-03-31", 20_000_263),
+    "32m": Documented(0.5, 0.5, "1995-01-09", "2023-10-12", 32_000_204),
+}
+
+
+def rating_columns(config_name: str) -> tuple:
+    """Converters of (user, item, rating, timestamp) enforcing the config's documented ranges."""
+    facts, dataset = DOCUMENTED[config_name], f"movielens:{config_name}"
+    return (non_negative_id, non_negative_id, rating_scale(facts.lowest_rating, 5, facts.rating_step, dataset),
+            timestamp_within(facts.first_day, facts.last_day, dataset))
 
 
 def rating_actions(ratings: np.ndarray) -> np.ndarray:
@@ -113,7 +145,11 @@ class GenrankMovielens(LogBuilder):
 
     @staticmethod
     def detect_format(config_name: str, manual_dir: pathlib.Path) -> tuple[str, dict[str, pathlib.Path | None]]:
-        """(format, role -> path) of the first format whose ratings file exists; MissingFileError if none."""
+        """(format, role -> path) of the config's ratings file (RecBole first, then GroupLens).
+
+        MissingFileError if absent; DataError when the folder holds another config's files instead
+        (ml-20m's ratings.csv is not movielens:100k, whatever the folder is called).
+        """
         subdirs = (f"ml-{config_name}",)
         stem = f"ml-{config_name}"
         if find_file(manual_dir, [f"{stem}.inter"], subdirs=subdirs):
@@ -122,12 +158,18 @@ class GenrankMovielens(LogBuilder):
                 "items": find_file(manual_dir, [f"{stem}.item"], subdirs=subdirs),
                 "users": find_file(manual_dir, [f"{stem}.user"], subdirs=subdirs),
             }
-        for fmt, names in (("grouplens-100k", NATIVE_FILES["100k"]), ("grouplens-1m", NATIVE_FILES["1m"]),
-                           ("grouplens-csv", NATIVE_FILES["20m"])):
-            if find_file(manual_dir, [names[0]], subdirs=subdirs):
-                paths = [require_file(manual_dir, name, subdirs=subdirs, source=WHERE) for name in names]
-                return fmt, dict(zip(("ratings", "items", "users"), paths + [None]))
         native = NATIVE_FILES[config_name]
+        if find_file(manual_dir, [native[0]], subdirs=subdirs):
+            paths = [require_file(manual_dir, name, subdirs=subdirs, source=WHERE) for name in native]
+            return NATIVE_FORMATS[config_name], dict(zip(("ratings", "items", "users"), paths + [None]))
+        for other in DOCUMENTED:
+            found = find_file(manual_dir, [f"ml-{other}.inter", NATIVE_FILES[other][0]], subdirs=subdirs)
+            if other != config_name and found is not None:
+                others = [c for c in DOCUMENTED if NATIVE_FILES[c][0] == found.name or found.name == f"ml-{c}.inter"]
+                names = " or ".join(f"movielens:{c}" for c in others)
+                raise DataError(f"{found} is the ratings file of {names}, not of movielens:{config_name} (which reads "
+                                f"{', '.join(native)} or {stem}.inter)", hint=f"load {names} instead",
+                                cli_hint="use " + " or ".join(f"--data movielens:{c}" for c in others))
         # name the config's own ratings file: that is what a user of this config has to fetch
         require_file(manual_dir, native[0], subdirs=subdirs,
                      source=f"expected {', '.join(native)} (GroupLens) or {stem}.inter (RecBole); {WHERE}")
@@ -142,7 +184,9 @@ class GenrankMovielens(LogBuilder):
         fmt, paths = self.detect_format(self.builder_config.name, manual_dir)
         reader = {"recbole": self._read_recbole, "grouplens-100k": self._read_100k,
                   "grouplens-1m": self._read_1m, "grouplens-csv": self._read_csv}[fmt]
-        ratings, item_table, user_table = reader(paths, bad)
+        config = self.builder_config.name
+        ratings, item_table, user_table = reader(paths, bad, rating_columns(config))
+        self._check_size(config, paths["ratings"], len(ratings[0]))
         num_user_features = len(self.user_feature_names(self.builder_config.name))
         if user_table[1].shape[1] != num_user_features:  # 20m/32m keep none; RecBole may lack its .user
             user_table = (np.zeros(0, np.int64), np.zeros((0, num_user_features), np.int32), (1,) * num_user_features)
@@ -156,52 +200,63 @@ class GenrankMovielens(LogBuilder):
             file_format=fmt,
         )
 
+    @staticmethod
+    def _check_size(config: str, path: pathlib.Path, num_ratings: int) -> None:
+        """DataError when the ratings cannot be this config's: more than it documents, or exactly another's."""
+        documented = DOCUMENTED[config].num_ratings
+        if num_ratings > documented:  # fewer is fine (a sample, skipped rows); more is another dataset
+            raise DataError(f"{path}: {num_ratings:,} ratings, more than the {documented:,} of movielens:{config}: "
+                            "the file belongs to a larger MovieLens")
+        for other, facts in DOCUMENTED.items():
+            if other != config and num_ratings == facts.num_ratings:  # ml-20m's ratings.csv under 32m, say
+                raise DataError(f"{path}: exactly {num_ratings:,} ratings, the size of movielens:{other}, not of "
+                                f"movielens:{config} ({documented:,})", hint=f"load movielens:{other} instead",
+                                cli_hint=f"use --data movielens:{other}")
+
     # Each reader returns (ratings: [user, item, rating, timestamp] lists, item table, user table).
     @staticmethod
-    def _read_recbole(paths, bad):
-        columns = {"user_id": int, "item_id": int, "rating": finite_float, "timestamp": finite_float}
+    def _read_recbole(paths, bad, checks):
+        columns = dict(zip(("user_id", "item_id", "rating", "timestamp"), checks))
         table = read_table(paths["ratings"], columns, sep="\t", header=True, bad=bad)
         ratings = [table[k] for k in columns]
         items = ([], [], [])
         if paths["items"] is not None:
-            t = read_table(paths["items"], {"item_id": int, "release_year": str, "class": str}, sep="\t",
+            t = read_table(paths["items"], {"item_id": non_negative_id, "release_year": str, "class": str}, sep="\t",
                            header=True, bad=bad, encoding="latin-1")
             items = (t["item_id"], [_year_from_text(y) for y in t["release_year"]],
                      [_genre_list(g, " ") for g in t["class"]])
         users = _no_users()
         if paths["users"] is not None:
-            t = read_table(paths["users"], {"user_id": int, "age": int, "gender": str, "occupation": str},
+            t = read_table(paths["users"], {"user_id": non_negative_id, "age": int, "gender": str, "occupation": str},
                            sep="\t", header=True, bad=bad)
             users = _user_table(t["user_id"], t["age"], t["gender"], t["occupation"])
         return ratings, _item_side(*items), users
 
     @staticmethod
-    def _read_100k(paths, bad):
-        table = read_table(paths["ratings"], {0: int, 1: int, 2: finite_float, 3: finite_float}, sep="\t",
-                           header=False, bad=bad)
+    def _read_100k(paths, bad, checks):
+        table = read_table(paths["ratings"], dict(enumerate(checks)), sep="\t", header=False, bad=bad)
         flags = {5 + i: int for i in range(len(GENRES_100K))}
-        t = read_table(paths["items"], {0: int, 2: str, **flags}, sep="|", header=False, bad=bad, encoding="latin-1")
+        t = read_table(paths["items"], {0: non_negative_id, 2: str, **flags}, sep="|", header=False, bad=bad, encoding="latin-1")
         genres = [tuple(g for i, g in enumerate(GENRES_100K) if t[5 + i][row]) for row in range(len(t[0]))]
         items = _item_side(t[0], [_year_from_text(d) for d in t[2]], genres)
-        u = read_table(paths["users"], {0: int, 1: int, 2: str, 3: str}, sep="|", header=False, bad=bad,
+        u = read_table(paths["users"], {0: non_negative_id, 1: int, 2: str, 3: str}, sep="|", header=False, bad=bad,
                        encoding="latin-1")
         return [table[k] for k in range(4)], items, _user_table(u[0], u[1], u[2], u[3])
 
     @staticmethod
-    def _read_1m(paths, bad):
-        table = read_table(paths["ratings"], {0: int, 1: int, 2: finite_float, 3: finite_float}, sep="::",
-                           header=False, bad=bad)
-        t = read_table(paths["items"], {0: int, 1: str, 2: str}, sep="::", header=False, bad=bad, encoding="latin-1")
+    def _read_1m(paths, bad, checks):
+        table = read_table(paths["ratings"], dict(enumerate(checks)), sep="::", header=False, bad=bad)
+        t = read_table(paths["items"], {0: non_negative_id, 1: str, 2: str}, sep="::", header=False, bad=bad, encoding="latin-1")
         items = _item_side(t[0], [_year_from_title(x) for x in t[1]], [_genre_list(g, "|") for g in t[2]])
-        u = read_table(paths["users"], {0: int, 1: str, 2: int, 3: str}, sep="::", header=False, bad=bad,
+        u = read_table(paths["users"], {0: non_negative_id, 1: str, 2: int, 3: str}, sep="::", header=False, bad=bad,
                        encoding="latin-1")
         return [table[k] for k in range(4)], items, _user_table(u[0], u[2], u[1], u[3])
 
     @staticmethod
-    def _read_csv(paths, bad):
-        columns = {"userId": int, "movieId": int, "rating": finite_float, "timestamp": finite_float}
+    def _read_csv(paths, bad, checks):
+        columns = dict(zip(("userId", "movieId", "rating", "timestamp"), checks))
         table = read_table(paths["ratings"], columns, sep=",", header=True, bad=bad)
-        t = read_table(paths["items"], {"movieId": int, "title": str, "genres": str}, sep=",", header=True, bad=bad)
+        t = read_table(paths["items"], {"movieId": non_negative_id, "title": str, "genres": str}, sep=",", header=True, bad=bad)
         items = _item_side(t["movieId"], [_year_from_title(x) for x in t["title"]],
                            [_genre_list(g, "|") for g in t["genres"]])
         return [table[k] for k in columns], items, _no_users()

@@ -1,0 +1,97 @@
+"""How every `genrank-jax` subcommand reports a problem: one line, `genrank-jax <command>: <message>`.
+
+- `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2).
+- `run_reporting_errors`: runs a subcommand; a library error (`genrank_jax.errors.USER_ERRORS`)
+  becomes the line and exit code 2; anything else is a defect: the line names its type and exit
+  code is 1. `--debug` (added to every subcommand by `add_debug_flags`) re-raises instead, so the
+  traceback shows.
+- Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+
+from genrank_jax.errors import USER_ERRORS
+
+USAGE_ERROR = 2
+DEFECT = 1
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def error_message(error: BaseException) -> str:
+    """The error as the command line says it: its CLI hint when it has one, never a traceback."""
+    if hasattr(error, "command_line_message"):
+        text = error.command_line_message()
+    elif isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])  # str(KeyError) wraps the message in quotes
+    else:
+        text = str(error)
+    return one_line(text) or type(error).__name__
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, `<prog>: <message>`, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def add_debug_flags(parser: argparse.ArgumentParser) -> None:
+    """`--debug` on the parser and each of its subcommands (however they were added)."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--debug" in a.option_strings for a in sub._actions):
+                    # SUPPRESS: a subcommand's default must not undo `genrank-jax --debug <command>`
+                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="show the traceback of an error")
+
+
+def run_reporting_errors(prog: str, command: Callable[[], int], *, debug: bool = False) -> int:
+    """command()'s exit code; an error becomes one line on stderr (see the module docstring)."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - this is the one place that turns errors into exit codes
+        if debug:
+            raise
+        if isinstance(error, USER_ERRORS):
+            print(f"{prog}: {error_message(error)}", file=sys.stderr)
+            return USAGE_ERROR
+        print(f"{prog}: internal error {type(error).__name__}: {error_message(error)} "
+              "(a defect: rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return DEFECT
+
+
+def _number(kind: type, text: str, *, minimum: float, inclusive: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, minimum=0, inclusive=False, what="a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(int, text, minimum=0, inclusive=True, what="an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, minimum=0.0, inclusive=False, what="a positive number")
