@@ -16,10 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
+from genrank_jax.errors import GenrankError
+
 AXES = ("data", "model")
 
 
-class ShardingError(ValueError):
+class ShardingError(GenrankError, ValueError):
     """A mesh, batch or parameter layout that cannot work; raised before any computation."""
 
 

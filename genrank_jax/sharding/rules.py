@@ -130,16 +130,21 @@ def check_divisible(state, specs, mesh: Mesh) -> None:
         for dim, entry in enumerate(spec):
             size = _axes_size(mesh, entry)
             if leaf.shape[dim] % size:
-                fix = ("set GenRankConfig(embedding_row_multiple=...) to a multiple of it (padded rows are "
-                       "never read)" if dim == 0 and match_rule(name)[1] == "rows"
-                       else "use ShardingOptions(transformer='replicated') or a model axis dividing it")
-                problems.append(f"{name} has {leaf.shape[dim]} along dimension {dim}, not a multiple of "
-                                f"mesh axes {entry} (size {size}): {fix}")
+                table = dim == 0 and match_rule(name)[1] == "rows"
+                problems.append((f"{name} has {leaf.shape[dim]} along dimension {dim}, not a multiple of "
+                                 f"mesh axes {entry} (size {size})", table))
 
     jax.tree_util.tree_map_with_path(check, state, specs)
     problems = list(dict.fromkeys(problems))  # optimizer moments repeat their parameter's problem
     if problems:
-        raise ShardingError(f"parameters do not divide over mesh {describe(mesh)}:\n  " + "\n  ".join(problems))
+        tables = any(table for _, table in problems)
+        raise ShardingError(
+            f"parameters do not divide over mesh {describe(mesh)}: " + "; ".join(p for p, _ in problems),
+            hint=("pad the tables: GenRankConfig(embedding_row_multiple=N), N a multiple of the axis size; padded "
+                  "rows are never read" if tables else "use ShardingOptions(transformer='replicated') or a model "
+                  "axis that divides these weights"),
+            cli_hint=("pad the tables: --embedding-row-multiple N, N a multiple of the axis size" if tables
+                      else "use --transformer replicated or a model axis that divides these weights"))
 
 
 def state_shardings(state, mesh: Mesh, options: ShardingOptions = ShardingOptions()):
