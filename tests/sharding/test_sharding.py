@@ -122,9 +122,7 @@ def test_sharded_training_equals_one_device_and_restores_on_other_meshes(tmp_pat
 def test_two_processes_train_like_one(tmp_path):
     """Two localhost processes (2 CPU devices each, gloo collectives), each building half of every
     batch, end with the parameters and optimizer state of one process on one device."""
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     out = tmp_path / "two.npz"
     processes = [subprocess.Popen(worker_command("process", i, 2, port, out), cwd=ROOT, env=worker_env(2),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
@@ -165,3 +163,24 @@ def test_readme_mesh_example_runs_on_8_devices():
                           env=worker_env(8), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert float(done.stdout.split()[-1]) > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_probe_bank_runs_over_the_devices_of_two_processes(tmp_path):
+    """Two processes with 2 CPU devices each run the bank as one 4-device mesh; logits equal one
+    process with 4 devices (same layout: 4 slices of 2 probes)."""
+    port = _free_port()
+    processes = [subprocess.Popen(worker_command("probe_bank", tmp_path / "two.npy", i, 2, port), cwd=ROOT,
+                                  env=worker_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), "\n".join(o[-4000:] for o in outputs)
+    run_worker("probe_bank", tmp_path / "one.npy", devices=4)
+    two, one = np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy")
+    assert one.shape[0] == 7 and one.std() > 0.1
+    np.testing.assert_allclose(two, one, atol=1e-6, rtol=0)

@@ -230,5 +230,31 @@ def process(index: str, count: str, port: str, out_path: str):
     jax.distributed.shutdown()
 
 
+
+def probe_bank(out_path: str, index: str = "0", count: str = "1", port: str = "0"):
+    """The probe bank over every device of all processes (with `count` > 1, joined on localhost):
+    process 0 writes the eval logits of 7 probes."""
+    if int(count) > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"localhost:{port}", num_processes=int(count), process_id=int(index))
+    from genrank_jax.data.synthetic import SimulatorConfig, simulate
+    from genrank_jax.leakage import InteractionLog, ProbeConfig, bank, devices
+
+    feed = simulate(SimulatorConfig.preset("tests", num_users=120, num_items=90, requests_per_user=(4, 10)))
+    log = InteractionLog.from_dataset(feed.dataset, task=["click", "like"])
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+    config = ProbeConfig(dim=8, hidden=(16,), history=4, epochs=2, batch_size=64)
+    features = {"factors": bank.as_feature("factors", feed.item_factors, log)}
+    run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None), features, config)
+    seeds, slots = [0, 0, 1, 1, 2, 2, 3], [0, 1, 0, 1, 0, 1, 1]
+    lay = devices.layout(len(seeds), "map")
+    assert len(lay.devices) == len(jax.devices()) == 4, lay  # every device of every process
+    logits = bank.train_and_predict(run, seeds, slots, parallel=True)
+    if jax.process_index() == 0:
+        np.save(out_path, logits)
+    if int(count) > 1:
+        jax.distributed.shutdown()
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](*sys.argv[2:])
