@@ -1,4 +1,5 @@
-"""LIS of the three leak kinds at 7 and 30 days on MovieLens-100K, and AIS of its content features.
+"""LIS of the three leak kinds at 7 and 30 days on MovieLens-100K, and AIS of its content features,
+each against its placebo (the default) with the raw delta against the baseline beside it.
 
 Task "like" (rating >= 4 in the loader's mapping); probes train before the 80% time quantile and
 are evaluated after it; 8 seeds. Content features come from the dataset's catalog side features:
@@ -60,9 +61,10 @@ def main() -> int:
     meta = report.metadata
     text = (f"LIS / AIS on MovieLens-100K (task `{args.task}`, cutoff = 80% time quantile, "
             f"{meta['train_rows']} train / {meta['eval_rows']} eval rows, {args.seeds} seeds, probe dim "
-            f"{config.dim}, MLP {config.hidden}, {config.epochs} epochs). Δ is the mean paired AUC gain over the "
-            f"baseline probe of the same seed; AIS / LIS divides by the largest LIS. "
-            f"{seconds:.0f} s end to end on {header['device_kind']} (jax {header['jax_version']}, "
+            f"{config.dim}, MLP {config.hidden}, {config.epochs} epochs). Δ (LIS / AIS) is the mean paired AUC "
+            f"gain over the placebo probe of the same seed (a random feature of the same kind and width, the row "
+            f"named in \"vs\"); raw Δ is the gain over the no-feature baseline. AIS / LIS divides by the largest "
+            f"LIS. {meta['probes']} probes, {meta['placebo_probes']} of them placebos. {seconds:.0f} s end to end on {header['device_kind']} (jax {header['jax_version']}, "
             f"commit {header['git_commit']}).\n\n" + report.to_markdown())
     results = benchlib.RESULTS
     results.mkdir(parents=True, exist_ok=True)

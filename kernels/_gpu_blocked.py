@@ -123,7 +123,7 @@ def _forward_kernel(*refs, static: Static):
         acc, m, l = carry
         k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
         k = k_ref[pl.ds(k_start, block_k), :]
-        v = v_ref[pl.ds(k_start, block_k), :]
+        v = tiles.zero_past(v_ref[pl.ds(k_start, block_k), :], k_start, meta.length)
         logits, mask = meta.logits(_dot(q, k, 1, 1), q_span, meta.span(k_start, block_k, 1))
         if static.kind == "softmax":
             p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
@@ -200,7 +200,7 @@ def _dq_kernel(*refs, static: Static):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[split:]
     block_q, block_k = static.tiling.block_q_dq, static.tiling.block_k_dq
     q_start = pl.program_id(2) * block_q
-    q, do = q_ref[...], do_ref[...]
+    q, do = (tiles.zero_past(ref[...], q_start, meta.length) for ref in (q_ref, do_ref))
     lse2, delta = lse_ref[...], delta_ref[...]
     q_span = meta.span(q_start, block_q, 0)
     n_first, second_start, n_steps = tiles.kv_steps(
@@ -208,8 +208,8 @@ def _dq_kernel(*refs, static: Static):
 
     def body(step, dq):
         k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
-        k = k_ref[pl.ds(k_start, block_k), :]
-        v = v_ref[pl.ds(k_start, block_k), :]
+        k, v = (tiles.zero_past(ref[pl.ds(k_start, block_k), :], k_start, meta.length)
+                for ref in (k_ref, v_ref))
         _, dlogits = _tile_grads(static, meta, q, k, v, do, q_span,
                                  meta.span(k_start, block_k, 1), lse2, delta)
         return dq + _dot(dlogits.astype(k.dtype), k, 1, 0)
@@ -226,7 +226,7 @@ def _dkv_kernel(*refs, static: Static):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[split:]
     block_q, block_k = static.tiling.block_q_dkv, static.tiling.block_k_dkv
     k_start = pl.program_id(2) * block_k
-    k, v = k_ref[...], v_ref[...]
+    k, v = (tiles.zero_past(ref[...], k_start, meta.length) for ref in (k_ref, v_ref))
     k_span = meta.span(k_start, block_k, 1)
     first, end = tiles.q_blocks(k_start, block_k, block_q, meta.length, meta.num_candidates)
 
@@ -234,7 +234,7 @@ def _dkv_kernel(*refs, static: Static):
         dk, dv = carry
         q_start = pl.multiple_of(q_block * block_q, block_q)
         rows = pl.ds(q_start, block_q)
-        q, do = q_ref[rows, :], do_ref[rows, :]
+        q, do = (tiles.zero_past(ref[rows, :], q_start, meta.length) for ref in (q_ref, do_ref))
         p, dlogits = _tile_grads(static, meta, q, k, v, do, meta.span(q_start, block_q, 0),
                                  k_span, lse_ref[rows], delta_ref[rows])
         return dk + _dot(dlogits.astype(q.dtype), q, 0, 0), dv + _dot(p.astype(do.dtype), do, 0, 0)

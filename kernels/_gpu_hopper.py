@@ -38,13 +38,23 @@ class HopperTiling:
     compute_wgs: int
     block_q_bwd: int
     block_kv_bwd: int
+    lowering: str | None = None  # Mosaic GPU lowering semantics, "lane" | "warpgroup"; None: jax's default
 
 
-# ---- jax version differences (0.10 -> 0.11) ----
-# 0.11 deprecates plgpu.transpose_ref (use ref.transpose) and the separate `idx` of plgpu.load.
-_LOAD_TAKES_INDEX = inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty
+# ---- jax version differences (0.10 -> 0.11 -> 0.12) ----
+# 0.10 needs the index of plgpu.load (`idx`, no default); 0.11 deprecates it (default
+# NotSpecified; index the ref instead); 0.12 removes it. 0.11 also deprecates
+# plgpu.transpose_ref in favour of ref.transpose. Probed, never assumed: a probe that cannot
+# tell falls back to the newer form instead of failing the import.
+def _load_takes_index() -> bool:
+    try:
+        index = inspect.signature(plgpu.load).parameters.get("idx")
+    except (TypeError, ValueError):  # no introspectable signature
+        return False
+    return index is not None and index.default is inspect.Parameter.empty
 
 
+_LOAD_TAKES_INDEX = _load_takes_index()
 _OLD_TRANSPOSE = jax.__version_info__ < (0, 11)
 
 
@@ -58,6 +68,19 @@ def _load(ref, layout):
     if _LOAD_TAKES_INDEX:
         return plgpu.load(ref, (), layout=layout)
     return plgpu.load(ref, layout=layout)
+
+
+def lowering_modes() -> tuple[str, ...]:
+    """The Mosaic GPU lowering semantics this jax offers (jax 0.10 defaults to lane, 0.11 to warpgroup)."""
+    semantics = getattr(plgpu, "LoweringSemantics", None)
+    return tuple(mode.name.lower() for mode in semantics) if semantics is not None else ()
+
+
+def _compiler_params(tiling: HopperTiling):
+    if tiling.lowering is None:
+        return plgpu.CompilerParams(approx_math=True)
+    semantics = plgpu.LoweringSemantics[tiling.lowering.capitalize()]
+    return plgpu.CompilerParams(approx_math=True, lowering_semantics=semantics)
 
 
 def _log1p_as_log(x, accuracy=None):
@@ -312,7 +335,7 @@ def forward(static, q, k, v, meta):
         kernel, out_type=out_type, scratch_types=scratch,
         grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
         num_threads=wgs + 1, thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=_compiler_params(tiling),
     )(*_meta_args(meta), q, k, v)
 
 
@@ -426,7 +449,7 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
         kernel, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
         grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
         num_threads=wgs + 1, thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=_compiler_params(tiling),
     )(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
 
@@ -549,7 +572,7 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
         scratch_types=scratch,
         grid=(heads, seq_len // cta_keys, batch), grid_names=("heads", "kv_seq", "batch"),
         num_threads=wgs + 1, thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True),
+        compiler_params=_compiler_params(tiling),
     )(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
 

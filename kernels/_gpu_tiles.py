@@ -38,6 +38,16 @@ def cols(vector, shape):
     return lax.broadcast_in_dim(vector, shape, (1,))
 
 
+def zero_past(x, start, length):
+    """Tile `x` [T, D] of tokens start..start+T with rows at or past `length` set to 0.
+
+    Padding may hold NaN or Inf, and 0 * NaN is NaN inside a matmul: every k, v, q or dout tile
+    that feeds a product is cleaned this way before use, so padding never reaches a valid output.
+    """
+    index = start + lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    return jnp.where(index < length, x, jnp.zeros((), x.dtype))
+
+
 def tile_logits(qk, *, q_index, k_index, q_pos, k_pos, q_time, k_time, length, num_candidates,
                 alibi_slope, time_slope, scale):
     """Logits (natural units) and validity of one tile: ([Tq, Tk] f32, [Tq, Tk] bool).

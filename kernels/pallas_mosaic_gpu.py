@@ -9,8 +9,9 @@ NotImplementedError (WGMMA would compute it as TF32; use `impl="pallas_triton"` 
 What `interpret=True` covers, and what it does not
 --------------------------------------------------
 Mosaic GPU kernels cannot run in the plain Pallas interpreter, and jax's experimental GPU
-interpreter (`InterpretGPUParams`, jax >= 0.10) cannot run this kernel either: it has no rule for
-`run_state`, which WGMMA accumulation uses (checked with jax 0.10.2 and 0.11.2). So
+interpreter (`plgpu.InterpretGPUParams`, jax >= 0.11) cannot run this kernel either: with jax
+0.11.2 it fails with "Cannot lower jaxpr with effects: {IOEffect, _WGMMAPipelineEffect}"
+(`test_hopper_kernels_under_gpu_interpret_mode` is a strict xfail on that message). So
 `interpret=True` runs the blocked `pallas_call` kernels of `_gpu_blocked` with the *same CTA
 tiling* (query tiles of compute_wgs x block_q rows, key tiles of block_kv, the same block-skipping
 schedule `_gpu_tiles.kv_steps` / `q_blocks`) and the *same tile arithmetic* (`_gpu_tiles`: mask,
@@ -36,7 +37,7 @@ from genrank_jax.kernels._vjp import check_tile_sizes, make_op, padded_call, rou
 
 try:
     from genrank_jax.kernels import _gpu_hopper as hopper
-except (ImportError, AttributeError) as _error:  # a jax whose Mosaic GPU API moved
+except Exception as _error:  # noqa: BLE001 - a jax whose Mosaic GPU API moved: reported, never raised
     hopper, _IMPORT_ERROR = None, _error
 else:
     _IMPORT_ERROR = None
@@ -52,7 +53,8 @@ class BlockSizes:
     rows per warpgroup, keys per step) and dk/dv (key rows per warpgroup, queries per step)
     kernels. The Hopper kernels need block_q == block_q_bwd == block_kv_bwd == 64 and block_kv a
     multiple of 64; interpret mode accepts any power of two >= 16 so short test sequences span
-    several tiles.
+    several tiles. `lowering` picks Mosaic GPU's lowering semantics ("lane" or "warpgroup";
+    None: the installed jax's default, lane on 0.10, warpgroup from 0.11).
     """
     block_q: int = 64
     block_kv: int = 128
@@ -60,6 +62,7 @@ class BlockSizes:
     compute_wgs: int = 2
     block_q_bwd: int = 64
     block_kv_bwd: int = 64
+    lowering: str | None = None
 
     def __post_init__(self):
         check_tile_sizes(self, ("block_q", "block_kv", "block_q_bwd", "block_kv_bwd"))
@@ -67,6 +70,8 @@ class BlockSizes:
             raise ValueError(f"stages={self.stages!r} must be an int >= 2 (a TMA double buffer)")
         if self.compute_wgs not in (1, 2):
             raise ValueError(f"compute_wgs={self.compute_wgs!r} must be 1 or 2")
+        if self.lowering not in (None, "lane", "warpgroup"):
+            raise ValueError(f"lowering={self.lowering!r} must be None, 'lane' or 'warpgroup'")
 
     @classmethod
     def for_device(cls, head_dim: int, dtype, device=None) -> "BlockSizes":
@@ -149,6 +154,9 @@ def attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_
                 f"pallas_mosaic_gpu runs 16-bit inputs (WGMMA), got {q.dtype}; "
                 "use impl='pallas_triton' for f32")
         problems = block_sizes.hopper_problems()
+        if block_sizes.lowering is not None and block_sizes.lowering not in hopper.lowering_modes():
+            problems.append(f"lowering={block_sizes.lowering!r}: jax {jax.__version__} offers "
+                            f"{hopper.lowering_modes()}")
         if problems:
             raise ValueError("; ".join(problems))
         tiling = hopper.HopperTiling(**dataclasses.asdict(block_sizes))

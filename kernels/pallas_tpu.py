@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
 
 from genrank_jax.kernels._vjp import make_op, round_up
 from genrank_jax.kernels.masking import relative_bias, valid_pairs
@@ -36,11 +35,14 @@ from genrank_jax.kernels.masking import relative_bias, valid_pairs
 NUM_LANES = 128
 NUM_SUBLANES = 8
 try:
-    # jax <= 0.6 spelled it TPUCompilerParams; 0.9 and 0.10 (tested) spell it CompilerParams.
+    from jax.experimental.pallas import tpu as pltpu
+    # jax <= 0.6 spelled it TPUCompilerParams; 0.9 to 0.12 spell it CompilerParams.
     _CompilerParams = getattr(pltpu, "CompilerParams", None) or pltpu.TPUCompilerParams
     _PrefetchScalarGridSpec, _VMEM = pltpu.PrefetchScalarGridSpec, pltpu.VMEM
-except AttributeError as _error:  # a jax whose Pallas TPU API moved: report, don't crash dispatch
-    raise ImportError(f"jax {jax.__version__} lacks a Pallas TPU API this backend uses: {_error}")
+except Exception as _error:  # noqa: BLE001 - a jax whose Pallas TPU API moved: reported, never raised
+    _IMPORT_ERROR = _error
+else:
+    _IMPORT_ERROR = None
 _DIMENSIONS = ("parallel", "parallel", "parallel", "arbitrary")
 
 
@@ -109,6 +111,8 @@ class _Config:
 
 def unavailable_reason(interpret: bool) -> str | None:
     """None when this backend can run here (interpret mode anywhere, compiled on a TPU)."""
+    if _IMPORT_ERROR is not None:
+        return f"jax {jax.__version__} lacks the Pallas TPU API this backend uses ({_IMPORT_ERROR})"
     if interpret:
         return None
     platform = jax.devices()[0].platform
@@ -214,6 +218,13 @@ def _lanes(x, width):
     return x if x.shape[1] == width else x[:, :width]
 
 
+def _zero_past(x, start, length):
+    """Tile rows of tokens at or past `length` set to 0: padding may hold NaN / Inf, and 0 * NaN
+    inside a matmul is NaN, so every tile that feeds a product is cleaned first."""
+    index = start + lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    return jnp.where(index < length, x, jnp.zeros((), x.dtype))
+
+
 def _scores(q, k, *, q_lo, k_lo, length, num_candidates, head, slopes_ref, meta, cfg):
     """Logits [bq, bk] f32 (scale * q.k + bias) and the valid-pair mask [bq, bk] of one tile.
 
@@ -289,7 +300,7 @@ def _forward_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        v = v_ref[...]
+        v = _zero_past(v_ref[...], kv_block * cfg.block_k, length)
         logits, mask = _scores(q_ref[...], k_ref[...], q_lo=q_block * cfg.block_q,
                                k_lo=kv_block * cfg.block_k, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
@@ -432,13 +443,14 @@ def _dq_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_o
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        k = k_ref[...]
-        logits, mask = _scores(q_ref[...], k, q_lo=q_block * cfg.block_q,
-                               k_lo=kv_block * cfg.block_k, length=length,
+        q_lo, k_lo = q_block * cfg.block_q, kv_block * cfg.block_k
+        k, v = (_zero_past(ref[...], k_lo, length) for ref in (k_ref, v_ref))
+        q, d_out = (_zero_past(ref[...], q_lo, length) for ref in (q_ref, d_out_ref))
+        logits, mask = _scores(q, k, q_lo=q_lo,
+                               k_lo=k_lo, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
                                meta=meta, cfg=cfg)
-        _, d_logits = _logits_grad(logits, mask, d_out_ref[...], v_ref[...], lse_ref, di_ref,
-                                   length, cfg)
+        _, d_logits = _logits_grad(logits, mask, d_out, v, lse_ref, di_ref, length, cfg)
         acc_ref[...] += lax.dot(d_logits.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
@@ -465,13 +477,14 @@ def _dkv_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_
 
     @pl.when(_q_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        q, d_out = q_ref[...], d_out_ref[...]
-        logits, mask = _scores(q, k_ref[...], q_lo=q_block * cfg.block_q,
-                               k_lo=kv_block * cfg.block_k, length=length,
+        q_lo, k_lo = q_block * cfg.block_q, kv_block * cfg.block_k
+        q, d_out = (_zero_past(ref[...], q_lo, length) for ref in (q_ref, d_out_ref))
+        k, v = (_zero_past(ref[...], k_lo, length) for ref in (k_ref, v_ref))
+        logits, mask = _scores(q, k, q_lo=q_lo,
+                               k_lo=k_lo, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
                                meta=meta, cfg=cfg)
-        weights, d_logits = _logits_grad(logits, mask, d_out, v_ref[...], lse_ref, di_ref,
-                                         length, cfg)
+        weights, d_logits = _logits_grad(logits, mask, d_out, v, lse_ref, di_ref, length, cfg)
         dv_acc_ref[...] += lax.dot(weights.T.astype(d_out.dtype), d_out,
                                    preferred_element_type=jnp.float32)
         dk_acc_ref[...] += lax.dot(d_logits.T.astype(q.dtype), q,

@@ -11,6 +11,7 @@ from genrank_jax import metrics
 from genrank_jax.leakage import bank
 from genrank_jax.leakage import devices as devices_lib
 from genrank_jax.leakage.log import InteractionLog
+from genrank_jax.leakage.placebo import placebos_for
 from genrank_jax.leakage.probe import ProbeConfig
 from genrank_jax.leakage.report import LeakageReport, build_rows
 
@@ -26,12 +27,15 @@ def probe_aucs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None = None,
                    features: dict, seeds: int = 8, probe: ProbeConfig = ProbeConfig(), parallel: bool = True,
                    kinds: dict[str, str] | None = None, bound: str | None = None, strategy: str = "auto",
-                   progress=None) -> LeakageReport:
+                   placebo: bool = True, progress=None) -> LeakageReport:
     """Train probes with and without each feature; report AUC, delta (LIS / AIS) and intervals.
 
     Probes train on the rows with timestamp < cutoff and are evaluated on cutoff <= t < eval_end
     (default: to the end of the log). Each feature (per-item [num_items, d], per-interaction [N, d],
-    or a `bank.Feature`) gets `seeds` probes, each paired with the baseline probe of its seed.
+    or a `bank.Feature`) gets `seeds` probes. placebo=True (the default): each feature's delta is
+    paired by seed with a placebo probe given a random feature of its shape (`placebo.py`; one
+    placebo per shape, reported as rows of kind "placebo"), and the raw delta against the baseline
+    probe stands beside it; placebo=False pairs the delta with the baseline alone (fewer probes).
     kinds: {feature: "leak" | "representation"}; unnamed features are "feature". With both kinds
     present a representation's `fraction_of_bound` is its AIS over the LIS of `bound` (default:
     the leak with the largest LIS: the tightest known bound on what that data can teach).
@@ -59,7 +63,8 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         raise ValueError(f"no interactions in the eval window [{cutoff}, {eval_end})")
     prepared = {name: bank.as_feature(name, values, log) for name, values in features.items()}
     start = time.perf_counter()
-    run = bank.prepare_run(log, train_rows, eval_rows, prepared, probe)
+    placebos, pairs = placebos_for(prepared) if placebo else ({}, {})
+    run = bank.prepare_run(log, train_rows, eval_rows, {**prepared, **placebos}, probe)
     names = ("baseline",) + run.feature_names
     families = len(names)
     seed_of = np.repeat(np.arange(seeds), families)
@@ -78,21 +83,25 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         aucs = np.nanmean(task_aucs, axis=-1)
     if np.isnan(aucs).any():
         raise ValueError("the eval window has a single label class on every task: AUC is undefined")
-    row_kinds = ["baseline"] + [kinds.get(name, "feature") for name in run.feature_names]
-    # report rows in the caller's feature order (the bank groups slots by side)
-    order = [0] + [1 + run.feature_names.index(name) for name in prepared]
+    row_kinds = ["baseline"] + [kinds.get(name, "placebo" if name in placebos else "feature")
+                                for name in run.feature_names]
+    # report rows in the caller's feature order, then the placebos (the bank groups slots by side)
+    order = [0] + [1 + run.feature_names.index(name) for name in (*prepared, *placebos)]
     names = tuple(names[i] for i in order)
     row_kinds = [row_kinds[i] for i in order]
-    rows = build_rows(names, row_kinds, aucs[:, order], task_aucs[:, order], log.task_names, bound=bound)
+    rows = build_rows(names, row_kinds, aucs[:, order], task_aucs[:, order], log.task_names, bound=bound,
+                      placebos=pairs)
     metadata = {
         "cutoff": float(cutoff), "eval_end": None if np.isinf(eval_end) else eval_end,
         "train_rows": int(len(train_rows)), "eval_rows": int(len(eval_rows)), "seeds": int(seeds),
         "tasks": list(log.task_names), "probes": int(len(slot_of)), "parallel": bool(parallel),
+        # the control's cost: these probes are trained only for the placebos
+        "placebos": pairs, "placebo_probes": int(len(placebos) * seeds),
         "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(probe),
         "devices": (len(devices_lib.layout(len(slot_of) if parallel else 1, bank.resolve_strategy(strategy)).devices)
                     if probe.model == "mlp" else 1),  # the GenRank probe runs on one device
-        "feature_widths": {name: prepared[name].width for name in run.feature_names},
-        "feature_per": {name: prepared[name].per for name in run.feature_names},
+        "feature_widths": {name: prepared[name].width for name in prepared},
+        "feature_per": {name: prepared[name].per for name in prepared},
         "seconds": time.perf_counter() - start,
     }
     return LeakageReport(tuple(rows), metadata)

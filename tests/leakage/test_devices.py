@@ -101,8 +101,15 @@ def test_lis_command_writes_table_json_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "lis.json").read_text())
     names = [row["name"] for row in report["rows"]]
-    assert names == ["baseline", "next_item@7d", "cooccurrence_neighbors@7d"]
+    # the leaks, then one placebo per shape (next_item is per interaction, the neighbours per item)
+    assert names == ["baseline", "next_item@7d", "cooccurrence_neighbors@7d", "placebo[interaction,32]",
+                     "placebo[item,32]"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["next_item@7d"]["paired_with"] == "placebo[interaction,32]"
+    assert rows["cooccurrence_neighbors@7d"]["paired_with"] == "placebo[item,32]"
+    assert report["metadata"]["placebo_probes"] == 2 * 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert report["metadata"]["devices"] == min(cores, report["metadata"]["probes"])  # one per core
     assert (out / "lis.md").read_text() in result.stdout
+    assert "| raw Δ vs baseline |" in result.stdout and "| placebo[item,32] |" in result.stdout
     assert (out / "lis.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
