@@ -1,6 +1,7 @@
 """How every `genrank-jax` subcommand reports a problem: one line, `genrank-jax <command>: <message>`.
 
-- `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2).
+- `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2);
+  `parse_arguments` has an unknown option reported by the subcommand it was given to.
 - `run_reporting_errors`: runs a subcommand; a library error (`genrank_jax.errors.USER_ERRORS`)
   becomes the line and exit code 2; anything else is a defect: the line names its type and exit
   code is 1. `--debug` (added to every subcommand by `add_debug_flags`) re-raises instead, so the
@@ -53,6 +54,20 @@ def add_debug_flags(parser: argparse.ArgumentParser) -> None:
                     # SUPPRESS: a subcommand's default must not undo `genrank-jax --debug <command>`
                     sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                      help="show the traceback of an error")
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """parser.parse_args, except that an unknown option is reported by the subcommand it was given to.
+
+    (argparse leaves unknown options to the top parser, whose message would not name the command.)
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        command = getattr(args, subcommands[0].dest, None) if subcommands else None
+        owner = subcommands[0].choices[command] if command else parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def run_reporting_errors(prog: str, command: Callable[[], int], *, debug: bool = False) -> int:

@@ -223,3 +223,16 @@ def test_leakage_module_entry_point_reports_one_line(capsys):
     assert leakage_cli.main(["--leaks", "next_item,teleport", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genrank-jax lis: unknown leak kinds ['teleport']; choose among") and "\n" not in err
+
+
+def test_every_real_subcommand_has_debug_and_runs_through_the_wrapper(capsys):
+    import argparse
+
+    parser = cli.build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"train", "lis", "export"} <= set(subcommands.choices)
+    for name, sub in subcommands.choices.items():
+        assert any("--debug" in action.option_strings for action in sub._actions), name
+        assert callable(sub.get_default("run")), name
+        code, _, err = run_cli([name, "--no-such-option"], capsys)  # a usage error: one line, exit 2
+        assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(f"genrank-jax {name}: "), err
