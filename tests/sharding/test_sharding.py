@@ -143,14 +143,14 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_cli_trains_on_a_mesh_and_rejects_a_bad_one(tmp_path):
     fast = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "2", "--batch-size", "16", "--max-history", "16",
-            "--no-progress", "--embedding-row-multiple", "2", "--out", str(tmp_path)]
+            "--no-progress", "--embedding-row-multiple", "2"]
     done = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=2,model=2",
-                           "--transformer", "model", *fast], cwd=ROOT, env=worker_env(4), capture_output=True, text=True,
+                           "--transformer", "model", *fast, "--out", str(tmp_path)], cwd=ROOT, env=worker_env(4), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["steps"] == 2 and report["train"]["mesh"] == "data=2,model=2"
-    bad = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=3", *fast],
+    bad = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=3", *fast, "--out", str(tmp_path / "bad")],
                          cwd=ROOT, env=worker_env(4), capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "mesh data=3,model=1 needs 3 devices but there are 4" in bad.stderr
 
