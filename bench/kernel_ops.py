@@ -6,7 +6,7 @@ Lowers our `pallas_mosaic_gpu` kernels (forward, dq, dk/dv; softmax) and jax's o
 `jax.experimental.pallas.ops.gpu.attention_mgpu` at the same tiles for CUDA on the CPU (an
 abstract CUDA device: jax >= 0.11), reads the Mosaic GPU module each kernel lowers to, and counts
 the operations in the steady-state key (or query) loop body: `arith` (arith-dialect ops on
-vectors or floats and inline min/max/fma; scalar integer ops are addressing and loop bookkeeping
+vectors or floats and inline min/max/fma/abs; scalar integer ops are addressing and loop bookkeeping
 that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU) and `wgmma`
 instructions. Counts are per
 thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
@@ -34,7 +34,7 @@ THREADS = 128  # one warpgroup owns a WGMMA tile
 _OP = re.compile(r'^\s*(?:%[^=]+=\s*)?"?([a-z_][a-z_0-9]*\.[a-z_.0-9]+)')
 _ASM = re.compile(r'llvm\.inline_asm[^"]*"([^"]*)"')
 _SPECIAL = ("ex2.", "lg2.", "rcp.", "sqrt.", "rsqrt.", "tanh.", "sin.", "cos.")
-_ARITH_ASM = ("max.", "min.", "fma.")
+_ARITH_ASM = ("max.", "min.", "fma.", "abs.", "neg.")
 _NOT_WORK = {"arith.constant", "arith.index_cast", "arith.index_castui", "arith.bitcast"}
 
 
@@ -66,26 +66,52 @@ def classify(line: str) -> str | None:
     return None
 
 
+def _opener(line: str) -> str:
+    """The op that opens a region on this line ('scf.for', 'scf.if', ...); a `case N {` or
+    `default {` region of `scf.index_switch` (what `pl.when` lowers to) counts as 'scf.if'."""
+    op = _OP.match(line)
+    if op:
+        return op.group(1)
+    return "scf.if" if re.match(r"\s*(case -?\d+|default)\s*\{", line) else ""
+
+
 def loop_bodies(text: str) -> list[collections.Counter]:
-    """Op counts of every `scf.for` body that issues WGMMAs, in program order (nested ops included)."""
+    """Op counts of every innermost `scf.for` body that issues WGMMAs, in program order.
+
+    Ops nested in a conditional region inside the loop (`scf.if`, `scf.index_switch`: `pl.when`)
+    are left out: they run on a few steps only (the one tile that crosses a sequence's length is
+    cleaned of padding there), not in the steady state; `conditional` counts them.
+    """
     lines = text.splitlines()
-    stack, loops = [], []
+    stack: list[tuple[str, int]] = []  # (opening op, line number) of each open region
+    per_line = []
     for number, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith("}"):
-            start = stack.pop()
-            if start is not None:
-                loops.append((start, number))
-        if stripped.endswith("{"):
-            stack.append(number if _OP.match(line) and "scf.for" in line.split("{")[0] else None)
-    bodies = []
-    for start, end in sorted(loops):
-        counts = collections.Counter(filter(None, map(classify, lines[start + 1:end])))
-        if counts["wgmma"]:
-            bodies.append((start, end, counts))
-    # keep the innermost loops only (a loop nesting another WGMMA loop is not a steady state)
-    inner = [b for b in bodies if not any(o is not b and b[0] < o[0] and o[1] < b[1] for o in bodies)]
-    return [counts for _, _, counts in inner]
+            closed = stack.pop()
+            if stripped.endswith("{"):  # `} else {` reopens the same op's next region
+                stack.append(closed)
+        elif stripped.endswith("{"):
+            stack.append((_opener(line), number))
+            continue
+        per_line.append((number, tuple(stack)))
+    bodies: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    for number, stack_here in per_line:
+        loops = [i for i, (op, _) in enumerate(stack_here) if op == "scf.for"]
+        if not loops:
+            continue
+        innermost = loops[-1]
+        start = stack_here[innermost][1]
+        kind = classify(lines[number])
+        if any(op == "scf.if" for op, _ in stack_here[innermost + 1:]):
+            if kind in ("arith", "special"):
+                bodies[start]["conditional"] += 1
+            continue
+        if kind:
+            bodies[start][kind] += 1
+        if "arith.cmpi" in lines[number] and "vector<" in lines[number]:
+            bodies[start]["masked"] += 1
+    return [bodies[start] for start in sorted(bodies) if bodies[start]["wgmma"]]
 
 
 class Capture:
@@ -156,12 +182,13 @@ TILE_ELEMENTS = {"forward": 64 * 128 // THREADS, "dq": 64 * 64 // THREADS, "dkv"
 
 
 def by_tile(loops: list[collections.Counter]) -> dict[str, collections.Counter]:
-    """{'interior': body, 'diagonal': body}: one loop serves both; two are (mask-free, masked)."""
-    if len(loops) == 1:
-        return {"interior": loops[0], "diagonal": loops[0]}
-    if len(loops) == 2:
-        return {"interior": loops[0], "diagonal": loops[1]}
-    raise RuntimeError(f"expected 1 or 2 WGMMA loops, found {len(loops)}")
+    """{'interior': body, 'diagonal': body}: the first loop without vector compares (no mask) and
+    the first with them; a kernel with one kind of loop uses it for both."""
+    plain = [c for c in loops if not c["masked"]]
+    masked = [c for c in loops if c["masked"]]
+    if not loops:
+        raise RuntimeError("no WGMMA loop found")
+    return {"interior": (plain or masked)[0], "diagonal": (masked or plain)[0]}
 
 
 def main(argv=None) -> int:
