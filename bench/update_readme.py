@@ -7,7 +7,8 @@ of its kind (by modification time): the ablation markdown (ablation_*.md, not th
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
-(kernel_ops_*.json, with the ratios of the oldest run beside the newest) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+(kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
+(serving_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -219,6 +220,31 @@ def leakage_section(results: pathlib.Path) -> list[str]:
     return [*lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def serving_section(results: pathlib.Path) -> list[str]:
+    title = "### Serving: cached scoring vs full recompute vs one candidate at a time"
+    run = newest_run(results, "serving")
+    if run is None:
+        return no_results(title, "serving benchmark", "bench_serving.py")
+    path, header, rows = run
+    first = rows[0] if rows else {}
+    shape = (f"preset {first.get('preset')}, {first.get('block')} block, micro-batches of "
+             f"{first.get('rows_per_batch')} x {first.get('candidates_per_row')} candidate slots" if first else "")
+    load = header.get("load_average_before")
+    after = header.get("load_average_after")
+    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}" if load else ""
+    load_text += f", at the end: {', '.join(f'{x:.1f}' for x in after)}" if load and after else ""
+    load_text += " (a shared machine)." if load else ""
+    command = command_of(header, "bench_serving.py")
+    return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).{load_text} One request = one "
+                       "user, N history exposures, M candidates; `cached` reuses a history cache encoded beforehand, "
+                       "`cached+encode` charges the encoding to every request, `single` scores one candidate per "
+                       "call; candidates/s = M / p50.", "",
+            *table([("history N", "history", ""), ("candidates M", "candidates", ""), ("mode", "mode", ""),
+                    ("p50 ms", "p50_ms", ".1f"), ("p99 ms", "p99_ms", ".1f"),
+                    ("candidates/s", "candidates_per_s", ",.0f"), ("vs full", "ratio_vs_full", ".2f")], rows),
+            "", f"_Source: `{relative(path)}`._"]
+
+
 def lis_section(results: pathlib.Path) -> list[str]:
     path = results / "lis_movielens.md"
     title = "### LIS / AIS on MovieLens-100K"
@@ -234,7 +260,7 @@ def lis_section(results: pathlib.Path) -> list[str]:
 
 def render(results: pathlib.Path) -> str:
     sections = [ablation_section, organization_section, train_section, attention_section,
-                kernel_ops_section, leakage_section, lis_section]
+                kernel_ops_section, leakage_section, serving_section, lis_section]
     body = []
     for section in sections:
         body += section(results) + [""]

@@ -7,6 +7,7 @@ sees exactly the batches an uninterrupted run sees after step s, and its loss cu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import pathlib
 import time
@@ -20,7 +21,7 @@ from flax import nnx
 
 from genrank_jax import metrics
 from genrank_jax.baselines import build_model
-from genrank_jax.checkpoint import Checkpoints, abstract_like
+from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import BatchPlan, iterate_batches, plan_batches
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
@@ -31,6 +32,10 @@ from genrank_jax.validation import validate_batch
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+class OutputInUseError(CheckpointError):
+    """The output folder holds another run's checkpoints or results; neither resumed nor overwritten."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +56,27 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 3
 
+    # settings a resumed run may change without changing what it computes
+    RESUME_FREE_FIELDS = ("checkpoint_every", "keep_checkpoints")
+
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+def run_settings(train: TrainConfig, dataset: RankingDataset, train_requests: np.ndarray) -> dict:
+    """What a resumed run must share with the run that saved the checkpoint (besides the model config):
+    the training settings that change the result and a fingerprint of the data it trains on."""
+    fingerprint = hashlib.sha256()
+    for array in (dataset.interactions.user_ids, dataset.interactions.item_ids, dataset.interactions.timestamps,
+                  dataset.interactions.actions, train_requests):
+        fingerprint.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in TrainConfig.RESUME_FREE_FIELDS}
+    return {"train": settings, "data": {"name": dataset.name, "exposures": int(dataset.interactions.num_exposures),
+                                        "train_requests": int(len(train_requests)),
+                                        "fingerprint": fingerprint.hexdigest()[:16]}}
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
@@ -123,6 +144,9 @@ class Trainer:
         self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
         self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
         model = build_model(config, rngs=nnx.Rngs(train.seed))
+        if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
+            rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
+            model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
         optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
         self.graphdef, self.state = nnx.split((model, optimizer))
         self._step = train_step_fn(self.graphdef, config.task_weights)
@@ -130,25 +154,68 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.checkpoints = None
-        if output_dir is not None and train.checkpoint_every:
+        # the folder's checkpoints are this run's once it resumed from them, or once it checked the
+        # folder was free (or overwrote it) before its first save
+        self._owns_checkpoints = False
+        if output_dir is not None:  # found on resume whatever checkpoint_every says
             self.checkpoints = Checkpoints(pathlib.Path(output_dir) / "checkpoints", config_json=config.to_json(),
-                                           every=train.checkpoint_every, keep=train.keep_checkpoints)
+                                           every=train.checkpoint_every, keep=train.keep_checkpoints,
+                                           settings=run_settings(train, dataset, self.train_requests))
 
     @property
     def model(self):
         """The current model as an NNX module (a fresh view of the trained state)."""
         return nnx.merge(self.graphdef, self.state)[0]
 
-    def resume(self) -> int:
-        """Restore the latest checkpoint if there is one; returns the step training continues from."""
-        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+    def resume(self, *, fallback: bool = False, allow_setting_changes: bool = False) -> int:
+        """Restore the latest checkpoint if there is one; returns the step training continues from.
+
+        The checkpoint is verified (checksums, finite values) and must match this run's model config
+        and settings (`allow_setting_changes` accepts other training settings). A damaged latest step
+        raises `CorruptCheckpointError` naming the latest good one; `fallback=True` resumes from that
+        one with a warning. See `genrank_jax.checkpoint`.
+        """
+        if self.checkpoints is None:
             return self.step
-        pure = nnx.to_pure_dict(self.state)
-        restored, meta = self.checkpoints.restore(abstract_like(pure))
+        if self.checkpoints.latest_step() is None:
+            self._owns_checkpoints = True
+            return self.step
+        restored, meta = self.checkpoints.restore(self._abstract_state(), fallback=fallback,
+                                                  allow_setting_changes=allow_setting_changes)
         nnx.replace_by_pure_dict(self.state, restored)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
+        self._owns_checkpoints = True
         return self.step
+
+    def overwrite_checkpoints(self) -> list[int]:
+        """Delete the checkpoints another run left in the output folder (an explicit choice); returns their steps."""
+        if self.checkpoints is None:
+            return []
+        removed = self.checkpoints.remove_all()
+        self._owns_checkpoints = True
+        return removed
+
+    def _abstract_state(self):
+        return abstract_like(nnx.to_pure_dict(self.state))
+
+    def _claim_checkpoints(self) -> None:
+        """Refuse to write into a folder holding another run's checkpoints (saving would delete or mix them)."""
+        if self._owns_checkpoints or self.checkpoints is None:
+            return
+        steps = self.checkpoints.all_steps()
+        if steps:
+            raise OutputInUseError(
+                f"{self.checkpoints.directory} holds another run's checkpoints (steps {steps})",
+                hint="continue that run with Trainer.resume() or replace it with Trainer.overwrite_checkpoints()",
+                cli_hint="continue that run with --resume, replace it with --overwrite, or choose another --out")
+        self._owns_checkpoints = True
+
+    def last_good_checkpoint(self) -> int | None:
+        """The newest saved step that verifies (checksums and finite values), or None."""
+        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+            return None
+        return self.checkpoints.latest_good_step(self._abstract_state())
 
     def _batches_from(self, step: int):
         epoch, skip = divmod(step, self.batches_per_epoch)
@@ -163,6 +230,8 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        if self.train_config.checkpoint_every:
+            self._claim_checkpoints()
         exposures, started = 0, time.perf_counter()
         batches = self._batches_from(self.step)
         while self.step < target:
@@ -171,15 +240,16 @@ class Trainer:
             new_state, loss, per_task = self._step(self.state, jax.tree.map(jnp.asarray, batch))
             loss = float(loss)
             if not math.isfinite(loss):
-                last = self.checkpoints.latest_step() if self.checkpoints else None
-                where = f"; the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None \
-                    else "; no checkpoint was saved"
+                last = self.last_good_checkpoint() if self._owns_checkpoints else None
+                where = (f"; the last good (verified) checkpoint is step {last} in {self.checkpoints.directory}"
+                         if last is not None else "; no verified checkpoint of this run exists")
                 raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
             self.state = new_state
             self.step += 1
             exposures += batch.num_exposures()
             self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
-            if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
+            if self.checkpoints is not None and self.train_config.checkpoint_every \
+                    and self.step % self.train_config.checkpoint_every == 0:
                 self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), {"history": self.history})
             if bar is not None:
                 bar.update(1)
@@ -208,6 +278,32 @@ class Trainer:
         requests = self.eval_requests if split == "eval" else self.train_requests
         labels, logits, users = self.predict(requests)
         return metrics.task_metrics(labels, logits, users, self.config.features.action_names)
+
+
+def check_output_folder(out: str | pathlib.Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder holding another run's checkpoints or metrics.json unless the caller
+    resumes that run or overwrites it (raises `OutputInUseError` saying what is there)."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the saved run, "
+                         "overwrite replaces it")
+    out = pathlib.Path(out)
+    folder = out / "checkpoints"
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    metrics_file = out / "metrics.json"
+    if overwrite:
+        return
+    if not resume and (steps or metrics_file.exists()):
+        held = [f"checkpoints at steps {steps}"] if steps else []
+        held += [metrics_file.name] if metrics_file.exists() else []
+        raise OutputInUseError(f"{out} holds another run's {' and '.join(held)}",
+                               hint="continue that run with resume=True, replace it with overwrite=True, or "
+                                    "choose another folder",
+                               cli_hint="continue that run with --resume, replace it with --overwrite, or choose "
+                                        "another --out")
+    if resume and not steps and metrics_file.exists():
+        raise OutputInUseError(f"{out} holds a finished run's {metrics_file.name} but no checkpoint to resume "
+                               f"from (in {folder})", hint="replace it with overwrite=True or choose another folder",
+                               cli_hint="replace it with --overwrite or choose another --out")
 
 
 def candidate_rows(dataset: RankingDataset, requests: np.ndarray, max_candidates: int) -> np.ndarray:

@@ -76,3 +76,18 @@ def test_kernel_ops_section_without_an_older_commit_has_no_before_column(tmp_pat
     _kernel_ops_file(tmp_path, 100, "same", ratio=1.5)
     text = "\n".join(update_readme.kernel_ops_section(tmp_path))
     assert "before" not in text and "| forward | off | interior | 7.26 | 4.84 | 1.50 | 66 / 66 |" in text
+
+
+def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
+    assert "No serving benchmark yet" in "\n".join(update_readme.serving_section(tmp_path))
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
+              "command": "python bench/bench_serving.py --out auto", "load_average_before": [3.25, 2.0, 1.5]}
+    rows = [dict(history=1024, candidates=500, mode=mode, p50_ms=p50, p99_ms=p50 * 2, candidates_per_s=500 / p50 * 1e3,
+                 ratio_vs_full=100.0 / p50, preset="small", block="transformer", rows_per_batch=8,
+                 candidates_per_row=64) for mode, p50 in (("cached", 10.0), ("full", 100.0), ("single", 400.0))]
+    path = tmp_path / "serving_cpu_abc_100.json"
+    path.write_text(json.dumps({"header": header, "rows": rows}))
+    text = "\n".join(update_readme.serving_section(tmp_path))
+    assert "| 1024 | 500 | cached | 10.0 | 20.0 | 50,000 | 10.00 |" in text
+    assert "| 1024 | 500 | single | 400.0 | 800.0 | 1,250 | 0.25 |" in text
+    assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text
