@@ -126,14 +126,15 @@ def scale_table(args, header) -> int:
                probes=meta["probes"], placebo_probes=meta["placebo_probes"], probe_groups=meta["probe_groups"],
                state_mb_per_probe=bank.state_bytes(probe, probe_lib.ProbeSizes(log.num_items, log.num_users, 1, 32)) / 1e6,
                total_wall_s=total_wall, total_cpu_s=total_cpu, peak_rss_gb=peak_rss_gb(),
-               train_rows_per_s_per_probe=probe_rows_per_s, phases=phases)
+               train_rows_per_s_per_probe=probe_rows_per_s, phases=phases, cores=len(os.sched_getaffinity(0)),
+               table_markdown=report.to_markdown())
     print(f"LIS table at scale ({log.num_rows} exposures, {log.num_items} items, {log.num_users} users; "
           f"{meta['probes']} probes, {meta['placebo_probes']} placebos, {meta['probe_groups']} groups): "
           f"{total_wall:.1f} s wall, {total_cpu:.1f} s CPU (user+sys), peak RSS {peak_rss_gb():.2f} GB, "
           f"{probe_rows_per_s:,.0f} training rows/s per probe; load average {os.getloadavg()}")
     print(report.to_markdown())
     header["load_average_end"] = os.getloadavg()
-    path = benchlib.write_rows("leakage_scale", {**header, "data": f"synthetic:catalog x {args.fraction}"},
+    path = benchlib.write_rows("lis_scale", {**header, "data": f"synthetic:catalog x {args.fraction}"},
                                [row], args.out)
     if path:
         print(f"wrote {path}")

@@ -6,7 +6,8 @@ Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from
 of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
-the probe-bank benchmark (leakage_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+the probe-bank benchmark (leakage_*.json), the LIS table at a catalog's size (lis_scale_*.json) and
+lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -186,6 +187,39 @@ def leakage_section(results: pathlib.Path) -> list[str]:
     return [*lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def scale_section(results: pathlib.Path) -> list[str]:
+    title = "### LIS at a real catalog's size"
+    run = newest_run(results, "lis_scale")
+    if run is None:
+        return [title, "", "_No results yet (run `bench/bench_leakage.py --scale --out auto`)._"]
+    path, header, (row, *_) = run
+    start, end = header.get("load_average_start", [None])[0], header.get("load_average_end", [None])[0]
+    cores = row.get("cores")
+    busy = cores and max(start or 0, end or 0) > cores
+    lines = [title, "", f"Machine: {machine(header)}, {cores} cores. Command: `{command_of(header, 'bench_leakage.py')}` "
+                        f"(data {header.get('data', '?')}).", "",
+             f"{row['exposures']:,} exposures, {row['items']:,} items, {row['users']:,} users; {row['train_rows']:,} "
+             f"training rows, {row['eval_rows']:,} eval rows. {row['probes']} probes (3 leak kinds x 2 horizons x "
+             f"{row['seeds']} seeds with the baseline and {row['placebo_probes']} placebo probes), {row['epochs']} "
+             f"epoch(s), trained in {row['probe_groups']} group(s) of probes ({row['state_mb_per_probe']:.0f} MB of "
+             "state a probe).", "",
+             *table([("phase", "phase", ""), ("wall s", "wall_s", ".1f"), ("CPU s (user+sys)", "cpu_s", ".1f"),
+                     ("peak RSS GB", "peak_rss_gb", ".2f"), ("load average (1 min)", "load1", ".1f")],
+                    [{"phase": name, "load1": phase["load"][0], **phase} for name, phase in row["phases"].items()]
+                    + [{"phase": "**total**", "wall_s": row["total_wall_s"], "cpu_s": row["total_cpu_s"],
+                        "peak_rss_gb": row["peak_rss_gb"], "load1": end}]),
+             "", f"Training throughput: {row['train_rows_per_s_per_probe']:,.0f} rows/s per probe "
+                 f"({row['train_rows_per_s_per_probe'] * row['probes']:,.0f} probe-rows/s over the bank)."]
+    if busy:
+        lines += ["", f"Measured while other jobs shared the machine (load average {start:.1f} at the start, {end:.1f} "
+                      f"at the end, on {cores} cores): the wall times are not this machine's. The CPU time is; on "
+                      f"{cores} otherwise idle cores the run would take at least {row['total_cpu_s'] / cores:.0f} s of wall "
+                      "time (its CPU time over the cores)."]
+    if row.get("table_markdown"):
+        lines += ["", row["table_markdown"].rstrip()]
+    return [*lines, "", f"_Source: `{relative(path)}`._"]
+
+
 def lis_section(results: pathlib.Path) -> list[str]:
     path = results / "lis_movielens.md"
     title = "### LIS / AIS on MovieLens-100K"
@@ -201,7 +235,7 @@ def lis_section(results: pathlib.Path) -> list[str]:
 
 def render(results: pathlib.Path) -> str:
     sections = [ablation_section, organization_section, train_section, attention_section, leakage_section,
-                lis_section]
+                scale_section, lis_section]
     body = []
     for section in sections:
         body += section(results) + [""]

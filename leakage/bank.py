@@ -121,6 +121,9 @@ class ProbeRun:
     feature_widths: tuple[int, ...]  # per slot, slot 0 = 0
     feature_item_side: tuple[float, ...]
     log: InteractionLog | None = None  # the sequence (GenRank) probe tokenizes it
+    # device_data as laid out for a set of devices, made once: every group of probes (and the
+    # scoring after training) reuses it instead of copying the log to the devices again
+    placed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -144,7 +147,9 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
     def on_device(name, rows):  # standardized, padded to the run's width, moved; one host copy at a time
         padded = np.zeros((rows, width), np.float32)  # per item: a last, zero row for the padding id
         padded[:features[name].values.shape[0], :features[name].width] = standardized(features[name].values)
-        return jax.device_put(padded)  # jnp.asarray made two copies of a 2 GB array here, device_put one
+        # bfloat16: a feature is an input, 3 significant digits carry what it holds, and a large log's
+        # per-interaction features take half the memory (each device of the bank holds them all)
+        return jax.device_put(padded.astype(jnp.bfloat16))  # jnp.asarray copied twice, device_put once
 
     slot_names = tuple(item_names + row_names)
     device_data = {
@@ -221,7 +226,8 @@ def _shared_batch(data: dict, batch: dict, num_items: int) -> dict:
     items = data["item"][rows]
     width = _feature_width(data)
     features = [jnp.zeros((rows.shape[0], width), jnp.float32)]
-    features += [table[items] for table in data["item_features"]] + [table[rows] for table in data["row_features"]]
+    features += [table[items].astype(jnp.float32) for table in data["item_features"]]
+    features += [table[rows].astype(jnp.float32) for table in data["row_features"]]
     return {**batch, "labels": data["labels"][rows],
             "history_mask": (data["history"][rows] != num_items).astype(jnp.float32),
             "features": jnp.stack(features)}
@@ -355,7 +361,9 @@ def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
 def _laid_out(run: ProbeRun, states: dict, strategy: str):
     """(layout, states padded to its slots on its devices, the log's arrays on its devices)."""
     lay = devices_lib.layout(num_probes(states), resolve_strategy(strategy))
-    return lay, _padded(states, lay), devices_lib.place(run.device_data, lay, probe_axis=None)
+    if lay.devices not in run.placed:
+        run.placed[lay.devices] = devices_lib.place(run.device_data, lay, probe_axis=None)
+    return lay, _padded(states, lay), run.placed[lay.devices]
 
 
 def _eval_chunks(run: ProbeRun) -> np.ndarray:
@@ -411,7 +419,7 @@ def select(states: dict, index: int) -> dict:
     return jax.tree.map(lambda x: x[index:index + 1], states)
 
 
-STATE_BYTES = 2 << 30  # probe states resident at once; more probes train in groups (`probe_groups`)
+STATE_BYTES = 3 << 29  # 1.5 GiB: probe states resident at once; more probes train in groups (`probe_groups`)
 
 
 def state_bytes(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> int:
@@ -427,12 +435,11 @@ def probe_groups(run: ProbeRun, count: int, strategy: str = "auto", budget: int 
     A probe's state grows with the catalog (at 10^6 items and 2 * 10^5 users, width 16: 230 MB
     with Adam's moments), so a bank of 80 probes would hold 18 GB. The bank trains one group at a
     time instead, the groups sharing the epochs' precomputed batches; probes are independent, so a
-    group's results equal the whole bank's. A group is a whole number of the layout's units
-    (devices x stack), so groups keep full stacks; at least one unit however small the budget.
+    group's results equal the whole bank's. A group is a multiple of the device count (each
+    device gets an equal share), at least one probe a device however small the budget.
     """
     budget = STATE_BYTES if budget is None else budget
-    unit_layout = devices_lib.layout(count, resolve_strategy(strategy))
-    unit = len(unit_layout.devices) * unit_layout.chunk
+    unit = len(devices_lib.layout(count, resolve_strategy(strategy)).devices)
     per_group = max(unit, budget // state_bytes(run.config, run.sizes) // unit * unit)
     return [slice(start, min(start + per_group, count)) for start in range(0, count, per_group)]
 
@@ -453,16 +460,19 @@ def train_and_predict(run: ProbeRun, seeds, slots, *, parallel: bool = True, str
     seeds, slots = np.asarray(seeds), np.asarray(slots)
     if parallel:
         groups = probe_groups(run, len(slots), strategy, state_budget)
+        # states are handed to `train` straight from `init_bank`, never held here: train lays them
+        # out on the devices (a copy) and donates them to the epoch, so no reference may keep the
+        # first copy alive (at 10^6 items it is 230 MB a probe)
         if len(groups) == 1:
-            states = init_bank(run, seeds, slots)
-            return predict_eval(run, train(run, states, strategy=strategy, on_epoch=on_epoch), strategy=strategy)
+            return predict_eval(run, train(run, init_bank(run, seeds, slots), strategy=strategy, on_epoch=on_epoch),
+                                strategy=strategy)
         batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]
         outputs = []
         for group in groups:
-            states = init_bank(run, seeds[group], slots[group])
-            states = train(run, states, strategy=strategy, batches=batches, on_epoch=on_epoch)
-            outputs.append(predict_eval(run, states, strategy=strategy))
-            del states  # before the next group's are made
+            trained = train(run, init_bank(run, seeds[group], slots[group]), strategy=strategy, batches=batches,
+                            on_epoch=on_epoch)
+            outputs.append(predict_eval(run, trained, strategy=strategy))
+            del trained  # before the next group's are made
         return np.concatenate(outputs)
     states = init_bank(run, seeds, slots)
     batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]

@@ -75,7 +75,7 @@ def test_a_bank_over_its_memory_budget_trains_in_groups_that_equal_one_bank(feed
     whole = bank.train_and_predict(run, seeds, slots, strategy="map")
     budget = 4 * bank.state_bytes(run.config, run.sizes)  # room for 4 probes
     groups = bank.probe_groups(run, len(seeds), "map", budget)
-    unit = len(devices.layout(len(seeds), "map").devices) * devices.layout(len(seeds), "map").chunk
+    unit = len(devices.layout(len(seeds), "map").devices)
     assert len(groups) > 1 and sum(g.stop - g.start for g in groups) == len(seeds)
     assert all((g.stop - g.start) % unit == 0 for g in groups[:-1])
     grouped = bank.train_and_predict(run, seeds, slots, strategy="map", state_budget=budget)
