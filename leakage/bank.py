@@ -57,14 +57,15 @@ class Feature:
         return int(self.values.shape[1])
 
 
-def standardized(values: np.ndarray, *, rows_per_chunk: int = 1 << 20) -> np.ndarray:
+def standardized(values: np.ndarray, *, out: np.ndarray | None = None, rows_per_chunk: int = 1 << 20) -> np.ndarray:
     """Columns to mean 0 and std 1 (constant columns to 0), rows scaled by 1/sqrt(width).
 
     Probes compare features of any origin and scale (codebooks, embeddings, multi-hot genres):
     after this every feature enters with rows of norm about 1, the embeddings' scale does not
     decide how fast a probe can use it, and the comparison is about information, not units.
-    Statistics are accumulated in float64 over chunks of rows and the result is float32, so a
-    per-interaction feature of a 5M-row log ([5M, 32], 640 MB) needs no float64 copy of itself.
+    Statistics are accumulated in float64 over chunks of rows and the result is written chunk by
+    chunk into `out` (default: a new float32 array; any float dtype, e.g. the bank's bfloat16), so a
+    per-interaction feature of a 5M-row log ([5M, 32], 640 MB) needs no full-size temporary.
     """
     values = np.asarray(values)
     rows, width = values.shape
@@ -73,9 +74,9 @@ def standardized(values: np.ndarray, *, rows_per_chunk: int = 1 << 20) -> np.nda
     square = sum((np.square(values[c] - mean).sum(axis=0) for c in chunks), np.zeros(width))
     std = np.sqrt(square / max(rows, 1))
     scale = np.divide(1.0, std * np.sqrt(width), out=np.zeros(width), where=std > 0)
-    out = np.empty((rows, width), np.float32)
+    out = np.empty((rows, width), np.float32) if out is None else out
     for c in chunks:
-        out[c] = (values[c] - mean) * scale
+        out[c] = ((values[c] - mean) * scale).astype(np.float32)
     return out
 
 
@@ -145,11 +146,11 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
     row_names = [n for n in names if features[n].per == "interaction"]
 
     def on_device(name, rows):  # standardized, padded to the run's width, moved; one host copy at a time
-        padded = np.zeros((rows, width), np.float32)  # per item: a last, zero row for the padding id
-        padded[:features[name].values.shape[0], :features[name].width] = standardized(features[name].values)
         # bfloat16: a feature is an input, 3 significant digits carry what it holds, and a large log's
         # per-interaction features take half the memory (each device of the bank holds them all)
-        return jax.device_put(padded.astype(jnp.bfloat16))  # jnp.asarray copied twice, device_put once
+        padded = np.zeros((rows, width), jnp.bfloat16)  # per item: a last, zero row for the padding id
+        standardized(features[name].values, out=padded[:features[name].values.shape[0], :features[name].width])
+        return jax.device_put(padded)  # jnp.asarray copied twice, device_put once
 
     slot_names = tuple(item_names + row_names)
     device_data = {
@@ -419,7 +420,7 @@ def select(states: dict, index: int) -> dict:
     return jax.tree.map(lambda x: x[index:index + 1], states)
 
 
-STATE_BYTES = 3 << 29  # 1.5 GiB: probe states resident at once; more probes train in groups (`probe_groups`)
+STATE_BYTES = 1 << 30  # 1 GiB: probe states resident at once; more probes train in groups (`probe_groups`)
 
 
 def state_bytes(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> int:
