@@ -6,8 +6,10 @@ Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from
 of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
-the probe-bank benchmark (leakage_*.json), the LIS table at a catalog's size (lis_scale_*.json) and
-lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
+(kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
+(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), lis_movielens.md and the
+sharding benchmark (scaling_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -153,6 +155,38 @@ def attention_section(results: pathlib.Path) -> list[str]:
             *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
 
 
+def kernel_ops_section(results: pathlib.Path) -> list[str]:
+    title = "### Attention kernels: work per tile next to jax's FA3-style kernel"
+    every = list(runs(results, "kernel_ops"))
+    if not every:
+        return no_results(title, "kernel op counts", "kernel_ops.py")
+    path, header, rows = every[0]
+    first_path, first_header, first_rows = every[-1]
+    before = {}
+    if first_header.get("git_commit") != header.get("git_commit"):
+        before = {(r["kernel"], r["biases"], r["tile"]): r["ratio"] for r in first_rows}
+    for row in rows:
+        row["before"] = before.get((row["kernel"], row["biases"], row["tile"]))
+        row["special_pair"] = f"{row['ours_special']} / {row['jax_special']}"
+    columns = [("kernel", "kernel", ""), ("biases", "biases", ""), ("tile", "tile", ""),
+               ("ours ops/elt", "ours_per_element", ".2f"), ("jax ops/elt", "jax_per_element", ".2f"),
+               ("ours / jax", "ratio", ".2f")]
+    if before:
+        columns.append((f"before ({first_header.get('git_commit', '?')})", "before", ".2f"))
+    columns.append(("special ops ours / jax", "special_pair", ""))
+    command = command_of(header, "kernel_ops.py")
+    lines = [title, "", f"Machine: {machine(header)} (lowered for CUDA on the CPU, nothing run). "
+             f"Command: `{command}`; S = {header.get('seq_len')}, D = {header.get('head_dim')}, "
+             f"tiles {header.get('tiles')}. Arithmetic and special-function ops per thread in the "
+             "steady-state loop body, per score element; jax's backward has no causal mode, so its "
+             "unmasked loop is the baseline of both tile kinds there.", "", *table(columns, rows), "",
+             f"_Source: `{relative(path)}`"]
+    if before:
+        lines[-1] += f"; before: `{relative(first_path)}`"
+    lines[-1] += "._"
+    return lines
+
+
 def leakage_section(results: pathlib.Path) -> list[str]:
     title = "### LIS probe bank: one program vs a loop over probes"
     run = newest_run(results, "leakage")
@@ -220,6 +254,31 @@ def scale_section(results: pathlib.Path) -> list[str]:
     return [*lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def serving_section(results: pathlib.Path) -> list[str]:
+    title = "### Serving: cached scoring vs full recompute vs one candidate at a time"
+    run = newest_run(results, "serving")
+    if run is None:
+        return no_results(title, "serving benchmark", "bench_serving.py")
+    path, header, rows = run
+    first = rows[0] if rows else {}
+    shape = (f"preset {first.get('preset')}, {first.get('block')} block, micro-batches of "
+             f"{first.get('rows_per_batch')} x {first.get('candidates_per_row')} candidate slots" if first else "")
+    load = header.get("load_average_before")
+    after = header.get("load_average_after")
+    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}" if load else ""
+    load_text += f", at the end: {', '.join(f'{x:.1f}' for x in after)}" if load and after else ""
+    load_text += " (a shared machine)." if load else ""
+    command = command_of(header, "bench_serving.py")
+    return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).{load_text} One request = one "
+                       "user, N history exposures, M candidates; `cached` reuses a history cache encoded beforehand, "
+                       "`cached+encode` charges the encoding to every request, `single` scores one candidate per "
+                       "call; candidates/s = M / p50.", "",
+            *table([("history N", "history", ""), ("candidates M", "candidates", ""), ("mode", "mode", ""),
+                    ("p50 ms", "p50_ms", ".1f"), ("p99 ms", "p99_ms", ".1f"),
+                    ("candidates/s", "candidates_per_s", ",.0f"), ("vs full", "ratio_vs_full", ".2f")], rows),
+            "", f"_Source: `{relative(path)}`._"]
+
+
 def lis_section(results: pathlib.Path) -> list[str]:
     path = results / "lis_movielens.md"
     title = "### LIS / AIS on MovieLens-100K"
@@ -233,9 +292,43 @@ def lis_section(results: pathlib.Path) -> list[str]:
     return [title, "", *where, *lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def scaling_section(results: pathlib.Path) -> list[str]:
+    title = "### Sharded training: devices and sizing"
+    run = newest_run(results, "scaling")
+    if run is None:
+        return no_results(title, "scaling benchmark", "bench_scaling.py")
+    path, header, rows = run
+    steps = [row for row in rows if row["kind"] == "throughput"]
+    sizes = [row for row in rows if row["kind"] == "sizing"]
+    load = header.get("load_average")
+    lines = [title, "", f"Machine: {machine(header)}" + (f", load average {load[0]:.1f} during the run" if load else "")
+             + f". Command: `{command_of(header, 'bench_scaling.py')}`."]
+    if steps:
+        first = steps[0]
+        lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x {first['seq_len']} "
+                      f"tokens, batch split over `data`. Simulated CPU devices share this machine's "
+                      f"{header.get('cpu_cores', '?')} cores: a check that the sharded step runs, not a speedup.", "",
+                  *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
+                          ("vs one device", "speedup_vs_1", ".2f")], steps)]
+    if sizes:
+        first = sizes[0]
+        for row in sizes:
+            row["fits"] = "yes" if row["fraction_of_h100"] <= 1 else "no"
+        lines += ["", f"Paper preset (width 768, 3 blocks) with a {first['items']:.0e}-row item table and "
+                      f"{first['users']:.0e} users, AdamW, global batch {first['batch_size']} x {first['seq_len']} "
+                      f"tokens, compiled ahead of time for {first['devices']} fake CPU devices without allocating "
+                      f"(whole state {first['state_gb']:.0f} GB). Per device, from XLA's memory analysis, "
+                      "against one H100's 80 GB:", "",
+                  *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""), ("GB / device", "per_device_gb", ".1f"),
+                          ("arguments GB", "argument_gb", ".1f"), ("temporaries GB", "temp_gb", ".1f"),
+                          ("of 80 GB", "fraction_of_h100", ".0%"), ("fits", "fits", "")], sizes)]
+    return [*lines, "", f"_Source: `{relative(path)}`._"]
+
+
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, organization_section, train_section, attention_section, leakage_section,
-                scale_section, lis_section]
+    sections = [ablation_section, organization_section, train_section, attention_section,
+                kernel_ops_section, leakage_section, serving_section, scale_section, lis_section,
+                scaling_section]
     body = []
     for section in sections:
         body += section(results) + [""]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch, TokenKind
-from genrank_jax.embeddings import ItemEmbedding, lookup
+from genrank_jax.embeddings import ItemEmbedding, clipped, lookup
 from genrank_jax.typing import TaskLogits
 
 
@@ -32,7 +32,7 @@ class DINRanker(nnx.Module):
         self.config = config
         self.items = ItemEmbedding(config, rngs=rngs)
         self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
-        self.user = nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
+        self.user = nnx.Embed(config.table_rows(config.user_rows), width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
         self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
         self.attention_hidden = nnx.Linear(4 * width, width, rngs=rngs)
@@ -47,7 +47,7 @@ class DINRanker(nnx.Module):
         history_mask = batch.kinds == TokenKind.EXPOSURE  # [B, S]
         history = (items + batch.actions @ self.action_vectors[...]) * history_mask[..., None]
         # the request's recency and the display slot as context
-        context = items + self.gap(batch.gap_bucket) + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
+        context = items + clipped(self.gap, batch.gap_bucket) + clipped(self.slot, batch.slot)
         gather = lambda x: jnp.take_along_axis(x, batch.candidate_index[..., None], axis=1, mode="clip")
         candidates = gather(context)  # [B, M, W]
         # activation unit over (candidate m, history j) pairs: [B, M, S, 4W]
@@ -71,17 +71,29 @@ class DINRanker(nnx.Module):
 
 
 class LogisticBias(nnx.Module):
-    """logit[t] = bias[t] + user_bias[u, t] + item_bias[i, t]: no sequence, no interactions."""
+    """logit[t] = bias[t] + user_bias[u, t] + item_bias[i, t]: no sequence, no interactions.
+
+    Start `bias` at the training data's log-odds (`set_prior`, which the Trainer calls): from
+    bias 0, Adam moves every parameter about one learning rate per step it sees, so the rows of
+    frequently shown items absorb most of the push from 0 down to a rare task's base rate (-4.4
+    for `share`), and item biases end up ranked by exposure count instead of by engagement (AUC
+    0.36 on `share` after the CLI's 1000 steps, below chance; see tests/test_baselines.py).
+    """
 
     def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
         actions = config.features.num_actions
         self.config = config
         self.bias = nnx.Param(jnp.zeros((actions,)))
-        self.user = nnx.Embed(config.user_rows, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
-        self.item = nnx.Embed(config.features.num_items, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.user = nnx.Embed(config.table_rows(config.user_rows), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.item = nnx.Embed(config.table_rows(config.features.num_items), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+
+    def set_prior(self, positive_rates) -> None:
+        """Set the global bias to the log-odds of each task's positive rate [A] (clipped to (1e-6, 1 - 1e-6))."""
+        rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
+        self.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
-        user = self.user(batch.user_ids % self.config.user_rows)[:, None, :]
+        user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
         return self.bias[...] + user + lookup(self.item, batch.item_ids)
 
 

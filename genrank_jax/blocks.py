@@ -8,7 +8,8 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch
-from genrank_jax.kernels import alibi_slopes, attention
+from genrank_jax.kernels import alibi_slopes, cached_attention
+from genrank_jax.kernels.sharded import attention  # per device block under a mesh
 
 
 class RelativeAttention(nnx.Module):
@@ -22,7 +23,8 @@ class RelativeAttention(nnx.Module):
         self.impl = config.attention_impl
         self.interpret = config.attention_interpret
         # Python floats, not arrays: static configuration, not module state
-        slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
+        with jax.ensure_compile_time_eval():  # concrete even when built under a trace (sharded init)
+            slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
         self.alibi = tuple(slopes) if config.use_alibi else None
         self.time = tuple(s * config.time_bias_scale for s in slopes) if config.use_time_bias else None
 
@@ -34,6 +36,23 @@ class RelativeAttention(nnx.Module):
             alibi_slopes=None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32),
             time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32), kind=self.kind, impl=self.impl,
             interpret=self.interpret,
+        )
+
+    def cached(self, q, k, v, cache_keys, cache_values, *, cache_lengths, num_candidates, positions,
+               cache_positions, timestamps, cache_timestamps, normalizer, impl=None):
+        """Serving: candidate q, k: [B, M, H, D] against cached history keys/values and themselves.
+
+        `impl` picks the cached op's backend (None: the fastest for the device); the model's
+        `attention_interpret` flag carries over.
+        """
+        return cached_attention(
+            q, k, v, cache_keys=cache_keys, cache_values=cache_values, cache_lengths=cache_lengths,
+            num_candidates=num_candidates, positions=positions, cache_positions=cache_positions,
+            timestamps=timestamps if self.time is not None else None,
+            cache_timestamps=cache_timestamps if self.time is not None else None,
+            alibi_slopes=None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32),
+            time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32),
+            kind=self.kind, normalizer=normalizer, impl=impl, interpret=self.interpret,
         )
 
 
@@ -55,12 +74,20 @@ class TransformerBlock(nnx.Module):
         self.mlp_in = nnx.Linear(width, config.mlp_ratio * width, rngs=rngs)
         self.mlp_out = nnx.Linear(config.mlp_ratio * width, width, rngs=rngs)
 
-    def __call__(self, x, batch: TokenBatch):
+    def project(self, x):
+        """(q, k, v [..., H, D], carry) of tokens x [..., W]; serving caches k and v."""
         q, k, v = jnp.split(self.qkv(self.attention_norm(x)), 3, axis=-1)
         heads = lambda t: _heads(t, self.num_heads)
-        attended = self.attention(heads(q), heads(k), heads(v), batch)
+        return heads(q), heads(k), heads(v), None
+
+    def finish(self, x, attended, carry):
+        """The block's output from its input x [..., W] and the attention output [..., H, Dv]."""
         x = x + self.out(attended.reshape(x.shape))
         return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
+
+    def __call__(self, x, batch: TokenBatch):
+        q, k, v, carry = self.project(x)
+        return self.finish(x, self.attention(q, k, v, batch), carry)
 
 
 class HSTUBlock(nnx.Module):
@@ -75,11 +102,18 @@ class HSTUBlock(nnx.Module):
         self.output_norm = nnx.LayerNorm(width, rngs=rngs)
         self.out = nnx.Linear(width, width, rngs=rngs)
 
-    def __call__(self, x, batch: TokenBatch):
+    def project(self, x):
+        """(q, k, v [..., H, D], u [..., W]) of tokens x [..., W]; serving caches k and v."""
         u, v, q, k = jnp.split(jax.nn.silu(self.uvqk(self.input_norm(x))), 4, axis=-1)
         heads = lambda t: _heads(t, self.num_heads)
-        attended = self.attention(heads(q), heads(k), heads(v), batch).reshape(x.shape)
-        return x + self.out(u * self.output_norm(attended))
+        return heads(q), heads(k), heads(v), u
+
+    def finish(self, x, attended, u):
+        return x + self.out(u * self.output_norm(attended.reshape(x.shape)))
+
+    def __call__(self, x, batch: TokenBatch):
+        q, k, v, u = self.project(x)
+        return self.finish(x, self.attention(q, k, v, batch), u)
 
 
 BLOCKS = {"transformer": TransformerBlock, "hstu": HSTUBlock}

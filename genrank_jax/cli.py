@@ -1,4 +1,5 @@
-"""Command line: `genrank-jax train` (also `python -m genrank_jax train`) and `genrank-jax lis`."""
+"""Command line: `genrank-jax train` (also `python -m genrank_jax train`), `genrank-jax lis` and
+`genrank-jax export` (a trained model's encode/score functions for serving, see genrank_jax/export.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import time
 
 import numpy as np
 
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, positive_float,
-                                      positive_int, run_reporting_errors)
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, parse_arguments,
+                                      positive_float, positive_int, run_reporting_errors)
 from genrank_jax.errors import GenrankError
 
 
@@ -44,9 +45,32 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-history", type=positive_int, default=56)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0: never)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in --out (verified; same model and settings)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the checkpoints and metrics.json another run left in --out (they are deleted)")
+    parser.add_argument("--resume-fallback", action="store_true",
+                        help="with --resume: if the latest checkpoint is damaged, resume from the latest good one "
+                             "(warns; damaged steps are moved to checkpoints.corrupt/)")
+    parser.add_argument("--allow-setting-changes", action="store_true",
+                        help="with --resume: accept training settings that differ from the saved run's")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
+    sharded = parser.add_argument_group("several devices and hosts (genrank_jax.sharding)")
+    sharded.add_argument("--mesh", default=None, help="train on a device mesh, e.g. data=4,model=2 (sizes multiply "
+                         "to the device count of all processes): batch over data, table rows over model")
+    sharded.add_argument("--transformer", default="replicated", choices=["replicated", "model"],
+                         help="transformer weights replicated, or split over the model axis")
+    sharded.add_argument("--table-axes", default="model", choices=["model", "data,model"],
+                         help="mesh axes the embedding-table rows are split over")
+    sharded.add_argument("--embedding-row-multiple", type=positive_int, default=1,
+                         help="pad item/user/side tables to a multiple of this many rows so they split evenly")
+    sharded.add_argument("--distributed", action="store_true",
+                         help="join the other processes first (jax.distributed.initialize; the cluster is "
+                              "detected on TPU slices, SLURM, Open MPI, or given by --coordinator/...)")
+    sharded.add_argument("--coordinator", default=None, help="host:port of process 0 (with --distributed)")
+    sharded.add_argument("--num-processes", type=positive_int, default=None)
+    sharded.add_argument("--process-id", type=non_negative_int, default=None)
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -76,11 +100,25 @@ def machine() -> dict:
                 git_commit=commit)
 
 
+def mesh_from_args(args):
+    """The mesh and sharding options of `--mesh ...` (after joining the other processes), or None."""
+    if args.distributed or args.coordinator is not None:
+        import jax
+
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.mesh is None:
+        return None, None
+    from genrank_jax import sharding
+
+    table_axes = tuple(args.table_axes.split(",")) if "," in args.table_axes else args.table_axes
+    return sharding.make_mesh(args.mesh), sharding.ShardingOptions(table_axes=table_axes, transformer=args.transformer)
+
+
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
     from genrank_jax.data.batching import padded_max_tokens
     from genrank_jax.data.sources import data_report, load_dataset
-    from genrank_jax.training import TrainConfig, Trainer, oracle_metrics
+    from genrank_jax.training import TrainConfig, Trainer, check_output_folder, oracle_metrics
 
     dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed,
                            skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
@@ -91,15 +129,19 @@ def run_train(args) -> int:
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
-        attention_impl=args.attention_impl,
+        attention_impl=args.attention_impl, embedding_row_multiple=args.embedding_row_multiple,
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
     out = pathlib.Path(args.out)
+    check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, train, dataset, output_dir=out)
+    mesh, sharding_options = mesh_from_args(args)
+    trainer = Trainer(config, train, dataset, output_dir=out, mesh=mesh, sharding_options=sharding_options)
+    if args.overwrite and (removed := trainer.overwrite_checkpoints()):
+        print(f"--overwrite: deleted the checkpoints at steps {removed} in {trainer.checkpoints.directory}")
     if args.resume:
-        print(f"resumed at step {trainer.resume()}")
+        print(f"resumed at step {trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)}")
     print(f"{dataset.name}: {len(trainer.train_requests):,} train / {len(trainer.eval_requests):,} eval requests, "
           f"{dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
           f"{config.block} preset={args.preset}")
@@ -116,10 +158,33 @@ def run_train(args) -> int:
         # fraction of the padded token grid that was padding (batches pad to their own length bucket)
         "padding_ratio": float(np.mean([h["padding"] for h in trainer.history])) if trainer.history else None,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    import jax
+
+    if jax.process_index() == 0:  # one writer when several processes train together
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     print(format_table(results, oracle))
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
     print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}")
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder of a training run (genrank-jax train --checkpoint-every N writes "
+                             "<out>/checkpoints)")
+    parser.add_argument("--out", required=True, help="folder for encode/score .jaxexport, params.npz, manifest.json")
+    parser.add_argument("--platforms", default="cpu", help="comma-separated targets: cpu, cuda, tpu")
+    parser.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
+
+
+def run_export(args) -> int:
+    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model
+
+    platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
+    model, step = load_checkpoint_model(args.checkpoint, args.step)
+    out = export_scorer(model, args.out, platforms=platforms)
+    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
+          f"score.jaxexport, params.npz, manifest.json")
     return 0
 
 
@@ -138,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
         lis.set_defaults(run=lambda args: _unavailable("lis", error))
+    export = commands.add_parser("export", help="write a trained model's encode/score functions with jax.export")
+    add_export_arguments(export)
+    export.set_defaults(run=run_export)
     add_debug_flags(parser)  # last: every subcommand, whoever added it, gets --debug
     return parser
 
@@ -148,7 +216,7 @@ def _unavailable(command: str, error: ImportError) -> int:
 
 def main(argv=None) -> int:
     """Run a subcommand; any error it raises is reported as one line (see genrank_jax/command_line.py)."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
     return run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
 

@@ -2,6 +2,14 @@
 
 All embedding-table lookups of the token models happen here, so partition rules (tables split by
 rows over a mesh) and a serving cache have one place to attach.
+
+Lookups are safe without `validate_batch` (a bare `nnx.Embed` returns NaN rows for ids past its
+table, which would poison every token of the row through attention):
+- item, side-feature and user ids outside their table are masked: they give a zero row, as
+  NO_ITEM does (`lookup`);
+- positions, request indices, gap buckets and slots are clipped into their table (`clipped`): the
+  last row stands for "this many or more", the first for negative values.
+`validate_batch` still rejects such ids when they are concrete, naming the field and row.
 """
 
 from __future__ import annotations
@@ -14,10 +22,17 @@ from genrank_jax.data.tokens import TokenBatch, TokenKind
 
 
 def lookup(table: nnx.Embed, ids, present=None):
-    """Rows of `table` for `ids` (any shape); zero where `present` is False or ids < 0."""
-    present = (ids >= 0) if present is None else present & (ids >= 0)
-    rows = table(jnp.maximum(ids, 0))
+    """Rows of `table` for `ids` (any shape); zero where `present` is False or ids lie outside
+    [0, table rows) (NO_ITEM < 0, or out of the vocabulary: masked, never NaN)."""
+    inside = (ids >= 0) & (ids < table.num_embeddings)
+    present = inside if present is None else present & inside
+    rows = table(jnp.clip(ids, 0, table.num_embeddings - 1))
     return rows * present[..., None].astype(rows.dtype)
+
+
+def clipped(table: nnx.Embed, ids):
+    """Rows of `table` for `ids` clipped into [0, table rows): for ordinal ids (positions, counts, buckets)."""
+    return table(jnp.clip(ids, 0, table.num_embeddings - 1))
 
 
 class ItemEmbedding(nnx.Module):
@@ -26,8 +41,8 @@ class ItemEmbedding(nnx.Module):
     def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
         features, width = config.features, config.width
         init = nnx.initializers.normal(0.02)
-        self.item = nnx.Embed(features.num_items, width, embedding_init=init, rngs=rngs)
-        self.side = nnx.List([nnx.Embed(size, width, embedding_init=init, rngs=rngs)
+        self.item = nnx.Embed(config.table_rows(features.num_items), width, embedding_init=init, rngs=rngs)
+        self.side = nnx.List([nnx.Embed(config.table_rows(size), width, embedding_init=init, rngs=rngs)
                               for size in features.side_vocab_sizes])
         self.content = (nnx.Linear(features.content_dim, width, use_bias=False, rngs=rngs)
                         if features.content_dim else None)
@@ -65,7 +80,7 @@ class TokenEmbedding(nnx.Module):
         self.request = nnx.Embed(config.num_request_slots, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
         self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
-        self.user = (nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
+        self.user = (nnx.Embed(config.table_rows(config.user_rows), width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
 
     def __call__(self, batch: TokenBatch, extra=None):
@@ -82,11 +97,10 @@ class TokenEmbedding(nnx.Module):
                  + carries_actions[..., None] * self.exposure_vector[...])
         if self.config.organization == "action":
             x = x + (kinds == TokenKind.CANDIDATE)[..., None] * self.mask_action[...]
-        positions = jnp.minimum(batch.positions, self.config.max_tokens - 1)
-        x = x + self.position(positions) + self.request(batch.request_index) + self.gap(batch.gap_bucket)
-        x = x + self.slot(jnp.minimum(batch.slot, self.config.num_slots - 1))
+        x = x + clipped(self.position, batch.positions) + clipped(self.request, batch.request_index)
+        x = x + clipped(self.gap, batch.gap_bucket) + clipped(self.slot, batch.slot)
         if self.user is not None:
-            x = x + self.user(batch.user_ids % self.config.user_rows)[:, None, :]
+            x = x + lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
         if extra is not None:
             x = x + extra
         return x * valid[..., None]

@@ -9,6 +9,7 @@ from genrank_jax.blocks import BLOCKS
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch
 from genrank_jax.embeddings import TokenEmbedding
+from genrank_jax import serving
 from genrank_jax.typing import TaskLogits
 
 
@@ -48,3 +49,16 @@ class GenRank(nnx.Module):
         for block in self.blocks:
             x = block(x, batch)
         return self.heads(x).astype(jnp.float32)
+
+    def encode_history(self, history: serving.History, *, num_candidates=None,
+                       capacity: int | None = None) -> serving.HistoryCache:
+        """Per-block keys and values of `history` (see `genrank_jax.serving`).
+
+        num_candidates: [B] the request's candidate count (HSTU blocks only: their attention divides
+        by history + candidates). capacity: history tokens the cache can hold (default: N).
+        """
+        return serving.encode_history(self, history, num_candidates=num_candidates, capacity=capacity)
+
+    def score(self, cache: serving.HistoryCache, candidates: serving.Candidates, *, impl=None):
+        """[B, M, A] logits of `candidates` against `cache`: equal to the full pass on history + candidates."""
+        return serving.score(self, cache, candidates, impl=impl)

@@ -6,7 +6,9 @@ sees exactly the batches an uninterrupted run sees after step s, and its loss cu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import math
 import pathlib
 import time
@@ -18,9 +20,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from genrank_jax import metrics
+from genrank_jax import metrics, sharding
 from genrank_jax.baselines import build_model
-from genrank_jax.checkpoint import Checkpoints, abstract_like
+from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import BatchPlan, iterate_batches, plan_batches
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
@@ -31,6 +33,10 @@ from genrank_jax.validation import validate_batch
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
+
+
+class OutputInUseError(CheckpointError):
+    """The output folder holds another run's checkpoints or results; neither resumed nor overwritten."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +57,27 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: no checkpoints
     keep_checkpoints: int = 3
 
+    # settings a resumed run may change without changing what it computes
+    RESUME_FREE_FIELDS = ("checkpoint_every", "keep_checkpoints")
+
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+def run_settings(train: TrainConfig, dataset: RankingDataset, train_requests: np.ndarray) -> dict:
+    """What a resumed run must share with the run that saved the checkpoint (besides the model config):
+    the training settings that change the result and a fingerprint of the data it trains on."""
+    fingerprint = hashlib.sha256()
+    for array in (dataset.interactions.user_ids, dataset.interactions.item_ids, dataset.interactions.timestamps,
+                  dataset.interactions.actions, train_requests):
+        fingerprint.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
+    settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in TrainConfig.RESUME_FREE_FIELDS}
+    return {"train": settings, "data": {"name": dataset.name, "exposures": int(dataset.interactions.num_exposures),
+                                        "train_requests": int(len(train_requests)),
+                                        "fingerprint": fingerprint.hexdigest()[:16]}}
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
@@ -74,36 +96,57 @@ def usable_requests(builder: SampleBuilder, requests: np.ndarray, min_history: i
     return requests[builder.history_count[requests] >= min_history]
 
 
-def train_step_fn(graphdef, task_weights):
-    """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state."""
+def train_step_fn(graphdef, task_weights, shardings=None, donate: bool = False):
+    """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state.
+
+    shardings: (state shardings, batch sharding) on a mesh; the state keeps its layout across
+    steps and the loss comes back replicated. None: one device. donate: the new state reuses the
+    old state's buffers (the old state is gone after the call; the Trainer keeps it for its NaN
+    guard, a loop that needs the memory does not)."""
 
     def loss_of(model, batch):
         return candidate_bce(model(batch), batch, task_weights)
 
-    @jax.jit
     def step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
         (loss, per_task), grads = nnx.value_and_grad(loss_of, has_aux=True)(model, batch)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss, per_task
 
-    return step
+    donated = (0,) if donate else ()
+    if shardings is None:
+        return jax.jit(step, donate_argnums=donated)
+    state_shardings, batch_sharding = shardings
+    replicated = batch_sharding.update(spec=jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated, replicated), donate_argnums=donated)
 
 
-def predict_fn(graphdef):
-    @jax.jit
+def predict_fn(graphdef, shardings=None):
     def predict(state, batch):
         model, _ = nnx.merge(graphdef, state)
         return model(batch)
 
-    return predict
+    if shardings is None:
+        return jax.jit(predict)
+    state_shardings, batch_sharding = shardings
+    # logits replicated: every process reads all of them for the metrics
+    return jax.jit(predict, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=batch_sharding.update(spec=jax.sharding.PartitionSpec()))
 
 
 class Trainer:
-    """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`."""
+    """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`.
+
+    mesh: a ("data", "model") mesh (`genrank_jax.sharding.make_mesh`) to train on all its devices,
+    several processes included: the state is laid out by `genrank_jax.sharding.RULES`
+    (`sharding_options`), each process builds its rows of every batch, and the steps compute what
+    the one-device steps compute. None: the default device.
+    """
 
     def __init__(self, config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
-                 output_dir: str | pathlib.Path | None = None):
+                 output_dir: str | pathlib.Path | None = None, *, mesh=None,
+                 sharding_options: sharding.ShardingOptions | None = None):
         if config.features != dataset.spec:
             raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
         self.config, self.train_config, self.dataset = config, train, dataset
@@ -122,39 +165,113 @@ class Trainer:
                              "lower max_history or raise max_tokens")
         self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
         self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
-        model = build_model(config, rngs=nnx.Rngs(train.seed))
-        optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
-        self.graphdef, self.state = nnx.split((model, optimizer))
-        self._step = train_step_fn(self.graphdef, config.task_weights)
-        self._predict = predict_fn(self.graphdef)
+        def make():  # numpy only outside the model: it also runs traced (sharded init)
+            model = build_model(config, rngs=nnx.Rngs(train.seed))
+            if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
+                rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
+                model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
+            return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+        self.mesh, shardings = mesh, None
+        if mesh is None:
+            self.graphdef, self.state = nnx.split(make())
+        else:  # every check before any compilation
+            self.rows = sharding.process_rows(mesh, train.batch_size)
+            self.graphdef, self.state, state_shardings = sharding.init_sharded(
+                make, mesh, sharding_options or sharding.ShardingOptions())
+            shardings = state_shardings, sharding.batch_sharding(mesh)
+        self._step = train_step_fn(self.graphdef, config.task_weights, shardings)
+        self._predict = predict_fn(self.graphdef, shardings)
         self.step = 0
         self.history: list[dict] = []
         self.checkpoints = None
-        if output_dir is not None and train.checkpoint_every:
+        # the folder's checkpoints are this run's once it resumed from them, or once it checked the
+        # folder was free (or overwrote it) before its first save
+        self._owns_checkpoints = False
+        if output_dir is not None:  # found on resume whatever checkpoint_every says
             self.checkpoints = Checkpoints(pathlib.Path(output_dir) / "checkpoints", config_json=config.to_json(),
-                                           every=train.checkpoint_every, keep=train.keep_checkpoints)
+                                           every=train.checkpoint_every, keep=train.keep_checkpoints,
+                                           settings=run_settings(train, dataset, self.train_requests))
 
     @property
     def model(self):
         """The current model as an NNX module (a fresh view of the trained state)."""
         return nnx.merge(self.graphdef, self.state)[0]
 
-    def resume(self) -> int:
-        """Restore the latest checkpoint if there is one; returns the step training continues from."""
-        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+    def resume(self, *, fallback: bool = False, allow_setting_changes: bool = False) -> int:
+        """Restore the latest checkpoint if there is one; returns the step training continues from.
+
+        The checkpoint is verified (checksums, finite values) and must match this run's model config
+        and settings (`allow_setting_changes` accepts other training settings). A damaged latest step
+        raises `CorruptCheckpointError` naming the latest good one; `fallback=True` resumes from that
+        one with a warning. See `genrank_jax.checkpoint`.
+        """
+        if self.checkpoints is None:
             return self.step
-        pure = nnx.to_pure_dict(self.state)
-        restored, meta = self.checkpoints.restore(abstract_like(pure))
+        if self.checkpoints.latest_step() is None:
+            self._owns_checkpoints = True
+            return self.step
+        restored, meta = self.checkpoints.restore(self._abstract_state(), fallback=fallback,
+                                                  allow_setting_changes=allow_setting_changes)
         nnx.replace_by_pure_dict(self.state, restored)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
+        self._owns_checkpoints = True
         return self.step
 
+    def overwrite_checkpoints(self) -> list[int]:
+        """Delete the checkpoints another run left in the output folder (an explicit choice); returns their steps."""
+        if self.checkpoints is None:
+            return []
+        removed = self.checkpoints.remove_all()
+        self._owns_checkpoints = True
+        return removed
+
+    def _abstract_state(self):
+        return abstract_like(nnx.to_pure_dict(self.state))
+
+    def _claim_checkpoints(self) -> None:
+        """Refuse to write into a folder holding another run's checkpoints (saving would delete or mix them)."""
+        if self._owns_checkpoints or self.checkpoints is None:
+            return
+        steps = self.checkpoints.all_steps()
+        if steps:
+            raise OutputInUseError(
+                f"{self.checkpoints.directory} holds another run's checkpoints (steps {steps})",
+                hint="continue that run with Trainer.resume() or replace it with Trainer.overwrite_checkpoints()",
+                cli_hint="continue that run with --resume, replace it with --overwrite, or choose another --out")
+        self._owns_checkpoints = True
+
+    def last_good_checkpoint(self) -> int | None:
+        """The newest saved step that verifies (checksums and finite values), or None."""
+        if self.checkpoints is None or self.checkpoints.latest_step() is None:
+            return None
+        return self.checkpoints.latest_good_step(self._abstract_state())
+
     def _batches_from(self, step: int):
+        """This process's batches (all of each batch without a mesh, its rows with one)."""
         epoch, skip = divmod(step, self.batches_per_epoch)
         while True:
-            yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
+            if self.mesh is None:
+                yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
+            else:
+                yield from sharding.local_batches(self.builder, self.train_requests, self.plan, self.rows, epoch, skip)
             epoch, skip = epoch + 1, 0
+
+    def _on_devices(self, batch, whole: bool = False):
+        """The batch as a step's input: on the default device, or global over the mesh from this
+        process's rows (`batch` holds just those rows, or all of them when `whole`)."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        size = self.train_config.batch_size
+        if whole:
+            size = batch.batch_size
+            batch = jax.tree.map(lambda x: x[sharding.process_rows(self.mesh, size)], batch)
+        return sharding.global_batch(batch, self.mesh, size)
+
+    def _mesh_context(self):
+        """The mesh as jax's current mesh, so the attention op runs per device block."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
 
     def fit(self, steps: int | None = None, progress: bool = False, log_every: int = 10) -> list[dict]:
         """Train until `steps` (default the config's) total steps; returns the per-step history."""
@@ -163,23 +280,27 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        if self.train_config.checkpoint_every:
+            self._claim_checkpoints()
         exposures, started = 0, time.perf_counter()
         batches = self._batches_from(self.step)
         while self.step < target:
             batch = next(batches)
             validate_batch(batch, self.config)
-            new_state, loss, per_task = self._step(self.state, jax.tree.map(jnp.asarray, batch))
+            with self._mesh_context():
+                new_state, loss, per_task = self._step(self.state, self._on_devices(batch))
             loss = float(loss)
             if not math.isfinite(loss):
-                last = self.checkpoints.latest_step() if self.checkpoints else None
-                where = f"; the last good checkpoint is step {last} in {self.checkpoints.directory}" if last is not None \
-                    else "; no checkpoint was saved"
+                last = self.last_good_checkpoint() if self._owns_checkpoints else None
+                where = (f"; the last good (verified) checkpoint is step {last} in {self.checkpoints.directory}"
+                         if last is not None else "; no verified checkpoint of this run exists")
                 raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
             self.state = new_state
             self.step += 1
             exposures += batch.num_exposures()
             self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
-            if self.checkpoints is not None and self.step % self.checkpoints.every == 0:
+            if self.checkpoints is not None and self.train_config.checkpoint_every \
+                    and self.step % self.train_config.checkpoint_every == 0:
                 self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), {"history": self.history})
             if bar is not None:
                 bar.update(1)
@@ -196,7 +317,8 @@ class Trainer:
         plan = BatchPlan(batch_size=batch_size or self.train_config.batch_size, shuffle=False)
         labels, logits, users = [], [], []
         for batch in iterate_batches(self.builder, requests, plan):
-            out = np.asarray(self._predict(self.state, jax.tree.map(jnp.asarray, batch)))
+            with self._mesh_context():
+                out = np.asarray(self._predict(self.state, self._on_devices(batch, whole=True)))
             mask = batch.candidate_mask()
             labels.append(batch.labels[mask])
             logits.append(out[mask])
@@ -208,6 +330,32 @@ class Trainer:
         requests = self.eval_requests if split == "eval" else self.train_requests
         labels, logits, users = self.predict(requests)
         return metrics.task_metrics(labels, logits, users, self.config.features.action_names)
+
+
+def check_output_folder(out: str | pathlib.Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder holding another run's checkpoints or metrics.json unless the caller
+    resumes that run or overwrites it (raises `OutputInUseError` saying what is there)."""
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the saved run, "
+                         "overwrite replaces it")
+    out = pathlib.Path(out)
+    folder = out / "checkpoints"
+    steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    metrics_file = out / "metrics.json"
+    if overwrite:
+        return
+    if not resume and (steps or metrics_file.exists()):
+        held = [f"checkpoints at steps {steps}"] if steps else []
+        held += [metrics_file.name] if metrics_file.exists() else []
+        raise OutputInUseError(f"{out} holds another run's {' and '.join(held)}",
+                               hint="continue that run with resume=True, replace it with overwrite=True, or "
+                                    "choose another folder",
+                               cli_hint="continue that run with --resume, replace it with --overwrite, or choose "
+                                        "another --out")
+    if resume and not steps and metrics_file.exists():
+        raise OutputInUseError(f"{out} holds a finished run's {metrics_file.name} but no checkpoint to resume "
+                               f"from (in {folder})", hint="replace it with overwrite=True or choose another folder",
+                               cli_hint="replace it with --overwrite or choose another --out")
 
 
 def candidate_rows(dataset: RankingDataset, requests: np.ndarray, max_candidates: int) -> np.ndarray:

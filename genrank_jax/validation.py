@@ -19,9 +19,36 @@ def _expect(name, array, shape, kind):
         raise BatchError(f"{name} must have a dtype of kind {kind!r}, got {array.dtype}")
 
 
+def _first(bad: np.ndarray) -> str:
+    """'row r, token t' of the first True in a [B] or [B, S, ...] mask."""
+    index = np.argwhere(bad)[0]
+    return f"row {index[0]}" + (f", token {index[1]}" if len(index) > 1 else "")
+
+
+def _in_range(name, array, low, high, why=""):
+    """Every value of an id array in [low, high) (high None: no upper bound)."""
+    array = np.asarray(array)
+    bad = (array < low) | ((array >= high) if high is not None else False)
+    if bad.any():
+        where = _first(bad)
+        value = array[tuple(np.argwhere(bad)[0])]
+        upper = f"{high})" if high is not None else "inf)"
+        raise BatchError(f"{name} {value} at {where} is outside [{low}, {upper}{why}")
+
+
+def _finite(name, array):
+    array = np.asarray(array)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise BatchError(f"{name} contain NaN or infinity (first at {_first(bad)})")
+
+
 def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
-    """Raise BatchError on a wrong shape or dtype, an id outside its vocabulary, an empty history
-    or a sample with no candidates. Padding rows (length 0) are allowed."""
+    """Raise BatchError on a wrong shape or dtype, an id outside its vocabulary (items, side features,
+    users, token kinds, request index, gap bucket; negative positions or slots), labels outside
+    {0, 1}, non-finite actions, content or timestamps, an empty history or a sample with no
+    candidates. Padding rows (length 0) are allowed. (The model itself never turns an out-of-range
+    id into NaN: see `genrank_jax.embeddings`; this check says which input is wrong.)"""
     features = config.features
     if batch.item_ids.ndim != 2:
         raise BatchError(f"item_ids must be [B, S], got shape {batch.item_ids.shape}")
@@ -48,9 +75,23 @@ def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
         raise BatchError(f"item id {items[row, col]} at row {row}, token {col} is outside the vocabulary "
                          f"[0, {features.num_items})")
     for index, size in enumerate(features.side_vocab_sizes):
-        column = np.asarray(batch.side[..., index])
-        if column.size and (column.min() < 0 or column.max() >= size):
-            raise BatchError(f"side feature {index} has a value outside [0, {size})")
+        _in_range(f"side feature {index} value", batch.side[..., index], 0, size)
+    _in_range("token kind", batch.kinds, 0, len(TokenKind), f" (TokenKind: {', '.join(k.name for k in TokenKind)})")
+    hashed = " (user ids are not hashed: num_user_buckets is unset)"
+    _in_range("user id", batch.user_ids, 0, None if config.num_user_buckets else features.num_users,
+              "" if config.num_user_buckets else hashed)
+    _in_range("position", batch.positions, 0, None)
+    _in_range("slot", batch.slot, 0, None)
+    _in_range("request_index", batch.request_index, 0, config.num_request_slots)
+    _in_range("gap_bucket", batch.gap_bucket, 0, config.num_gap_buckets)
+    _in_range("candidate_index", batch.candidate_index, 0, s + 1)
+    _finite("actions", batch.actions)
+    _finite("content", batch.content)
+    _finite("labels", batch.labels)
+    labels = np.asarray(batch.labels)
+    if ((labels != 0) & (labels != 1)).any():
+        bad = (labels != 0) & (labels != 1)
+        raise BatchError(f"labels must be 0 or 1, got {labels[tuple(np.argwhere(bad)[0])]} at {_first(bad)}")
     lengths = np.asarray(batch.lengths)
     candidates = np.asarray(batch.num_candidates)
     if (lengths < 0).any() or (lengths > s).any():
@@ -66,5 +107,4 @@ def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
     if empty.any():
         raise BatchError(f"row {int(np.flatnonzero(empty)[0])} has an empty history: GenRank ranks from "
                          "behaviour; drop first requests (min_history=1) or give the user some history")
-    if not np.isfinite(np.asarray(batch.timestamps)).all():
-        raise BatchError("timestamps contain NaN or infinity")
+    _finite("timestamps", batch.timestamps)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from genrank_jax.kernels.reference import attention_reference
 from genrank_jax.typing import AttentionOut, HeadSlopes, Keys, Lengths, Queries, TokenPositions, TokenTimes, Values
@@ -63,6 +64,31 @@ def _check(name, array, shape, dtypes):
         raise TypeError(f"{name} must have a dtype in {dtypes}, got {array.dtype}")
 
 
+def _concrete(x):
+    """`x` as numpy when its value is known at trace time, else None (a tracer under jit)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_counts(lengths, num_candidates, seq_len: int) -> None:
+    """Raise naming the rows whose concrete lengths / candidate counts are out of range."""
+    lengths, num_candidates = _concrete(lengths), _concrete(num_candidates)
+    if lengths is not None:
+        bad = np.flatnonzero((lengths < 0) | (lengths > seq_len))
+        if bad.size:
+            raise ValueError(f"lengths must lie in [0, S={seq_len}]; rows {bad[:8].tolist()} have "
+                             f"{lengths[bad[:8]].tolist()}")
+    if num_candidates is not None:
+        limit = lengths if lengths is not None else seq_len
+        bad = np.flatnonzero((num_candidates < 0) | (num_candidates > limit))
+        if bad.size:
+            raise ValueError(f"num_candidates must lie in [0, lengths]; rows {bad[:8].tolist()} have "
+                             f"{num_candidates[bad[:8]].tolist()} (lengths "
+                             f"{np.broadcast_to(limit, num_candidates.shape)[bad[:8]].tolist()})")
+
+
 def attention(
     q: Queries,
     k: Keys,
@@ -85,6 +111,12 @@ def attention(
     q, k: [B, S, H, D]; v: [B, S, H, Dv]; lengths, num_candidates: [B] int32;
     positions: [B, S] int32 (default arange(S)); timestamps: [B, S] float32 relative seconds;
     alibi_slopes, time_slopes: [H] float32 or None. Returns [B, S, H, Dv], zero past `lengths`.
+
+    Padding (token index >= lengths[b]) never reaches a valid output: q, k, v and timestamps
+    there may hold anything, NaN and Inf included. Gradients flow to q, k, v only; positions,
+    timestamps and both slopes are constants (every backend returns zero for them).
+    Concrete `lengths` outside [0, S] or `num_candidates` outside [0, lengths] raise ValueError;
+    traced ones (under jit) cannot be checked and are clipped into those ranges.
     `block_sizes` overrides a Pallas backend's tile sizes (ignored by `impl="xla"`, which has none).
     """
     if q.ndim != 4:
@@ -114,6 +146,7 @@ def attention(
         raise ValueError(f"kind must be 'softmax' or 'silu', got {kind!r}")
     if scale is None:
         scale = head_dim ** -0.5
+    _check_counts(lengths, num_candidates, seq_len)
     lengths = jnp.clip(lengths.astype(jnp.int32), 0, seq_len)
     num_candidates = jnp.clip(num_candidates.astype(jnp.int32), 0, lengths)
     arguments = dict(

@@ -9,8 +9,9 @@ NotImplementedError (WGMMA would compute it as TF32; use `impl="pallas_triton"` 
 What `interpret=True` covers, and what it does not
 --------------------------------------------------
 Mosaic GPU kernels cannot run in the plain Pallas interpreter, and jax's experimental GPU
-interpreter (`InterpretGPUParams`, jax >= 0.10) cannot run this kernel either: it has no rule for
-`run_state`, which WGMMA accumulation uses (checked with jax 0.10.2 and 0.11.2). So
+interpreter (`plgpu.InterpretGPUParams`, jax >= 0.11) cannot run this kernel either: with jax
+0.11.2 it fails with "Cannot lower jaxpr with effects: {IOEffect, _WGMMAPipelineEffect}"
+(`test_hopper_kernels_under_gpu_interpret_mode` is a strict xfail on that message). So
 `interpret=True` runs the blocked `pallas_call` kernels of `_gpu_blocked` with the *same CTA
 tiling* (query tiles of compute_wgs x block_q rows, key tiles of block_kv, the same block-skipping
 schedule `_gpu_tiles.kv_steps` / `q_blocks`) and the *same tile arithmetic* (`_gpu_tiles`: mask,

@@ -218,6 +218,13 @@ def _lanes(x, width):
     return x if x.shape[1] == width else x[:, :width]
 
 
+def _zero_past(x, start, length):
+    """Tile rows of tokens at or past `length` set to 0: padding may hold NaN / Inf, and 0 * NaN
+    inside a matmul is NaN, so every tile that feeds a product is cleaned first."""
+    index = start + lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    return jnp.where(index < length, x, jnp.zeros((), x.dtype))
+
+
 def _scores(q, k, *, q_lo, k_lo, length, num_candidates, head, slopes_ref, meta, cfg):
     """Logits [bq, bk] f32 (scale * q.k + bias) and the valid-pair mask [bq, bk] of one tile.
 
@@ -293,7 +300,7 @@ def _forward_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        v = v_ref[...]
+        v = _zero_past(v_ref[...], kv_block * cfg.block_k, length)
         logits, mask = _scores(q_ref[...], k_ref[...], q_lo=q_block * cfg.block_q,
                                k_lo=kv_block * cfg.block_k, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
@@ -436,13 +443,14 @@ def _dq_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_o
 
     @pl.when(_kv_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        k = k_ref[...]
-        logits, mask = _scores(q_ref[...], k, q_lo=q_block * cfg.block_q,
-                               k_lo=kv_block * cfg.block_k, length=length,
+        q_lo, k_lo = q_block * cfg.block_q, kv_block * cfg.block_k
+        k, v = (_zero_past(ref[...], k_lo, length) for ref in (k_ref, v_ref))
+        q, d_out = (_zero_past(ref[...], q_lo, length) for ref in (q_ref, d_out_ref))
+        logits, mask = _scores(q, k, q_lo=q_lo,
+                               k_lo=k_lo, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
                                meta=meta, cfg=cfg)
-        _, d_logits = _logits_grad(logits, mask, d_out_ref[...], v_ref[...], lse_ref, di_ref,
-                                   length, cfg)
+        _, d_logits = _logits_grad(logits, mask, d_out, v, lse_ref, di_ref, length, cfg)
         acc_ref[...] += lax.dot(d_logits.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     @pl.when(kv_block == pl.num_programs(3) - 1)
@@ -469,13 +477,14 @@ def _dkv_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref, d_
 
     @pl.when(_q_block_is_live(q_block, kv_block, length, num_candidates, cfg))
     def _accumulate():
-        q, d_out = q_ref[...], d_out_ref[...]
-        logits, mask = _scores(q, k_ref[...], q_lo=q_block * cfg.block_q,
-                               k_lo=kv_block * cfg.block_k, length=length,
+        q_lo, k_lo = q_block * cfg.block_q, kv_block * cfg.block_k
+        q, d_out = (_zero_past(ref[...], q_lo, length) for ref in (q_ref, d_out_ref))
+        k, v = (_zero_past(ref[...], k_lo, length) for ref in (k_ref, v_ref))
+        logits, mask = _scores(q, k, q_lo=q_lo,
+                               k_lo=k_lo, length=length,
                                num_candidates=num_candidates, head=head, slopes_ref=slopes_ref,
                                meta=meta, cfg=cfg)
-        weights, d_logits = _logits_grad(logits, mask, d_out, v_ref[...], lse_ref, di_ref,
-                                         length, cfg)
+        weights, d_logits = _logits_grad(logits, mask, d_out, v, lse_ref, di_ref, length, cfg)
         dv_acc_ref[...] += lax.dot(weights.T.astype(d_out.dtype), d_out,
                                    preferred_element_type=jnp.float32)
         dk_acc_ref[...] += lax.dot(d_logits.T.astype(q.dtype), q,

@@ -31,3 +31,13 @@ def test_lis_example_reports_a_leak_and_a_representation(capsys):
     exec(compile(code, "README LIS example", "exec"), {})
     table = capsys.readouterr().out
     assert "| future_item_embeddings@7d | leak |" in table and "| content | representation |" in table
+
+
+def test_serving_example_runs():
+    (code,) = [block for block in python_blocks() if "encode_history" in block]
+    scope = {}
+    exec(compile(code, "README serving example", "exec"), scope)
+    logits, per_request = scope["logits"], scope["per_request"]
+    import numpy as np
+    for b, got in enumerate(per_request):
+        np.testing.assert_allclose(got, np.asarray(logits)[b, :len(got)], atol=1e-5)

@@ -2,8 +2,11 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from genrank_jax.checkpoint import CheckpointError
 from genrank_jax.config import GenRankConfig
@@ -72,12 +75,17 @@ def test_corrupt_checkpoint_is_reported(dataset, tmp_path):
         make_trainer(dataset, tmp_path, steps=4, checkpoint_every=2).resume()
 
 
+def poison(trainer):
+    """Make the trainer's current (unsaved) state NaN, as a diverged step would."""
+    pure = nnx.to_pure_dict(trainer.state)
+    pure = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, pure)
+    nnx.replace_by_pure_dict(trainer.state, pure)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
-    poisoned = dataclasses.replace(dataset, catalog=dataclasses.replace(
-        dataset.catalog, content=dataset.catalog.content.copy()))
-    trainer = make_trainer(poisoned, tmp_path, steps=8, checkpoint_every=2)
+    trainer = make_trainer(dataset, tmp_path, steps=8, checkpoint_every=2)
     trainer.fit(steps=4)
-    poisoned.catalog.content[:] = np.nan  # every item's content embedding becomes NaN
+    poison(trainer)
     with pytest.raises(NonFiniteLossError, match=r"step 5.*checkpoint is step 4"):
         trainer.fit()
     assert trainer.step == 4

@@ -1,36 +1,14 @@
-"""The jnp reference against a per-pair loop written from DESIGN.md's contract."""
+"""The jnp reference against the loop oracle on a fixed case, and the op's argument checks."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.kernels.parity import Case, make_inputs
+import jax
+
 from genrank_jax.kernels import attention
-
-
-def loop_attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_slopes,
-                   time_slopes, kind):
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    batch, seq_len, heads, dim = q.shape
-    out = np.zeros(v.shape)
-    for b in range(batch):
-        history = lengths[b] - num_candidates[b]
-        for h in range(heads):
-            for i in range(lengths[b]):
-                keys = [j for j in range(lengths[b])
-                        if (i < history and j <= i) or (i >= history and (j < history or j == i))]
-                logits = np.array([
-                    q[b, i, h] @ k[b, j, h] / np.sqrt(dim)
-                    - alibi_slopes[h] * abs(positions[b, i] - positions[b, j])
-                    - time_slopes[h] * np.log1p(abs(timestamps[b, i] - timestamps[b, j]))
-                    for j in keys])
-                if kind == "softmax":
-                    weights = np.exp(logits - logits.max())
-                    weights /= weights.sum()
-                else:
-                    weights = logits / (1 + np.exp(-logits)) / lengths[b]
-                out[b, i, h] = weights @ v[b, keys, h]
-    return out
+from tests.kernels.oracle import oracle_attention
+from tests.kernels.parity import Case, make_inputs
 
 
 @pytest.mark.parametrize("kind", ["softmax", "silu"])
@@ -41,7 +19,7 @@ def test_reference_matches_loop(kind, seed):
     q, k, v, arguments, _ = make_inputs(case)
     got = attention(q, k, v, **arguments, kind=kind, impl="xla")
     numpy_arguments = {name: np.asarray(value) for name, value in arguments.items()}
-    want = loop_attention(q, k, v, kind=kind, **numpy_arguments)
+    want = oracle_attention(q, k, v, kind=kind, **numpy_arguments)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
@@ -65,3 +43,28 @@ def test_default_impl_is_the_reference_on_cpu():
     import jax
     if jax.devices()[0].platform == "cpu":
         assert default_impl(jnp.float32) == "xla" and default_impl(jnp.bfloat16) == "xla"
+
+
+def test_out_of_range_counts_are_errors_when_concrete():
+    q, k, v, arguments, _ = make_inputs(Case(batch=2, seq_len=8, head_dim=4))
+    bad_cases = [
+        (dict(lengths=jnp.array([9, 3], jnp.int32)), r"lengths must lie in \[0, S=8\]; rows \[0\]"),
+        (dict(lengths=jnp.array([4, -1], jnp.int32)), r"lengths must lie in .* rows \[1\] have \[-1\]"),
+        (dict(lengths=jnp.array([4, 3], jnp.int32), num_candidates=jnp.array([5, 0], jnp.int32)),
+         r"num_candidates must lie in \[0, lengths\]; rows \[0\] have \[5\] \(lengths \[4\]\)"),
+        (dict(lengths=jnp.array([4, 3], jnp.int32), num_candidates=jnp.array([0, -2], jnp.int32)),
+         r"num_candidates must lie in .* rows \[1\]"),
+    ]
+    for override, message in bad_cases:
+        with pytest.raises(ValueError, match=message):
+            attention(q, k, v, **{**arguments, **override}, impl="xla")
+
+
+def test_traced_out_of_range_counts_are_clipped():
+    q, k, v, arguments, _ = make_inputs(Case(batch=2, seq_len=8, head_dim=4))
+    clipped = {**arguments, "lengths": jnp.array([8, 3], jnp.int32),
+               "num_candidates": jnp.array([2, 3], jnp.int32)}
+    wild = {**arguments, "lengths": jnp.array([12, 3], jnp.int32),
+            "num_candidates": jnp.array([2, 7], jnp.int32)}
+    run = jax.jit(lambda arguments: attention(q, k, v, **arguments, impl="xla"))
+    np.testing.assert_array_equal(np.asarray(run(wild)), np.asarray(run(clipped)))

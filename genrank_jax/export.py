@@ -1,0 +1,187 @@
+"""Export a trained GenRank's encode and score functions with `jax.export` for a jax-only process.
+
+`export_scorer(model, out)` writes into `out/`:
+  encode.jaxexport   serialized StableHLO of encode(params, history) -> cache, symbolic dims
+                     b (users) and n (history tokens; the cache capacity is n)
+  score.jaxexport    score(params, cache, candidates) -> [b, m, A] logits, symbolic b, n, m
+  params.npz         the parameters, as the flat list both functions take first (arr_0, arr_1, ...)
+  manifest.json      the input/output names in order, the platforms, the model config
+
+Inputs and outputs are plain dicts of arrays (the field names of `serving.History`,
+`serving.Candidates` and `serving.HistoryCache`, with the per-block keys/values as `keys_<i>`,
+`values_<i>`), so a process that imports only jax and numpy can load and call them:
+
+    exported = jax.export.deserialize(open("scorer/score.jaxexport", "rb").read())
+    params = list(np.load("scorer/params.npz").values())   # in arr_<i> order
+    logits = exported.call(params, cache, candidates)
+
+The exported functions use the jnp attention reference (a Pallas kernel would tie the artifact to
+one device kind); `platforms` picks the targets (cpu, cuda, tpu; several make one multi-platform
+artifact). Input checks (unknown items, too long a history, a foreign cache) run in the library
+before export, not inside the artifact: the caller of a bare artifact validates its inputs itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from genrank_jax import serving
+from genrank_jax.errors import GenrankError
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+HISTORY_FIELDS = [f.name for f in dataclasses.fields(serving.History)]
+CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(serving.Candidates)]
+
+
+def cache_to_dict(cache: serving.HistoryCache) -> dict:
+    out = {name: getattr(cache, name) for name in ("positions", "timestamps", "lengths", "user_ids", "normalizer",
+                                                   "model_tag")}
+    for i, (k, v) in enumerate(zip(cache.keys, cache.values)):
+        out[f"keys_{i}"], out[f"values_{i}"] = k, v
+    return out
+
+
+def cache_from_dict(arrays: dict, num_blocks: int) -> serving.HistoryCache:
+    return serving.HistoryCache(
+        keys=tuple(arrays[f"keys_{i}"] for i in range(num_blocks)),
+        values=tuple(arrays[f"values_{i}"] for i in range(num_blocks)),
+        **{name: arrays[name] for name in ("positions", "timestamps", "lengths", "user_ids", "normalizer",
+                                           "model_tag")})
+
+
+def _abstract_inputs(config):
+    """ShapeDtypeStructs of History, Candidates and the cache with symbolic b, n, m."""
+    b, n, m = jax.export.symbolic_shape("b, n, m")
+    features = config.features
+    side, content, actions = len(features.side_vocab_sizes), features.content_dim, features.num_actions
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+    history = dict(user_ids=spec((b,), "int32"), item_ids=spec((b, n), "int32"), kinds=spec((b, n), "int8"),
+                   actions=spec((b, n, actions), "float32"), side=spec((b, n, side), "int32"),
+                   content=spec((b, n, content), "float32"), request_index=spec((b, n), "int32"),
+                   gap_bucket=spec((b, n), "int32"), slot=spec((b, n), "int32"),
+                   timestamps=spec((b, n), "float32"), lengths=spec((b,), "int32"))
+    candidates = dict(item_ids=spec((b, m), "int32"), side=spec((b, m, side), "int32"),
+                      content=spec((b, m, content), "float32"), slot=spec((b, m), "int32"),
+                      num_candidates=spec((b,), "int32"), request_index=spec((b,), "int32"),
+                      gap_bucket=spec((b,), "int32"), request_time=spec((b,), "float32"))
+    dtype = jnp.dtype(config.dtype)
+    heads, head_dim = config.num_heads, config.head_dim
+    cache = dict(positions=spec((b, n), "int32"), timestamps=spec((b, n), "float32"), lengths=spec((b,), "int32"),
+                 user_ids=spec((b,), "int32"), normalizer=spec((b,), "int32"), model_tag=spec((2,), "uint32"))
+    for i in range(config.num_blocks):
+        cache[f"keys_{i}"] = cache[f"values_{i}"] = spec((b, n, heads, head_dim), dtype)
+    return history, candidates, cache
+
+
+def check_platforms(platforms) -> tuple[str, ...]:
+    platforms = tuple(platforms)
+    unknown = [p for p in platforms if p not in PLATFORMS]
+    if unknown or not platforms:
+        raise GenrankError(f"unknown export platform(s) {unknown or list(platforms)}; choose from {list(PLATFORMS)}")
+    return platforms
+
+
+def export_scorer(model, out, *, platforms=("cpu",)) -> pathlib.Path:
+    """Write encode/score artifacts, parameters and manifest of `model` into folder `out`."""
+    platforms = check_platforms(platforms)
+    config = model.config
+    if config.architecture != "genrank":
+        raise GenrankError(f"only GenRank models are exported for serving, not {config.architecture!r}")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+    tag = serving.model_tag(model)
+
+    def merged(params):
+        return nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
+
+    def encode_fn(params, history, num_candidates):
+        cache = serving.encode_history(merged(params), serving.History(**history), num_candidates=num_candidates,
+                                       tag=tag)
+        return cache_to_dict(cache)
+
+    def score_fn(params, cache, candidates):
+        return serving.score(merged(params), cache_from_dict(cache, config.num_blocks),
+                             serving.Candidates(**candidates), impl="xla", tag=tag)
+
+    history, candidates, cache = _abstract_inputs(config)
+    params = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+    b = history["lengths"].shape[0]
+    counts = jax.ShapeDtypeStruct((b,), jnp.int32)
+    exported_encode = jax.export.export(jax.jit(encode_fn), platforms=platforms)(params, history, counts)
+    exported_score = jax.export.export(jax.jit(score_fn), platforms=platforms)(params, cache, candidates)
+    (out / "encode.jaxexport").write_bytes(exported_encode.serialize())
+    (out / "score.jaxexport").write_bytes(exported_score.serialize())
+    np.savez(out / "params.npz", *[np.asarray(x) for x in leaves])
+    manifest = dict(
+        format="genrank-jax scorer 1", platforms=list(platforms), num_params=len(leaves),
+        encode=dict(inputs=["params", "history", "num_candidates"], history=HISTORY_FIELDS,
+                    num_candidates="[b] int32: the request's candidate count (used by HSTU blocks only)",
+                    outputs=sorted(cache)),
+        score=dict(inputs=["params", "cache", "candidates"], candidates=CANDIDATE_FIELDS, outputs="logits [b, m, A]"),
+        symbolic_dims=dict(b="users", n="history tokens (= cache capacity)", m="candidate slots"),
+        actions=list(config.features.action_names), config=json.loads(config.to_json()),
+        model_tag=tag.tolist())
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def load_checkpoint_model(directory, step: int | None = None):
+    """(GenRank model, step) saved by `genrank-jax train` checkpoints in `directory` (latest step by default).
+
+    The model config and training settings are read from the checkpoint itself; the arrays are
+    restored through `Checkpoints.restore` (checksums and finiteness verified).
+    """
+    import orbax.checkpoint as ocp
+
+    from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
+    from genrank_jax.config import GenRankConfig
+    from genrank_jax.model import GenRank
+    from genrank_jax.training import TrainConfig, make_optimizer
+
+    directory = pathlib.Path(directory).absolute()
+    if not directory.is_dir():
+        raise CheckpointError(f"no checkpoint folder {directory}")
+    manager = ocp.CheckpointManager(directory)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory}")
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            config = GenRankConfig.from_json(json.dumps(meta["config"]))
+            train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            train = TrainConfig(**{k: v for k, v in meta.get("settings", {}).get("train", {}).items()
+                                   if k in train_fields})
+        except CheckpointError:
+            raise
+        except Exception as error:  # orbax raises many types for unreadable files
+            raise CheckpointError(f"checkpoint at step {step} in {directory} is corrupt or unreadable (metadata): "
+                                  f"{type(error).__name__}: {error}") from error
+    finally:
+        manager.close()
+    if config.architecture != "genrank":
+        raise CheckpointError(f"the checkpoint in {directory} holds a {config.architecture!r} model, not GenRank")
+    model = GenRank(config, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    pure = nnx.to_pure_dict(state)
+    checkpoints = Checkpoints(directory, config_json=config.to_json(), keep=None, settings=meta.get("settings"))
+    try:
+        restored, _ = checkpoints.restore(abstract_like(pure), step)
+    finally:
+        checkpoints.close()
+    nnx.replace_by_pure_dict(state, restored)
+    model, _ = nnx.merge(graphdef, state)
+    return model, step
+
+
+__all__ = ["export_scorer", "load_checkpoint_model", "cache_to_dict", "cache_from_dict", "PLATFORMS"]

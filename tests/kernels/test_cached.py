@@ -1,0 +1,139 @@
+"""The cached attention op (serving) against the full op's candidate rows, forward and backward.
+
+The independent oracle is the full op (`attention`, its jnp reference) on the concatenated sequence
+history + candidates: the cached op must return exactly its candidate rows, and (reference backend)
+the gradients of q, k, v, cached keys and cached values must be the full op's gradients at the
+corresponding rows. The Pallas backend runs in interpret mode on the CPU.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from genrank_jax.kernels import alibi_slopes, attention, cached_attention
+from genrank_jax.kernels.pallas_cached import BlockSizes
+
+ATOL = 1e-5
+
+
+def make_case(seed, *, batch=3, cache_len=37, slots=21, heads=2, head_dim=16, value_dim=None,
+              cache_lengths=None, num_candidates=None):
+    """Random cached-op inputs and the equivalent full-op sequence (history then candidates)."""
+    rng = np.random.default_rng(seed)
+    value_dim = value_dim or head_dim
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+    q, k, v = normal(batch, slots, heads, head_dim), normal(batch, slots, heads, head_dim), normal(batch, slots, heads, value_dim)
+    cache_k, cache_v = normal(batch, cache_len, heads, head_dim), normal(batch, cache_len, heads, value_dim)
+    lengths = np.array(cache_lengths if cache_lengths is not None else rng.integers(0, cache_len + 1, batch))
+    counts = np.array(num_candidates if num_candidates is not None else rng.integers(0, slots + 1, batch))
+    cache_positions = np.cumsum(rng.integers(0, 3, (batch, cache_len)), axis=1).astype(np.int32)
+    positions = (cache_positions[np.arange(batch), np.maximum(lengths - 1, 0)][:, None]
+                 + rng.integers(0, 3, (batch, slots))).astype(np.int32)
+    cache_times = -np.cumsum(rng.exponential(300.0, (batch, cache_len))[:, ::-1], axis=1)[:, ::-1]
+    times = rng.uniform(-50, 0, (batch, slots))
+    slopes = dict(alibi_slopes=alibi_slopes(heads) * rng.uniform(0.5, 2.0),
+                  time_slopes=alibi_slopes(heads) * rng.uniform(0.5, 2.0))
+    cached = dict(cache_lengths=jnp.asarray(lengths, jnp.int32), num_candidates=jnp.asarray(counts, jnp.int32),
+                  positions=jnp.asarray(positions), cache_positions=jnp.asarray(cache_positions),
+                  timestamps=jnp.asarray(times, jnp.float32), cache_timestamps=jnp.asarray(cache_times, jnp.float32),
+                  **slopes)
+    # the full sequence: sample b's history rows [0, h), candidate rows [h, h + m), padding after
+    seq_len = cache_len + slots
+    history_rows = [np.arange(h) for h in lengths]
+    candidate_rows = [h + np.arange(slots) for h in lengths]  # slot j -> row h + j (even past m: masked)
+    layout = dict(history_rows=history_rows, candidate_rows=candidate_rows, seq_len=seq_len)
+    full_meta = np.zeros((batch, seq_len), np.int32), np.zeros((batch, seq_len), np.float32)
+    full_pos, full_time = full_meta
+    for b in range(batch):
+        full_pos[b, history_rows[b]] = cache_positions[b, :lengths[b]]
+        full_pos[b, candidate_rows[b]] = positions[b]
+        full_time[b, history_rows[b]] = cache_times[b, :lengths[b]]
+        full_time[b, candidate_rows[b]] = times[b]
+    full = dict(lengths=jnp.asarray(lengths + counts, jnp.int32), num_candidates=jnp.asarray(counts, jnp.int32),
+                positions=jnp.asarray(full_pos), timestamps=jnp.asarray(full_time), **slopes)
+    arrays = tuple(jnp.asarray(x) for x in (q, k, v, cache_k, cache_v))
+    return arrays, cached, full, layout
+
+
+def assemble(layout, cands, cache):
+    """[B, S, ...]: cache rows then candidate rows, per sample."""
+    batch = cands.shape[0]
+    out = jnp.zeros((batch, layout["seq_len"]) + cands.shape[2:], cands.dtype)
+    for b in range(batch):
+        h = len(layout["history_rows"][b])
+        out = out.at[b, :h].set(cache[b, :h]).at[b, layout["candidate_rows"][b]].set(cands[b])
+    return out
+
+
+def full_candidate_rows(arrays, full, layout, kind):
+    """Full-op output at the candidate rows, as a function of (q, k, v, cache_k, cache_v)."""
+    q, k, v, cache_k, cache_v = arrays
+    out = attention(assemble(layout, q, jnp.zeros_like(cache_k)), assemble(layout, k, cache_k),
+                    assemble(layout, v, cache_v), **full, kind=kind, impl="xla")
+    return jnp.stack([out[b, rows] for b, rows in enumerate(layout["candidate_rows"])])
+
+
+def zero_padding_rows(x, counts):
+    return x * (np.arange(x.shape[1])[None, :] < np.asarray(counts)[:, None])[:, :, None, None]
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_equals_full_op_candidate_rows_forward_and_backward(kind, seed):
+    arrays, cached, full, layout = make_case(seed, cache_lengths=[0, 1, 30] if seed else None)
+    counts = cached["num_candidates"]
+
+    def cached_fn(*xs):
+        q, k, v, cache_k, cache_v = xs
+        return cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, **cached, kind=kind, impl="xla")
+
+    def full_fn(*xs):  # rows past num_candidates are zero in the cached op, masked in the full op
+        return zero_padding_rows(full_candidate_rows(xs, full, layout, kind), counts)
+
+    got, got_vjp = jax.vjp(cached_fn, *arrays)
+    want, want_vjp = jax.vjp(full_fn, *arrays)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)
+    cotangent = jnp.asarray(np.random.default_rng(seed + 7).normal(size=got.shape), jnp.float32)
+    for name, g, w in zip(("dq", "dk", "dv", "dcache_k", "dcache_v"), got_vjp(cotangent), want_vjp(cotangent)):
+        np.testing.assert_allclose(g, w, atol=2 * ATOL, rtol=2 * ATOL / 10, err_msg=name)
+    assert np.abs(np.asarray(got)).max() > 0.1  # a real signal, not all zeros
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+@pytest.mark.parametrize("seed,shape", [(3, dict(batch=2, cache_len=50, slots=35, head_dim=24, value_dim=8)),
+                                        (4, dict(cache_len=5, slots=3, batch=2))])
+def test_pallas_interpret_equals_reference(kind, seed, shape):
+    arrays, cached, full, layout = make_case(seed, **shape)
+    q, k, v, cache_k, cache_v = arrays
+    call = lambda impl: cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, **cached,
+                                         kind=kind, impl=impl, interpret=True,
+                                         block_sizes=BlockSizes(block_m=16, block_n=16) if impl != "xla" else None)
+    got, want = call("pallas_triton"), call("xla")
+    np.testing.assert_allclose(got, want, atol=ATOL * max(1.0, np.abs(want).max()), rtol=ATOL / 10)
+    # and against the independent oracle, the full op
+    np.testing.assert_allclose(got, zero_padding_rows(full_candidate_rows(arrays, full, layout, kind),
+                                                      cached["num_candidates"]), atol=ATOL, rtol=ATOL / 10)
+
+
+def test_pallas_backend_refuses_gradients():
+    arrays, cached, _, _ = make_case(5)
+    q, k, v, cache_k, cache_v = arrays
+    loss = lambda q: cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, **cached,
+                                      impl="pallas_triton", interpret=True).sum()
+    with pytest.raises(NotImplementedError, match="inference only"):
+        jax.grad(loss)(q)
+
+
+def test_bad_arguments_raise():
+    arrays, cached, _, _ = make_case(6)
+    q, k, v, cache_k, cache_v = arrays
+    with pytest.raises(ValueError, match="cache_keys"):
+        cached_attention(q, k, v, cache_keys=cache_k[:, :, :1], cache_values=cache_v, cache_lengths=cached["cache_lengths"])
+    with pytest.raises(NotImplementedError, match="no backend 'pallas_tpu'"):
+        cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, cache_lengths=cached["cache_lengths"],
+                         impl="pallas_tpu")
+    if jax.devices()[0].platform == "cpu":
+        with pytest.raises(NotImplementedError, match="interpret=True"):
+            cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v,
+                             cache_lengths=cached["cache_lengths"], impl="pallas_triton")

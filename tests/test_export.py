@@ -1,0 +1,94 @@
+"""`genrank-jax export`: a trained checkpoint's encode/score, loaded by a process that imports only jax."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from genrank_jax import cli
+from genrank_jax.data.samples import SampleBuilder, SampleLayout
+from genrank_jax.data.sources import load_dataset
+from genrank_jax.export import load_checkpoint_model
+from genrank_jax.serving import Candidates, History, split_batch
+
+FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16", "--no-progress",
+        "--checkpoint-every", "2"]
+
+# Runs in a fresh interpreter: numpy and jax only; fails if anything imported genrank_jax.
+LOADER = """
+import sys, numpy as np, jax
+folder, inputs, output = sys.argv[1:]
+load = lambda name: jax.export.deserialize(bytearray(open(f"{folder}/{name}.jaxexport", "rb").read()))
+encode, score = load("encode"), load("score")
+stored = np.load(f"{folder}/params.npz")
+params = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+x = np.load(inputs)
+history = {k[len("history."):]: x[k] for k in x.files if k.startswith("history.")}
+candidates = {k[len("candidates."):]: x[k] for k in x.files if k.startswith("candidates.")}
+cache = encode.call(params, history, candidates["num_candidates"])
+np.save(output, np.asarray(score.call(params, cache, candidates)))
+# the same artifacts at other sizes (symbolic b, n, m): 2 users, 3 fewer history tokens, 1 fewer candidate slot
+history = {k: v[:2, :-3] if v.ndim >= 2 else v[:2] for k, v in history.items()}
+history["lengths"] = np.minimum(history["lengths"], history["item_ids"].shape[1])
+candidates = {k: v[:2, :-1] if v.ndim >= 2 else v[:2] for k, v in candidates.items()}
+candidates["num_candidates"] = np.minimum(candidates["num_candidates"], candidates["item_ids"].shape[1])
+cache = encode.call(params, history, candidates["num_candidates"])
+np.save(output + ".small.npy", np.asarray(score.call(params, cache, candidates)))
+assert not [m for m in sys.modules if m.startswith("genrank_jax")], "the loader imported genrank_jax"
+"""
+
+
+def test_exported_scorer_in_a_jax_only_process_equals_library_score(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST]) == 0
+    scorer = tmp_path / "scorer"
+    assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(scorer),
+                     "--platforms", "cpu,cuda"]) == 0
+    assert "exported step 2" in capsys.readouterr().out
+    manifest = json.loads((scorer / "manifest.json").read_text())
+    assert manifest["platforms"] == ["cpu", "cuda"] and manifest["symbolic_dims"].keys() == {"b", "n", "m"}
+
+    model, step = load_checkpoint_model(run / "checkpoints")
+    assert step == 2
+    dataset = load_dataset("synthetic:tests")
+    builder = SampleBuilder(dataset, SampleLayout(max_history=16))
+    requests = np.asarray(dataset.eval_requests)
+    requests = requests[builder.history_count[requests] >= 1][:3]
+    history, candidates = split_batch(builder.build(requests, int(builder.token_counts(requests).max())))
+    want = np.asarray(model.score(model.encode_history(history), candidates))
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, **{f"history.{k}": np.asarray(v) for k, v in vars(history).items()},
+             **{f"candidates.{k}": np.asarray(v) for k, v in vars(candidates).items()})
+    output = tmp_path / "logits.npy"
+    done = subprocess.run([sys.executable, "-c", LOADER, str(scorer), str(inputs), str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(output), want, atol=1e-5, rtol=1e-6)
+    small_history = History(**{k: np.asarray(v)[:2, :-3] if np.ndim(v) >= 2 else np.asarray(v)[:2]
+                               for k, v in vars(history).items()})
+    small_history = dataclasses.replace(small_history, lengths=np.minimum(small_history.lengths,
+                                                                          small_history.item_ids.shape[1]))
+    small = Candidates(**{k: np.asarray(v)[:2, :-1] if np.ndim(v) >= 2 else np.asarray(v)[:2]
+                          for k, v in vars(candidates).items()})
+    small = dataclasses.replace(small, num_candidates=np.minimum(small.num_candidates, small.item_ids.shape[1]))
+    want_small = np.asarray(model.score(model.encode_history(small_history), small))
+    np.testing.assert_allclose(np.load(str(output) + ".small.npy"), want_small, atol=1e-5, rtol=1e-6)
+    assert np.abs(want).max() > 0.01
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--platforms", "gpu"], "unknown export platform"),
+    (["--checkpoint", "/nonexistent/checkpoints"], "no checkpoint folder"),
+])
+def test_export_errors_are_one_line(tmp_path, capsys, argv, message):
+    base = {"--checkpoint": str(tmp_path), "--out": str(tmp_path / "scorer"), "--platforms": "cpu"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    (tmp_path / "x").mkdir()
+    args = ["export"] + [item for pair in base.items() for item in pair]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrank-jax export:") and message in err and "\n" not in err

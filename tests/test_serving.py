@@ -1,0 +1,185 @@
+"""Serving: cached scoring equals the full forward pass; append is exact; micro-batches compile once.
+
+The oracle is always the model's own full training-style pass (`model(batch)`) on history +
+candidates, gathered at the candidate tokens, on real token batches from the simulator (users with
+different history lengths, one with no history at all) and freshly initialized models.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from genrank_jax.config import GenRankConfig
+from genrank_jax.data.samples import SampleBuilder, SampleLayout
+from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model import GenRank
+from genrank_jax.scorer import Request, Scorer, requests_from
+from genrank_jax.serving import History, ServingError, split_batch
+
+ATOL = 1e-5
+VARIANTS = [(organization, block) for organization in ("action", "item") for block in ("transformer", "hstu")]
+
+
+@pytest.fixture(scope="module")
+def feed():
+    return simulate(SimulatorConfig.preset("tests"))
+
+
+def make_batch(dataset, organization, seed=0, count=5, max_history=20):
+    """A token batch whose rows have different history lengths, one of them none."""
+    builder = SampleBuilder(dataset, SampleLayout(max_history=max_history, organization=organization))
+    rng = np.random.default_rng(seed)
+    requests = np.asarray(dataset.train_requests)
+    with_history = requests[builder.history_count[requests] >= 1]
+    chosen = np.concatenate([rng.choice(with_history, count - 1, replace=False),
+                             requests[builder.history_count[requests] == 0][:1]])
+    return builder.build(chosen, int(builder.token_counts(chosen).max()) + 3)
+
+
+def make_model(dataset, organization, block, seed=0, **overrides):
+    config = GenRankConfig.preset("tiny", dataset.spec, organization=organization, block=block, num_blocks=2,
+                                  **overrides)
+    return GenRank(config, rngs=nnx.Rngs(seed))
+
+
+def full_pass_candidates(model, batch):
+    """[B, M, A] logits of the full pass at each candidate token (0 on empty slots)."""
+    logits = np.asarray(model(batch))
+    index = np.minimum(np.asarray(batch.candidate_index), batch.seq_len - 1)
+    gathered = np.take_along_axis(logits, index[..., None], axis=1)
+    valid = np.arange(index.shape[1])[None, :] < np.asarray(batch.num_candidates)[:, None]
+    return np.where(valid[..., None], gathered, 0.0)
+
+
+@pytest.mark.parametrize("organization,block", VARIANTS)
+def test_score_equals_full_forward_pass(feed, organization, block):
+    batch = make_batch(feed.dataset, organization, seed=len(organization) + len(block))
+    model = make_model(feed.dataset, organization, block)
+    history, candidates = split_batch(batch)
+    assert len(set(np.asarray(history.lengths).tolist())) > 1 and 0 in history.lengths
+    cache = model.encode_history(history, num_candidates=candidates.num_candidates, capacity=history.item_ids.shape[1] + 5)
+    got = np.asarray(model.score(cache, candidates))
+    want = full_pass_candidates(model, batch)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)
+    assert np.abs(want).max() > 0.1
+
+
+@pytest.mark.parametrize("block", ["transformer", "hstu"])
+def test_score_through_the_pallas_cached_kernel(feed, block):
+    """The model's cached attention through the Pallas backend (interpret mode on the CPU)."""
+    batch = make_batch(feed.dataset, "action", seed=7, count=3, max_history=12)
+    model = make_model(feed.dataset, "action", block, attention_interpret=True)
+    history, candidates = split_batch(batch)
+    cache = model.encode_history(history, num_candidates=candidates.num_candidates)
+    got = np.asarray(model.score(cache, candidates, impl="pallas_triton"))
+    np.testing.assert_allclose(got, full_pass_candidates(model, batch), atol=ATOL, rtol=ATOL / 10)
+
+
+@pytest.mark.parametrize("organization", ["action", "item"])
+def test_append_equals_recomputation(feed, organization):
+    batch = make_batch(feed.dataset, organization, seed=3)
+    model = make_model(feed.dataset, organization, "transformer", seed=1)
+    history, candidates = split_batch(batch)
+    tokens_per_exposure = 2 if organization == "item" else 1
+    lengths = np.asarray(history.lengths)
+    # split each history after a random whole number of exposures
+    rng = np.random.default_rng(0)
+    first = np.array([rng.integers(0, n // tokens_per_exposure + 1) * tokens_per_exposure for n in lengths])
+    width = history.item_ids.shape[1]
+    shifted = lambda a, offset: np.stack([np.roll(np.asarray(a)[b], -offset[b], axis=0) for b in range(len(offset))])
+    older = dataclasses.replace(history, lengths=first.astype(np.int32))
+    newer = History(**{name: (shifted(value, first) if np.ndim(value) >= 2 else value)
+                       for name, value in vars(history).items() if name != "lengths"},
+                    lengths=(lengths - first).astype(np.int32))
+    appended = model.encode_history(older, capacity=width + 4).append(newer, model=model)
+    recomputed = model.encode_history(history, capacity=width + 4)
+    np.testing.assert_array_equal(appended.lengths, recomputed.lengths)
+    for got, want in zip(appended.keys + appended.values, recomputed.keys + recomputed.values):
+        for b, n in enumerate(lengths):
+            np.testing.assert_allclose(np.asarray(got)[b, :n], np.asarray(want)[b, :n], atol=ATOL, rtol=ATOL / 10)
+    np.testing.assert_allclose(model.score(appended, candidates), full_pass_candidates(model, batch),
+                               atol=ATOL, rtol=ATOL / 10)
+    # and through the compiled scorer
+    scorer = Scorer(model, rows_per_batch=2, candidates_per_row=4)
+    compiled = scorer.append(scorer.encode(older, capacity=width + 4), newer)
+    np.testing.assert_allclose(model.score(compiled, candidates), full_pass_candidates(model, batch),
+                               atol=ATOL, rtol=ATOL / 10)
+
+
+def test_append_refuses_hstu(feed):
+    batch = make_batch(feed.dataset, "action")
+    model = make_model(feed.dataset, "action", "hstu")
+    history, candidates = split_batch(batch)
+    cache = model.encode_history(history, num_candidates=candidates.num_candidates)
+    with pytest.raises(ServingError, match="HSTU"):
+        cache.append(history, model=model)
+
+
+@pytest.mark.parametrize("block", ["transformer", "hstu"])
+def test_micro_batches_compile_once_and_equal_the_full_pass(feed, block):
+    model = make_model(feed.dataset, "action", block, seed=2)
+    scorer = Scorer(model, rows_per_batch=3, candidates_per_row=4)
+    for seed in (4, 5):  # request sizes differ from call to call; the cache shape does not
+        batch = make_batch(feed.dataset, "action", seed=seed, max_history=16)
+        history, candidates = split_batch(batch)
+        rng = np.random.default_rng(seed)
+        counts = rng.integers(1, np.asarray(candidates.num_candidates) + 1)  # a random prefix of each request
+        candidates = dataclasses.replace(candidates, num_candidates=counts.astype(np.int32))
+        batch = dataclasses.replace(batch, num_candidates=counts.astype(np.int32),
+                                    lengths=(np.asarray(history.lengths) + counts).astype(np.int32),
+                                    candidate_index=np.where(np.arange(batch.candidate_index.shape[1]) < counts[:, None],
+                                                             batch.candidate_index, batch.seq_len).astype(np.int32))
+        cache = scorer.encode(history, num_candidates=counts, capacity=20)
+        logits = scorer.score_requests(cache, requests_from(candidates))
+        want = full_pass_candidates(model, batch)
+        for b, got in enumerate(logits):
+            assert got.shape == (counts[b], model.config.features.num_actions)
+            np.testing.assert_allclose(got, want[b, :counts[b]], atol=ATOL, rtol=ATOL / 10)
+    assert scorer.compilations() == 1
+
+
+def test_bad_input_raises_clear_errors(feed):
+    batch = make_batch(feed.dataset, "action")
+    model = make_model(feed.dataset, "action", "transformer")
+    history, candidates = split_batch(batch)
+    num_items = feed.dataset.spec.num_items
+    cache = model.encode_history(history)
+    unknown = np.array(candidates.item_ids)
+    unknown[0, 0] = num_items + 3
+    with pytest.raises(ServingError, match=rf"unknown item id.*\[{num_items + 3}\]"):
+        model.score(cache, dataclasses.replace(candidates, item_ids=unknown))
+    bad_history = np.array(history.item_ids)
+    bad_history[0, 0] = -7
+    with pytest.raises(ServingError, match="history tokens hold 1 unknown item id"):
+        model.encode_history(dataclasses.replace(history, item_ids=bad_history))
+    with pytest.raises(ServingError, match="empty"):
+        model.score(cache, dataclasses.replace(candidates, num_candidates=np.zeros_like(candidates.num_candidates)))
+    scorer = Scorer(model)
+    requests = requests_from(candidates)
+    requests[2] = Request(item_ids=np.zeros(0, np.int32))
+    with pytest.raises(ServingError, match="request 2 has an empty candidate list"):
+        scorer.score_requests(cache, requests)
+    requests[2] = Request(item_ids=np.array([1, num_items]))
+    with pytest.raises(ServingError, match="request 2 holds 1 unknown item id"):
+        scorer.score_requests(cache, requests)
+    short = make_model(feed.dataset, "action", "transformer", max_tokens=16)
+    with pytest.raises(ServingError, match="position table covers 16 positions"):
+        short.encode_history(history)
+    other = make_model(feed.dataset, "action", "transformer", seed=9)
+    with pytest.raises(ServingError, match="encoded by another model"):
+        other.score(cache, candidates)
+    with pytest.raises(ServingError, match="encoded by another model"):
+        Scorer(other).score_requests(cache, requests_from(candidates))
+    wider = make_model(feed.dataset, "action", "transformer", num_heads=4)
+    with pytest.raises(ServingError, match="encoded by another model"):
+        wider.score(cache, candidates)
+    hstu = make_model(feed.dataset, "action", "hstu")
+    with pytest.raises(ServingError, match="needs num_candidates"):
+        hstu.encode_history(history)
+    hstu_cache = Scorer(hstu).encode(history, num_candidates=candidates.num_candidates)
+    fewer = requests_from(candidates)
+    fewer[0] = Request(item_ids=np.asarray(fewer[0].item_ids)[:1])
+    with pytest.raises(ServingError, match="request 0 has 1 candidates but its cache was encoded for"):
+        Scorer(hstu).score_requests(hstu_cache, fewer)
