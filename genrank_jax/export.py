@@ -138,7 +138,7 @@ def load_checkpoint_model(directory, step: int | None = None):
     """The GenRank model saved by training checkpoints in `directory` (latest step by default)."""
     import orbax.checkpoint as ocp
 
-    from genrank_jax.checkpoint import CheckpointError
+    from genrank_jax.checkpoint import CheckpointError, verify_restored
     from genrank_jax.config import GenRankConfig
     from genrank_jax.model import GenRank
 
@@ -158,6 +158,7 @@ def load_checkpoint_model(directory, step: int | None = None):
                               f"{type(error).__name__}: {error}") from error
     finally:
         manager.close()
+    verify_restored(restored["state"], restored["meta"], step, directory)  # checksums, finite values
     if config.architecture != "genrank":
         raise CheckpointError(f"the checkpoint in {directory} holds a {config.architecture!r} model, not GenRank")
     model = GenRank(config, rngs=nnx.Rngs(0))
