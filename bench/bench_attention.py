@@ -118,7 +118,10 @@ def parse_args(argv, on_gpu):
     parser.add_argument("--baseline-memory-fraction", type=float, default=0.5)
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds; configurations after it is spent are skipped")
-    parser.add_argument("--out", default=None, help="JSON path, or 'auto' for bench/results/")
+    parser.add_argument("--exclude", default="",
+                        help="S x D pairs to leave out, e.g. 8192x128 (measured by an earlier run)")
+    parser.add_argument("--out", default=None,
+                        help="JSON path, or 'auto' for bench/results/; rewritten after every row")
     return parser.parse_args(argv)
 
 
@@ -138,10 +141,13 @@ def main(argv=None):
     print(json.dumps(header))
     print(f"{'kind':8} {'S':>6} {'D':>4} {'impl':18} {'fwd ms':>9} {'TFLOP/s':>8} {'f+b ms':>9} "
           f"{'TFLOP/s':>8} {'temp MiB':>9} {'vs dpa':>7} {'vs xla':>7}")
-    rows, started = [], time.perf_counter()
+    rows, started, out = [], time.perf_counter(), args.out
+    excluded = {tuple(map(int, pair.split("x"))) for pair in args.exclude.split(",") if pair}
     for kind in args.kinds.split(","):
         for seq_len in map(int, args.seq_lens.split(",")):
             for head_dim in map(int, args.head_dims.split(",")):
+                if (seq_len, head_dim) in excluded:
+                    continue
                 problem = make_problem(seq_len, head_dim, args, rng)
                 batch, heads = problem[0].shape[0], problem[0].shape[2]
                 flops = forward_flops(problem[4], problem[5], heads, head_dim, head_dim)
@@ -177,6 +183,8 @@ def main(argv=None):
                     if skip:
                         row["skipped"] = skip
                     config_rows.append(row)
+                    # Saved as soon as measured: a run stopped at its time limit keeps its rows.
+                    out = write_rows("attention", header, rows + config_rows, out) or out
                 for row in config_rows:
                     for baseline in ("dpa", "xla"):
                         base = next((r for r in config_rows if r["impl"] == baseline and "fwd_ms" in r), None)
@@ -185,7 +193,7 @@ def main(argv=None):
                             row[f"fwd_bwd_speedup_vs_{baseline}"] = base["fwd_bwd_ms"] / row["fwd_bwd_ms"]
                     print_row(row)
                 rows.extend(config_rows)
-    path = write_rows("attention", header, rows, args.out)
+    path = write_rows("attention", header, rows, out)
     if path:
         print(f"wrote {len(rows)} rows to {path}")
     return rows

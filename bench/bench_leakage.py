@@ -76,6 +76,12 @@ def main() -> int:
     peak = matmul_peak()
     print(f"f32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     rows = [dict(kind="matmul_peak", gflops=peak / 1e9)]
+    out = args.out
+
+    def save():  # after every row: a run stopped at a device's time limit keeps what it measured
+        nonlocal out
+        out = benchlib.write_rows("leakage", {**header, "data": source}, rows, out) or out
+    save()
 
     cutoff = float(np.quantile(log.timestamp, 0.8))
     config = ProbeConfig(epochs=3)  # epoch 1 compiles, epochs 2 and 3 are timed
@@ -98,6 +104,7 @@ def main() -> int:
                    bank_wall_s=bank_wall, loop_wall_s=loop_wall, wall_speedup=loop_wall / bank_wall,
                    bank_gflops=gflops, fraction_of_peak=gflops * 1e9 / peak)
         rows.append(row)
+        save()
         print(f"K={k:3d} ({len(lay.devices)} devices, stacks of {lay.chunk})  epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
               f"wall incl. compile: bank {bank_wall:6.1f} s  loop {loop_wall:6.1f} s ({row['wall_speedup']:.2f}x) | "
               f"bank {gflops:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak")
@@ -118,7 +125,7 @@ def main() -> int:
           f"({features_s:.1f} s building leaks)")
     print(report.to_markdown())
     header["load_average_end"] = os.getloadavg()
-    path = benchlib.write_rows("leakage", {**header, "data": source}, rows, args.out)
+    path = benchlib.write_rows("leakage", {**header, "data": source}, rows, out)
     if path:
         print(f"wrote {path}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import statistics
 import shlex
@@ -46,5 +47,8 @@ def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pa
     path = (RESULTS / f"{name}_{header['platform']}_{header['git_commit']}_{int(time.time())}.json"
             if out == "auto" else pathlib.Path(out))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    # Written whole and renamed into place: a run killed mid-write leaves the previous rows intact.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    os.replace(partial, path)
     return path

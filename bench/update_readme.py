@@ -6,7 +6,9 @@ Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from
 of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
 ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
-the probe-bank benchmark (leakage_*.json), the serving benchmark (serving_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
+(kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
+(serving_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -152,6 +154,38 @@ def attention_section(results: pathlib.Path) -> list[str]:
             *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
 
 
+def kernel_ops_section(results: pathlib.Path) -> list[str]:
+    title = "### Attention kernels: work per tile next to jax's FA3-style kernel"
+    every = list(runs(results, "kernel_ops"))
+    if not every:
+        return no_results(title, "kernel op counts", "kernel_ops.py")
+    path, header, rows = every[0]
+    first_path, first_header, first_rows = every[-1]
+    before = {}
+    if first_header.get("git_commit") != header.get("git_commit"):
+        before = {(r["kernel"], r["biases"], r["tile"]): r["ratio"] for r in first_rows}
+    for row in rows:
+        row["before"] = before.get((row["kernel"], row["biases"], row["tile"]))
+        row["special_pair"] = f"{row['ours_special']} / {row['jax_special']}"
+    columns = [("kernel", "kernel", ""), ("biases", "biases", ""), ("tile", "tile", ""),
+               ("ours ops/elt", "ours_per_element", ".2f"), ("jax ops/elt", "jax_per_element", ".2f"),
+               ("ours / jax", "ratio", ".2f")]
+    if before:
+        columns.append((f"before ({first_header.get('git_commit', '?')})", "before", ".2f"))
+    columns.append(("special ops ours / jax", "special_pair", ""))
+    command = command_of(header, "kernel_ops.py")
+    lines = [title, "", f"Machine: {machine(header)} (lowered for CUDA on the CPU, nothing run). "
+             f"Command: `{command}`; S = {header.get('seq_len')}, D = {header.get('head_dim')}, "
+             f"tiles {header.get('tiles')}. Arithmetic and special-function ops per thread in the "
+             "steady-state loop body, per score element; jax's backward has no causal mode, so its "
+             "unmasked loop is the baseline of both tile kinds there.", "", *table(columns, rows), "",
+             f"_Source: `{relative(path)}`"]
+    if before:
+        lines[-1] += f"; before: `{relative(first_path)}`"
+    lines[-1] += "._"
+    return lines
+
+
 def leakage_section(results: pathlib.Path) -> list[str]:
     title = "### LIS probe bank: one program vs a loop over probes"
     run = newest_run(results, "leakage")
@@ -196,7 +230,10 @@ def serving_section(results: pathlib.Path) -> list[str]:
     shape = (f"preset {first.get('preset')}, {first.get('block')} block, micro-batches of "
              f"{first.get('rows_per_batch')} x {first.get('candidates_per_row')} candidate slots" if first else "")
     load = header.get("load_average_before")
-    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}." if load else ""
+    after = header.get("load_average_after")
+    load_text = f" Load average (1/5/15 min) at the start: {', '.join(f'{x:.1f}' for x in load)}" if load else ""
+    load_text += f", at the end: {', '.join(f'{x:.1f}' for x in after)}" if load and after else ""
+    load_text += " (a shared machine)." if load else ""
     command = command_of(header, "bench_serving.py")
     return [title, "", f"Machine: {machine(header)}. Command: `{command}` ({shape}).{load_text} One request = one "
                        "user, N history exposures, M candidates; `cached` reuses a history cache encoded beforehand, "
@@ -222,8 +259,8 @@ def lis_section(results: pathlib.Path) -> list[str]:
 
 
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, organization_section, train_section, attention_section, leakage_section,
-                serving_section, lis_section]
+    sections = [ablation_section, organization_section, train_section, attention_section,
+                kernel_ops_section, leakage_section, serving_section, lis_section]
     body = []
     for section in sections:
         body += section(results) + [""]

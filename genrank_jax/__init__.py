@@ -7,6 +7,7 @@ Public API:
   candidate_bce, make_optimizer, Trainer, TrainConfig  training
   validate_batch, metrics                              checks and AUC / GAUC
   GenrankError                                         base of the errors a user can fix (one CLI line)
+  History, Candidates, HistoryCache, Scorer, Request   serving: encode a history once, score candidates
   genrank_jax.kernels.attention                        the fused jagged attention op
   genrank_jax.leakage                                  LIS / AIS with probe rankers
 """
@@ -22,6 +23,8 @@ from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
 from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank
+from genrank_jax.scorer import Request, Scorer
+from genrank_jax.serving import Candidates, History, HistoryCache, ServingError
 from genrank_jax.training import TrainConfig, Trainer, make_optimizer
 from genrank_jax.validation import BatchError, validate_batch
 
@@ -31,6 +34,6 @@ __all__ = [
     "metrics", "DINRanker", "build_model", "PRESETS", "GenRankConfig", "BatchPlan", "iterate_batches",
     "SampleBuilder", "SampleLayout", "FeatureSpec", "ItemCatalog", "Interactions", "RankingDataset",
     "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
-    "make_optimizer", "BatchError", "validate_batch",
+    "make_optimizer", "Request", "Scorer", "Candidates", "History", "HistoryCache", "ServingError", "BatchError", "validate_batch",
 ]
 __all__ += ["GenrankError"]

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, positive_float,
-                                      positive_int, run_reporting_errors)
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, parse_arguments,
+                                      positive_float, positive_int, run_reporting_errors)
 from genrank_jax.errors import GenrankError
 
 
@@ -183,7 +183,7 @@ def _unavailable(command: str, error: ImportError) -> int:
 
 def main(argv=None) -> int:
     """Run a subcommand; any error it raises is reported as one line (see genrank_jax/command_line.py)."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
     return run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
 

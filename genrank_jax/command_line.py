@@ -1,11 +1,13 @@
 """How every `genrank-jax` subcommand reports a problem: one line, `genrank-jax <command>: <message>`.
 
-- `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2).
+- `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2);
+  `parse_arguments` has an unknown option reported by the subcommand it was given to.
 - `run_reporting_errors`: runs a subcommand; a library error (`genrank_jax.errors.USER_ERRORS`)
   becomes the line and exit code 2; anything else is a defect: the line names its type and exit
   code is 1. `--debug` (added to every subcommand by `add_debug_flags`) re-raises instead, so the
   traceback shows.
-- Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`).
+- Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`,
+  `non_negative_float`, `fraction`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,20 @@ def add_debug_flags(parser: argparse.ArgumentParser) -> None:
                                      help="show the traceback of an error")
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """parser.parse_args, except that an unknown option is reported by the subcommand it was given to.
+
+    (argparse leaves unknown options to the top parser, whose message would not name the command.)
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        command = getattr(args, subcommands[0].dest, None) if subcommands else None
+        owner = subcommands[0].choices[command] if command else parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def run_reporting_errors(prog: str, command: Callable[[], int], *, debug: bool = False) -> int:
     """command()'s exit code; an error becomes one line on stderr (see the module docstring)."""
     try:
@@ -95,3 +111,15 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(float, text, minimum=0.0, inclusive=False, what="a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(float, text, minimum=0.0, inclusive=True, what="a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1) (a share of the data: 0 is none, 1 would leave nothing else)."""
+    value = _number(float, text, minimum=0.0, inclusive=True, what="a fraction in [0, 1)")
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value

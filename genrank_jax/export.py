@@ -135,43 +135,52 @@ def export_scorer(model, out, *, platforms=("cpu",)) -> pathlib.Path:
 
 
 def load_checkpoint_model(directory, step: int | None = None):
-    """The GenRank model saved by training checkpoints in `directory` (latest step by default)."""
+    """(GenRank model, step) saved by `genrank-jax train` checkpoints in `directory` (latest step by default).
+
+    The model config and training settings are read from the checkpoint itself; the arrays are
+    restored through `Checkpoints.restore` (checksums and finiteness verified).
+    """
     import orbax.checkpoint as ocp
 
-    from genrank_jax.checkpoint import CheckpointError, verify_restored
+    from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
     from genrank_jax.config import GenRankConfig
     from genrank_jax.model import GenRank
+    from genrank_jax.training import TrainConfig, make_optimizer
 
     directory = pathlib.Path(directory).absolute()
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoint folder {directory}")
     manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise CheckpointError(f"no checkpoint in {directory}")
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
-                                                                  state=ocp.args.StandardRestore()))
-        config = GenRankConfig.from_json(json.dumps(restored["meta"]["config"]))
-    except Exception as error:  # orbax raises many types for unreadable files
-        raise CheckpointError(f"checkpoint at step {step} in {directory} is corrupt or unreadable: "
-                              f"{type(error).__name__}: {error}") from error
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory}")
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            config = GenRankConfig.from_json(json.dumps(meta["config"]))
+            train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+            train = TrainConfig(**{k: v for k, v in meta.get("settings", {}).get("train", {}).items()
+                                   if k in train_fields})
+        except CheckpointError:
+            raise
+        except Exception as error:  # orbax raises many types for unreadable files
+            raise CheckpointError(f"checkpoint at step {step} in {directory} is corrupt or unreadable (metadata): "
+                                  f"{type(error).__name__}: {error}") from error
     finally:
         manager.close()
-    verify_restored(restored["state"], restored["meta"], step, directory)  # checksums, finite values
     if config.architecture != "genrank":
         raise CheckpointError(f"the checkpoint in {directory} holds a {config.architecture!r} model, not GenRank")
     model = GenRank(config, rngs=nnx.Rngs(0))
-    saved = restored["state"]
-    # training saves (model, optimizer); the model is the first entry
-    saved_model = saved.get("0", saved.get(0)) if isinstance(saved, dict) else saved[0]
-    state = nnx.state(model)
+    optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    pure = nnx.to_pure_dict(state)
+    checkpoints = Checkpoints(directory, config_json=config.to_json(), keep=None, settings=meta.get("settings"))
     try:
-        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, saved_model))
-    except Exception as error:
-        raise CheckpointError(f"checkpoint at step {step} in {directory} does not match its own config's "
-                              f"parameters: {type(error).__name__}: {error}") from error
-    nnx.update(model, state)
+        restored, _ = checkpoints.restore(abstract_like(pure), step)
+    finally:
+        checkpoints.close()
+    nnx.replace_by_pure_dict(state, restored)
+    model, _ = nnx.merge(graphdef, state)
     return model, step
 
 

@@ -243,7 +243,7 @@ def _check_candidates(config, candidates: Candidates) -> None:
 
 # ---------------------------------------------------------------- the three operations
 
-def _tokens(model, *, user_ids, item_ids, kinds, actions, side, content, positions, request_index, gap_bucket,
+def _tokens(*, user_ids, item_ids, kinds, actions, side, content, positions, request_index, gap_bucket,
             slot, timestamps, lengths):
     batch, width = item_ids.shape
     return TokenBatch(
@@ -253,8 +253,8 @@ def _tokens(model, *, user_ids, item_ids, kinds, actions, side, content, positio
         num_candidates=jnp.zeros((batch,), jnp.int32), candidate_index=jnp.zeros((batch, 1), jnp.int32))
 
 
-def _history_tokens(model, history: History, positions):
-    return _tokens(model, user_ids=jnp.asarray(history.user_ids, jnp.int32),
+def _history_tokens(history: History, positions):
+    return _tokens(user_ids=jnp.asarray(history.user_ids, jnp.int32),
                    item_ids=jnp.asarray(history.item_ids, jnp.int32), kinds=jnp.asarray(history.kinds),
                    actions=jnp.asarray(history.actions, jnp.float32), side=jnp.asarray(history.side, jnp.int32),
                    content=jnp.asarray(history.content, jnp.float32), positions=positions,
@@ -296,7 +296,7 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
     if capacity > width:  # pad every per-token field to the capacity
         history = jax.tree.map(lambda a: _pad_to(a, 1, capacity) if np.ndim(a) >= 2 else jnp.asarray(a), history)
     positions = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (batch, capacity))
-    tokens = _history_tokens(model, history, positions)
+    tokens = _history_tokens(history, positions)
     x = model.embed(tokens).astype(jnp.dtype(config.dtype))
     keys, values = [], []
     for block in model.blocks:
@@ -341,7 +341,7 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
     per_slot = lambda x, dtype: jnp.broadcast_to(jnp.asarray(x, dtype)[:, None], (batch, slots))
     positions = per_slot(cache.lengths, jnp.int32)
     tokens = _tokens(
-        model, user_ids=cache.user_ids, item_ids=jnp.where(valid, jnp.asarray(candidates.item_ids, jnp.int32), NO_ITEM),
+        user_ids=cache.user_ids, item_ids=jnp.where(valid, jnp.asarray(candidates.item_ids, jnp.int32), NO_ITEM),
         kinds=jnp.where(valid, TokenKind.CANDIDATE, TokenKind.PAD).astype(jnp.int8),
         actions=jnp.zeros((batch, slots, config.features.num_actions), jnp.float32),
         side=jnp.asarray(candidates.side, jnp.int32), content=jnp.asarray(candidates.content, jnp.float32),
@@ -386,10 +386,10 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
     rows = jnp.where(offsets < new_lengths[:, None], cache.lengths[:, None] + offsets, capacity)
     users = jnp.arange(batch)[:, None]
     scatter = lambda into, x: into.at[users, rows].set(x.astype(into.dtype), mode="drop")
-    tokens = _history_tokens(model, new, jnp.minimum(cache.lengths[:, None] + offsets, config.max_tokens - 1))
+    tokens = _history_tokens(new, jnp.minimum(cache.lengths[:, None] + offsets, config.max_tokens - 1))
     timestamps = scatter(cache.timestamps, tokens.timestamps)
     lengths = cache.lengths + new_lengths
-    whole = _tokens(model, user_ids=cache.user_ids, item_ids=jnp.zeros((batch, capacity), jnp.int32),
+    whole = _tokens(user_ids=cache.user_ids, item_ids=jnp.zeros((batch, capacity), jnp.int32),
                     kinds=jnp.zeros((batch, capacity), jnp.int8), actions=jnp.zeros((batch, capacity, 1), jnp.float32),
                     side=None, content=None, positions=cache.positions, request_index=None, gap_bucket=None,
                     slot=None, timestamps=timestamps, lengths=lengths)

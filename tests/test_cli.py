@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +224,40 @@ def test_leakage_module_entry_point_reports_one_line(capsys):
     assert leakage_cli.main(["--leaks", "next_item,teleport", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genrank-jax lis: unknown leak kinds ['teleport']; choose among") and "\n" not in err
+
+
+def test_every_real_subcommand_has_debug_and_runs_through_the_wrapper(capsys):
+    import argparse
+
+    parser = cli.build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert {"train", "lis", "export"} <= set(subcommands.choices)
+    for name, sub in subcommands.choices.items():
+        assert any("--debug" in action.option_strings for action in sub._actions), name
+        assert callable(sub.get_default("run")), name
+        code, _, err = run_cli([name, "--no-such-option"], capsys)  # a usage error: one line, exit 2
+        assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(f"genrank-jax {name}: "), err
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)))
+def test_number_validators_agree_with_their_definition(value):
+    import argparse
+    import math
+
+    from genrank_jax import command_line as options
+
+    text = repr(value) if isinstance(value, float) else str(value)
+    definitions = {
+        options.positive_float: lambda v: math.isfinite(v) and v > 0,
+        options.non_negative_float: lambda v: math.isfinite(v) and v >= 0,
+        options.fraction: lambda v: math.isfinite(v) and 0 <= v < 1,
+        options.positive_int: lambda v: isinstance(v, int) and v > 0,
+        options.non_negative_int: lambda v: isinstance(v, int) and v >= 0,
+    }
+    for check, holds in definitions.items():
+        if holds(value):
+            assert check(text) == value
+        else:
+            with pytest.raises(argparse.ArgumentTypeError, match=f"got {re.escape(repr(text))}"):
+                check(text)

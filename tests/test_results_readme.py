@@ -52,6 +52,32 @@ def test_missing_results_give_a_note_not_an_error(tmp_path):
     assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
 
 
+def _kernel_ops_file(folder: pathlib.Path, stamp: int, commit: str, ratio: float) -> pathlib.Path:
+    row = {"kernel": "forward", "biases": "off", "tile": "interior", "ours_arith": 300,
+           "jax_arith": 244, "ours_special": 66, "jax_special": 66, "ours_wgmma": 16, "jax_wgmma": 16,
+           "ours_per_element": 4.84 * ratio, "jax_per_element": 4.84, "ratio": ratio}
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0.11.2", "git_commit": commit,
+              "command": "python bench/kernel_ops.py --out auto", "seq_len": 1024, "head_dim": 128,
+              "tiles": "forward 64x128"}
+    path = folder / f"kernel_ops_cpu_{commit}_{stamp}.json"
+    path.write_text(json.dumps({"header": header, "rows": [row]}))
+    return path
+
+
+def test_kernel_ops_section_shows_newest_beside_the_first_run(tmp_path):
+    _kernel_ops_file(tmp_path, 100, "old", ratio=2.85)
+    new = _kernel_ops_file(tmp_path, 200, "new", ratio=0.99)
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "| forward | off | interior | 4.79 | 4.84 | 0.99 | 2.85 | 66 / 66 |" in text
+    assert "before (old)" in text and new.name in text
+
+
+def test_kernel_ops_section_without_an_older_commit_has_no_before_column(tmp_path):
+    _kernel_ops_file(tmp_path, 100, "same", ratio=1.5)
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "before" not in text and "| forward | off | interior | 7.26 | 4.84 | 1.50 | 66 / 66 |" in text
+
+
 def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "No serving benchmark yet" in "\n".join(update_readme.serving_section(tmp_path))
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
@@ -64,4 +90,4 @@ def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     text = "\n".join(update_readme.serving_section(tmp_path))
     assert "| 1024 | 500 | cached | 10.0 | 20.0 | 50,000 | 10.00 |" in text
     assert "| 1024 | 500 | single | 400.0 | 800.0 | 1,250 | 0.25 |" in text
-    assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5" in text and path.name in text
+    assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text

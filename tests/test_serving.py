@@ -66,6 +66,17 @@ def test_score_equals_full_forward_pass(feed, organization, block):
     assert np.abs(want).max() > 0.1
 
 
+@pytest.mark.parametrize("block", ["transformer", "hstu"])
+def test_score_through_the_pallas_cached_kernel(feed, block):
+    """The model's cached attention through the Pallas backend (interpret mode on the CPU)."""
+    batch = make_batch(feed.dataset, "action", seed=7, count=3, max_history=12)
+    model = make_model(feed.dataset, "action", block, attention_interpret=True)
+    history, candidates = split_batch(batch)
+    cache = model.encode_history(history, num_candidates=candidates.num_candidates)
+    got = np.asarray(model.score(cache, candidates, impl="pallas_triton"))
+    np.testing.assert_allclose(got, full_pass_candidates(model, batch), atol=ATOL, rtol=ATOL / 10)
+
+
 @pytest.mark.parametrize("organization", ["action", "item"])
 def test_append_equals_recomputation(feed, organization):
     batch = make_batch(feed.dataset, organization, seed=3)
@@ -110,7 +121,7 @@ def test_append_refuses_hstu(feed):
 def test_micro_batches_compile_once_and_equal_the_full_pass(feed, block):
     model = make_model(feed.dataset, "action", block, seed=2)
     scorer = Scorer(model, rows_per_batch=3, candidates_per_row=4)
-    for seed in (4, 5, 6):  # request sizes differ from call to call; the cache shape does not
+    for seed in (4, 5):  # request sizes differ from call to call; the cache shape does not
         batch = make_batch(feed.dataset, "action", seed=seed, max_history=16)
         history, candidates = split_batch(batch)
         rng = np.random.default_rng(seed)
