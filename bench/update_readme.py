@@ -8,7 +8,8 @@ ones), the organization benchmark (organization_*.json), a `genrank-jax train` r
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 (kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
-(serving_*.json) and lis_movielens.md. Every table names the machine, jax version, git commit and command behind it;
+(serving_*.json), lis_movielens.md and the sharding benchmark
+(scaling_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -258,9 +259,43 @@ def lis_section(results: pathlib.Path) -> list[str]:
     return [title, "", *where, *lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def scaling_section(results: pathlib.Path) -> list[str]:
+    title = "### Sharded training: devices and sizing"
+    run = newest_run(results, "scaling")
+    if run is None:
+        return no_results(title, "scaling benchmark", "bench_scaling.py")
+    path, header, rows = run
+    steps = [row for row in rows if row["kind"] == "throughput"]
+    sizes = [row for row in rows if row["kind"] == "sizing"]
+    load = header.get("load_average")
+    lines = [title, "", f"Machine: {machine(header)}" + (f", load average {load[0]:.1f} during the run" if load else "")
+             + f". Command: `{command_of(header, 'bench_scaling.py')}`."]
+    if steps:
+        first = steps[0]
+        lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x {first['seq_len']} "
+                      f"tokens, batch split over `data`. Simulated CPU devices share this machine's "
+                      f"{header.get('cpu_cores', '?')} cores: a check that the sharded step runs, not a speedup.", "",
+                  *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
+                          ("vs one device", "speedup_vs_1", ".2f")], steps)]
+    if sizes:
+        first = sizes[0]
+        for row in sizes:
+            row["fits"] = "yes" if row["fraction_of_h100"] <= 1 else "no"
+        lines += ["", f"Paper preset (width 768, 3 blocks) with a {first['items']:.0e}-row item table and "
+                      f"{first['users']:.0e} users, AdamW, global batch {first['batch_size']} x {first['seq_len']} "
+                      f"tokens, compiled ahead of time for {first['devices']} fake CPU devices without allocating "
+                      f"(whole state {first['state_gb']:.0f} GB). Per device, from XLA's memory analysis, "
+                      "against one H100's 80 GB:", "",
+                  *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""), ("GB / device", "per_device_gb", ".1f"),
+                          ("arguments GB", "argument_gb", ".1f"), ("temporaries GB", "temp_gb", ".1f"),
+                          ("of 80 GB", "fraction_of_h100", ".0%"), ("fits", "fits", "")], sizes)]
+    return [*lines, "", f"_Source: `{relative(path)}`._"]
+
+
 def render(results: pathlib.Path) -> str:
     sections = [ablation_section, organization_section, train_section, attention_section,
-                kernel_ops_section, leakage_section, serving_section, lis_section]
+                kernel_ops_section, leakage_section, serving_section, lis_section,
+                scaling_section]
     body = []
     for section in sections:
         body += section(results) + [""]

@@ -52,6 +52,23 @@ def test_missing_results_give_a_note_not_an_error(tmp_path):
     assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
 
 
+def test_scaling_section_shows_throughput_and_sizing(tmp_path):
+    assert "No scaling benchmark yet" in "\n".join(update_readme.scaling_section(tmp_path))
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
+              "command": "python bench/bench_scaling.py --out auto", "load_average": [3.0, 2.0, 1.0], "cpu_cores": 2}
+    rows = [{"kind": "throughput", "mesh": "data=1,model=1", "preset": "small", "batch_size": 64, "seq_len": 64,
+             "step_ms": 100.0, "exposures_per_s": 5000.0, "speedup_vs_1": 1.0},
+            {"kind": "throughput", "mesh": "data=2,model=1", "preset": "small", "batch_size": 64, "seq_len": 64,
+             "step_ms": 80.0, "exposures_per_s": 6250.0, "speedup_vs_1": 1.25},
+            {"kind": "sizing", "mesh": "data=8,model=8", "table_axes": "model", "items": 10**8, "users": 10**6,
+             "batch_size": 2048, "seq_len": 480, "devices": 64, "state_gb": 925.0, "per_device_gb": 130.0,
+             "argument_gb": 116.0, "temp_gb": 14.0, "fraction_of_h100": 1.625}]
+    (tmp_path / "scaling_cpu_abc_100.json").write_text(json.dumps({"header": header, "rows": rows}))
+    text = "\n".join(update_readme.scaling_section(tmp_path))
+    assert "load average 3.0" in text and "| data=2,model=1 | 80.0 | 6,250 | 1.25 |" in text
+    assert "| data=8,model=8 | model | 130.0 | 116.0 | 14.0 | 162% | no |" in text and "1e+08-row item table" in text
+
+
 def _kernel_ops_file(folder: pathlib.Path, stamp: int, commit: str, ratio: float) -> pathlib.Path:
     row = {"kernel": "forward", "biases": "off", "tile": "interior", "ours_arith": 300,
            "jax_arith": 244, "ours_special": 66, "jax_special": 66, "ours_wgmma": 16, "jax_wgmma": 16,
