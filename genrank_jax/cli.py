@@ -63,14 +63,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                          help="transformer weights replicated, or split over the model axis")
     sharded.add_argument("--table-axes", default="model", choices=["model", "data,model"],
                          help="mesh axes the embedding-table rows are split over")
-    sharded.add_argument("--embedding-row-multiple", type=int, default=1,
+    sharded.add_argument("--embedding-row-multiple", type=positive_int, default=1,
                          help="pad item/user/side tables to a multiple of this many rows so they split evenly")
     sharded.add_argument("--distributed", action="store_true",
                          help="join the other processes first (jax.distributed.initialize; the cluster is "
                               "detected on TPU slices, SLURM, Open MPI, or given by --coordinator/...)")
     sharded.add_argument("--coordinator", default=None, help="host:port of process 0 (with --distributed)")
-    sharded.add_argument("--num-processes", type=int, default=None)
-    sharded.add_argument("--process-id", type=int, default=None)
+    sharded.add_argument("--num-processes", type=positive_int, default=None)
+    sharded.add_argument("--process-id", type=non_negative_int, default=None)
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
