@@ -307,7 +307,9 @@ def scaling_section(results: pathlib.Path) -> list[str]:
         first = steps[0]
         lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x {first['seq_len']} "
                       f"tokens, batch split over `data`. Simulated CPU devices share this machine's "
-                      f"{header.get('cpu_cores', '?')} cores: a check that the sharded step runs, not a speedup.", "",
+                      f"{header.get('cpu_cores', '?')} cores with the other jobs behind the load average: a check "
+                      "that the sharded step runs, not a speedup (a ratio above the core count is more device "
+                      "threads winning a larger share of the contended CPU).", "",
                   *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
                           ("vs one device", "speedup_vs_1", ".2f")], steps)]
     if sizes:
@@ -318,7 +320,9 @@ def scaling_section(results: pathlib.Path) -> list[str]:
                       f"{first['users']:.0e} users, AdamW, global batch {first['batch_size']} x {first['seq_len']} "
                       f"tokens, compiled ahead of time for {first['devices']} fake CPU devices without allocating "
                       f"(whole state {first['state_gb']:.0f} GB). Per device, from XLA's memory analysis, "
-                      "against one H100's 80 GB:", "",
+                      "against one H100's 80 GB (arguments: the state's shards and the batch; temporaries: "
+                      "activations, with the xla reference attention's S x S logits, and the gradients, a dense "
+                      "one the size of each table shard):", "",
                   *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""), ("GB / device", "per_device_gb", ".1f"),
                           ("arguments GB", "argument_gb", ".1f"), ("temporaries GB", "temp_gb", ".1f"),
                           ("of 80 GB", "fraction_of_h100", ".0%"), ("fits", "fits", "")], sizes)]
