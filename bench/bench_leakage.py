@@ -116,7 +116,14 @@ def scale_table(args, header) -> int:
     # the leaks are handed over, not kept here: leakage_impact drops its host copies once the
     # probes have theirs (the two next_item leaks are [5M, 32] each)
     kinds = {f"{name}@{horizon}d": "leak" for horizon in (7, 30) for name in leaks.BUILDERS}
-    report = leakage_impact(log, cutoff=cutoff, features=build_leaks(), seeds=args.seeds, probe=probe, kinds=kinds)
+
+    def progress(done, total):  # one line per trained group of probes: a run cut short still says how far it got
+        print(f"    probes: {done}/{total} group-epochs, {time.perf_counter() - clock:.1f} s wall, "
+              f"{cpu_seconds() - cpu:.1f} s CPU since the leaks, peak RSS {peak_rss_gb():.2f} GB, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    report = leakage_impact(log, cutoff=cutoff, features=build_leaks(), seeds=args.seeds, probe=probe, kinds=kinds,
+                            progress=progress)
     mark("probes")
     meta = report.metadata
     total_wall, total_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
