@@ -32,7 +32,7 @@ class DINRanker(nnx.Module):
         self.config = config
         self.items = ItemEmbedding(config, rngs=rngs)
         self.action_vectors = nnx.Param(init(rngs.params(), (config.features.num_actions, width)))
-        self.user = nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
+        self.user = nnx.Embed(config.table_rows(config.user_rows), width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
         self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
         self.attention_hidden = nnx.Linear(4 * width, width, rngs=rngs)
@@ -84,8 +84,8 @@ class LogisticBias(nnx.Module):
         actions = config.features.num_actions
         self.config = config
         self.bias = nnx.Param(jnp.zeros((actions,)))
-        self.user = nnx.Embed(config.user_rows, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
-        self.item = nnx.Embed(config.features.num_items, actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.user = nnx.Embed(config.table_rows(config.user_rows), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.item = nnx.Embed(config.table_rows(config.features.num_items), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
 
     def set_prior(self, positive_rates) -> None:
         """Set the global bias to the log-odds of each task's positive rate [A] (clipped to (1e-6, 1 - 1e-6))."""

@@ -8,7 +8,8 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch
-from genrank_jax.kernels import alibi_slopes, attention, cached_attention
+from genrank_jax.kernels import alibi_slopes, cached_attention
+from genrank_jax.kernels.sharded import attention  # per device block under a mesh
 
 
 class RelativeAttention(nnx.Module):
@@ -22,7 +23,8 @@ class RelativeAttention(nnx.Module):
         self.impl = config.attention_impl
         self.interpret = config.attention_interpret
         # Python floats, not arrays: static configuration, not module state
-        slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
+        with jax.ensure_compile_time_eval():  # concrete even when built under a trace (sharded init)
+            slopes = [float(s) for s in alibi_slopes(config.num_heads, config.alibi_max_bias)]
         self.alibi = tuple(slopes) if config.use_alibi else None
         self.time = tuple(s * config.time_bias_scale for s in slopes) if config.use_time_bias else None
 

@@ -66,8 +66,18 @@ def _short(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0][:300]}"
 
 
+def _key_name(key) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
 def _leaves(state) -> list[tuple[str, object]]:
-    return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+    """(path, leaf) pairs; paths like `0/embed/position/embedding`, the same whether a level is a
+    tuple or a dict keyed "0" (as orbax returns a tree restored without a target)."""
+    return [("/".join(_key_name(k) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
 def checksums(state) -> dict[str, str | None]:
@@ -90,6 +100,29 @@ def first_non_finite(state) -> str | None:
         if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact) and not bool(jnp.isfinite(leaf).all()):
             return name
     return None
+
+
+def verify_restored(state, meta: dict, step: int, directory) -> None:
+    """Raise `CorruptCheckpointError` unless `state`, restored from `step` in `directory`, matches the
+    checksums its metadata lists and holds only finite values (for readers that restore without
+    `Checkpoints`, e.g. an export)."""
+    saved = meta.get("checksums")
+    if saved is None:
+        raise CorruptCheckpointError(f"checkpoint at step {step} in {directory} has no checksums: it "
+                                     "cannot be verified", step)
+    restored = checksums(state)
+    if set(saved) != set(restored):
+        raise CorruptCheckpointError(f"checkpoint at step {step} in {directory} holds other arrays than "
+                                     f"its checksums list: {sorted(set(saved) ^ set(restored))[:5]}", step)
+    damaged = [name for name, digest in restored.items()
+               if digest is not None and saved[name] is not None and digest != saved[name]]
+    if damaged:
+        raise CorruptCheckpointError(f"checkpoint at step {step} in {directory} is corrupt: "
+                                     f"{len(damaged)} array(s) fail their checksum, e.g. {damaged[0]}", step)
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CorruptCheckpointError(f"checkpoint at step {step} in {directory} holds NaN or infinity in {bad}",
+                                     step)
 
 
 class Checkpoints:
@@ -169,23 +202,7 @@ class Checkpoints:
             raise CorruptCheckpointError(f"checkpoint at step {step} in {self.directory} is corrupt or does not "
                                          f"match the model's parameters: {_short(error)}",
                                          step) from error
-        saved = meta.get("checksums")
-        if saved is None:
-            raise CorruptCheckpointError(f"checkpoint at step {step} in {self.directory} has no checksums: it "
-                                         "cannot be verified", step)
-        restored = checksums(state)
-        if set(saved) != set(restored):
-            raise CorruptCheckpointError(f"checkpoint at step {step} in {self.directory} holds other arrays than "
-                                         f"its checksums list: {sorted(set(saved) ^ set(restored))[:5]}", step)
-        damaged = [name for name, digest in restored.items()
-                   if digest is not None and saved[name] is not None and digest != saved[name]]
-        if damaged:
-            raise CorruptCheckpointError(f"checkpoint at step {step} in {self.directory} is corrupt: "
-                                         f"{len(damaged)} array(s) fail their checksum, e.g. {damaged[0]}", step)
-        bad = first_non_finite(state)
-        if bad is not None:
-            raise CorruptCheckpointError(f"checkpoint at step {step} in {self.directory} holds NaN or infinity "
-                                         f"in {bad}", step)
+        verify_restored(state, meta, step, self.directory)
         return state
 
     def verify(self, step: int, abstract_state) -> bool:
@@ -270,4 +287,4 @@ def abstract_like(state):
 
 
 __all__ = ["CheckpointError", "Checkpoints", "CorruptCheckpointError", "SettingsMismatchError", "abstract_like",
-           "checksums", "first_non_finite"]
+           "checksums", "first_non_finite", "verify_restored"]

@@ -65,6 +65,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --resume: accept training settings that differ from the saved run's")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
+    sharded = parser.add_argument_group("several devices and hosts (genrank_jax.sharding)")
+    sharded.add_argument("--mesh", default=None, help="train on a device mesh, e.g. data=4,model=2 (sizes multiply "
+                         "to the device count of all processes): batch over data, table rows over model")
+    sharded.add_argument("--transformer", default="replicated", choices=["replicated", "model"],
+                         help="transformer weights replicated, or split over the model axis")
+    sharded.add_argument("--table-axes", default="model", choices=["model", "data,model"],
+                         help="mesh axes the embedding-table rows are split over")
+    sharded.add_argument("--embedding-row-multiple", type=positive_int, default=1,
+                         help="pad item/user/side tables to a multiple of this many rows so they split evenly")
+    sharded.add_argument("--distributed", action="store_true",
+                         help="join the other processes first (jax.distributed.initialize; the cluster is "
+                              "detected on TPU slices, SLURM, Open MPI, or given by --coordinator/...)")
+    sharded.add_argument("--coordinator", default=None, help="host:port of process 0 (with --distributed)")
+    sharded.add_argument("--num-processes", type=positive_int, default=None)
+    sharded.add_argument("--process-id", type=non_negative_int, default=None)
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -119,6 +134,20 @@ def resolve_defaults(args, dataset) -> str:
             + ", ".join(chosen))
 
 
+def mesh_from_args(args):
+    """The mesh and sharding options of `--mesh ...` (after joining the other processes), or None."""
+    if args.distributed or args.coordinator is not None:
+        import jax
+
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.mesh is None:
+        return None, None
+    from genrank_jax import sharding
+
+    table_axes = tuple(args.table_axes.split(",")) if "," in args.table_axes else args.table_axes
+    return sharding.make_mesh(args.mesh), sharding.ShardingOptions(table_axes=table_axes, transformer=args.transformer)
+
+
 def run_train(args) -> int:
     from genrank_jax.config import GenRankConfig
     from genrank_jax.curves import plot_training_curve
@@ -139,14 +168,16 @@ def run_train(args) -> int:
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
-        attention_impl=args.attention_impl, **args.config_overrides,
+        attention_impl=args.attention_impl, embedding_row_multiple=args.embedding_row_multiple,
+        **args.config_overrides,
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
     out = pathlib.Path(args.out)
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, train, dataset, output_dir=out)
+    mesh, sharding_options = mesh_from_args(args)
+    trainer = Trainer(config, train, dataset, output_dir=out, mesh=mesh, sharding_options=sharding_options)
     if args.overwrite and (removed := trainer.overwrite_checkpoints()):
         print(f"--overwrite: deleted the checkpoints at steps {removed} in {trainer.checkpoints.directory}")
     if args.resume:
@@ -172,10 +203,14 @@ def run_train(args) -> int:
         # fraction of the padded token grid that was padding (batches pad to their own length bucket)
         "padding_ratio": float(np.mean([h["padding"] for h in trainer.history])) if trainer.history else None,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    import jax
+
+    if jax.process_index() == 0:  # one writer when several processes train together
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     task = config.features.action_names[0]
     if best:
-        plot_training_curve(trainer.validation_curve, out / "training.png", task=task, best_step=best["step"])
+        if jax.process_index() == 0:
+            plot_training_curve(trainer.validation_curve, out / "training.png", task=task, best_step=best["step"])
         stop = "stopped early" if trainer.stopped_early else "ran to the end"
         print(f"eval metrics of the best validation state: step {best['step']} (epoch {best['epoch']:.1f}, "
               f"validation {task} AUC {best['auc']:.4f}; {stop} at step {trainer.step})")

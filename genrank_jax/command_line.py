@@ -6,7 +6,8 @@
   becomes the line and exit code 2; anything else is a defect: the line names its type and exit
   code is 1. `--debug` (added to every subcommand by `add_debug_flags`) re-raises instead, so the
   traceback shows.
-- Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`).
+- Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`,
+  `non_negative_float`, `fraction`).
 """
 
 from __future__ import annotations
@@ -110,3 +111,15 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(float, text, minimum=0.0, inclusive=False, what="a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(float, text, minimum=0.0, inclusive=True, what="a number >= 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1) (a share of the data: 0 is none, 1 would leave nothing else)."""
+    value = _number(float, text, minimum=0.0, inclusive=True, what="a fraction in [0, 1)")
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value

@@ -34,6 +34,9 @@ class GenRankConfig:
     task_weights: one loss weight per action type (None: all 1).
     attention_impl: backend of `genrank_jax.kernels.attention` (None: fastest for the device).
     attention_interpret: run that Pallas backend in interpret mode (how CPU CI tests the kernels).
+    embedding_row_multiple: the item, user and side-feature tables get their rows rounded up to a
+      multiple of this (the padded rows are never read), so they split evenly over a mesh axis
+      (`genrank_jax.sharding`); 1: no padding.
     """
 
     features: FeatureSpec
@@ -58,6 +61,7 @@ class GenRankConfig:
     attention_impl: str | None = None
     attention_interpret: bool = False  # run a Pallas backend in interpret mode (CPU tests)
     dtype: str = "float32"  # activations/compute dtype; parameters stay float32
+    embedding_row_multiple: int = 1
 
     def __post_init__(self):
         if self.architecture not in ("genrank", "din", "logistic"):
@@ -68,6 +72,8 @@ class GenRankConfig:
             raise ValueError(f"block must be 'transformer' or 'hstu', got {self.block!r}")
         if self.width % self.num_heads:
             raise ValueError(f"width={self.width} must be a multiple of num_heads={self.num_heads}")
+        if self.embedding_row_multiple < 1:
+            raise ValueError(f"embedding_row_multiple must be positive, got {self.embedding_row_multiple}")
         if self.task_weights is not None and len(self.task_weights) != self.features.num_actions:
             raise ValueError(f"task_weights has {len(self.task_weights)} entries, expected one per action "
                              f"{self.features.action_names}")
@@ -83,6 +89,10 @@ class GenRankConfig:
     def user_rows(self) -> int:
         """Rows of the user table: user ids are hashed modulo this many buckets."""
         return self.num_user_buckets or self.features.num_users
+
+    def table_rows(self, rows: int) -> int:
+        """Rows allocated for a table of `rows` ids: padded up to `embedding_row_multiple`."""
+        return -(-rows // self.embedding_row_multiple) * self.embedding_row_multiple
 
     @property
     def head_dim(self) -> int:

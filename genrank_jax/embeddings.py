@@ -41,8 +41,8 @@ class ItemEmbedding(nnx.Module):
     def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
         features, width = config.features, config.width
         init = nnx.initializers.normal(0.02)
-        self.item = nnx.Embed(features.num_items, width, embedding_init=init, rngs=rngs)
-        self.side = nnx.List([nnx.Embed(size, width, embedding_init=init, rngs=rngs)
+        self.item = nnx.Embed(config.table_rows(features.num_items), width, embedding_init=init, rngs=rngs)
+        self.side = nnx.List([nnx.Embed(config.table_rows(size), width, embedding_init=init, rngs=rngs)
                               for size in features.side_vocab_sizes])
         self.content = (nnx.Linear(features.content_dim, width, use_bias=False, rngs=rngs)
                         if features.content_dim else None)
@@ -80,7 +80,7 @@ class TokenEmbedding(nnx.Module):
         self.request = nnx.Embed(config.num_request_slots, width, embedding_init=init, rngs=rngs)
         self.gap = nnx.Embed(config.num_gap_buckets, width, embedding_init=init, rngs=rngs)
         self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
-        self.user = (nnx.Embed(config.user_rows, width, embedding_init=init, rngs=rngs)
+        self.user = (nnx.Embed(config.table_rows(config.user_rows), width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
 
     def __call__(self, batch: TokenBatch, extra=None):

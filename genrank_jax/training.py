@@ -11,6 +11,7 @@ state. Eval is never looked at while training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -25,7 +26,7 @@ import optax
 from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from genrank_jax import metrics
+from genrank_jax import metrics, sharding
 from genrank_jax.baselines import build_model
 from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
 from genrank_jax.config import GenRankConfig
@@ -146,36 +147,57 @@ def usable_requests(builder: SampleBuilder, requests: np.ndarray, min_history: i
     return requests[builder.history_count[requests] >= min_history]
 
 
-def train_step_fn(graphdef, task_weights):
-    """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state."""
+def train_step_fn(graphdef, task_weights, shardings=None, donate: bool = False):
+    """A jit-compiled (state, batch) -> (state, loss, per_task) step over split NNX state.
+
+    shardings: (state shardings, batch sharding) on a mesh; the state keeps its layout across
+    steps and the loss comes back replicated. None: one device. donate: the new state reuses the
+    old state's buffers (the old state is gone after the call; the Trainer keeps it for its NaN
+    guard, a loop that needs the memory does not)."""
 
     def loss_of(model, batch):
         return candidate_bce(model(batch), batch, task_weights)
 
-    @jax.jit
     def step(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
         (loss, per_task), grads = nnx.value_and_grad(loss_of, has_aux=True)(model, batch)
         optimizer.update(model, grads)
         return nnx.state((model, optimizer)), loss, per_task
 
-    return step
+    donated = (0,) if donate else ()
+    if shardings is None:
+        return jax.jit(step, donate_argnums=donated)
+    state_shardings, batch_sharding = shardings
+    replicated = batch_sharding.update(spec=jax.sharding.PartitionSpec())
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated, replicated), donate_argnums=donated)
 
 
-def predict_fn(graphdef):
-    @jax.jit
+def predict_fn(graphdef, shardings=None):
     def predict(state, batch):
         model, _ = nnx.merge(graphdef, state)
         return model(batch)
 
-    return predict
+    if shardings is None:
+        return jax.jit(predict)
+    state_shardings, batch_sharding = shardings
+    # logits replicated: every process reads all of them for the metrics
+    return jax.jit(predict, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=batch_sharding.update(spec=jax.sharding.PartitionSpec()))
 
 
 class Trainer:
-    """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`."""
+    """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`.
+
+    mesh: a ("data", "model") mesh (`genrank_jax.sharding.make_mesh`) to train on all its devices,
+    several processes included: the state is laid out by `genrank_jax.sharding.RULES`
+    (`sharding_options`), each process builds its rows of every batch, and the steps compute what
+    the one-device steps compute. None: the default device.
+    """
 
     def __init__(self, config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
-                 output_dir: str | pathlib.Path | None = None):
+                 output_dir: str | pathlib.Path | None = None, *, mesh=None,
+                 sharding_options: sharding.ShardingOptions | None = None):
         if config.features != dataset.spec:
             raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
         self.config, self.train_config, self.dataset = config, train, dataset
@@ -203,14 +225,24 @@ class Trainer:
         if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
             train = self.train_config = dataclasses.replace(train, steps=train.epochs * self.batches_per_epoch)
         self.eval_interval = train.eval_every or self.batches_per_epoch
-        model = build_model(config, rngs=nnx.Rngs(train.seed))
-        if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
-            rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
-            model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
-        optimizer = nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
-        self.graphdef, self.state = nnx.split((model, optimizer))
-        self._step = train_step_fn(self.graphdef, config.task_weights)
-        self._predict = predict_fn(self.graphdef)
+
+        def make():  # numpy only outside the model: it also runs traced (sharded init)
+            model = build_model(config, rngs=nnx.Rngs(train.seed))
+            if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
+                rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
+                model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
+            return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+        self.mesh, shardings = mesh, None
+        if mesh is None:
+            self.graphdef, self.state = nnx.split(make())
+        else:  # every check before any compilation
+            self.rows = sharding.process_rows(mesh, train.batch_size)
+            self.graphdef, self.state, state_shardings = sharding.init_sharded(
+                make, mesh, sharding_options or sharding.ShardingOptions())
+            shardings = state_shardings, sharding.batch_sharding(mesh)
+        self._step = train_step_fn(self.graphdef, config.task_weights, shardings)
+        self._predict = predict_fn(self.graphdef, shardings)
         self.step = 0
         self.history: list[dict] = []
         # one entry per validation evaluation: step, epoch, train_loss, auc (the monitored figure), tasks
@@ -284,9 +316,13 @@ class Trainer:
         return self.checkpoints.latest_good_step(self._abstract_state())
 
     def _batches_from(self, step: int):
+        """This process's batches (all of each batch without a mesh, its rows with one)."""
         epoch, skip = divmod(step, self.batches_per_epoch)
         while True:
-            yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
+            if self.mesh is None:
+                yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
+            else:
+                yield from sharding.local_batches(self.builder, self.train_requests, self.plan, self.rows, epoch, skip)
             epoch, skip = epoch + 1, 0
 
     @property
@@ -352,6 +388,21 @@ class Trainer:
             self.state = self._best_state
         return best
 
+    def _on_devices(self, batch, whole: bool = False):
+        """The batch as a step's input: on the default device, or global over the mesh from this
+        process's rows (`batch` holds just those rows, or all of them when `whole`)."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        size = self.train_config.batch_size
+        if whole:
+            size = batch.batch_size
+            batch = jax.tree.map(lambda x: x[sharding.process_rows(self.mesh, size)], batch)
+        return sharding.global_batch(batch, self.mesh, size)
+
+    def _mesh_context(self):
+        """The mesh as jax's current mesh, so the attention op runs per device block."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
     def fit(self, steps: int | None = None, progress: bool = False, log_every: int = 10,
             restore_best: bool = True) -> list[dict]:
         """Train until `steps` (default the config's) total steps or early stopping; returns the per-step history.
@@ -371,7 +422,8 @@ class Trainer:
         while self.step < target and not self.stopped_early:
             batch = next(batches)
             validate_batch(batch, self.config)
-            new_state, loss, per_task = self._step(self.state, jax.tree.map(jnp.asarray, batch))
+            with self._mesh_context():
+                new_state, loss, per_task = self._step(self.state, self._on_devices(batch))
             loss = float(loss)
             if not math.isfinite(loss):
                 last = self.last_good_checkpoint() if self._owns_checkpoints else None
@@ -408,7 +460,8 @@ class Trainer:
         plan = BatchPlan(batch_size=batch_size or self.train_config.batch_size, shuffle=False)
         labels, logits, users = [], [], []
         for batch in iterate_batches(self.builder, requests, plan):
-            out = np.asarray(self._predict(self.state, jax.tree.map(jnp.asarray, batch)))
+            with self._mesh_context():
+                out = np.asarray(self._predict(self.state, self._on_devices(batch, whole=True)))
             mask = batch.candidate_mask()
             labels.append(batch.labels[mask])
             logits.append(out[mask])

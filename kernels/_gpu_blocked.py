@@ -9,7 +9,9 @@ Layouts, all padded by the caller (`_vjp.padded_call`):
   lengths, num_candidates [B] int32; positions [B, S] int32; timestamps [B, S] f32;
   alibi / time slopes [H] f32 (absent when None); lse, delta [B, H, S] f32.
 Grid (B, H, tiles): each program owns one output tile and writes it once, so results are
-bit-for-bit deterministic (no atomics).
+bit-for-bit deterministic (no atomics). Like the Hopper kernels, each program runs its interior
+tiles (every pair valid) in a loop without a mask and the rest masked, and zeroes the tokens
+past the length in every tile that can hold them before a product (padding may be NaN).
 """
 
 from __future__ import annotations
@@ -91,12 +93,21 @@ class _Meta:
             time = lax.broadcast_in_dim(self.times[pl.ds(start, size)], shape, (axis,))
         return index, position, time
 
-    def logits(self, qk, q_span, k_span):
-        return tiles.tile_logits(
-            qk, q_index=q_span[0], k_index=k_span[0], q_pos=q_span[1], k_pos=k_span[1],
-            q_time=q_span[2], k_time=k_span[2], length=self.length,
-            num_candidates=self.num_candidates, alibi_slope=self.alibi_slope,
-            time_slope=self.time_slope, scale=self.static.scale)
+    def scores(self, qk, q_span, k_span, masked: bool):
+        """(logits [Tq, Tk], mask or None): base-2 for softmax, natural for SiLU (see
+        `_gpu_tiles.tile_logits`); no mask on interior tiles (`masked=False`)."""
+        logits = tiles.tile_logits(
+            qk, q_pos=q_span[1], k_pos=k_span[1], q_time=q_span[2], k_time=k_span[2],
+            alibi_slope=self.alibi_slope, time_slope=self.time_slope, scale=self.static.scale,
+            base2=self.static.kind == "softmax")
+        if not masked:
+            return logits, None
+        limits = tiles.key_limits(q_span[0], self.length, self.num_candidates)
+        return logits, tiles.pair_mask(k_span[0], *limits)
+
+    def row_valid(self, start, size: int):
+        """[size] bool: tokens start..start+size that lie before the length."""
+        return start + lax.broadcasted_iota(jnp.int32, (size,), 0) < self.length
 
     def inverse_length(self):
         return 1.0 / jnp.maximum(self.length, 1).astype(jnp.float32)
@@ -119,28 +130,34 @@ def _forward_kernel(*refs, static: Static):
     n_first, second_start, n_steps = tiles.kv_steps(
         q_start, block_q, block_k, meta.length, meta.num_candidates)
 
-    def body(step, carry):
+    def body(step, carry, masked):
         acc, m, l = carry
         k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
         k = k_ref[pl.ds(k_start, block_k), :]
-        v = tiles.zero_past(v_ref[pl.ds(k_start, block_k), :], k_start, meta.length)
-        logits, mask = meta.logits(_dot(q, k, 1, 1), q_span, meta.span(k_start, block_k, 1))
+        v = v_ref[pl.ds(k_start, block_k), :]
+        if masked:  # only masked tiles can reach padding keys
+            v = tiles.zero_past(v, k_start, meta.length)
+        scores, mask = meta.scores(_dot(q, k, 1, 1), q_span, meta.span(k_start, block_k, 1), masked)
         if static.kind == "softmax":
-            p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
+            p, correction, m, l = tiles.softmax_update(scores, mask, m, l)
             acc = acc * tiles.rows(correction, acc.shape)
         else:
-            p = tiles.silu_weights(logits, mask)
+            p = tiles.silu_weights(scores, mask)
         return acc + _dot(p.astype(v.dtype), v, 1, 0), m, l
 
     value_dim = v_ref.shape[-1]
     init = (jnp.zeros((block_q, value_dim), jnp.float32),
-            jnp.full((block_q,), tiles.MASK_VALUE, jnp.float32),
+            jnp.full((block_q,), tiles.M_INIT, jnp.float32),
             jnp.zeros((block_q,), jnp.float32))
-    acc, m, l = lax.fori_loop(0, n_steps, body, init)
+    n_interior = tiles.interior_kv_steps(q_start, block_k, meta.length, meta.num_candidates, n_first)
+    carry = lax.fori_loop(0, n_interior, functools.partial(body, masked=False), init)
+    acc, m, l = lax.fori_loop(n_interior, n_steps, functools.partial(body, masked=True), carry)
+    row_valid = meta.row_valid(q_start, block_q)
     if static.kind == "softmax":
-        out, lse2 = tiles.softmax_finish(acc, m, l)
+        out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
     else:
-        out, lse2 = acc * meta.inverse_length(), jnp.zeros((block_q,), jnp.float32)
+        out = tiles.zero_rows(acc * meta.inverse_length(), row_valid)
+        lse2 = jnp.zeros((block_q,), jnp.float32)
     o_ref[...] = out.astype(o_ref.dtype)
     lse_ref[...] = lse2
 
@@ -186,12 +203,12 @@ def forward(static: Static, q, k, v, meta):
 
 # ---------------------------------------------------------------- backward
 
-def _tile_grads(static, meta, q, k, v, do, q_span, k_span, lse2, delta):
-    logits, mask = meta.logits(_dot(q, k, 1, 1), q_span, k_span)
+def _tile_grads(static, meta, q, k, v, do, q_span, k_span, lse2, delta, masked):
+    scores, mask = meta.scores(_dot(q, k, 1, 1), q_span, k_span, masked)
     dp = _dot(do, v, 1, 1)
     if static.kind == "softmax":
-        return tiles.softmax_grads(logits, mask, lse2, delta, dp)
-    return tiles.silu_grads(logits, mask, dp)
+        return tiles.softmax_grads(scores, mask, lse2, delta, dp)
+    return tiles.silu_grads(scores, mask, dp)
 
 
 def _dq_kernel(*refs, static: Static):
@@ -206,15 +223,22 @@ def _dq_kernel(*refs, static: Static):
     n_first, second_start, n_steps = tiles.kv_steps(
         q_start, block_q, block_k, meta.length, meta.num_candidates)
 
-    def body(step, dq):
+    def body(step, dq, masked):
         k_start = pl.multiple_of(tiles.kv_block(step, n_first, second_start) * block_k, block_k)
-        k, v = (tiles.zero_past(ref[pl.ds(k_start, block_k), :], k_start, meta.length)
-                for ref in (k_ref, v_ref))
+        k, v = (ref[pl.ds(k_start, block_k), :] for ref in (k_ref, v_ref))
+        if masked:
+            k, v = (tiles.zero_past(x, k_start, meta.length) for x in (k, v))
         _, dlogits = _tile_grads(static, meta, q, k, v, do, q_span,
-                                 meta.span(k_start, block_k, 1), lse2, delta)
+                                 meta.span(k_start, block_k, 1), lse2, delta, masked)
         return dq + _dot(dlogits.astype(k.dtype), k, 1, 0)
 
-    dq = lax.fori_loop(0, n_steps, body, jnp.zeros(q.shape, jnp.float32)) * static.scale
+    n_interior = tiles.interior_kv_steps(q_start, block_k, meta.length,
+                                         meta.num_candidates, n_first)
+    dq = lax.fori_loop(0, n_interior, functools.partial(body, masked=False),
+                       jnp.zeros(q.shape, jnp.float32))
+    dq = lax.fori_loop(n_interior, n_steps, functools.partial(body, masked=True), dq)
+    # rows past the length ran through unmasked interior tiles: drop what they gathered
+    dq = tiles.zero_rows(dq, meta.row_valid(q_start, block_q)) * static.scale
     if static.kind == "silu":
         dq = dq * meta.inverse_length()
     dq_ref[...] = dq.astype(dq_ref.dtype)
@@ -230,17 +254,23 @@ def _dkv_kernel(*refs, static: Static):
     k_span = meta.span(k_start, block_k, 1)
     first, end = tiles.q_blocks(k_start, block_k, block_q, meta.length, meta.num_candidates)
 
-    def body(q_block, carry):
+    def body(q_block, carry, masked):
         dk, dv = carry
         q_start = pl.multiple_of(q_block * block_q, block_q)
         rows = pl.ds(q_start, block_q)
-        q, do = (tiles.zero_past(ref[rows, :], q_start, meta.length) for ref in (q_ref, do_ref))
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        if masked:  # only masked tiles can reach padding queries
+            q, do = (tiles.zero_past(x, q_start, meta.length) for x in (q, do))
         p, dlogits = _tile_grads(static, meta, q, k, v, do, meta.span(q_start, block_q, 0),
-                                 k_span, lse_ref[rows], delta_ref[rows])
+                                 k_span, lse_ref[rows], delta_ref[rows], masked)
         return dk + _dot(dlogits.astype(q.dtype), q, 0, 0), dv + _dot(p.astype(do.dtype), do, 0, 0)
 
     init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    dk, dv = lax.fori_loop(first, end, body, init)
+    a, b = tiles.interior_q_blocks(k_start, block_k, block_q, meta.length, meta.num_candidates,
+                                   first, end)
+    carry = lax.fori_loop(first, a, functools.partial(body, masked=True), init)
+    carry = lax.fori_loop(a, b, functools.partial(body, masked=False), carry)
+    dk, dv = lax.fori_loop(b, end, functools.partial(body, masked=True), carry)
     dk = dk * static.scale
     if static.kind == "silu":
         dk, dv = dk * meta.inverse_length(), dv * meta.inverse_length()

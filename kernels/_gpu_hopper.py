@@ -10,6 +10,13 @@ runs its softmax while the other's WGMMAs occupy the tensor cores (FA3 "ping-pon
 The tile arithmetic (mask, ALiBi bias, online softmax, SiLU, gradients) is `_gpu_tiles`, the same
 code the blocked kernels run; here it acts on full [rows, cols] tiles in the WGMMA layout.
 Key steps follow `_gpu_tiles.kv_steps` / `q_blocks`, so fully masked blocks are never loaded.
+Work per tile (`bench/kernel_ops.py` counts it against jax's FA3-style kernel): interior tiles,
+where every pair is valid, run a loop without a mask (`interior_kv_steps` / `interior_q_blocks`;
+rows past the length are zeroed once at the end); the other tiles build the mask from per-row
+key limits (two compares per element); softmax logits come out in base 2 with log2(e) folded
+into the per-head scalars; the forward and dq kernels launch the heaviest (last) query tiles
+first. The one tile that crosses a sequence's length is cleaned of padding (NaN/Inf) in shared
+memory before its WGMMAs (`_zero_rows_past`).
 
 Inputs are padded by the caller: S a multiple of compute_wgs * block and of the key block, head
 dims multiples of 64 (128-byte swizzle of 16-bit rows), positions as f32 (exact below 2^24).
@@ -19,6 +26,7 @@ Only 16-bit inputs: WGMMA has no f32 x f32 -> f32 mode (f32 would run as TF32).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 
 import jax
@@ -158,24 +166,55 @@ class _Sample:
     def needs_metadata(self):
         return self.has_alibi or self.has_time
 
-    def logits(self, qk, q_start, k_start, q_meta, k_meta, transposed=False):
-        """Tile logits/mask; `q_meta`, `k_meta` are (position, time) vectors or None."""
+    def scores(self, qk, q_start, k_start, q_meta, k_meta, kind, masked, transposed=False):
+        """(logits, mask or None) of a tile: base-2 logits for softmax, natural for SiLU; no mask
+        on interior tiles. `q_meta`, `k_meta` are (position, time) vectors or None. The mask
+        is built from per-row vectors (`_gpu_tiles.key_limits`): two compares per element."""
         shape = qk.shape
         q_axis = 1 if transposed else 0
         k_axis = 1 - q_axis
-        iota = lambda axis: plgpu.broadcasted_iota(jnp.int32, shape, axis, layout=plgpu.Layout.WGMMA)
         spread = lambda x, axis: None if x is None else lax.broadcast_in_dim(x, shape, (axis,))
         q_pos, q_time = q_meta if q_meta is not None else (None, None)
         k_pos, k_time = k_meta if k_meta is not None else (None, None)
-        return tiles.tile_logits(
-            qk, q_index=q_start + iota(q_axis), k_index=k_start + iota(k_axis),
-            q_pos=spread(q_pos, q_axis), k_pos=spread(k_pos, k_axis),
+        logits = tiles.tile_logits(
+            qk, q_pos=spread(q_pos, q_axis), k_pos=spread(k_pos, k_axis),
             q_time=spread(q_time, q_axis), k_time=spread(k_time, k_axis),
-            length=self.length, num_candidates=self.num_candidates,
-            alibi_slope=self.alibi_slope, time_slope=self.time_slope, scale=self.scale)
+            alibi_slope=self.alibi_slope, time_slope=self.time_slope, scale=self.scale,
+            base2=kind == "softmax")
+        if not masked:
+            return logits, None
+        q_index = q_start + self.iota(shape[q_axis], q_axis)
+        k_index = k_start + self.iota(shape[k_axis], k_axis)
+        last_key, own_key = tiles.key_limits(q_index, self.length, self.num_candidates)
+        return logits, tiles.pair_mask(spread(k_index, k_axis), spread(last_key, q_axis),
+                                       spread(own_key, q_axis))
+
+    @staticmethod
+    def iota(size, axis):
+        """[size] int32 0..size-1 in the layout of tile axis `axis` (rows: _ROW, columns: _COL)."""
+        return plgpu.broadcasted_iota(jnp.int32, (size,), 0, layout=_ROW if axis == 0 else _COL)
+
+    def row_valid(self, start, size):
+        """[size] bool in the row layout: tokens start..start+size before the length."""
+        return start + self.iota(size, 0) < self.length
 
     def inverse_length(self):
         return 1.0 / jnp.maximum(self.length, 1).astype(jnp.float32)
+
+
+def _zero_rows_past(ref, start, length):
+    """Rows start + r >= length of a swizzled [rows, D] 16-bit SMEM tile set to 0.
+
+    Padding may hold NaN or Inf and 0 * NaN is NaN inside a WGMMA, so a tile that crosses the
+    length is cleaned in shared memory before its product (once per CTA: only one tile crosses).
+    Both compute warpgroups may clean the same ring slot; they write identical values.
+    """
+    @pl.when(start + ref.shape[0] > length)
+    def _clean():
+        tile = _load(ref, plgpu.Layout.WGMMA)
+        index = start + plgpu.broadcasted_iota(jnp.int32, tile.shape, 0, layout=plgpu.Layout.WGMMA)
+        ref[...] = jnp.where(index < length, tile, jnp.zeros((), tile.dtype))
+        plgpu.commit_smem()
 
 
 def _meta_vectors(sample, pos_smem, time_smem, index, layout):
@@ -228,7 +267,8 @@ def forward(static, q, k, v, meta):
         (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed, schedule) = barriers
         sample = _Sample(meta_refs, has_alibi, has_time, static.scale)
         wg = lax.axis_index("wg")
-        cta_start = lax.axis_index("q_seq") * cta_rows
+        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
+        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
         n_first, second_start, n_steps = tiles.kv_steps(
             cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
 
@@ -251,7 +291,7 @@ def forward(static, q, k, v, meta):
             _wait_meta(sample, qmeta_ready, wg)
             q_meta = _meta_vectors(sample, qpos_smem, qtime_smem, wg, _ROW)
 
-            def step_fn(step, carry):
+            def step_fn(step, carry, masked):
                 acc, m, l = carry
                 slot = lax.rem(step, jnp.int32(stages))
                 k_start = tiles.kv_block(step, n_first, second_start) * block_kv
@@ -264,7 +304,8 @@ def forward(static, q, k, v, meta):
                 qk = pl.run_scoped(scores, plgpu.ACC((block_q, block_kv), jnp.float32))
                 _wait_meta(sample, kmeta_ready, slot)
                 k_meta = _meta_vectors(sample, kpos_smem, ktime_smem, slot, _COL)
-                logits, mask = sample.logits(qk, q_start, k_start, q_meta, k_meta)
+                logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
+                                             masked)
                 if static.kind == "softmax":
                     p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
                     acc = acc * lax.broadcast_in_dim(correction, acc.shape, (0,))
@@ -273,6 +314,8 @@ def forward(static, q, k, v, meta):
                 if wgs == 2:
                     plgpu.barrier_arrive(schedule)
                 plgpu.barrier_wait(v_ready.at[slot])
+                if masked:
+                    _zero_rows_past(v_smem.at[slot], k_start, sample.length)
                 if wgs == 2:
                     plgpu.barrier_wait(schedule)
                 acc = _matmul(p.astype(dtype), v_smem.at[slot], None, accumulate=acc)
@@ -280,15 +323,21 @@ def forward(static, q, k, v, meta):
                 return acc, m, l
 
             init = (_acc((block_q, value_dim)),
-                    plgpu.layout_cast(jnp.full((block_q,), tiles.MASK_VALUE, jnp.float32), _ROW),
+                    plgpu.layout_cast(jnp.full((block_q,), tiles.M_INIT, jnp.float32), _ROW),
                     plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW))
+            # interior key tiles (every pair valid) first, without a mask; then the rest
+            n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
+                                                 sample.num_candidates, n_first)
             pl.when(wg == 1)(schedule_sync)
-            acc, m, l = lax.fori_loop(0, n_steps, step_fn, init)
+            carry = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False), init)
+            acc, m, l = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True),
+                                      carry)
             pl.when(wg == 0)(schedule_sync)
+            row_valid = sample.row_valid(q_start, block_q)
             if static.kind == "softmax":
-                out, lse2 = tiles.softmax_finish(acc, m, l)
+                out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
             else:
-                out = acc * sample.inverse_length()
+                out = tiles.zero_rows(acc * sample.inverse_length(), row_valid)
                 lse2 = plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW)
             o_smem[...] = out.astype(dtype)
             lse_smem[...] = lse2
@@ -366,7 +415,8 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
         (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed) = barriers
         sample = _Sample(meta_refs, has_alibi, has_time, static.scale)
         wg = lax.axis_index("wg")
-        cta_start = lax.axis_index("q_seq") * cta_rows
+        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
+        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
         n_first, second_start, n_steps = tiles.kv_steps(
             cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
 
@@ -390,15 +440,20 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
             lse2 = _load(lse_smem2.at[wg], _ROW)
             delta = _load(delta_smem2.at[wg], _ROW)
 
-            def step_fn(step, dq):
+            def step_fn(step, dq, masked):
                 slot = lax.rem(step, jnp.int32(stages))
                 k_start = tiles.kv_block(step, n_first, second_start) * block_kv
                 plgpu.barrier_wait(k_ready.at[slot])
+                if masked:
+                    _zero_rows_past(k_smem.at[slot], k_start, sample.length)
                 qk = _matmul(q_smem, _transposed(k_smem.at[slot]), (block_q, block_kv))
                 _wait_meta(sample, kmeta_ready, slot)
                 k_meta = _meta_vectors(sample, kpos_smem, ktime_smem, slot, _COL)
-                logits, mask = sample.logits(qk, q_start, k_start, q_meta, k_meta)
+                logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
+                                             masked)
                 plgpu.barrier_wait(v_ready.at[slot])
+                if masked:
+                    _zero_rows_past(v_smem.at[slot], k_start, sample.length)
                 dp = _matmul(do_smem, _transposed(v_smem.at[slot]), (block_q, block_kv))
                 if static.kind == "softmax":
                     _, dlogits = tiles.softmax_grads(logits, mask, lse2, delta, dp)
@@ -408,7 +463,13 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
                 plgpu.barrier_arrive(consumed.at[slot])
                 return dq
 
-            dq = lax.fori_loop(0, n_steps, step_fn, _acc((block_q, head_dim))) * static.scale
+            n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
+                                                 sample.num_candidates, n_first)
+            dq = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False),
+                               _acc((block_q, head_dim)))
+            dq = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True), dq)
+            # rows past the length ran through unmasked interior tiles: drop what they gathered
+            dq = tiles.zero_rows(dq, sample.row_valid(q_start, block_q)) * static.scale
             if static.kind == "silu":
                 dq = dq * sample.inverse_length()
             q_smem[...] = dq.astype(dtype)
@@ -489,21 +550,27 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                        kmeta_ready, wg)
             for barrier in k_ready:
                 plgpu.barrier_wait(barrier.at[wg])
+            _zero_rows_past(k_smem, k_start, sample.length)
+            _zero_rows_past(v_smem, k_start, sample.length)
             _wait_meta(sample, kmeta_ready, wg)
             # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
             k_meta = _meta_vectors(sample, kpos_smem, ktime_smem, wg, _ROW)
 
-            def step_fn(step, carry):
+            def step_fn(step, carry, masked):
                 dk, dv = carry
                 slot = lax.rem(step, jnp.int32(stages))
                 q_start = (first + step) * block_q
                 plgpu.barrier_wait(q_ready.at[slot])
+                if masked:
+                    _zero_rows_past(q_smem.at[slot], q_start, sample.length)
                 qk_t = _matmul(k_smem, _transposed(q_smem.at[slot]), (block_kv, block_q))
                 _wait_meta(sample, qmeta_ready, slot)
                 q_meta = _meta_vectors(sample, qpos_smem, qtime_smem, slot, _COL)
-                logits, mask = sample.logits(qk_t, q_start, k_start, q_meta, k_meta,
-                                             transposed=True)
+                logits, mask = sample.scores(qk_t, q_start, k_start, q_meta, k_meta, static.kind,
+                                             masked, transposed=True)
                 plgpu.barrier_wait(do_ready.at[slot])
+                if masked:
+                    _zero_rows_past(do_smem.at[slot], q_start, sample.length)
                 dp_t = _matmul(v_smem, _transposed(do_smem.at[slot]), (block_kv, block_q))
                 if static.kind == "softmax":
                     plgpu.barrier_wait(stat_ready[0].at[slot])
@@ -519,8 +586,14 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                 plgpu.barrier_arrive(consumed.at[slot])
                 return dk, dv
 
-            init = (_acc((block_kv, head_dim)), _acc((block_kv, value_dim)))
-            dk, dv = lax.fori_loop(0, n_steps, step_fn, init)
+            # query tiles whose pairs with these keys are all valid run without a mask
+            a, b = tiles.interior_q_blocks(k_start, block_kv, block_q, sample.length,
+                                           sample.num_candidates, first, end)
+            carry = (_acc((block_kv, head_dim)), _acc((block_kv, value_dim)))
+            for lo, hi, masked in ((0, a - first, True), (a - first, b - first, False),
+                                   (b - first, n_steps, True)):
+                carry = lax.fori_loop(lo, hi, functools.partial(step_fn, masked=masked), carry)
+            dk, dv = carry
             dk = dk * static.scale
             if static.kind == "silu":
                 dk, dv = dk * sample.inverse_length(), dv * sample.inverse_length()

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from genrank_jax.kernels.masking import relative_bias, valid_pairs
 
 LOG2E = math.log2(math.e)
 # A finite "minus infinity": exp2(MASK_VALUE - m) is 0 and MASK_VALUE - MASK_VALUE is 0, never NaN.
@@ -48,40 +47,82 @@ def zero_past(x, start, length):
     return jnp.where(index < length, x, jnp.zeros((), x.dtype))
 
 
-def tile_logits(qk, *, q_index, k_index, q_pos, k_pos, q_time, k_time, length, num_candidates,
-                alibi_slope, time_slope, scale):
-    """Logits (natural units) and validity of one tile: ([Tq, Tk] f32, [Tq, Tk] bool).
+def tile_logits(qk, *, q_pos, k_pos, q_time, k_time, alibi_slope, time_slope, scale,
+                base2: bool = False):
+    """Logits of one tile, [Tq, Tk] f32: scale * q.k + ALiBi position/time bias.
 
-    `qk` [Tq, Tk] f32 raw q.k products; index/position/time arguments [Tq, Tk] (or broadcastable
-    [Tq, 1] / [1, Tk]); `length`, `num_candidates` scalars of the sample; slopes scalars or None.
+    `qk` raw q.k products; position/time arguments [Tq, Tk] (or broadcastable [Tq, 1] / [1, Tk]),
+    None when that bias term is absent; slopes scalars or None. `base2=True` returns the logits
+    times log2(e), the units of the softmax's exp2, with log2(e) folded into the per-head scalars
+    (one multiply per element fewer, and log2(1 + gap) straight from the lg2 unit, with no ln 2).
     """
-    mask = valid_pairs(q_index, k_index, length, num_candidates)
-    logits = qk * scale
-    if alibi_slope is not None or time_slope is not None:
-        logits = logits + relative_bias(q_pos, k_pos, q_time, k_time, alibi_slope, time_slope)
-    return logits, mask
+    unit = LOG2E if base2 else 1.0
+    logits = qk * (scale * unit)
+    if alibi_slope is not None:
+        distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)
+        logits = logits - (alibi_slope * unit) * distance
+    if time_slope is not None:
+        gap = jnp.abs(q_time - k_time)
+        if base2:  # slope * ln(1 + gap) * log2(e) = slope * log2(1 + gap)
+            logits = logits - time_slope * jnp.log2(1.0 + gap)
+        else:
+            logits = logits - time_slope * jnp.log1p(gap)
+    return logits
 
 
-def softmax_update(logits, mask, m_prev, l_prev):
+def key_limits(q_index, length, num_candidates):
+    """Per-query (last_key, own_key): query i sees key j iff j <= last_key or j == own_key.
+
+    A history query (i < h) sees keys up to itself; a candidate the history (j <= h - 1) and
+    itself; a query at or past `length` nothing (both -1). Same shape as `q_index`, so the
+    per-element mask is two compares and an or (`pair_mask`), not the seven of `valid_pairs`.
+    """
+    history = length - num_candidates
+    row_valid = q_index < length
+    last_key = jnp.where(row_valid, jnp.where(q_index < history, q_index, history - 1), -1)
+    own_key = jnp.where(row_valid, q_index, -1)
+    return last_key, own_key
+
+
+def pair_mask(k_index, last_key, own_key):
+    """Valid (query, key) pairs of a tile from `key_limits`, all broadcastable to [Tq, Tk]."""
+    return (k_index <= last_key) | (k_index == own_key)
+
+
+# A finite start for the running max, far above MASK_VALUE: a masked score gives
+# exp2(MASK_VALUE - m) = 0 even in a row that has seen no valid key yet, so p needs no second mask.
+# Valid base-2 logits are assumed above -1e30.
+M_INIT = -1e30
+
+
+def softmax_update(scores, mask, m_prev, l_prev):
     """One online-softmax step: (p [Tq, Tk] f32, correction [Tq], m_next [Tq], l_next [Tq]).
 
-    `m_prev` is the running max in base-2 units (starts at MASK_VALUE), `l_prev` the running sum.
-    Masked entries get p = 0 exactly, so fully masked rows keep l = 0 and produce no NaN.
+    `scores` are base-2 logits; `mask` is None on interior tiles (every pair valid). `m_prev`
+    is the running max (starts at M_INIT), `l_prev` the running sum. Masked entries give p = 0.
     """
-    scores = jnp.where(mask, logits * LOG2E, MASK_VALUE)
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASK_VALUE)
     m_next = jnp.maximum(m_prev, scores.max(axis=1))
     correction = jnp.exp2(m_prev - m_next)
-    p = jnp.where(mask, jnp.exp2(scores - rows(m_next, scores.shape)), 0.0)
+    p = jnp.exp2(scores - rows(m_next, scores.shape))
     l_next = l_prev * correction + p.sum(axis=1)
     return p, correction, m_next, l_next
 
 
-def softmax_finish(acc, m, l):
-    """Normalized output [Tq, Dv] f32 and base-2 log-sum-exp [Tq]; rows with no key give 0."""
-    has_keys = l > 0.0
+def softmax_finish(acc, m, l, row_valid):
+    """Normalized output [Tq, Dv] f32 and base-2 log-sum-exp [Tq]; rows with no key, and rows
+    past the length (`row_valid` [Tq] False: they may hold garbage from unmasked interior tiles,
+    even NaN from padding queries), give 0."""
+    has_keys = (l > 0.0) & row_valid
     inverse = jnp.where(has_keys, 1.0 / jnp.where(has_keys, l, 1.0), 0.0)
     lse2 = jnp.where(has_keys, m + jnp.log2(jnp.where(has_keys, l, 1.0)), 0.0)
-    return acc * rows(inverse, acc.shape), lse2
+    return jnp.where(rows(has_keys, acc.shape), acc * rows(inverse, acc.shape), 0.0), lse2
+
+
+def zero_rows(x, row_valid):
+    """`x` [T, D] with rows where `row_valid` [T] is False set to 0 (a select, so NaN goes too)."""
+    return jnp.where(rows(row_valid, x.shape), x, jnp.zeros((), x.dtype))
 
 
 def _sigmoid(x):
@@ -90,28 +131,34 @@ def _sigmoid(x):
 
 
 def silu_weights(logits, mask):
-    """HSTU pointwise weights silu(logits) on valid pairs, 0 elsewhere: [Tq, Tk] f32."""
-    return jnp.where(mask, logits * _sigmoid(logits), 0.0)
+    """HSTU pointwise weights silu(logits) on valid pairs (all pairs when `mask` is None)."""
+    weights = logits * _sigmoid(logits)
+    return weights if mask is None else jnp.where(mask, weights, 0.0)
 
 
-def softmax_grads(logits, mask, lse2, delta, dp, query_axis: int = 0):
-    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32.
+def softmax_grads(scores, mask, lse2, delta, dp, query_axis: int = 0):
+    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32 (dlogits per natural logit).
 
-    `lse2`, `delta` [Tq] (delta_i = sum_d out_id * dout_id); `dp` [Tq, Tk] = dout . v_j.
-    `query_axis=1` takes transposed [Tk, Tq] tiles (the Hopper dk/dv kernel computes k q^T).
+    `scores` base-2 logits; `mask` None on interior tiles; `lse2`, `delta` [Tq]
+    (delta_i = sum_d out_id * dout_id); `dp` [Tq, Tk] = dout . v_j. A masked score gives
+    exp2(MASK_VALUE - lse2) = 0 (lse2 is 0 for a row without keys). `query_axis=1` takes
+    transposed [Tk, Tq] tiles (the Hopper dk/dv kernel computes k q^T).
     """
     per_query = lambda x: lax.broadcast_in_dim(x, dp.shape, (query_axis,))
-    scores = jnp.where(mask, logits * LOG2E, MASK_VALUE)
-    p = jnp.where(mask, jnp.exp2(scores - per_query(lse2)), 0.0)
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASK_VALUE)
+    p = jnp.exp2(scores - per_query(lse2))
     return p, p * (dp - per_query(delta))
 
 
 def silu_grads(logits, mask, dp):
     """(silu(logits), dlogits) of a tile for the HSTU backward, both [Tq, Tk] f32, unscaled by 1/L."""
     sigmoid = _sigmoid(logits)
-    weights = jnp.where(mask, logits * sigmoid, 0.0)
-    dlogits = jnp.where(mask, dp * (sigmoid * (1.0 + logits * (1.0 - sigmoid))), 0.0)
-    return weights, dlogits
+    weights = logits * sigmoid
+    dlogits = dp * (sigmoid * (1.0 + logits * (1.0 - sigmoid)))
+    if mask is None:
+        return weights, dlogits
+    return jnp.where(mask, weights, 0.0), jnp.where(mask, dlogits, 0.0)
 
 
 # ---- which blocks hold at least one valid pair (the skipping rules, in block units) ----
@@ -160,3 +207,25 @@ def q_blocks(k_start, block_k, block_q, length, num_candidates):
     first = _div(k_start, block_q)
     end = jnp.where(k_start < length, _cdiv(q_end, block_q), first)
     return first, jnp.maximum(end, first)
+
+
+def interior_kv_steps(q_start, block_k, length, num_candidates, n_first):
+    """Leading key steps of a query tile starting at `q_start` in which every pair is valid
+    for rows below `length`: key blocks that end at or before both q_start and the history.
+
+    Those steps run without a mask; rows at or past `length` then hold garbage that
+    `softmax_finish` / the dq epilogue zero.
+    """
+    history = length - num_candidates
+    return jnp.minimum(jnp.minimum(_div(q_start, block_k), _div(history, block_k)), n_first)
+
+
+def interior_q_blocks(k_start, block_k, block_q, length, num_candidates, first, end):
+    """Query blocks [a, b) within [first, end) whose pairs with key tile [k_start, k_start +
+    block_k) are all valid: the keys are history (end <= h), the queries start at or after the
+    tile's end (causal), and end at or before `length` (no padding query adds to dk, dv)."""
+    history = length - num_candidates
+    k_end = k_start + block_k
+    a = jnp.clip(_cdiv(k_end, block_q), first, end)
+    b = jnp.where(k_end <= history, jnp.clip(_div(length, block_q), a, end), a)
+    return a, b

@@ -6,7 +6,9 @@ as stacks of `chunk` probes (`bank._train_epoch`). Probes share no parameter, so
 talk: the epoch is a `shard_map` over a one-axis mesh "probes", every device reading the same log
 and batch indices (replicated).
 
-On a host with several GPUs or TPU cores this spreads the bank over all of them. On a CPU, JAX
+On a host with several GPUs or TPU cores this spreads the bank over all of them; with several
+processes (`jax.distributed.initialize`) over every device of every process: each process places
+its shards of the same host values, and the host reads results gathered from all processes. On a CPU, JAX
 shows one device by default, which runs one op at a time on all cores; `use_every_cpu_core()`
 asks JAX for one CPU device per core before its backend starts (the `genrank-jax lis` command and
 the benchmarks call it), so each core runs its own stacks and the serial ops of one stack
@@ -24,6 +26,7 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -70,7 +73,8 @@ def layout(num_probes: int, strategy: str) -> Layout:
     or `CPU_CHUNK_SPREAD` (several). Equal stacks give one shape, so the step compiles once."""
     if num_probes < 1:
         raise ValueError(f"need at least one probe, got {num_probes}")
-    devices = tuple(jax.local_devices()[:num_probes])
+    # several processes: every device of every process, so each process holds a slice
+    devices = tuple(jax.local_devices()[:num_probes] if jax.process_count() == 1 else jax.devices())
     share = -(-num_probes // len(devices))
     if strategy == "vmap":
         chunk = share
@@ -91,20 +95,44 @@ def place(tree, lay: Layout, *, probe_axis: int | None = 0):
     if not lay.spread:
         return tree
     spec = PartitionSpec() if probe_axis is None else PartitionSpec(*([None] * probe_axis), AXIS)
-    return jax.device_put(tree, NamedSharding(_mesh(lay.devices), spec))
+    sharding = NamedSharding(_mesh(lay.devices), spec)
+    if jax.process_count() == 1:
+        if probe_axis is not None:
+            return jax.device_put(tree, sharding)
+
+        def replicate(leaf):  # the copy already on a device of the mesh is reused, not copied again
+            # (the bank's log and features: at 5M rows, 1.6 GB a copy)
+            leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+            held = {d: leaf for d in leaf.devices()} if len(leaf.devices()) == 1 else {}
+            shards = [held[d] if d in held else jax.device_put(leaf, d) for d in lay.devices]
+            return jax.make_array_from_single_device_arrays(leaf.shape, sharding, shards)
+
+        return jax.tree.map(replicate, tree)
+
+    def host_to_mesh(x):  # every process holds the same values; each places its devices' shards
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(host_to_mesh, tree)
 
 
 @functools.lru_cache(maxsize=32)
 def spread(program, devices: tuple, static: tuple = (), *, out_axis: int = 0, donate: bool = False):
     """`program(states, data, inputs, **dict(static))`, run by every device on its slice of the
     states' probe axis (data and inputs replicated); its output is split along `out_axis`.
-    One jit per (program, devices, static), cached; on one device, the program's plain jit."""
+    One jit per (program, devices, static), cached; on one device, the program's plain jit.
+    Over several processes a program that does not donate its states returns results for the
+    host: replicated, so every process reads all of them."""
     bound = functools.partial(program, **dict(static))
     if len(devices) > 1:
         specs = PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()
         out = PartitionSpec(*([None] * out_axis), AXIS)
         bound = jax.shard_map(bound, mesh=_mesh(devices), in_specs=specs, out_specs=out)
-    return jax.jit(bound, donate_argnums=(0,) if donate else ())
+    gathered = len({d.process_index for d in devices}) > 1 and not donate
+    return jax.jit(bound, donate_argnums=(0,) if donate else (),
+                   out_shardings=NamedSharding(_mesh(devices), PartitionSpec()) if gathered else None)
 
 
 def use_every_cpu_core(cores: int | None = None) -> int:

@@ -119,7 +119,7 @@ def test_non_finite_saved_state_is_refused(saved):
     checkpoints, states = saved
     poisoned = dict(states[6], w=states[6]["w"].at[3, 5].set(jnp.inf))
     checkpoints.save(8, poisoned)  # the checksums match: only the finiteness check can catch it
-    with pytest.raises(CorruptCheckpointError, match=r"step 8 .*NaN or infinity in \['w'\].*latest good checkpoint is step 6"):
+    with pytest.raises(CorruptCheckpointError, match=r"step 8 .*NaN or infinity in w.*latest good checkpoint is step 6"):
         checkpoints.restore(abstract_like(states[2]))
     assert checkpoints.latest_good_step(abstract_like(states[2])) == 6
 
@@ -311,3 +311,21 @@ def test_kill_during_save_resumes_exactly(dataset, trained_run, tmp_path):
     losses = [h["loss"] for h in resumed.fit()]
     np.testing.assert_allclose(losses, trained_run[1], rtol=1e-6)  # equals the uninterrupted run
     assert resumed.checkpoints.all_steps() == [2, 4, 6]
+
+
+def test_export_reads_only_verified_checkpoints(run_folder):
+    from genrank_jax.export import load_checkpoint_model
+
+    _, step = load_checkpoint_model(run_folder / "checkpoints")
+    assert step == 6
+    # arrays that read back fine but differ from what was saved: the checksum catches them
+    meta_file = run_folder / "checkpoints" / "6" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    name = sorted(meta["checksums"])[0]
+    meta["checksums"][name] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match=f"step 6 .*corrupt: 1 array\\(s\\) fail their checksum, e.g. {name}"):
+        load_checkpoint_model(run_folder / "checkpoints")
+    overwrite_4kb(largest_array_file(run_folder / "checkpoints" / "4"))  # unreadable arrays
+    with pytest.raises(CheckpointError, match="step 4 .*corrupt"):
+        load_checkpoint_model(run_folder / "checkpoints", step=4)

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,9 @@ def test_real_data_without_data_dir_names_what_is_missing(tmp_path, capsys):
     (["train", "--max-history", "-3"], "--max-history"),
     (["train", "--seed", "-1"], "--seed"),
     (["train", "--steps", "ten"], "--steps"),
+    (["train", "--embedding-row-multiple", "0"], "--embedding-row-multiple"),
+    (["train", "--num-processes", "0"], "--num-processes"),
+    (["train", "--process-id", "-1"], "--process-id"),
     (["lis", "--seeds", "0"], "--seeds"),
     (["lis", "--epochs", "-1"], "--epochs"),
     (["lis", "--batch-size", "0"], "--batch-size"),
@@ -247,3 +251,27 @@ def test_every_real_subcommand_has_debug_and_runs_through_the_wrapper(capsys):
         assert callable(sub.get_default("run")), name
         code, _, err = run_cli([name, "--no-such-option"], capsys)  # a usage error: one line, exit 2
         assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(f"genrank-jax {name}: "), err
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6)))
+def test_number_validators_agree_with_their_definition(value):
+    import argparse
+    import math
+
+    from genrank_jax import command_line as options
+
+    text = repr(value) if isinstance(value, float) else str(value)
+    definitions = {
+        options.positive_float: lambda v: math.isfinite(v) and v > 0,
+        options.non_negative_float: lambda v: math.isfinite(v) and v >= 0,
+        options.fraction: lambda v: math.isfinite(v) and 0 <= v < 1,
+        options.positive_int: lambda v: isinstance(v, int) and v > 0,
+        options.non_negative_int: lambda v: isinstance(v, int) and v >= 0,
+    }
+    for check, holds in definitions.items():
+        if holds(value):
+            assert check(text) == value
+        else:
+            with pytest.raises(argparse.ArgumentTypeError, match=f"got {re.escape(repr(text))}"):
+                check(text)

@@ -1,5 +1,6 @@
 """`genrank-jax export`: a trained checkpoint's encode/score, loaded by a process that imports only jax."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from genrank_jax import cli
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.sources import load_dataset
 from genrank_jax.export import load_checkpoint_model
-from genrank_jax.serving import split_batch
+from genrank_jax.serving import Candidates, History, split_batch
 
 FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16", "--no-progress",
         "--checkpoint-every", "2"]
@@ -29,6 +30,13 @@ history = {k[len("history."):]: x[k] for k in x.files if k.startswith("history."
 candidates = {k[len("candidates."):]: x[k] for k in x.files if k.startswith("candidates.")}
 cache = encode.call(params, history, candidates["num_candidates"])
 np.save(output, np.asarray(score.call(params, cache, candidates)))
+# the same artifacts at other sizes (symbolic b, n, m): 2 users, 3 fewer history tokens, 1 fewer candidate slot
+history = {k: v[:2, :-3] if v.ndim >= 2 else v[:2] for k, v in history.items()}
+history["lengths"] = np.minimum(history["lengths"], history["item_ids"].shape[1])
+candidates = {k: v[:2, :-1] if v.ndim >= 2 else v[:2] for k, v in candidates.items()}
+candidates["num_candidates"] = np.minimum(candidates["num_candidates"], candidates["item_ids"].shape[1])
+cache = encode.call(params, history, candidates["num_candidates"])
+np.save(output + ".small.npy", np.asarray(score.call(params, cache, candidates)))
 assert not [m for m in sys.modules if m.startswith("genrank_jax")], "the loader imported genrank_jax"
 """
 
@@ -59,6 +67,15 @@ def test_exported_scorer_in_a_jax_only_process_equals_library_score(tmp_path, ca
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(np.load(output), want, atol=1e-5, rtol=1e-6)
+    small_history = History(**{k: np.asarray(v)[:2, :-3] if np.ndim(v) >= 2 else np.asarray(v)[:2]
+                               for k, v in vars(history).items()})
+    small_history = dataclasses.replace(small_history, lengths=np.minimum(small_history.lengths,
+                                                                          small_history.item_ids.shape[1]))
+    small = Candidates(**{k: np.asarray(v)[:2, :-1] if np.ndim(v) >= 2 else np.asarray(v)[:2]
+                          for k, v in vars(candidates).items()})
+    small = dataclasses.replace(small, num_candidates=np.minimum(small.num_candidates, small.item_ids.shape[1]))
+    want_small = np.asarray(model.score(model.encode_history(small_history), small))
+    np.testing.assert_allclose(np.load(str(output) + ".small.npy"), want_small, atol=1e-5, rtol=1e-6)
     assert np.abs(want).max() > 0.01
 
 

@@ -66,6 +66,49 @@ def test_train_section_reports_the_best_validation_state(tmp_path):
     assert "No training run recorded" in "\n".join(update_readme.train_section(tmp_path))  # no train_default
 
 
+def test_scaling_section_shows_throughput_and_sizing(tmp_path):
+    assert "No scaling benchmark yet" in "\n".join(update_readme.scaling_section(tmp_path))
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
+              "command": "python bench/bench_scaling.py --out auto", "load_average": [3.0, 2.0, 1.0], "cpu_cores": 2}
+    rows = [{"kind": "throughput", "mesh": "data=1,model=1", "preset": "small", "batch_size": 64, "seq_len": 64,
+             "step_ms": 100.0, "exposures_per_s": 5000.0, "speedup_vs_1": 1.0},
+            {"kind": "throughput", "mesh": "data=2,model=1", "preset": "small", "batch_size": 64, "seq_len": 64,
+             "step_ms": 80.0, "exposures_per_s": 6250.0, "speedup_vs_1": 1.25},
+            {"kind": "sizing", "mesh": "data=8,model=8", "table_axes": "model", "items": 10**8, "users": 10**6,
+             "batch_size": 2048, "seq_len": 480, "devices": 64, "state_gb": 925.0, "per_device_gb": 130.0,
+             "argument_gb": 116.0, "temp_gb": 14.0, "fraction_of_h100": 1.625}]
+    (tmp_path / "scaling_cpu_abc_100.json").write_text(json.dumps({"header": header, "rows": rows}))
+    text = "\n".join(update_readme.scaling_section(tmp_path))
+    assert "load average 3.0" in text and "| data=2,model=1 | 80.0 | 6,250 | 1.25 |" in text
+    assert "| data=8,model=8 | model | 130.0 | 116.0 | 14.0 | 162% | no |" in text and "1e+08-row item table" in text
+
+
+def _kernel_ops_file(folder: pathlib.Path, stamp: int, commit: str, ratio: float) -> pathlib.Path:
+    row = {"kernel": "forward", "biases": "off", "tile": "interior", "ours_arith": 300,
+           "jax_arith": 244, "ours_special": 66, "jax_special": 66, "ours_wgmma": 16, "jax_wgmma": 16,
+           "ours_per_element": 4.84 * ratio, "jax_per_element": 4.84, "ratio": ratio}
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0.11.2", "git_commit": commit,
+              "command": "python bench/kernel_ops.py --out auto", "seq_len": 1024, "head_dim": 128,
+              "tiles": "forward 64x128"}
+    path = folder / f"kernel_ops_cpu_{commit}_{stamp}.json"
+    path.write_text(json.dumps({"header": header, "rows": [row]}))
+    return path
+
+
+def test_kernel_ops_section_shows_newest_beside_the_first_run(tmp_path):
+    _kernel_ops_file(tmp_path, 100, "old", ratio=2.85)
+    new = _kernel_ops_file(tmp_path, 200, "new", ratio=0.99)
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "| forward | off | interior | 4.79 | 4.84 | 0.99 | 2.85 | 66 / 66 |" in text
+    assert "before (old)" in text and new.name in text
+
+
+def test_kernel_ops_section_without_an_older_commit_has_no_before_column(tmp_path):
+    _kernel_ops_file(tmp_path, 100, "same", ratio=1.5)
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "before" not in text and "| forward | off | interior | 7.26 | 4.84 | 1.50 | 66 / 66 |" in text
+
+
 def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "No serving benchmark yet" in "\n".join(update_readme.serving_section(tmp_path))
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
@@ -79,3 +122,33 @@ def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "| 1024 | 500 | cached | 10.0 | 20.0 | 50,000 | 10.00 |" in text
     assert "| 1024 | 500 | single | 400.0 | 800.0 | 1,250 | 0.25 |" in text
     assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text
+
+
+def _scale_file(folder: pathlib.Path, stamp: int, load: float) -> pathlib.Path:
+    phase = {"wall_s": 10.0, "cpu_s": 18.0, "peak_rss_gb": 1.5, "load": [load, load, load]}
+    row = {"kind": "lis_scale", "exposures": 5_000_000, "items": 1_000_000, "users": 200_000, "train_rows": 4_000_000,
+           "eval_rows": 1_000_000, "epochs": 1, "seeds": 8, "probes": 80, "placebo_probes": 24, "probe_groups": 10,
+           "state_mb_per_probe": 230.4, "total_wall_s": 500.0, "total_cpu_s": 900.0, "peak_rss_gb": 6.5,
+           "train_rows_per_s_per_probe": 9000.0, "phases": {"simulate": phase, "probes": phase}, "cores": 2,
+           "table_markdown": "| feature | kind |\n| --- | --- |\n| baseline | baseline |\n"}
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "catalog",
+              "load_average_start": [load, 1.0, 1.0], "load_average_end": [load, 1.0, 1.0],
+              "command": "python bench/bench_leakage.py --scale --out auto"}
+    path = folder / f"lis_scale_cpu_abc_{stamp}.json"
+    path.write_text(json.dumps({"header": header, "rows": [row]}))
+    return path
+
+
+def test_scale_section_reports_time_memory_throughput_and_contention(tmp_path):
+    assert "No results yet" in "\n".join(update_readme.scale_section(tmp_path))
+    _scale_file(tmp_path, 100, load=1.0)
+    quiet = "\n".join(update_readme.scale_section(tmp_path))
+    assert "| **total** | 500.0 | 900.0 | 6.50 | 1.0 |" in quiet and "| simulate | 10.0 | 18.0 | 1.50 | 1.0 |" in quiet
+    assert "9,000 rows/s per probe" in quiet and "10 group(s)" in quiet and "| baseline | baseline |" in quiet
+    assert "other jobs shared the machine" not in quiet
+    busy = _scale_file(tmp_path, 200, load=12.0)
+    text = "\n".join(update_readme.scale_section(tmp_path))
+    assert busy.name in text and "other jobs shared the machine (load average 12.0" in text
+    assert "at least 450 s of wall" in text
+    # the probe-bank section does not mistake these files for its own
+    assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
