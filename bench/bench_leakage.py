@@ -8,7 +8,14 @@ kinds x two horizons x 8 seeds (features built, probes compiled and trained, AUC
 The bank runs as `genrank-jax lis` runs it: one JAX CPU device per core, a slice of the probes on
 each (`--cpu-devices 1` measures it on one device); the loop trains one probe at a time on one device.
 
+`--scale` measures instead the full LIS table (3 leak kinds x 2 horizons x 8 seeds, with placebos:
+80 probes) on a log of a real catalog's size, the simulator's "catalog" preset (5M exposures,
+10^6 items, 2 * 10^5 users; `--fraction` shrinks users and items for a quick run): wall time of
+each phase, CPU time (user + sys, so a figure taken under contention can still be read), peak
+resident memory and training rows/s per probe, with the load average before and after.
+
   python bench/bench_leakage.py --data-dir ../shared/data/ml-100k --out auto
+  python bench/bench_leakage.py --scale --out auto
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import sys
 import time
 
@@ -61,6 +69,85 @@ def epoch_times(run, seeds, slots, parallel: bool) -> tuple[float, float]:
     return wall, float(np.sum(np.diff(marks, axis=1).min(axis=1)))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (and its finished children) so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kilobytes
+
+
+def scale_table(args, header) -> int:
+    """The full LIS table, with placebos, on the simulator's "catalog" preset; phase by phase."""
+    from genrank_jax.data.synthetic import SimulatorConfig, simulate
+
+    phases, clock, cpu = {}, time.perf_counter(), cpu_seconds()
+
+    def mark(name):
+        nonlocal clock, cpu
+        now, used = time.perf_counter(), cpu_seconds()
+        phases[name] = dict(wall_s=now - clock, cpu_s=used - cpu, peak_rss_gb=peak_rss_gb(), load=os.getloadavg())
+        print(f"  {name}: {now - clock:.1f} s wall, {used - cpu:.1f} s CPU, peak RSS {peak_rss_gb():.2f} GB, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+        clock, cpu = now, used
+
+    preset = SimulatorConfig.preset("catalog")
+    config = SimulatorConfig.preset("catalog", num_users=int(preset.num_users * args.fraction),
+                                    num_items=int(preset.num_items * args.fraction))
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    feed = simulate(config)
+    log = InteractionLog.from_dataset(feed.dataset, task="click")
+    del feed
+    mark("simulate")
+    probe = ProbeConfig(epochs=args.epochs)
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+
+    def build_leaks():
+        features = {}
+        for horizon in (7, 30):
+            for name, build in leaks.BUILDERS.items():
+                extra = {"probe": probe} if name == "future_item_embeddings" else {}
+                features[f"{name}@{horizon}d"] = build(log, cutoff, horizon * 86400.0, **extra)
+        mark("leaks")
+        return features
+
+    # the leaks are handed over, not kept here: leakage_impact drops its host copies once the
+    # probes have theirs (the two next_item leaks are [5M, 32] each)
+    kinds = {f"{name}@{horizon}d": "leak" for horizon in (7, 30) for name in leaks.BUILDERS}
+
+    def progress(done, total):  # one line per trained group of probes: a run cut short still says how far it got
+        print(f"    probes: {done}/{total} group-epochs, {time.perf_counter() - clock:.1f} s wall, "
+              f"{cpu_seconds() - cpu:.1f} s CPU since the leaks, peak RSS {peak_rss_gb():.2f} GB, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    report = leakage_impact(log, cutoff=cutoff, features=build_leaks(), seeds=args.seeds, probe=probe, kinds=kinds,
+                            progress=progress)
+    mark("probes")
+    meta = report.metadata
+    total_wall, total_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
+    probe_rows_per_s = meta["train_rows"] * probe.epochs / phases["probes"]["wall_s"]
+    row = dict(kind="lis_scale", exposures=log.num_rows, items=log.num_items, users=log.num_users,
+               train_rows=meta["train_rows"], eval_rows=meta["eval_rows"], epochs=probe.epochs, seeds=args.seeds,
+               probes=meta["probes"], placebo_probes=meta["placebo_probes"], probe_groups=meta["probe_groups"],
+               state_mb_per_probe=bank.state_bytes(probe, probe_lib.ProbeSizes(log.num_items, log.num_users, 1, 32)) / 1e6,
+               total_wall_s=total_wall, total_cpu_s=total_cpu, peak_rss_gb=peak_rss_gb(),
+               train_rows_per_s_per_probe=probe_rows_per_s, phases=phases, cores=len(os.sched_getaffinity(0)),
+               table_markdown=report.to_markdown())
+    print(f"LIS table at scale ({log.num_rows} exposures, {log.num_items} items, {log.num_users} users; "
+          f"{meta['probes']} probes, {meta['placebo_probes']} placebos, {meta['probe_groups']} groups): "
+          f"{total_wall:.1f} s wall, {total_cpu:.1f} s CPU (user+sys), peak RSS {peak_rss_gb():.2f} GB, "
+          f"{probe_rows_per_s:,.0f} training rows/s per probe; load average {os.getloadavg()}")
+    print(report.to_markdown())
+    header["load_average_end"] = os.getloadavg()
+    path = benchlib.write_rows("lis_scale", {**header, "data": f"synthetic:catalog x {args.fraction}"},
+                               [row], args.out)
+    if path:
+        print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="ml-100k folder (default: the simulator)")
@@ -68,8 +155,16 @@ def main() -> int:
     parser.add_argument("--out", default="auto", help='JSON path, "auto" (bench/results/) or "" (none)')
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="JAX CPU devices (default: one per core, as `genrank-jax lis`; 1: the bank on one device)")
+    parser.add_argument("--scale", action="store_true", help="the LIS table at a real catalog's size (see above)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="--scale: users and items x this (default 1)")
+    parser.add_argument("--epochs", type=int, default=1, help="--scale: probe epochs (default 1)")
+    parser.add_argument("--seeds", type=int, default=8, help="--scale: seeds (default 8)")
     args = parser.parse_args()
     cpu_devices = use_every_cpu_core(args.cpu_devices)  # before JAX starts
+    if args.scale:
+        header = {**benchlib.run_header(), "load_average_start": os.getloadavg(), "cpu_devices": cpu_devices}
+        print(f"{header}", flush=True)
+        return scale_table(args, header)
     header = {**benchlib.run_header(), "load_average_start": os.getloadavg(), "cpu_devices": cpu_devices}
     source, log = load_log(args)
     print(f"{header}  data={source} rows={log.num_rows}  load average {os.getloadavg()}")

@@ -8,7 +8,7 @@
 # leakage/ into genrank_jax without pip). Stages run in order of value, each under `timeout -k`,
 # each writing its JSON as rows arrive, so a stage killed at its limit still leaves its results:
 #   0 env       nvidia-smi, jax's environment info                         env.txt, nvidia-smi.txt
-#   1 smoke     one jitted fwd+bwd call per backend and kind, max errors   smoke.json        (60 s)
+#   1 smoke     one jitted fwd+bwd call per backend and kind, max errors   smoke.json     (60 s)
 #   2 headline  attention benchmark S=8192 D=128 bf16: TFLOP/s fwd and fwd+bwd of each backend,
 #               cuDNN with a materialised bias, the XLA reference           attention_headline.json
 #   3 parity    device parity tests, one pytest per backend, no -x, per-test timeout, JUnit XML
@@ -67,11 +67,11 @@ else
     parity_marks="device"
     parity_keyword=""
     per_test=45
-    limits=(30 60 110 80 70)
+    limits=(30 60 100 100 45)  # ~7 minutes with the env probe
 fi
 
 echo "== env"
-{ nvidia-smi || echo "nvidia-smi: not available here"; } > "$RESULTS/nvidia-smi.txt" 2>&1
+{ timeout -k 5 30 nvidia-smi || echo "nvidia-smi: not available here"; } > "$RESULTS/nvidia-smi.txt" 2>&1
 stage env "${limits[0]}" "${run[@]}" -c 'import jax, sys; jax.print_environment_info(); print(sys.version); print(jax.devices())'
 cp "$RESULTS/env.log" "$RESULTS/env.txt"
 if [ "$DRY_RUN" -eq 0 ] && ! timeout -k 5 30 "${run[@]}" -c \
@@ -83,10 +83,17 @@ fi
 stage smoke "${limits[1]}" "${run[@]}" bench/device_smoke.py "${smoke_args[@]}" --out "$RESULTS/smoke.json"
 stage headline "${limits[2]}" "${run[@]}" bench/bench_attention.py "${headline[@]}" \
     --out "$RESULTS/attention_headline.json"
+# pytest writes its JUnit XML at the end of the session: a session timeout (checked between tests)
+# 20 s short of the stage limit ends it in time to write the file.
+session=()
+if "$PYTHON" -c 'import pytest_timeout, sys; sys.exit(not hasattr(pytest_timeout, "SESSION_TIMEOUT_KEY"))' \
+        > /dev/null 2>&1; then
+    session=(--session-timeout "$((limits[3] - 20))")
+fi
 for impl in pallas_triton pallas_mosaic_gpu; do
     stage "parity_$impl" "${limits[3]}" "${run[@]}" -m pytest -q -p no:cacheprovider -o addopts="" \
         -m "$parity_marks" -k "$impl${parity_keyword:+ and ($parity_keyword)}" \
-        --timeout "$per_test" --junitxml "$RESULTS/parity_$impl.xml" \
+        --timeout "$per_test" "${session[@]}" --junitxml "$RESULTS/parity_$impl.xml" \
         tests/kernels/test_pallas_gpu.py tests/kernels/test_model_backends.py
 done
 stage sweep "${limits[4]}" "${run[@]}" bench/bench_attention.py "${sweep[@]}" \

@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 RESULTS="${OUT:-bench/results/device_leakage}"
 mkdir -p "$RESULTS"
-{ nvidia-smi || echo "nvidia-smi: not available here"; } > "$RESULTS/nvidia-smi.txt" 2>&1
+{ timeout -k 5 30 nvidia-smi || echo "nvidia-smi: not available here"; } > "$RESULTS/nvidia-smi.txt" 2>&1
 timeout -k 5 60 "$PYTHON" bench/from_checkout.py -c 'import jax; jax.print_environment_info(); print(jax.devices())' \
     > "$RESULTS/env.txt" 2>&1
 

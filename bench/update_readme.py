@@ -8,8 +8,8 @@ ones), the organization benchmark (organization_*.json), a `genrank-jax train` r
 (train_default*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 (kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
-(serving_*.json), lis_movielens.md and the sharding benchmark
-(scaling_*.json). Every table names the machine, jax version, git commit and command behind it;
+(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), lis_movielens.md and the
+sharding benchmark (scaling_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -221,6 +221,39 @@ def leakage_section(results: pathlib.Path) -> list[str]:
     return [*lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def scale_section(results: pathlib.Path) -> list[str]:
+    title = "### LIS at a real catalog's size"
+    run = newest_run(results, "lis_scale")
+    if run is None:
+        return [title, "", "_No results yet (run `bench/bench_leakage.py --scale --out auto`)._"]
+    path, header, (row, *_) = run
+    start, end = header.get("load_average_start", [None])[0], header.get("load_average_end", [None])[0]
+    cores = row.get("cores")
+    busy = cores and max(start or 0, end or 0) > cores
+    lines = [title, "", f"Machine: {machine(header)}, {cores} cores. Command: `{command_of(header, 'bench_leakage.py')}` "
+                        f"(data {header.get('data', '?')}).", "",
+             f"{row['exposures']:,} exposures, {row['items']:,} items, {row['users']:,} users; {row['train_rows']:,} "
+             f"training rows, {row['eval_rows']:,} eval rows. {row['probes']} probes (3 leak kinds x 2 horizons x "
+             f"{row['seeds']} seeds with the baseline and {row['placebo_probes']} placebo probes), {row['epochs']} "
+             f"epoch(s), trained in {row['probe_groups']} group(s) of probes ({row['state_mb_per_probe']:.0f} MB of "
+             "state a probe).", "",
+             *table([("phase", "phase", ""), ("wall s", "wall_s", ".1f"), ("CPU s (user+sys)", "cpu_s", ".1f"),
+                     ("peak RSS GB", "peak_rss_gb", ".2f"), ("load average (1 min)", "load1", ".1f")],
+                    [{"phase": name, "load1": phase["load"][0], **phase} for name, phase in row["phases"].items()]
+                    + [{"phase": "**total**", "wall_s": row["total_wall_s"], "cpu_s": row["total_cpu_s"],
+                        "peak_rss_gb": row["peak_rss_gb"], "load1": end}]),
+             "", f"Training throughput: {row['train_rows_per_s_per_probe']:,.0f} rows/s per probe "
+                 f"({row['train_rows_per_s_per_probe'] * row['probes']:,.0f} probe-rows/s over the bank)."]
+    if busy:
+        lines += ["", f"Measured while other jobs shared the machine (load average {start:.1f} at the start, {end:.1f} "
+                      f"at the end, on {cores} cores): the wall times are not this machine's. The CPU time is; on "
+                      f"{cores} otherwise idle cores the run would take at least {row['total_cpu_s'] / cores:.0f} s of wall "
+                      "time (its CPU time over the cores)."]
+    if row.get("table_markdown"):
+        lines += ["", row["table_markdown"].rstrip()]
+    return [*lines, "", f"_Source: `{relative(path)}`._"]
+
+
 def serving_section(results: pathlib.Path) -> list[str]:
     title = "### Serving: cached scoring vs full recompute vs one candidate at a time"
     run = newest_run(results, "serving")
@@ -274,7 +307,9 @@ def scaling_section(results: pathlib.Path) -> list[str]:
         first = steps[0]
         lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x {first['seq_len']} "
                       f"tokens, batch split over `data`. Simulated CPU devices share this machine's "
-                      f"{header.get('cpu_cores', '?')} cores: a check that the sharded step runs, not a speedup.", "",
+                      f"{header.get('cpu_cores', '?')} cores with the other jobs behind the load average: a check "
+                      "that the sharded step runs, not a speedup (a ratio above the core count is more device "
+                      "threads winning a larger share of the contended CPU).", "",
                   *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
                           ("vs one device", "speedup_vs_1", ".2f")], steps)]
     if sizes:
@@ -285,7 +320,9 @@ def scaling_section(results: pathlib.Path) -> list[str]:
                       f"{first['users']:.0e} users, AdamW, global batch {first['batch_size']} x {first['seq_len']} "
                       f"tokens, compiled ahead of time for {first['devices']} fake CPU devices without allocating "
                       f"(whole state {first['state_gb']:.0f} GB). Per device, from XLA's memory analysis, "
-                      "against one H100's 80 GB:", "",
+                      "against one H100's 80 GB (arguments: the state's shards and the batch; temporaries: "
+                      "activations, with the xla reference attention's S x S logits, and the gradients, a dense "
+                      "one the size of each table shard):", "",
                   *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""), ("GB / device", "per_device_gb", ".1f"),
                           ("arguments GB", "argument_gb", ".1f"), ("temporaries GB", "temp_gb", ".1f"),
                           ("of 80 GB", "fraction_of_h100", ".0%"), ("fits", "fits", "")], sizes)]
@@ -294,7 +331,7 @@ def scaling_section(results: pathlib.Path) -> list[str]:
 
 def render(results: pathlib.Path) -> str:
     sections = [ablation_section, organization_section, train_section, attention_section,
-                kernel_ops_section, leakage_section, serving_section, lis_section,
+                kernel_ops_section, leakage_section, serving_section, scale_section, lis_section,
                 scaling_section]
     body = []
     for section in sections:

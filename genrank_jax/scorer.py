@@ -114,6 +114,16 @@ class Scorer:
                                    f"{cache.capacity} and the model's positions cover {self.config.max_tokens - 1}")
         return self._append(self.state, cache, new)
 
+    def score(self, cache: HistoryCache, candidates: Candidates):
+        """`GenRank.score` compiled: [B, M, A] for candidates aligned with the cache's users.
+
+        Compiles once per candidate shape; `score_requests` is the fixed-shape path for serving.
+        """
+        serving.check_model(cache, self.tag)
+        serving._check_candidates(self.config, candidates)
+        users = jnp.arange(cache.batch_size, dtype=jnp.int32)
+        return self._score_rows(self.state, cache, users, candidates)
+
     def _pack(self, cache: HistoryCache, requests: Sequence[Request | None]):
         """(users [R], Candidates [R, m], where: list of (request, row, count)) over all requests."""
         features = self.config.features

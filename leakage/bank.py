@@ -57,18 +57,27 @@ class Feature:
         return int(self.values.shape[1])
 
 
-def standardized(values: np.ndarray) -> np.ndarray:
+def standardized(values: np.ndarray, *, out: np.ndarray | None = None, rows_per_chunk: int = 1 << 20) -> np.ndarray:
     """Columns to mean 0 and std 1 (constant columns to 0), rows scaled by 1/sqrt(width).
 
     Probes compare features of any origin and scale (codebooks, embeddings, multi-hot genres):
     after this every feature enters with rows of norm about 1, the embeddings' scale does not
     decide how fast a probe can use it, and the comparison is about information, not units.
+    Statistics are accumulated in float64 over chunks of rows and the result is written chunk by
+    chunk into `out` (default: a new float32 array; any float dtype, e.g. the bank's bfloat16), so a
+    per-interaction feature of a 5M-row log ([5M, 32], 640 MB) needs no full-size temporary.
     """
-    values = np.asarray(values, np.float64)
-    std = values.std(axis=0)
-    centered = values - values.mean(axis=0)
-    scaled = np.divide(centered, std, out=np.zeros_like(centered), where=std > 0)
-    return (scaled / np.sqrt(values.shape[1])).astype(np.float32)
+    values = np.asarray(values)
+    rows, width = values.shape
+    chunks = [slice(start, start + rows_per_chunk) for start in range(0, rows, rows_per_chunk)]
+    mean = sum((values[c].sum(axis=0, dtype=np.float64) for c in chunks), np.zeros(width)) / max(rows, 1)
+    square = sum((np.square(values[c] - mean).sum(axis=0) for c in chunks), np.zeros(width))
+    std = np.sqrt(square / max(rows, 1))
+    scale = np.divide(1.0, std * np.sqrt(width), out=np.zeros(width), where=std > 0)
+    out = np.empty((rows, width), np.float32) if out is None else out
+    for c in chunks:
+        out[c] = ((values[c] - mean) * scale).astype(np.float32)
+    return out
 
 
 def as_feature(name: str, values, log: InteractionLog) -> Feature:
@@ -113,6 +122,9 @@ class ProbeRun:
     feature_widths: tuple[int, ...]  # per slot, slot 0 = 0
     feature_item_side: tuple[float, ...]
     log: InteractionLog | None = None  # the sequence (GenRank) probe tokenizes it
+    # device_data as laid out for a set of devices, made once: every group of probes (and the
+    # scoring after training) reuses it instead of copying the log to the devices again
+    placed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -132,17 +144,22 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
     width = max([1] + [f.width for f in features.values()])
     item_names = [n for n in names if features[n].per == "item"]
     row_names = [n for n in names if features[n].per == "interaction"]
-    item_stack = np.zeros((len(item_names), num_items + 1, width), np.float32)  # last row: padding id
-    for i, name in enumerate(item_names):
-        item_stack[i, :num_items, :features[name].width] = standardized(features[name].values)
-    row_stack = np.zeros((len(row_names), log.num_rows, width), np.float32)
-    for i, name in enumerate(row_names):
-        row_stack[i, :, :features[name].width] = standardized(features[name].values)
+
+    def on_device(name, rows):  # standardized, padded to the run's width, moved; one host copy at a time
+        # bfloat16: a feature is an input, 3 significant digits carry what it holds, and a large log's
+        # per-interaction features take half the memory (each device of the bank holds them all)
+        padded = np.zeros((rows, width), jnp.bfloat16)  # per item: a last, zero row for the padding id
+        standardized(features[name].values, out=padded[:features[name].values.shape[0], :features[name].width])
+        return jax.device_put(padded)  # jnp.asarray copied twice, device_put once
+
     slot_names = tuple(item_names + row_names)
     device_data = {
-        "item": jnp.asarray(log.item, jnp.int32), "user": jnp.asarray(log.user, jnp.int32),
-        "history": jnp.asarray(history), "labels": jnp.asarray(log.labels, jnp.float32),
-        "item_features": jnp.asarray(item_stack), "row_features": jnp.asarray(row_stack),
+        "item": jax.device_put(log.item.astype(np.int32)), "user": jax.device_put(log.user.astype(np.int32)),
+        "history": jax.device_put(history), "labels": jax.device_put(log.labels.astype(np.float32)),
+        # one array per feature, not a stack: a stack of a large log's per-interaction features
+        # would need its host copy and its device copy at once
+        "item_features": tuple(on_device(name, num_items + 1) for name in item_names),
+        "row_features": tuple(on_device(name, log.num_rows) for name in row_names),
     }
     sizes = probe_lib.ProbeSizes(num_items, num_users, log.num_tasks, width)
     return ProbeRun(config, sizes, device_data, log.item, log.user, history, train_rows, eval_rows,
@@ -207,11 +224,19 @@ def epoch_batches(run: ProbeRun, epoch: int) -> dict:
 def _shared_batch(data: dict, batch: dict, num_items: int) -> dict:
     """Gather what every probe reads from the log once: labels, history mask, feature rows."""
     rows = batch["rows"]
-    features = [jnp.zeros((1, rows.shape[0], data["item_features"].shape[-1]), jnp.float32),
-                data["item_features"][:, data["item"][rows]], data["row_features"][:, rows]]
+    items = data["item"][rows]
+    width = _feature_width(data)
+    features = [jnp.zeros((rows.shape[0], width), jnp.float32)]
+    features += [table[items].astype(jnp.float32) for table in data["item_features"]]
+    features += [table[rows].astype(jnp.float32) for table in data["row_features"]]
     return {**batch, "labels": data["labels"][rows],
             "history_mask": (data["history"][rows] != num_items).astype(jnp.float32),
-            "features": jnp.concatenate(features, axis=0)}
+            "features": jnp.stack(features)}
+
+
+def _feature_width(data: dict) -> int:
+    tables = (*data["item_features"], *data["row_features"])
+    return tables[0].shape[-1] if tables else 1
 
 
 SHARED_BLOCK_BYTES = 64 << 20  # shared batches gathered ahead per block of steps (see `block_steps`)
@@ -222,7 +247,7 @@ def block_steps(run: ProbeRun) -> int:
     """Steps per block of `_train_epoch`: about as many as fit SHARED_BLOCK_BYTES of gathered
     batches, evened out so the last block is nearly full (it is padded with skipped steps)."""
     config, sizes = run.config, run.sizes
-    features = 1 + run.device_data["item_features"].shape[0] + run.device_data["row_features"].shape[0]
+    features = 1 + len(run.device_data["item_features"]) + len(run.device_data["row_features"])
     floats = config.batch_size * (features * sizes.feature_width + sizes.num_tasks + 2 * config.history + 4)
     most = int(np.clip(SHARED_BLOCK_BYTES // (4 * floats), 1, run.steps_per_epoch))
     blocks = -(-run.steps_per_epoch // most)
@@ -307,7 +332,15 @@ def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: in
     def run_block(groups, block_batches):  # leaves [block, ...]
         step_batches, step_live = block_batches
         shared = jax.vmap(lambda batch: _shared_batch(data, batch, num_items))(step_batches)
-        return jax.lax.map(lambda stack: jax.lax.scan(step, stack, (shared, step_live))[0], groups), None
+
+        def run_stack(index, groups):  # the stack is read out and written back in place
+            stack = jax.tree.map(lambda x: x[index], groups)
+            stack = jax.lax.scan(step, stack, (shared, step_live))[0]
+            return jax.tree.map(lambda x, new: x.at[index].set(new), groups, stack)
+
+        # a fori_loop, not lax.map: map writes a second copy of every stack's state (at 10^6 items,
+        # 230 MB a probe), the loop updates the one carried copy
+        return jax.lax.fori_loop(0, jax.tree.leaves(groups)[0].shape[0], run_stack, groups), None
 
     return _ungrouped(jax.lax.scan(run_block, _grouped(states, chunk), blocked)[0])
 
@@ -329,7 +362,9 @@ def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
 def _laid_out(run: ProbeRun, states: dict, strategy: str):
     """(layout, states padded to its slots on its devices, the log's arrays on its devices)."""
     lay = devices_lib.layout(num_probes(states), resolve_strategy(strategy))
-    return lay, _padded(states, lay), devices_lib.place(run.device_data, lay, probe_axis=None)
+    if lay.devices not in run.placed:
+        run.placed[lay.devices] = devices_lib.place(run.device_data, lay, probe_axis=None)
+    return lay, _padded(states, lay), run.placed[lay.devices]
 
 
 def _eval_chunks(run: ProbeRun) -> np.ndarray:
@@ -360,6 +395,8 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
         if on_epoch is not None:
             jax.block_until_ready(states)  # so a callback's clock and progress are real
             on_epoch(epoch)
+    if num_probes(states) == count:
+        return states
     return jax.tree.map(lambda x: x[:count], states)  # the padding copies dropped
 
 
@@ -383,20 +420,62 @@ def select(states: dict, index: int) -> dict:
     return jax.tree.map(lambda x: x[index:index + 1], states)
 
 
+STATE_BYTES = 1 << 30  # 1 GiB: probe states resident at once; more probes train in groups (`probe_groups`)
+
+
+def state_bytes(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> int:
+    """Bytes of one probe's state: its two tables (value + two Adam moments, f32) and dense layers."""
+    table_rows = sizes.num_items + 1 + sizes.num_users + 1
+    dense = sum(i * o + o for i, o in probe_lib._mlp_layers(config, sizes)) + sizes.feature_width * config.dim
+    return 4 * 3 * (table_rows * config.dim + dense)
+
+
+def probe_groups(run: ProbeRun, count: int, strategy: str = "auto", budget: int | None = None) -> list[slice]:
+    """Consecutive groups of the K probes whose states fit `budget` bytes (default `STATE_BYTES`).
+
+    A probe's state grows with the catalog (at 10^6 items and 2 * 10^5 users, width 16: 230 MB
+    with Adam's moments), so a bank of 80 probes would hold 18 GB. The bank trains one group at a
+    time instead, the groups sharing the epochs' precomputed batches; probes are independent, so a
+    group's results equal the whole bank's. A group is a multiple of the device count (each
+    device gets an equal share), at least one probe a device however small the budget.
+    """
+    budget = STATE_BYTES if budget is None else budget
+    unit = len(devices_lib.layout(count, resolve_strategy(strategy)).devices)
+    per_group = max(unit, budget // state_bytes(run.config, run.sizes) // unit * unit)
+    return [slice(start, min(start + per_group, count)) for start in range(0, count, per_group)]
+
+
 def train_and_predict(run: ProbeRun, seeds, slots, *, parallel: bool = True, strategy: str = "auto",
-                      on_epoch=None) -> np.ndarray:
+                      on_epoch=None, state_budget: int | None = None) -> np.ndarray:
     """[K, Ne, T] eval logits of probes (seeds[k], slots[k]), trained as one bank or one at a time.
 
     Both modes start from the same initial states and run the same `bank_step` / `probe.update`;
-    the loop gives it a probe axis of size 1 and reuses one set of batches for every probe.
+    the loop gives it a probe axis of size 1 and reuses one set of batches for every probe. A bank
+    whose states exceed `state_budget` bytes (default `STATE_BYTES`) trains in groups
+    (`probe_groups`), each initialised, trained and scored in turn on the same batches.
     `ProbeConfig(model="genrank")` probes are trained by `genrank_probe.train_and_predict`.
     """
     if run.config.model == "genrank":
         from genrank_jax.leakage import genrank_probe
         return genrank_probe.train_and_predict(run, seeds, slots, parallel=parallel, on_epoch=on_epoch)
-    states = init_bank(run, seeds, slots)
+    seeds, slots = np.asarray(seeds), np.asarray(slots)
     if parallel:
-        return predict_eval(run, train(run, states, strategy=strategy, on_epoch=on_epoch), strategy=strategy)
+        groups = probe_groups(run, len(slots), strategy, state_budget)
+        # states are handed to `train` straight from `init_bank`, never held here: train lays them
+        # out on the devices (a copy) and donates them to the epoch, so no reference may keep the
+        # first copy alive (at 10^6 items it is 230 MB a probe)
+        if len(groups) == 1:
+            return predict_eval(run, train(run, init_bank(run, seeds, slots), strategy=strategy, on_epoch=on_epoch),
+                                strategy=strategy)
+        batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]
+        outputs = []
+        for group in groups:
+            trained = train(run, init_bank(run, seeds[group], slots[group]), strategy=strategy, batches=batches,
+                            on_epoch=on_epoch)
+            outputs.append(predict_eval(run, trained, strategy=strategy))
+            del trained  # before the next group's are made
+        return np.concatenate(outputs)
+    states = init_bank(run, seeds, slots)
     batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]
     outputs = []
     for k in range(len(slots)):

@@ -26,6 +26,7 @@ import os
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -96,7 +97,17 @@ def place(tree, lay: Layout, *, probe_axis: int | None = 0):
     spec = PartitionSpec() if probe_axis is None else PartitionSpec(*([None] * probe_axis), AXIS)
     sharding = NamedSharding(_mesh(lay.devices), spec)
     if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
+        if probe_axis is not None:
+            return jax.device_put(tree, sharding)
+
+        def replicate(leaf):  # the copy already on a device of the mesh is reused, not copied again
+            # (the bank's log and features: at 5M rows, 1.6 GB a copy)
+            leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
+            held = {d: leaf for d in leaf.devices()} if len(leaf.devices()) == 1 else {}
+            shards = [held[d] if d in held else jax.device_put(leaf, d) for d in lay.devices]
+            return jax.make_array_from_single_device_arrays(leaf.shape, sharding, shards)
+
+        return jax.tree.map(replicate, tree)
 
     def host_to_mesh(x):  # every process holds the same values; each places its devices' shards
         if isinstance(x, jax.Array) and not x.is_fully_addressable:

@@ -134,9 +134,9 @@ def _feature_table(run, slot: int):
         return jnp.zeros((1, run.sizes.feature_width), jnp.float32), True
     item_side = run.feature_item_side[slot] == 1.0
     num_item_slots = int(sum(run.feature_item_side[1:]))
-    if item_side:
-        return data["item_features"][slot - 1], True
-    return data["row_features"][slot - 1 - num_item_slots], False
+    if item_side:  # stored as bfloat16 (see `bank.prepare_run`)
+        return data["item_features"][slot - 1].astype(jnp.float32), True
+    return data["row_features"][slot - 1 - num_item_slots].astype(jnp.float32), False
 
 
 def train_and_predict(run, seeds, slots, *, parallel: bool = True, on_epoch=None) -> np.ndarray:

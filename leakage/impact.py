@@ -65,11 +65,18 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
     start = time.perf_counter()
     placebos, pairs = placebos_for(prepared) if placebo else ({}, {})
     run = bank.prepare_run(log, train_rows, eval_rows, {**prepared, **placebos}, probe)
+    # the probes read the features from the run now; the host copies can go (a large log's
+    # per-interaction features are 640 MB each; the caller may still hold its own)
+    feature_names, placebo_names = tuple(prepared), tuple(placebos)
+    widths = {name: prepared[name].width for name in prepared}
+    sides = {name: prepared[name].per for name in prepared}
+    del prepared, placebos, features
     names = ("baseline",) + run.feature_names
     families = len(names)
     seed_of = np.repeat(np.arange(seeds), families)
     slot_of = np.tile(np.arange(families), seeds)
-    total = probe.epochs * (1 if parallel else len(slot_of))
+    groups = len(bank.probe_groups(run, len(slot_of), strategy)) if probe.model == "mlp" else 1
+    total = probe.epochs * (groups if parallel else len(slot_of))
     done = [0]
 
     def on_epoch(_):
@@ -83,10 +90,10 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         aucs = np.nanmean(task_aucs, axis=-1)
     if np.isnan(aucs).any():
         raise ValueError("the eval window has a single label class on every task: AUC is undefined")
-    row_kinds = ["baseline"] + [kinds.get(name, "placebo" if name in placebos else "feature")
+    row_kinds = ["baseline"] + [kinds.get(name, "placebo" if name in placebo_names else "feature")
                                 for name in run.feature_names]
     # report rows in the caller's feature order, then the placebos (the bank groups slots by side)
-    order = [0] + [1 + run.feature_names.index(name) for name in (*prepared, *placebos)]
+    order = [0] + [1 + run.feature_names.index(name) for name in (*feature_names, *placebo_names)]
     names = tuple(names[i] for i in order)
     row_kinds = [row_kinds[i] for i in order]
     rows = build_rows(names, row_kinds, aucs[:, order], task_aucs[:, order], log.task_names, bound=bound,
@@ -96,12 +103,12 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         "train_rows": int(len(train_rows)), "eval_rows": int(len(eval_rows)), "seeds": int(seeds),
         "tasks": list(log.task_names), "probes": int(len(slot_of)), "parallel": bool(parallel),
         # the control's cost: these probes are trained only for the placebos
-        "placebos": pairs, "placebo_probes": int(len(placebos) * seeds),
+        "placebos": pairs, "placebo_probes": int(len(placebo_names) * seeds),
+        "probe_groups": int(groups) if parallel else None,  # > 1: the bank trained its probes in groups
         "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(probe),
         "devices": (len(devices_lib.layout(len(slot_of) if parallel else 1, bank.resolve_strategy(strategy)).devices)
                     if probe.model == "mlp" else 1),  # the GenRank probe runs on one device
-        "feature_widths": {name: prepared[name].width for name in prepared},
-        "feature_per": {name: prepared[name].per for name in prepared},
+        "feature_widths": widths, "feature_per": sides,
         "seconds": time.perf_counter() - start,
     }
     return LeakageReport(tuple(rows), metadata)

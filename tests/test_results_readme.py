@@ -108,3 +108,33 @@ def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "| 1024 | 500 | cached | 10.0 | 20.0 | 50,000 | 10.00 |" in text
     assert "| 1024 | 500 | single | 400.0 | 800.0 | 1,250 | 0.25 |" in text
     assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text
+
+
+def _scale_file(folder: pathlib.Path, stamp: int, load: float) -> pathlib.Path:
+    phase = {"wall_s": 10.0, "cpu_s": 18.0, "peak_rss_gb": 1.5, "load": [load, load, load]}
+    row = {"kind": "lis_scale", "exposures": 5_000_000, "items": 1_000_000, "users": 200_000, "train_rows": 4_000_000,
+           "eval_rows": 1_000_000, "epochs": 1, "seeds": 8, "probes": 80, "placebo_probes": 24, "probe_groups": 10,
+           "state_mb_per_probe": 230.4, "total_wall_s": 500.0, "total_cpu_s": 900.0, "peak_rss_gb": 6.5,
+           "train_rows_per_s_per_probe": 9000.0, "phases": {"simulate": phase, "probes": phase}, "cores": 2,
+           "table_markdown": "| feature | kind |\n| --- | --- |\n| baseline | baseline |\n"}
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "catalog",
+              "load_average_start": [load, 1.0, 1.0], "load_average_end": [load, 1.0, 1.0],
+              "command": "python bench/bench_leakage.py --scale --out auto"}
+    path = folder / f"lis_scale_cpu_abc_{stamp}.json"
+    path.write_text(json.dumps({"header": header, "rows": [row]}))
+    return path
+
+
+def test_scale_section_reports_time_memory_throughput_and_contention(tmp_path):
+    assert "No results yet" in "\n".join(update_readme.scale_section(tmp_path))
+    _scale_file(tmp_path, 100, load=1.0)
+    quiet = "\n".join(update_readme.scale_section(tmp_path))
+    assert "| **total** | 500.0 | 900.0 | 6.50 | 1.0 |" in quiet and "| simulate | 10.0 | 18.0 | 1.50 | 1.0 |" in quiet
+    assert "9,000 rows/s per probe" in quiet and "10 group(s)" in quiet and "| baseline | baseline |" in quiet
+    assert "other jobs shared the machine" not in quiet
+    busy = _scale_file(tmp_path, 200, load=12.0)
+    text = "\n".join(update_readme.scale_section(tmp_path))
+    assert busy.name in text and "other jobs shared the machine (load average 12.0" in text
+    assert "at least 450 s of wall" in text
+    # the probe-bank section does not mistake these files for its own
+    assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))

@@ -7,6 +7,7 @@ different history lengths, one with no history at all) and freshly initialized m
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -46,7 +47,8 @@ def make_model(dataset, organization, block, seed=0, **overrides):
 
 def full_pass_candidates(model, batch):
     """[B, M, A] logits of the full pass at each candidate token (0 on empty slots)."""
-    logits = np.asarray(model(batch))
+    graphdef, state = nnx.split(model)
+    logits = np.asarray(jax.jit(lambda state, batch: nnx.merge(graphdef, state)(batch))(state, batch))
     index = np.minimum(np.asarray(batch.candidate_index), batch.seq_len - 1)
     gathered = np.take_along_axis(logits, index[..., None], axis=1)
     valid = np.arange(index.shape[1])[None, :] < np.asarray(batch.num_candidates)[:, None]
@@ -59,8 +61,9 @@ def test_score_equals_full_forward_pass(feed, organization, block):
     model = make_model(feed.dataset, organization, block)
     history, candidates = split_batch(batch)
     assert len(set(np.asarray(history.lengths).tolist())) > 1 and 0 in history.lengths
-    cache = model.encode_history(history, num_candidates=candidates.num_candidates, capacity=history.item_ids.shape[1] + 5)
-    got = np.asarray(model.score(cache, candidates))
+    scorer = Scorer(model)  # GenRank.encode_history / score, compiled (tests run faster than eagerly)
+    cache = scorer.encode(history, num_candidates=candidates.num_candidates, capacity=history.item_ids.shape[1] + 5)
+    got = np.asarray(scorer.score(cache, candidates))
     want = full_pass_candidates(model, batch)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)
     assert np.abs(want).max() > 0.1
@@ -72,8 +75,8 @@ def test_score_through_the_pallas_cached_kernel(feed, block):
     batch = make_batch(feed.dataset, "action", seed=7, count=3, max_history=12)
     model = make_model(feed.dataset, "action", block, attention_interpret=True)
     history, candidates = split_batch(batch)
-    cache = model.encode_history(history, num_candidates=candidates.num_candidates)
-    got = np.asarray(model.score(cache, candidates, impl="pallas_triton"))
+    scorer = Scorer(model, impl="pallas_triton")
+    got = np.asarray(scorer.score(scorer.encode(history, num_candidates=candidates.num_candidates), candidates))
     np.testing.assert_allclose(got, full_pass_candidates(model, batch), atol=ATOL, rtol=ATOL / 10)
 
 
@@ -93,18 +96,14 @@ def test_append_equals_recomputation(feed, organization):
     newer = History(**{name: (shifted(value, first) if np.ndim(value) >= 2 else value)
                        for name, value in vars(history).items() if name != "lengths"},
                     lengths=(lengths - first).astype(np.int32))
-    appended = model.encode_history(older, capacity=width + 4).append(newer, model=model)
-    recomputed = model.encode_history(history, capacity=width + 4)
+    scorer = Scorer(model)  # compiled encode / append / score
+    appended = scorer.append(scorer.encode(older, capacity=width + 4), newer)
+    recomputed = scorer.encode(history, capacity=width + 4)
     np.testing.assert_array_equal(appended.lengths, recomputed.lengths)
     for got, want in zip(appended.keys + appended.values, recomputed.keys + recomputed.values):
         for b, n in enumerate(lengths):
             np.testing.assert_allclose(np.asarray(got)[b, :n], np.asarray(want)[b, :n], atol=ATOL, rtol=ATOL / 10)
-    np.testing.assert_allclose(model.score(appended, candidates), full_pass_candidates(model, batch),
-                               atol=ATOL, rtol=ATOL / 10)
-    # and through the compiled scorer
-    scorer = Scorer(model, rows_per_batch=2, candidates_per_row=4)
-    compiled = scorer.append(scorer.encode(older, capacity=width + 4), newer)
-    np.testing.assert_allclose(model.score(compiled, candidates), full_pass_candidates(model, batch),
+    np.testing.assert_allclose(scorer.score(appended, candidates), full_pass_candidates(model, batch),
                                atol=ATOL, rtol=ATOL / 10)
 
 
@@ -140,12 +139,14 @@ def test_micro_batches_compile_once_and_equal_the_full_pass(feed, block):
     assert scorer.compilations() == 1
 
 
-def test_bad_input_raises_clear_errors(feed):
+def test_eager_api_checks_bad_input_with_clear_errors(feed):
     batch = make_batch(feed.dataset, "action")
     model = make_model(feed.dataset, "action", "transformer")
     history, candidates = split_batch(batch)
     num_items = feed.dataset.spec.num_items
-    cache = model.encode_history(history)
+    cache = model.encode_history(history)  # eager: the checks see concrete values
+    np.testing.assert_allclose(model.score(cache, candidates), full_pass_candidates(model, batch),
+                               atol=ATOL, rtol=ATOL / 10)
     unknown = np.array(candidates.item_ids)
     unknown[0, 0] = num_items + 3
     with pytest.raises(ServingError, match=rf"unknown item id.*\[{num_items + 3}\]"):

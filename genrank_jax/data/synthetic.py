@@ -107,12 +107,18 @@ class SimulatorConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "SimulatorConfig":
         """Named sizes: "tests" (~30k exposures, well under 1 s), "default" (the CLI default,
-        ~300k exposures), "benchmark" (~6M exposures). `overrides` replace single fields."""
+        ~300k exposures), "benchmark" (~6M exposures), "catalog" (a real catalog's shape: 10^6
+        items, 2 * 10^5 users, 5M exposures, few per user and item; LIS at scale). `overrides`
+        replace single fields."""
         presets = {
             "tests": dict(num_users=300, num_items=400, requests_per_user=(5, 20)),
             "default": {},
             "benchmark": dict(num_users=25_000, num_items=20_000, latent_dim=16, requests_per_user=(10, 50),
                               num_categories=64, horizon_days=30.0),
+            # 200k users x 2.5 requests x 10 exposures = 5.0M; a long-tailed catalog (popularity
+            # std 1.5) where most items are seen a handful of times
+            "catalog": dict(num_users=200_000, num_items=1_000_000, latent_dim=16, requests_per_user=(1, 4),
+                            exposures_per_request=10, num_categories=64, popularity_std=1.5, horizon_days=60.0),
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")

@@ -23,7 +23,7 @@ def attends(i: int, j: int, length: int, num_candidates: int) -> bool:
 
 def oracle_weights(q, k, *, lengths, num_candidates, positions=None, timestamps=None,
                    alibi_slopes=None, time_slopes=None, kind="softmax", scale=None):
-    """Attention weights [B, H, S(query), S(key)] float64, zero on every pair that does not attend."""
+    """Attention weights [B, H, S(query), S(key)] float64, 0 on every pair that does not attend."""
     q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
     batch, seq_len, heads, head_dim = q.shape
     if positions is None:
@@ -41,7 +41,8 @@ def oracle_weights(q, k, *, lengths, num_candidates, positions=None, timestamps=
                         continue
                     logit = scale * float(np.dot(q[b, i, h], k[b, j, h]))
                     if alibi_slopes is not None:
-                        logit -= float(alibi_slopes[h]) * abs(int(positions[b, i]) - int(positions[b, j]))
+                        distance = abs(int(positions[b, i]) - int(positions[b, j]))
+                        logit -= float(alibi_slopes[h]) * distance
                     if time_slopes is not None:
                         gap = abs(float(timestamps[b, i]) - float(timestamps[b, j]))
                         logit -= float(time_slopes[h]) * np.log1p(gap)

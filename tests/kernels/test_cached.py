@@ -57,13 +57,19 @@ def make_case(seed, *, batch=3, cache_len=37, slots=21, heads=2, head_dim=16, va
 
 
 def assemble(layout, cands, cache):
-    """[B, S, ...]: cache rows then candidate rows, per sample."""
-    batch = cands.shape[0]
-    out = jnp.zeros((batch, layout["seq_len"]) + cands.shape[2:], cands.dtype)
+    """[B, S, ...]: cache rows then candidate rows, per sample (zeros after), by two gathers."""
+    batch, seq_len = cands.shape[0], layout["seq_len"]
+    from_cache, cache_row = np.zeros((batch, seq_len), bool), np.zeros((batch, seq_len), np.int32)
+    from_cands, cand_slot = np.zeros((batch, seq_len), bool), np.zeros((batch, seq_len), np.int32)
     for b in range(batch):
         h = len(layout["history_rows"][b])
-        out = out.at[b, :h].set(cache[b, :h]).at[b, layout["candidate_rows"][b]].set(cands[b])
-    return out
+        from_cache[b, :h], cache_row[b, :h] = True, np.arange(h)
+        rows = layout["candidate_rows"][b]
+        from_cands[b, rows], cand_slot[b, rows] = True, np.arange(len(rows))
+    expand = lambda x: x.reshape(x.shape + (1,) * (cands.ndim - 2))
+    gather = lambda x, index: jnp.take_along_axis(x, jnp.asarray(expand(index)), axis=1)
+    out = jnp.where(expand(from_cache), gather(cache, cache_row), 0.0)
+    return jnp.where(expand(from_cands), gather(cands, cand_slot), out).astype(cands.dtype)
 
 
 def full_candidate_rows(arrays, full, layout, kind):
@@ -91,8 +97,9 @@ def test_reference_equals_full_op_candidate_rows_forward_and_backward(kind, seed
     def full_fn(*xs):  # rows past num_candidates are zero in the cached op, masked in the full op
         return zero_padding_rows(full_candidate_rows(xs, full, layout, kind), counts)
 
-    got, got_vjp = jax.vjp(cached_fn, *arrays)
-    want, want_vjp = jax.vjp(full_fn, *arrays)
+    # jitted: one XLA program each is much faster than op-by-op on a loaded 2-core machine
+    got, got_vjp = jax.vjp(jax.jit(cached_fn), *arrays)
+    want, want_vjp = jax.vjp(jax.jit(full_fn), *arrays)
     np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)
     cotangent = jnp.asarray(np.random.default_rng(seed + 7).normal(size=got.shape), jnp.float32)
     for name, g, w in zip(("dq", "dk", "dv", "dcache_k", "dcache_v"), got_vjp(cotangent), want_vjp(cotangent)):
@@ -106,14 +113,14 @@ def test_reference_equals_full_op_candidate_rows_forward_and_backward(kind, seed
 def test_pallas_interpret_equals_reference(kind, seed, shape):
     arrays, cached, full, layout = make_case(seed, **shape)
     q, k, v, cache_k, cache_v = arrays
-    call = lambda impl: cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, **cached,
-                                         kind=kind, impl=impl, interpret=True,
-                                         block_sizes=BlockSizes(block_m=16, block_n=16) if impl != "xla" else None)
+    call = lambda impl: jax.jit(lambda q, k, v, cache_k, cache_v: cached_attention(
+        q, k, v, cache_keys=cache_k, cache_values=cache_v, **cached, kind=kind, impl=impl, interpret=True,
+        block_sizes=BlockSizes(block_m=16, block_n=16) if impl != "xla" else None))(q, k, v, cache_k, cache_v)
     got, want = call("pallas_triton"), call("xla")
     np.testing.assert_allclose(got, want, atol=ATOL * max(1.0, np.abs(want).max()), rtol=ATOL / 10)
     # and against the independent oracle, the full op
-    np.testing.assert_allclose(got, zero_padding_rows(full_candidate_rows(arrays, full, layout, kind),
-                                                      cached["num_candidates"]), atol=ATOL, rtol=ATOL / 10)
+    full_rows = jax.jit(lambda *xs: full_candidate_rows(xs, full, layout, kind))(*arrays)
+    np.testing.assert_allclose(got, zero_padding_rows(full_rows, cached["num_candidates"]), atol=ATOL, rtol=ATOL / 10)
 
 
 def test_pallas_backend_refuses_gradients():
@@ -137,3 +144,32 @@ def test_bad_arguments_raise():
         with pytest.raises(NotImplementedError, match="interpret=True"):
             cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v,
                              cache_lengths=cached["cache_lengths"], impl="pallas_triton")
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_pallas_kernel_lowers_to_triton_for_cuda(kind):
+    """The real (non-interpret) kernel lowers for CUDA without a GPU: one Triton custom call."""
+    import re
+
+    from genrank_jax.kernels import pallas_cached
+    from tests.kernels.test_pallas_gpu import _cuda_target  # the abstract GPU jax >= 0.11 lowers for
+    batch, slots, cache_len, heads, head_dim = 2, 100, 300, 2, 64
+    spec = jax.ShapeDtypeStruct
+    tokens, cache = spec((batch, slots, heads, head_dim), jnp.bfloat16), spec((batch, cache_len, heads, head_dim), jnp.bfloat16)
+    ints = spec((batch,), jnp.int32)
+    slopes = alibi_slopes(heads)
+
+    def forward(q, k, v, cache_k, cache_v, lengths, counts, positions, cache_positions, times, cache_times):
+        return pallas_cached.cached_attention(
+            q, k, v, cache_keys=cache_k, cache_values=cache_v, cache_lengths=lengths, num_candidates=counts,
+            positions=positions, cache_positions=cache_positions, timestamps=times, cache_timestamps=cache_times,
+            alibi_slopes=slopes, time_slopes=slopes, kind=kind, scale=head_dim ** -0.5, normalizer=lengths + counts,
+            interpret=False, block_sizes=BlockSizes())
+
+    with _cuda_target():
+        text = jax.jit(forward).trace(
+            tokens, tokens, tokens, cache, cache, ints, ints, spec((batch, slots), jnp.int32),
+            spec((batch, cache_len), jnp.int32), spec((batch, slots), jnp.float32),
+            spec((batch, cache_len), jnp.float32)).lower(lowering_platforms=("cuda",)).as_text()
+    calls = re.findall(r"custom_call @([^(]+)\(", text)
+    assert len(calls) == 1 and "triton" in calls[0], calls

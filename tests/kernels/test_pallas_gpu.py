@@ -255,7 +255,7 @@ def test_hopper_lowering_large_head_dim_fits_shared_memory(lowering):
 # ---------------------------------------------------------------- the Hopper kernels, interpreted
 
 _GPU_INTERPRET = getattr(plgpu, "InterpretGPUParams", None)
-# What jax 0.11.2's GPU interpreter says about our kernels; the test is xfail only on this message.
+# What the GPU interpreters of jax 0.11.2 and 0.12.0 say about our kernels: xfail on this only.
 _KNOWN_LIMITATION = "Cannot lower jaxpr with effects"
 _KNOWN_EFFECT = "_WGMMAPipelineEffect"
 
@@ -264,11 +264,12 @@ _KNOWN_EFFECT = "_WGMMAPipelineEffect"
                     reason=f"jax {jax.__version__} has no GPU interpret mode (InterpretGPUParams, "
                            "jax >= 0.11)")
 @pytest.mark.xfail(strict=True, raises=jax.errors.JaxRuntimeError, reason=(
-    "jax 0.11.2's GPU interpret mode cannot run WGMMA: lowering the interpreted kernel fails with "
-    "'Cannot lower jaxpr with effects: {IOEffect, _WGMMAPipelineEffect}'. Strict: the day it "
-    "works this parity test passes and the marker must go"))
+    "jax's GPU interpret mode (0.11.2, 0.12.0) cannot run WGMMA: lowering the interpreted "
+    "kernel fails with 'Cannot lower jaxpr with effects: {IOEffect, _WGMMAPipelineEffect}'. "
+    "Strict: the day it works this parity test passes and the marker must go"))
 def test_hopper_kernels_under_gpu_interpret_mode():
-    """The real Hopper kernels (TMA ring, barriers, WGMMA) in jax's GPU interpreter vs the reference."""
+    """The real Hopper kernels (TMA ring, barriers, WGMMA) in jax's GPU interpreter, vs the
+    reference."""
     from genrank_jax.kernels import _gpu_blocked
     from genrank_jax.kernels._vjp import padded_call
     from tests.kernels.parity import TOLERANCE, assert_rows_close

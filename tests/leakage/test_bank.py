@@ -66,6 +66,23 @@ def test_stacks_and_blocks_of_any_size_equal_the_loop(feed, log, monkeypatch):
     np.testing.assert_allclose(stacked, loop, atol=1e-5, rtol=0)
 
 
+def test_a_bank_over_its_memory_budget_trains_in_groups_that_equal_one_bank(feed, log):
+    """Probe states beyond the budget train group by group on shared batches: same logits."""
+    cutoff = float(np.quantile(log.timestamp, 0.8))
+    run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None),
+                           {k: bank.as_feature(k, v, log) for k, v in _features(feed, log).items()}, SMALL)
+    seeds, slots = np.arange(12) // 4, np.arange(12) % 4
+    whole = bank.train_and_predict(run, seeds, slots, strategy="map")
+    budget = 4 * bank.state_bytes(run.config, run.sizes)  # room for 4 probes
+    groups = bank.probe_groups(run, len(seeds), "map", budget)
+    unit = len(devices.layout(len(seeds), "map").devices)
+    assert len(groups) > 1 and sum(g.stop - g.start for g in groups) == len(seeds)
+    assert all((g.stop - g.start) % unit == 0 for g in groups[:-1])
+    grouped = bank.train_and_predict(run, seeds, slots, strategy="map", state_budget=budget)
+    np.testing.assert_allclose(grouped, whole, atol=1e-5, rtol=0)
+    assert bank.state_bytes(run.config, run.sizes) > 4 * 3 * (run.sizes.num_items + run.sizes.num_users) * SMALL.dim
+
+
 def test_a_probe_does_not_depend_on_the_others_in_its_stack(feed, log):
     """Same stack size, other partners: probe 0's logits are bitwise equal (any cross-talk between
     probes, such as a reduction over the probe axis, would show here)."""
