@@ -144,3 +144,32 @@ def test_bad_arguments_raise():
         with pytest.raises(NotImplementedError, match="interpret=True"):
             cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v,
                              cache_lengths=cached["cache_lengths"], impl="pallas_triton")
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_pallas_kernel_lowers_to_triton_for_cuda(kind):
+    """The real (non-interpret) kernel lowers for CUDA without a GPU: one Triton custom call."""
+    import re
+
+    from genrank_jax.kernels import pallas_cached
+    from tests.kernels.test_pallas_gpu import _cuda_target  # the abstract GPU jax >= 0.11 lowers for
+    batch, slots, cache_len, heads, head_dim = 2, 100, 300, 2, 64
+    spec = jax.ShapeDtypeStruct
+    tokens, cache = spec((batch, slots, heads, head_dim), jnp.bfloat16), spec((batch, cache_len, heads, head_dim), jnp.bfloat16)
+    ints = spec((batch,), jnp.int32)
+    slopes = alibi_slopes(heads)
+
+    def forward(q, k, v, cache_k, cache_v, lengths, counts, positions, cache_positions, times, cache_times):
+        return pallas_cached.cached_attention(
+            q, k, v, cache_keys=cache_k, cache_values=cache_v, cache_lengths=lengths, num_candidates=counts,
+            positions=positions, cache_positions=cache_positions, timestamps=times, cache_timestamps=cache_times,
+            alibi_slopes=slopes, time_slopes=slopes, kind=kind, scale=head_dim ** -0.5, normalizer=lengths + counts,
+            interpret=False, block_sizes=BlockSizes())
+
+    with _cuda_target():
+        text = jax.jit(forward).trace(
+            tokens, tokens, tokens, cache, cache, ints, ints, spec((batch, slots), jnp.int32),
+            spec((batch, cache_len), jnp.int32), spec((batch, slots), jnp.float32),
+            spec((batch, cache_len), jnp.float32)).lower(lowering_platforms=("cuda",)).as_text()
+    calls = re.findall(r"custom_call @([^(]+)\(", text)
+    assert len(calls) == 1 and "triton" in calls[0], calls
