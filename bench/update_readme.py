@@ -255,6 +255,9 @@ def scale_section(results: pathlib.Path) -> list[str]:
                         "peak_rss_gb": row["peak_rss_gb"], "load1": end}]),
              "", f"Training throughput: {row['train_rows_per_s_per_probe']:,.0f} rows/s per probe "
                  f"({row['train_rows_per_s_per_probe'] * row['probes']:,.0f} probe-rows/s over the bank)."]
+    if row["items"] < 10**6:
+        lines += ["", f"_A reduced run ({row['items']:,} items, not a real catalog's 10^6): the full-size table has "
+                      "not been measured on this machine yet (`python bench/bench_leakage.py --scale --out auto`)._"]
     if busy:
         lines += ["", f"Measured while other jobs shared the machine (load average {start:.1f} at the start, {end:.1f} "
                       f"at the end, on {cores} cores): the wall times are not this machine's. The CPU time is; on "

@@ -442,6 +442,9 @@ def probe_groups(run: ProbeRun, count: int, strategy: str = "auto", budget: int 
     budget = STATE_BYTES if budget is None else budget
     unit = len(devices_lib.layout(count, resolve_strategy(strategy)).devices)
     per_group = max(unit, budget // state_bytes(run.config, run.sizes) // unit * unit)
+    # as many groups as the budget needs, evened out: equal groups compile one program, not two
+    count_groups = -(-count // per_group)
+    per_group = -(-count // count_groups // unit) * unit if count_groups > 1 else per_group
     return [slice(start, min(start + per_group, count)) for start in range(0, count, per_group)]
 
 
