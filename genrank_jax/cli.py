@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, non_negative_int, parse_arguments,
-                                      positive_float, positive_int, run_reporting_errors)
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, fraction, non_negative_float,
+                                      non_negative_int, parse_arguments, positive_float, positive_int,
+                                      run_reporting_errors)
 from genrank_jax.errors import GenrankError
 
 
@@ -46,11 +47,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=non_negative_int, default=None,
                         help="stop after this many validation evaluations without a new best (0: never; default 3)")
     parser.add_argument("--eval-every", type=non_negative_int, default=0, help="validate every N steps (0: every epoch)")
-    parser.add_argument("--validation-fraction", type=float, default=None,
+    parser.add_argument("--validation-fraction", type=fraction, default=None,
                         help="latest fraction of train (by time) held out for validation (default 0.15; 0: none)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=positive_float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None)
     parser.add_argument("--max-history", type=positive_int, default=None)
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="save every N steps (0: never)")
