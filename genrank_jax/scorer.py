@@ -82,15 +82,19 @@ class Scorer:
             return serving.append(nnx.merge(graphdef, state), cache, new, tag=tag)
 
         def score_rows(state, cache, users, candidates):
+            # Python runs here only when jit traces, i.e. for a shape it has no compiled program for yet.
+            # (jit's own _cache_size() read 0 after some earlier tests in one process: not a reliable count.)
+            self._score_traces += 1
             return serving.score(nnx.merge(graphdef, state), _rows_of(cache, users), candidates, impl=impl, tag=tag)
 
         self._encode = jax.jit(encode, static_argnames="capacity")
         self._append = jax.jit(append)
         self._score_rows = jax.jit(score_rows)
+        self._score_traces = 0
 
     def compilations(self) -> int:
         """How many shapes the micro-batch scoring function has been compiled for."""
-        return self._score_rows._cache_size()
+        return self._score_traces
 
     def encode(self, history: History, *, num_candidates=None, capacity: int | None = None) -> HistoryCache:
         """`GenRank.encode_history`, compiled (inputs checked on the host first)."""
