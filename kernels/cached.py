@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from genrank_jax.kernels.attention import _check  # the full op's shape/dtype check, same messages
 from genrank_jax.kernels.attention import unavailable_reason as _full_op_unavailable
 from genrank_jax.kernels.cached_reference import cached_attention_reference
 
@@ -46,13 +47,6 @@ def default_cached_impl() -> str:
     if jax.devices()[0].platform == "gpu" and cached_unavailable_reason("pallas_triton") is None:
         return "pallas_triton"
     return "xla"
-
-
-def _check(name, array, shape, dtypes):
-    if array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
-    if not any(jnp.issubdtype(array.dtype, d) for d in dtypes):
-        raise TypeError(f"{name} must have a dtype in {dtypes}, got {array.dtype}")
 
 
 def cached_attention(
