@@ -7,9 +7,10 @@ Lowers our `pallas_mosaic_gpu` kernels (forward, dq, dk/dv; softmax) and jax's o
 abstract CUDA device: jax >= 0.11), reads the Mosaic GPU module each kernel lowers to, and counts
 the operations in the steady-state key (or query) loop body: `arith` (arith-dialect ops on
 vectors or floats and inline min/max/fma/abs; scalar integer ops are addressing and loop bookkeeping
-that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU) and `wgmma`
-instructions. Counts are per
-thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
+that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU), `wgmma`
+instructions and WGMMA `wait`s (wait_group: the thread stalls until its issued WGMMAs finish;
+fewer waits per step, more WGMMA overlap). Vector ops act on 2 f32 per line (vector<2xf32>),
+inline-asm ones on 1, as the lowering emits them. Counts are per thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
 the ratio ours / jax's is printed per kernel, with biases off and on, for interior (history) tiles
 and for diagonal tiles. jax's forward is its causal kernel (a mask-free loop for interior tiles,
 a masked one on the diagonal); its backward has no causal mode, so its one loop is the baseline
@@ -39,12 +40,15 @@ _NOT_WORK = {"arith.constant", "arith.index_cast", "arith.index_castui", "arith.
 
 
 def classify(line: str) -> str | None:
-    """'arith', 'special', 'wgmma' or None for one line of a lowered module."""
+    """'arith', 'special', 'wgmma', 'wait' (a WGMMA wait_group: one per group of WGMMAs whose
+    results the thread then reads) or None for one line of a lowered module."""
     asm = _ASM.search(line)
     if asm:
         text = asm.group(1).strip()
         if "wgmma.mma_async" in text:
             return "wgmma"
+        if "wgmma.wait_group" in text:
+            return "wait"
         if text.startswith(_SPECIAL):
             return "special"
         if text.startswith(_ARITH_ASM):
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
                 base = baseline[kernel][tile]
                 per = TILE_ELEMENTS[kernel]
                 row = dict(kernel=kernel, biases="on" if with_bias else "off", tile=tile)
-                for kind in ("arith", "special", "wgmma"):
+                for kind in ("arith", "special", "wgmma", "wait"):
                     row[f"ours_{kind}"], row[f"jax_{kind}"] = counts[kind], base[kind]
                 work, base_work = counts["arith"] + counts["special"], base["arith"] + base["special"]
                 row.update(ours_per_element=work / per, jax_per_element=base_work / per,
@@ -221,12 +225,12 @@ def main(argv=None) -> int:
     print(f"# kernel_ops: jax {jax.__version__}, S={args.seq_len}, D={args.head_dim}, f16, softmax; "
           "ops per thread per loop step (arith + special) / score elements per thread")
     print(f"{'kernel':8} {'biases':6} {'tile':9} {'ours/elt':>9} {'jax/elt':>8} {'ratio':>6}   "
-          f"{'arith':>11} {'special':>9} {'wgmma':>7}  (ours/jax)")
+          f"{'arith':>11} {'special':>9} {'wgmma':>7} {'waits':>5}  (ours/jax)")
     for row in rows:
         print(f"{row['kernel']:8} {row['biases']:6} {row['tile']:9} {row['ours_per_element']:9.2f} "
               f"{row['jax_per_element']:8.2f} {row['ratio']:6.2f}   "
               f"{row['ours_arith']:>5}/{row['jax_arith']:<5} {row['ours_special']:>4}/{row['jax_special']:<4} "
-              f"{row['ours_wgmma']:>3}/{row['jax_wgmma']:<3}")
+              f"{row['ours_wgmma']:>3}/{row['jax_wgmma']:<3} {row['ours_wait']:>2}/{row['jax_wait']:<2}")
     path = write_rows("kernel_ops", header, rows, args.out)
     if path:
         print(f"wrote {path}")

@@ -133,6 +133,15 @@ def _matmul(a, b, shape, accumulate=None):
     return pl.run_state(stateful)(plgpu.ACC.init(accumulate))
 
 
+def _dv_and_dp(p_t, v_smem, do_smem, dv):
+    """(dv + p_t @ dO, V @ dO^T): two WGMMAs on the same dO tile, issued together, one wait."""
+    def both(refs):
+        dv_ref, dp_ref = refs
+        plgpu.wgmma(dv_ref, p_t, do_smem)
+        plgpu.wgmma(dp_ref, v_smem, _transposed(do_smem))
+    return pl.run_state(both)((plgpu.ACC.init(dv), plgpu.ACC.init(_acc(p_t.shape))))
+
+
 def _producer(n_steps, stages: int, consumed, issue):
     """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
     plgpu.set_max_registers(40, action="decrease")
@@ -568,20 +577,24 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                 q_meta = _meta_vectors(sample, qpos_smem, qtime_smem, slot, _COL)
                 logits, mask = sample.scores(qk_t, q_start, k_start, q_meta, k_meta, static.kind,
                                              masked, transposed=True)
+                if static.kind == "softmax":
+                    plgpu.barrier_wait(stat_ready[0].at[slot])
+                    lse2 = _load(lse_smem.at[slot], _COL)
+                    p_t = tiles.softmax_probs(logits, mask, lse2, query_axis=1)
+                else:
+                    p_t, slope_t = tiles.silu_parts(logits, mask)
                 plgpu.barrier_wait(do_ready.at[slot])
                 if masked:
                     _zero_rows_past(do_smem.at[slot], q_start, sample.length)
-                dp_t = _matmul(v_smem, _transposed(do_smem.at[slot]), (block_kv, block_q))
+                # dV += P^T dO and dP^T = V dO^T both read the dO tile: issued back to back,
+                # one wait for both (FA3's order), instead of dP^T, wait, ..., dV, wait
+                dv, dp_t = _dv_and_dp(p_t.astype(dtype), v_smem, do_smem.at[slot], dv)
                 if static.kind == "softmax":
-                    plgpu.barrier_wait(stat_ready[0].at[slot])
                     plgpu.barrier_wait(stat_ready[1].at[slot])
-                    lse2 = _load(lse_smem.at[slot], _COL)
                     delta = _load(delta_smem.at[slot], _COL)
-                    p_t, dlogits_t = tiles.softmax_grads(logits, mask, lse2, delta, dp_t,
-                                                         query_axis=1)
+                    dlogits_t = tiles.softmax_dlogits(p_t, dp_t, delta, query_axis=1)
                 else:
-                    p_t, dlogits_t = tiles.silu_grads(logits, mask, dp_t)
-                dv = _matmul(p_t.astype(dtype), do_smem.at[slot], None, accumulate=dv)
+                    dlogits_t = tiles.silu_dlogits(slope_t, mask, dp_t)
                 dk = _matmul(dlogits_t.astype(dtype), q_smem.at[slot], None, accumulate=dk)
                 plgpu.barrier_arrive(consumed.at[slot])
                 return dk, dv

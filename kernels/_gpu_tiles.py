@@ -136,29 +136,50 @@ def silu_weights(logits, mask):
     return weights if mask is None else jnp.where(mask, weights, 0.0)
 
 
-def softmax_grads(scores, mask, lse2, delta, dp, query_axis: int = 0):
-    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32 (dlogits per natural logit).
+def softmax_probs(scores, mask, lse2, query_axis: int = 0):
+    """p [Tq, Tk] f32 of a tile for the softmax backward, from base-2 `scores` and `lse2` [Tq].
 
-    `scores` base-2 logits; `mask` None on interior tiles; `lse2`, `delta` [Tq]
-    (delta_i = sum_d out_id * dout_id); `dp` [Tq, Tk] = dout . v_j. A masked score gives
-    exp2(MASK_VALUE - lse2) = 0 (lse2 is 0 for a row without keys). `query_axis=1` takes
-    transposed [Tk, Tq] tiles (the Hopper dk/dv kernel computes k q^T).
+    `mask` None on interior tiles. A masked score gives exp2(MASK_VALUE - lse2) = 0 (lse2 is 0
+    for a row without keys). `query_axis=1` takes transposed [Tk, Tq] tiles (the Hopper dk/dv
+    kernel computes k q^T).
     """
-    per_query = lambda x: lax.broadcast_in_dim(x, dp.shape, (query_axis,))
     if mask is not None:
         scores = jnp.where(mask, scores, MASK_VALUE)
-    p = jnp.exp2(scores - per_query(lse2))
-    return p, p * (dp - per_query(delta))
+    return jnp.exp2(scores - lax.broadcast_in_dim(lse2, scores.shape, (query_axis,)))
+
+
+def softmax_dlogits(p, dp, delta, query_axis: int = 0):
+    """dlogits [Tq, Tk] f32 (per natural logit) = p (dp - delta); delta_i = sum_d out_id dout_id,
+    `dp` [Tq, Tk] = dout . v_j."""
+    return p * (dp - lax.broadcast_in_dim(delta, dp.shape, (query_axis,)))
+
+
+def softmax_grads(scores, mask, lse2, delta, dp, query_axis: int = 0):
+    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32: `softmax_probs`, then
+    `softmax_dlogits` (the Hopper dk/dv kernel calls them apart, to issue the dV WGMMA on p
+    before dp is ready)."""
+    p = softmax_probs(scores, mask, lse2, query_axis)
+    return p, softmax_dlogits(p, dp, delta, query_axis)
+
+
+def silu_parts(logits, mask):
+    """(silu(logits), d silu / d logits) of a tile, both [Tq, Tk] f32; `mask` None: all valid."""
+    sigmoid = _sigmoid(logits)
+    weights = logits * sigmoid
+    slope = sigmoid * (1.0 + logits * (1.0 - sigmoid))
+    return (weights, slope) if mask is None else (jnp.where(mask, weights, 0.0), slope)
+
+
+def silu_dlogits(slope, mask, dp):
+    """dlogits [Tq, Tk] f32 of the HSTU backward, unscaled by 1/L: dp * silu'(logits) on valid pairs."""
+    dlogits = dp * slope
+    return dlogits if mask is None else jnp.where(mask, dlogits, 0.0)
 
 
 def silu_grads(logits, mask, dp):
     """(silu(logits), dlogits) of a tile for the HSTU backward, both [Tq, Tk] f32, unscaled by 1/L."""
-    sigmoid = _sigmoid(logits)
-    weights = logits * sigmoid
-    dlogits = dp * (sigmoid * (1.0 + logits * (1.0 - sigmoid)))
-    if mask is None:
-        return weights, dlogits
-    return jnp.where(mask, weights, 0.0), jnp.where(mask, dlogits, 0.0)
+    weights, slope = silu_parts(logits, mask)
+    return weights, silu_dlogits(slope, mask, dp)
 
 
 # ---- which blocks hold at least one valid pair (the skipping rules, in block units) ----
