@@ -70,6 +70,31 @@ def tile_logits(qk, *, q_pos, k_pos, q_time, k_time, alibi_slope, time_slope, sc
     return logits
 
 
+def ordered_logits(qk, *, key_bias, query_time_plus_one, key_time, time_slope, scale):
+    """Base-2 softmax logits of a tile of an *ordered* sample, less a per-query constant.
+
+    Ordered (`ordering.ordered_samples`): every valid pair has p_j <= p_i and t_j <= t_i, and
+    t_i + 1 is exact in f32. The bias in base 2 is then, with a = alibi slope * log2(e),
+        -a (p_i - p_j) - time_slope * log2(1 + t_i - t_j)
+      = -a p_i  +  a p_j  -  time_slope * log2((t_i + 1) - t_j):
+    no abs, and -a p_i is the same for every key of query i. Softmax cancels it, and so does
+    its backward as long as the saved lse2 is computed from the same shifted logits (it is:
+    forward and backward take this path together). So the ALiBi term is one add of the per-key
+    `key_bias` (`ordering.key_bias`, a p_j), and the time term one subtraction from the per-query
+    `query_time_plus_one` (t_i + 1), a lg2 and a multiply-add. (1 + t_i - t_j) is then
+    rounded once, as fl(fl(t_i - t_j) + 1) is within the general path's two roundings.
+    Masked pairs (j after i) may give lg2 of a negative number (NaN): the callers mask them
+    with a select, as every masked score. Not for SiLU: it has no per-row invariance.
+    Arguments are [Tq, Tk] broadcasts (or None for an absent term), as in `tile_logits`.
+    """
+    logits = qk * (scale * LOG2E)
+    if key_bias is not None:
+        logits = logits + key_bias
+    if time_slope is not None:
+        logits = logits - time_slope * jnp.log2(query_time_plus_one - key_time)
+    return logits
+
+
 def key_limits(q_index, length, num_candidates):
     """Per-query (last_key, own_key): query i sees key j iff j <= last_key or j == own_key.
 
@@ -171,13 +196,13 @@ def silu_parts(logits, mask):
 
 
 def silu_dlogits(slope, mask, dp):
-    """dlogits [Tq, Tk] f32 of the HSTU backward, unscaled by 1/L: dp * silu'(logits) on valid pairs."""
+    """dlogits [Tq, Tk] f32 of the HSTU backward (unscaled by 1/L): dp silu'(logits), valid pairs."""
     dlogits = dp * slope
     return dlogits if mask is None else jnp.where(mask, dlogits, 0.0)
 
 
 def silu_grads(logits, mask, dp):
-    """(silu(logits), dlogits) of a tile for the HSTU backward, both [Tq, Tk] f32, unscaled by 1/L."""
+    """(silu(logits), dlogits) of a tile for the HSTU backward, [Tq, Tk] f32, unscaled by 1/L."""
     weights, slope = silu_parts(logits, mask)
     return weights, silu_dlogits(slope, mask, dp)
 

@@ -1,0 +1,76 @@
+"""Which samples take the GPU kernels' ordered (cheaper bias) path: decided per sample, at run time.
+
+A sample is *ordered* when every pair (query i, key j) it attends has positions[j] <= positions[i]
+and timestamps[j] <= timestamps[i], and t + 1 is exact in f32 for each of its valid tokens. Then
+the bias of a softmax tile needs no abs and its ALiBi part is a per-key add
+(`_gpu_tiles.ordered_logits`). GenRank's own tokens are ordered: history in time order with
+increasing positions, candidates at the request's position and time, after the history.
+
+Valid pairs have j <= i (causal history; a candidate sees the history and itself), so it is
+enough that each valid token is at or after the latest key it sees before itself: the previous
+token for a history query, the last history token for a candidate (candidates need no order
+among themselves). Everything here is O(B S) jnp on the op's inputs, so it works under `jit`
+with traced inputs: the result is an array the kernels read, never a Python branch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+LOG2E = math.log2(math.e)
+
+
+def adds_one_exactly(times):
+    """[B, S] bool: fl(t + 1) == t + 1 exactly (Knuth's TwoSum error is 0; NaN/Inf give False).
+
+    True for every t in [-2^24, -1] (relative times in the past, as the contract asks: t + 1
+    lies in a binade at or below t's) and for integer seconds in (-2^24, 2^24); False e.g. for
+    t = 0.3, t = -1e-10 or an odd sum beyond 2^24 (those samples take the general path).
+    """
+    total = times + 1.0
+    times_part = total - 1.0
+    one_part = total - times_part
+    error = (times - times_part) + (1.0 - one_part)
+    return jnp.isfinite(total) & (error == 0.0)
+
+
+def ordered_samples(lengths, num_candidates, positions, timestamps):
+    """[B] bool: may sample b take the ordered path? `positions` / `timestamps` [B, S] or None
+    when that bias term is absent (it then sets no condition). Tokens past the length are ignored."""
+    reference = positions if positions is not None else timestamps
+    index = jnp.arange(reference.shape[1])[None, :]
+    valid = index < lengths[:, None]
+    history = (lengths - num_candidates)[:, None]
+    # the latest key before token i that i attends: i - 1 in the history, h - 1 for a candidate
+    previous = jnp.minimum(index, history) - 1
+    checked = valid & (previous >= 0)
+    previous = jnp.maximum(previous, 0)
+    ok = jnp.ones(valid.shape, bool)
+    for values in (positions, timestamps):
+        if values is not None:
+            before = jnp.take_along_axis(values, jnp.broadcast_to(previous, values.shape), axis=1)
+            ok &= ~checked | (values >= before)  # NaN compares False: not ordered
+    if timestamps is not None:
+        ok &= ~valid | adds_one_exactly(timestamps)
+    return jnp.all(ok, axis=1)
+
+
+def shifted_positions(lengths, positions):
+    """positions - (the sample's largest valid position): |p_i - p_j| is unchanged, and the
+    ordered path's per-key ALiBi term stays as small as the sample's span (f32 exact below 2^24)."""
+    valid = jnp.arange(positions.shape[1])[None, :] < lengths[:, None]
+    largest = jnp.max(jnp.where(valid, positions, jnp.iinfo(jnp.int32).min), axis=1)
+    largest = jnp.where(lengths > 0, largest, 0)
+    return positions - largest[:, None]
+
+
+def key_bias(positions, alibi_slopes):
+    """[B, H, S] f32: the ordered path's per-key ALiBi term in base 2, slope_h * log2(e) * p_j.
+
+    With `shifted_positions` the values stay within slope * (the sample's position span): the f32
+    product is off by at most half an ulp of that. Computed once here for every head, so the
+    kernels load it next to the key tile instead of multiplying per step."""
+    scaled = alibi_slopes * LOG2E
+    return scaled[None, :, None] * positions.astype(jnp.float32)[:, None, :]
