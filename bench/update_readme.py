@@ -218,7 +218,7 @@ def kernel_ops_section(results: pathlib.Path) -> list[str]:
     if with_paths:
         lines[-1] += (" With biases each kernel carries two tile maths, picked per sample at run "
                       "time: `ordered` (positions and times ordered along every attended pair, "
-                      "t + 1 exact in f32: GenRank's own tokens) and `general` (anything else). "
+                      "t + 1 exact in f32, a bounded position span: GenRank's own tokens) and `general` (anything else). "
                       "`floor`: the least the exact contract allows on the ordered path, the "
                       "no-bias loop plus 3 ops per element (ALiBi one per-key add, 0.5 as a "
                       "2-wide vector op; time (t_i + 1) - t_j 0.5, lg2 1, times the slope and "

@@ -86,7 +86,8 @@ def padded_call(op, static, q, k, v, *, lengths, num_candidates, positions, time
     if static.ordered_path:
         ordered = ordering.ordered_samples(
             lengths, num_candidates, positions if alibi_slopes is not None else None,
-            timestamps if time_slopes is not None else None).astype(jnp.int32)
+            timestamps if time_slopes is not None else None, alibi_slopes=alibi_slopes,
+            key_bias_limit=ordering.key_bias_limit(q.dtype)).astype(jnp.int32)
         times_plus_one = _pad_axis(timestamps + 1.0, 1, padded_len)
         if alibi_slopes is not None:
             key_bias = ordering.key_bias(_pad_axis(positions, 1, padded_len), alibi_slopes)

@@ -1,7 +1,8 @@
 """Which samples take the GPU kernels' ordered (cheaper bias) path: decided per sample, at run time.
 
 A sample is *ordered* when every pair (query i, key j) it attends has positions[j] <= positions[i]
-and timestamps[j] <= timestamps[i], and t + 1 is exact in f32 for each of its valid tokens. Then
+and timestamps[j] <= timestamps[i], t + 1 is exact in f32 for each of its valid tokens, and its
+position span is short enough that the per-key ALiBi term keeps the inputs' precision. Then
 the bias of a softmax tile needs no abs and its ALiBi part is a per-key add
 (`_gpu_tiles.ordered_logits`). GenRank's own tokens are ordered: history in time order with
 increasing positions, candidates at the request's position and time, after the history.
@@ -36,9 +37,20 @@ def adds_one_exactly(times):
     return jnp.isfinite(total) & (error == 0.0)
 
 
-def ordered_samples(lengths, num_candidates, positions, timestamps):
+def key_bias_limit(dtype) -> float:
+    """The largest per-key ALiBi term (base 2, `key_bias`) the ordered path takes for inputs of
+    `dtype`. Its f32 rounding, half an ulp, is then below what the inputs' precision loses anyway:
+    2^13 for 16-bit inputs (<= 2^-11 off in a base-2 logit: p off by <= 3.4e-4 relative, under
+    the 2^-9 of rounding p to bf16 for the PV product); 2^6 for f32 (<= 2^-18: 2.6e-6)."""
+    return 2.0 ** 13 if jnp.dtype(dtype).itemsize <= 2 else 2.0 ** 6
+
+
+def ordered_samples(lengths, num_candidates, positions, timestamps, *, alibi_slopes=None,
+                    key_bias_limit=float("inf")):
     """[B] bool: may sample b take the ordered path? `positions` / `timestamps` [B, S] or None
-    when that bias term is absent (it then sets no condition). Tokens past the length are ignored."""
+    when that bias term is absent (it then sets no condition). With `alibi_slopes` [H], the
+    sample's position span times the largest slope (in base 2) must also stay within
+    `key_bias_limit` (see `key_bias_limit`). Tokens past the length are ignored."""
     reference = positions if positions is not None else timestamps
     index = jnp.arange(reference.shape[1])[None, :]
     valid = index < lengths[:, None]
@@ -54,7 +66,14 @@ def ordered_samples(lengths, num_candidates, positions, timestamps):
             ok &= ~checked | (values >= before)  # NaN compares False: not ordered
     if timestamps is not None:
         ok &= ~valid | adds_one_exactly(timestamps)
-    return jnp.all(ok, axis=1)
+    ordered = jnp.all(ok, axis=1)
+    if positions is not None and alibi_slopes is not None:
+        wide = positions.astype(jnp.float32)
+        span = (jnp.max(jnp.where(valid, wide, -jnp.inf), axis=1)
+                - jnp.min(jnp.where(valid, wide, jnp.inf), axis=1))
+        reach = jnp.where(lengths > 0, span, 0.0) * (jnp.max(jnp.abs(alibi_slopes)) * LOG2E)
+        ordered &= reach <= key_bias_limit
+    return ordered
 
 
 def shifted_positions(lengths, positions):

@@ -103,6 +103,19 @@ def test_each_term_alone_sets_its_own_condition():
                                   [True, False])
 
 
+def test_a_long_position_span_takes_the_general_path():
+    """The per-key ALiBi term grows with the span; past the dtype's limit its f32 rounding would
+    show, so such samples take the general path (tighter for f32 inputs than for bf16)."""
+    lengths, candidates = jnp.array([3, 3, 2], jnp.int32), jnp.array([0, 0, 0], jnp.int32)
+    positions = jnp.array([[0, 10, 40], [0, 10, 4000], [0, 10, 10 ** 9]], jnp.int32)  # 3rd: pad
+    slopes = jnp.array([0.25, 1.0], jnp.float32)  # the largest counts: 1.44 per position
+    flags = lambda dtype: np.asarray(ordering.ordered_samples(
+        lengths, candidates, positions, None, alibi_slopes=slopes,
+        key_bias_limit=ordering.key_bias_limit(dtype)))
+    np.testing.assert_array_equal(flags(jnp.float32), [True, False, True])  # 57.7 <= 64
+    np.testing.assert_array_equal(flags(jnp.bfloat16), [True, True, True])  # 5771 <= 8192
+
+
 def test_shifted_positions_keep_differences():
     positions = jnp.array([[5, 9, 7, 1000], [-3, -3, 2, 4]], jnp.int32)
     shifted = np.asarray(ordering.shifted_positions(jnp.array([3, 0], jnp.int32), positions))
@@ -116,7 +129,8 @@ def _flags(case):
     _, _, _, arguments, _ = make_inputs(case)
     return np.asarray(ordering.ordered_samples(
         arguments["lengths"], arguments["num_candidates"], arguments["positions"],
-        arguments["timestamps"]))
+        arguments["timestamps"], alibi_slopes=arguments.get("alibi_slopes"),
+        key_bias_limit=ordering.key_bias_limit(case.dtype)))
 
 
 ORDERED = Case(batch=3, seq_len=40, heads=2, order="ties", lengths=(40, 33, 17),
@@ -155,8 +169,8 @@ def test_the_flag_switches_the_arithmetic(monkeypatch):
     inputs the general math still gives the right one."""
     impl = "pallas_mosaic_gpu"
     want, _ = run("xla", UNORDERED, interpret=False)
-    always = lambda lengths, *_: jnp.ones(lengths.shape, bool)
-    never = lambda lengths, *_: jnp.zeros(lengths.shape, bool)
+    always = lambda lengths, *_, **__: jnp.ones(lengths.shape, bool)
+    never = lambda lengths, *_, **__: jnp.zeros(lengths.shape, bool)
     with monkeypatch.context() as patch:
         patch.setattr(ordering, "ordered_samples", always)
         forced, _ = run(impl, UNORDERED, interpret=True)
