@@ -12,7 +12,7 @@ Grid (B, H, tiles): each program owns one output tile and writes it once, so res
 bit-for-bit deterministic (no atomics). Like the Hopper kernels, each program runs its interior
 tiles (every pair valid) in a loop without a mask and the rest masked, and zeroes the tokens
 past the length in every tile that can hold them before a product (padding may be NaN). With a
-softmax bias each kernel holds the ordered and the general tile math, and the sample's flag
+bias each kernel holds the ordered and the general tile math, and the sample's flag
 picks one at run time (`_Meta.run`, see `ordering`), as in the Hopper kernels: interpret mode
 executes the ordered arithmetic the GPU runs.
 """
@@ -61,9 +61,9 @@ class Static:
     @property
     def ordered_path(self) -> bool:
         """Do the kernels carry the ordered tile math (`_gpu_tiles.ordered_logits`) beside the
-        general one? Softmax with a bias only: SiLU has no per-row invariance, and without a
-        bias there is nothing to save. Which one runs is the per-sample flag in the metadata."""
-        return self.kind == "softmax" and (self.has_alibi or self.has_time)
+        general one? With a bias (without one there is nothing to save). Which one runs is the
+        per-sample flag in the metadata."""
+        return self.has_alibi or self.has_time
 
 
 def _dot(a, b, contract_a: int, contract_b: int):
@@ -84,7 +84,7 @@ class _Span(NamedTuple):
     position: jax.Array | None
     time: jax.Array | None
     time_plus_one: jax.Array | None  # ordered path: t + 1 (read for queries)
-    key_bias: jax.Array | None  # ordered path: the per-key ALiBi term (read for keys)
+    key_bias: jax.Array | None  # ordered path: the ALiBi term a p (keys add it, SiLU queries subtract)
 
 
 class _Meta:
@@ -131,12 +131,15 @@ class _Meta:
 
     def scores(self, qk, q_span: _Span, k_span: _Span, masked: bool, ordered: bool = False):
         """(logits [Tq, Tk], mask or None): base-2 for softmax, natural for SiLU (see
-        `_gpu_tiles.tile_logits`; `ordered`: `_gpu_tiles.ordered_logits`, less a per-query
-        constant); no mask on interior tiles (`masked=False`)."""
+        `_gpu_tiles.tile_logits`; `ordered`: `_gpu_tiles.ordered_logits`, for softmax less a
+        per-query constant); no mask on interior tiles (`masked=False`)."""
         if ordered:
             logits = tiles.ordered_logits(
-                qk, key_bias=k_span.key_bias, query_time_plus_one=q_span.time_plus_one, key_time=k_span.time,
-                time_slope=self.time_slope, scale=self.static.scale)
+                qk, key_bias=k_span.key_bias,
+                query_bias=q_span.key_bias if self.static.kind == "silu" else None,
+                query_time_plus_one=q_span.time_plus_one, key_time=k_span.time,
+                time_slope=self.time_slope, scale=self.static.scale,
+                base2=self.static.kind == "softmax")
         else:
             logits = tiles.tile_logits(
                 qk, q_pos=q_span.position, k_pos=k_span.position, q_time=q_span.time,

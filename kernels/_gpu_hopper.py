@@ -16,7 +16,7 @@ rows past the length are zeroed once at the end); the other tiles build the mask
 key limits (two compares per element); softmax logits come out in base 2 with log2(e) folded
 into the per-head scalars; the forward and dq kernels launch the heaviest (last) query tiles
 first. The one tile that crosses a sequence's length is cleaned of padding (NaN/Inf) in shared
-memory before its WGMMAs (`_zero_rows_past`). With a softmax bias every kernel carries two tile
+memory before its WGMMAs (`_zero_rows_past`). With a bias every kernel carries two tile
 maths and each sample's flag (`ordering.ordered_samples`) picks one at run time: the ordered path
 (`_gpu_tiles.ordered_logits`: a per-key ALiBi add, no abs) or the general one. The dk/dv kernel
 issues the dV and dP^T WGMMAs together on the dO tile, with one wait (`_dv_and_dp`).
@@ -177,6 +177,7 @@ class _Sample:
             self.ordered_flags, self.times_plus_one = rest[:2]
             self.key_bias = rest[2] if static.has_alibi else None
         self.has_alibi, self.has_time, self.scale = static.has_alibi, static.has_time, static.scale
+        self.kind = static.kind
         self.ordered_path = static.ordered_path
 
     def run(self, body):
@@ -190,22 +191,22 @@ class _Sample:
 
     def sources(self, queries: bool, ordered: bool):
         """(position, time) GMEM rows [S] a tile side's metadata is copied from (None: unused).
-        On the ordered path queries take t + 1 and no position, keys the per-key ALiBi term
-        (`ordering.key_bias`) instead of the position."""
+        On the ordered path both sides take the ALiBi term a p (`ordering.key_bias`) instead of
+        the position (queries for SiLU only), and queries t + 1 instead of t."""
         position = self.positions.at[self.batch] if self.has_alibi else None
         time = self.times.at[self.batch] if self.has_time else None
-        if ordered and queries:
-            position = None
-            time = self.times_plus_one.at[self.batch] if self.has_time else None
-        elif ordered and self.has_alibi:
-            position = self.key_bias.at[self.batch, self.head]
+        if ordered and self.has_alibi:  # queries need it for SiLU only (a p_i, subtracted)
+            position = (self.key_bias.at[self.batch, self.head]
+                        if not queries or self.kind == "silu" else None)
+        if ordered and queries and self.has_time:
+            time = self.times_plus_one.at[self.batch]
         return position, time
 
     def scores(self, qk, q_start, k_start, q_meta, k_meta, kind, masked, transposed=False,
                ordered=False):
         """(logits, mask or None) of a tile: base-2 logits for softmax, natural for SiLU; no mask
         on interior tiles. `q_meta`, `k_meta` are (position, time) vectors (None: absent term;
-        `ordered`: (None, t + 1) and (key bias, time), see `sources`, `_gpu_tiles.ordered_logits`). The
+        `ordered`: (a p_i or None, t + 1), (a p_j, time): `sources`, `_gpu_tiles.ordered_logits`). The
         mask is built from per-row vectors (`_gpu_tiles.key_limits`): two compares per element."""
         shape = qk.shape
         q_axis = 1 if transposed else 0
@@ -215,8 +216,9 @@ class _Sample:
         k_pos, k_time = k_meta
         if ordered:
             logits = tiles.ordered_logits(
-                qk, key_bias=spread(k_pos, k_axis), query_time_plus_one=spread(q_time, q_axis),
-                key_time=spread(k_time, k_axis), time_slope=self.time_slope, scale=self.scale)
+                qk, key_bias=spread(k_pos, k_axis), query_bias=spread(q_pos, q_axis),
+                query_time_plus_one=spread(q_time, q_axis), key_time=spread(k_time, k_axis),
+                time_slope=self.time_slope, scale=self.scale, base2=kind == "softmax")
         else:
             logits = tiles.tile_logits(
                 qk, q_pos=spread(q_pos, q_axis), k_pos=spread(k_pos, k_axis),

@@ -23,6 +23,7 @@ from jax import lax
 
 
 LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 # A finite "minus infinity": exp2(MASK_VALUE - m) is 0 and MASK_VALUE - MASK_VALUE is 0, never NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -70,28 +71,33 @@ def tile_logits(qk, *, q_pos, k_pos, q_time, k_time, alibi_slope, time_slope, sc
     return logits
 
 
-def ordered_logits(qk, *, key_bias, query_time_plus_one, key_time, time_slope, scale):
-    """Base-2 softmax logits of a tile of an *ordered* sample, less a per-query constant.
+def ordered_logits(qk, *, key_bias, query_bias, query_time_plus_one, key_time, time_slope, scale,
+                   base2: bool):
+    """Logits of a tile of an *ordered* sample: base 2 for softmax (less a per-query constant),
+    natural for SiLU (exact).
 
     Ordered (`ordering.ordered_samples`): every valid pair has p_j <= p_i and t_j <= t_i, and
-    t_i + 1 is exact in f32. The bias in base 2 is then, with a = alibi slope * log2(e),
-        -a (p_i - p_j) - time_slope * log2(1 + t_i - t_j)
-      = -a p_i  +  a p_j  -  time_slope * log2((t_i + 1) - t_j):
-    no abs, and -a p_i is the same for every key of query i. Softmax cancels it, and so does
-    its backward as long as the saved lse2 is computed from the same shifted logits (it is:
-    forward and backward take this path together). So the ALiBi term is one add of the per-key
-    `key_bias` (`ordering.key_bias`, a p_j), and the time term one subtraction from the per-query
-    `query_time_plus_one` (t_i + 1), a lg2 and a multiply-add. (1 + t_i - t_j) is then
-    rounded once, as fl(fl(t_i - t_j) + 1) is within the general path's two roundings.
-    Masked pairs (j after i) may give lg2 of a negative number (NaN): the callers mask them
-    with a select, as every masked score. Not for SiLU: it has no per-row invariance.
-    Arguments are [Tq, Tk] broadcasts (or None for an absent term), as in `tile_logits`.
+    t_i + 1 is exact in f32. With a = alibi slope (times log2(e) in base 2) the bias is then
+        -a (p_i - p_j) - c log(1 + t_i - t_j)  =  a p_j - a p_i - c log((t_i + 1) - t_j):
+    no abs. `key_bias` is a p_j (`ordering.key_bias`), `query_time_plus_one` is t_i + 1, so the
+    ALiBi term is per-key / per-query adds and the time term one subtraction, a lg2 and a
+    multiply-add. For softmax, -a p_i is the same for every key of query i: softmax cancels it,
+    and so does its backward as long as the saved lse2 comes from the same shifted logits (it
+    does: forward and backward take this path together), so `query_bias` is None and the ALiBi
+    term costs one add. SiLU has no such invariance: `query_bias` = a p_i is subtracted.
+    (1 + t_i - t_j) is rounded once, where the general path's fl(fl(t_i - t_j) + 1) rounds twice.
+    Masked pairs (j after i) may give lg2 of a negative number (NaN): the callers mask them with
+    a select, as every masked score. Arguments are [Tq, Tk] broadcasts (None: absent term).
     """
-    logits = qk * (scale * LOG2E)
+    logits = qk * (scale * (LOG2E if base2 else 1.0))
     if key_bias is not None:
         logits = logits + key_bias
+    if query_bias is not None:
+        logits = logits - query_bias
     if time_slope is not None:
-        logits = logits - time_slope * jnp.log2(query_time_plus_one - key_time)
+        # c log(x) = c ln(2) log2(x): base 2 needs c log2(x), natural c ln(2) log2(x)
+        slope = time_slope if base2 else time_slope * LN2
+        logits = logits - slope * jnp.log2(query_time_plus_one - key_time)
     return logits
 
 

@@ -9,7 +9,7 @@ sample's length and are masked like any other invalid pair. (The TPU backend pad
 head-major layout and uses `make_op` only.)
 
 `padded_call` also prepares the GPU kernels' ordered path (`ordering`): positions shifted per
-sample (the bias depends on differences only), and, for softmax with a bias, a per-sample flag
+sample (the bias depends on differences only), and, with a bias, a per-sample flag
 [B] int32 that picks the kernels' ordered tile math at run time, t + 1 [B, S] and (ALiBi) the
 per-key term [B, H, S] that this math reads.
 """
@@ -87,10 +87,11 @@ def padded_call(op, static, q, k, v, *, lengths, num_candidates, positions, time
         ordered = ordering.ordered_samples(
             lengths, num_candidates, positions if alibi_slopes is not None else None,
             timestamps if time_slopes is not None else None, alibi_slopes=alibi_slopes,
-            key_bias_limit=ordering.key_bias_limit(q.dtype)).astype(jnp.int32)
+            key_bias_limit=ordering.key_bias_limit(q.dtype, static.kind)).astype(jnp.int32)
         times_plus_one = _pad_axis(timestamps + 1.0, 1, padded_len)
         if alibi_slopes is not None:
-            key_bias = ordering.key_bias(_pad_axis(positions, 1, padded_len), alibi_slopes)
+            key_bias = ordering.key_bias(_pad_axis(positions, 1, padded_len), alibi_slopes,
+                                         base2=static.kind == "softmax")
     meta = (lengths, num_candidates, _pad_axis(positions, 1, padded_len),
             _pad_axis(timestamps, 1, padded_len), alibi_slopes, time_slopes, ordered,
             times_plus_one, key_bias)

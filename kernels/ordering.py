@@ -3,8 +3,8 @@
 A sample is *ordered* when every pair (query i, key j) it attends has positions[j] <= positions[i]
 and timestamps[j] <= timestamps[i], t + 1 is exact in f32 for each of its valid tokens, and its
 position span is short enough that the per-key ALiBi term keeps the inputs' precision. Then
-the bias of a softmax tile needs no abs and its ALiBi part is a per-key add
-(`_gpu_tiles.ordered_logits`). GenRank's own tokens are ordered: history in time order with
+the bias of a tile needs no abs and its ALiBi part is a per-key add (softmax) or a per-key and
+a per-query add (SiLU) (`_gpu_tiles.ordered_logits`). GenRank's own tokens are ordered: history in time order with
 increasing positions, candidates at the request's position and time, after the history.
 
 Valid pairs have j <= i (causal history; a candidate sees the history and itself), so it is
@@ -37,12 +37,18 @@ def adds_one_exactly(times):
     return jnp.isfinite(total) & (error == 0.0)
 
 
-def key_bias_limit(dtype) -> float:
-    """The largest per-key ALiBi term (base 2, `key_bias`) the ordered path takes for inputs of
-    `dtype`. Its f32 rounding, half an ulp, is then below what the inputs' precision loses anyway:
-    2^13 for 16-bit inputs (<= 2^-11 off in a base-2 logit: p off by <= 3.4e-4 relative, under
-    the 2^-9 of rounding p to bf16 for the PV product); 2^6 for f32 (<= 2^-18: 2.6e-6)."""
-    return 2.0 ** 13 if jnp.dtype(dtype).itemsize <= 2 else 2.0 ** 6
+def key_bias_limit(dtype, kind: str = "softmax") -> float:
+    """The largest per-key ALiBi term (in base 2) the ordered path takes for inputs of `dtype`.
+
+    Its f32 rounding, half an ulp, then stays below what the inputs' precision loses anyway.
+    Softmax: 2^13 for 16-bit inputs (<= 2^-11 off in a base-2 logit: p off by <= 3.4e-4
+    relative, under the 2^-9 of rounding p to bf16 for the PV product); 2^6 for f32 (<= 2^-18:
+    2.6e-6). SiLU subtracts a p_i again (`_gpu_tiles.ordered_logits`), an absolute error on logits
+    of size ~1: 2^10 (16-bit, <= 2^-14) and 2^3 (f32, <= 2^-21)."""
+    wide = jnp.dtype(dtype).itemsize > 2
+    if kind == "softmax":
+        return 2.0 ** 6 if wide else 2.0 ** 13
+    return 2.0 ** 3 if wide else 2.0 ** 10
 
 
 def ordered_samples(lengths, num_candidates, positions, timestamps, *, alibi_slopes=None,
@@ -85,11 +91,12 @@ def shifted_positions(lengths, positions):
     return positions - largest[:, None]
 
 
-def key_bias(positions, alibi_slopes):
-    """[B, H, S] f32: the ordered path's per-key ALiBi term in base 2, slope_h * log2(e) * p_j.
+def key_bias(positions, alibi_slopes, *, base2: bool = True):
+    """[B, H, S] f32: the ordered path's ALiBi term slope_h * p_j (times log2(e) for softmax's
+    base-2 logits; `_gpu_tiles.ordered_logits`). Keys add it; SiLU queries subtract it.
 
     With `shifted_positions` the values stay within slope * (the sample's position span): the f32
     product is off by at most half an ulp of that. Computed once here for every head, so the
     kernels load it next to the key tile instead of multiplying per step."""
-    scaled = alibi_slopes * LOG2E
+    scaled = alibi_slopes * (LOG2E if base2 else 1.0)
     return scaled[None, :, None] * positions.astype(jnp.float32)[:, None, :]

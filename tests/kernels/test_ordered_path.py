@@ -1,7 +1,7 @@
 """The GPU kernels' ordered path (kernels/ordering.py, `_gpu_tiles.ordered_logits`).
 
 Samples whose attended pairs are ordered in position and time (and whose t + 1 is exact in f32)
-run a cheaper bias; the rest the general one. Checked here: the flag against a brute-force
+run a cheaper bias (softmax and SiLU); the rest the general one. Checked here: the flag against a brute-force
 statement of its condition, parity of both paths in interpret mode (the blocked kernels run the
 same tile math as the Hopper ones, so the ordered arithmetic is executed on the CPU), that the
 flag really switches the arithmetic (forcing it on unordered inputs breaks the result), and that
@@ -130,7 +130,7 @@ def _flags(case):
     return np.asarray(ordering.ordered_samples(
         arguments["lengths"], arguments["num_candidates"], arguments["positions"],
         arguments["timestamps"], alibi_slopes=arguments.get("alibi_slopes"),
-        key_bias_limit=ordering.key_bias_limit(case.dtype)))
+        key_bias_limit=ordering.key_bias_limit(case.dtype, case.kind)))
 
 
 ORDERED = Case(batch=3, seq_len=40, heads=2, order="ties", lengths=(40, 33, 17),
@@ -140,19 +140,24 @@ UNORDERED = Case(batch=3, seq_len=40, heads=2, order="shuffled", lengths=(40, 33
                  num_candidates=(5, 0, 3), seed=22)
 
 
-@pytest.mark.parametrize("impl, dtype", [("pallas_triton", jnp.float32),
-                                         ("pallas_mosaic_gpu", jnp.float32),
-                                         ("pallas_mosaic_gpu", jnp.bfloat16)])
-def test_ordered_inputs_take_the_ordered_path_and_match(impl, dtype):
-    case = Case(**{**ORDERED.__dict__, "dtype": dtype})
+@pytest.mark.parametrize("impl, dtype, kind", [("pallas_triton", jnp.float32, "softmax"),
+                                               ("pallas_mosaic_gpu", jnp.float32, "softmax"),
+                                               ("pallas_mosaic_gpu", jnp.bfloat16, "softmax"),
+                                               ("pallas_triton", jnp.float32, "silu"),
+                                               ("pallas_mosaic_gpu", jnp.bfloat16, "silu")])
+def test_ordered_inputs_take_the_ordered_path_and_match(impl, dtype, kind):
+    case = Case(**{**ORDERED.__dict__, "dtype": dtype, "kind": kind})
     assert _flags(case).all()
     check_parity(impl, case, interpret=True)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_unordered_inputs_take_the_general_path_and_match(impl):
-    assert not _flags(UNORDERED).any()
-    check_parity(impl, UNORDERED, interpret=True)
+@pytest.mark.parametrize("impl, kind", [("pallas_triton", "softmax"),
+                                        ("pallas_mosaic_gpu", "softmax"),
+                                        ("pallas_mosaic_gpu", "silu")])
+def test_unordered_inputs_take_the_general_path_and_match(impl, kind):
+    case = Case(**{**UNORDERED.__dict__, "kind": kind})
+    assert not _flags(case).any()
+    check_parity(impl, case, interpret=True)
 
 
 def test_one_bias_term_alone_on_the_ordered_path():
@@ -163,22 +168,24 @@ def test_one_bias_term_alone_on_the_ordered_path():
         check_parity(impl, case, interpret=True)
 
 
-def test_the_flag_switches_the_arithmetic(monkeypatch):
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_the_flag_switches_the_arithmetic(monkeypatch, kind):
     """The ordered math really runs: forced onto unordered inputs it gives a wrong answer (it
-    has no abs, and drops a per-row term only softmax forgives), and forced off on ordered
-    inputs the general math still gives the right one."""
+    has no abs), and forced off on ordered inputs the general math still gives the right one."""
     impl = "pallas_mosaic_gpu"
-    want, _ = run("xla", UNORDERED, interpret=False)
+    unordered = Case(**{**UNORDERED.__dict__, "kind": kind})
+    ordered = Case(**{**ORDERED.__dict__, "kind": kind})
+    want, _ = run("xla", unordered, interpret=False)
     always = lambda lengths, *_, **__: jnp.ones(lengths.shape, bool)
     never = lambda lengths, *_, **__: jnp.zeros(lengths.shape, bool)
     with monkeypatch.context() as patch:
         patch.setattr(ordering, "ordered_samples", always)
-        forced, _ = run(impl, UNORDERED, interpret=True)
+        forced, _ = run(impl, unordered, interpret=True)
     rows = np.arange(40)[None, :] < np.array(UNORDERED.lengths)[:, None]
     assert not np.allclose(forced[rows], want[rows], atol=1e-2, equal_nan=False)
     with monkeypatch.context() as patch:
         patch.setattr(ordering, "ordered_samples", never)
-        check_parity(impl, ORDERED, interpret=True)
+        check_parity(impl, ordered, interpret=True)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
