@@ -165,31 +165,45 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
                     (0.0,) + tuple(1.0 if features[n].per == "item" else 0.0 for n in slot_names), log)
 
 
-@functools.lru_cache(maxsize=16)
-def _init_fn(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes):
-    """The jitted `init_probe` of one (config, sizes) over a probe axis, compiled once, not per call.
+def _init_stack(inputs, *, config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> dict:
+    """States [K, ...] of probes given per-probe (seed, slot, width, side, rate, decay), each [K].
 
     A `lax.map`, not a vmap: each probe's random draws (bits, normals, scaled copies: ~3x its
     tables) are temporaries of its own iteration, written straight into the stacked states; vmapped,
     all K probes' draws were alive at once (at 10^6 items, 12 probes took 4.5 GB to make 1 GB).
     """
-    init = functools.partial(probe_lib.init_probe, config=config, sizes=sizes)
-    return jax.jit(lambda *args: jax.lax.map(lambda a: init(*a), args))
+    def one(probe):
+        seed, slot, width, side, rate, decay = probe
+        seed_key = jax.random.key(seed)
+        return probe_lib.init_probe(seed_key, jax.random.fold_in(seed_key, slot + 1), slot, width, side, rate, decay,
+                                    config=config, sizes=sizes)
+
+    return jax.lax.map(one, inputs)
 
 
-def init_bank(run: ProbeRun, seeds, slots) -> dict:
-    """Stacked states [K, ...] of probes (seeds[k], slots[k]); see `probe.init_probe` for the keys."""
+def init_bank(run: ProbeRun, seeds, slots, *, strategy: str | None = None) -> dict:
+    """Stacked states [K, ...] of probes (seeds[k], slots[k]); see `probe.init_probe` for the keys.
+
+    strategy: None, the states on the default device; else made where the bank trains them: padded
+    to the layout's slots with copies of probe 0 (`devices.Layout.padded`, results dropped) and
+    each device drawing its own slice (no whole copy on one device first: at 10^6 items a group's
+    states are 1 GB).
+    """
     seeds = np.asarray(seeds, np.int64)
     slots = np.asarray(slots, np.int64)
-    seed_keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    feature_keys = jax.vmap(jax.random.fold_in)(seed_keys, jnp.asarray(slots + 1, jnp.uint32))
-    widths = jnp.asarray(np.asarray(run.feature_widths)[slots], jnp.int32)
-    sides = jnp.asarray(np.asarray(run.feature_item_side)[slots], jnp.float32)
+    lay = None
+    if strategy is not None:
+        lay = devices_lib.layout(len(slots), resolve_strategy(strategy))
+        extra = lay.padded - len(slots)
+        seeds, slots = (np.concatenate([x, np.full(extra, x[0])]) for x in (seeds, slots))
     # per-probe hyperparameters live in the state, so a bank could mix them; a run uses one config
-    rates = jnp.full(len(slots), run.config.learning_rate, jnp.float32)
-    decays = jnp.full(len(slots), run.config.weight_decay, jnp.float32)
-    return _init_fn(run.config, run.sizes)(seed_keys, feature_keys, jnp.asarray(slots, jnp.int32), widths, sides,
-                                   rates, decays)
+    inputs = (np.asarray(seeds, np.uint32), np.asarray(slots, np.int32), np.asarray(run.feature_widths, np.int32)[slots],
+              np.asarray(run.feature_item_side, np.float32)[slots], np.full(len(slots), run.config.learning_rate, np.float32),
+              np.full(len(slots), run.config.weight_decay, np.float32))
+    static = (("config", run.config), ("sizes", run.sizes))
+    if lay is None or not lay.spread:
+        return devices_lib.spread(_init_stack, (), static, replicated=0)(inputs)
+    return devices_lib.spread(_init_stack, lay.devices, static, replicated=0)(devices_lib.place(inputs, lay))
 
 
 def epoch_batches(run: ProbeRun, epoch: int) -> dict:
@@ -370,10 +384,28 @@ def _predict_block(states, inputs, *, chunk: int):
     groups = _grouped(states, chunk)
 
     def body(_, chunk_inputs):
-        logits = jax.lax.map(lambda group: probe_lib.predict(group, chunk_inputs), groups)  # [G, c, B, T]
+        logits = jax.lax.map(lambda group: _predict_chunk(group, chunk_inputs), groups)  # [G, c, B, T]
         return None, logits.reshape(-1, *logits.shape[2:])
 
     return jax.lax.scan(body, None, inputs)[1]
+
+
+def _predict_chunk(stack: dict, inputs: dict):
+    """[c, B, T] logits of a stack of probes on one chunk of eval rows (global ids in `inputs`).
+
+    Reads only the chunk's rows of the tables, as training does: `probe.predict`'s whole-table
+    view is a transposed copy of every table (at 10^6 items, 64 MB a probe, made for each stack).
+    """
+    batch, length = inputs["local_history"].shape
+    items = jnp.concatenate([inputs["local_item"], inputs["local_history"].reshape(-1)])
+
+    def rows(table, ids):  # value [c, rows, d] -> [Q, c, d]
+        return jnp.swapaxes(table["value"].at[:, ids].get(mode="promise_in_bounds"), 0, 1)
+
+    local = {**inputs, "local_item": jnp.arange(batch), "local_user": jnp.arange(batch),
+             "local_history": batch + jnp.arange(batch * length).reshape(batch, length)}
+    return probe_lib.forward(stack["dense"], stack["consts"], rows(stack["tables"]["item"], items),
+                             rows(stack["tables"]["user"], inputs["local_user"]), local)
 
 
 def _blocks(total: int, size: int) -> list[slice]:
@@ -514,15 +546,13 @@ def train_and_predict(run: ProbeRun, seeds, slots, *, parallel: bool = True, str
         # states are handed to `train` straight from `init_bank`, never held here: train lays them
         # out on the devices (a copy) and donates them to the epoch, so no reference may keep the
         # first copy alive (at 10^6 items it is 230 MB a probe)
-        if len(groups) == 1:
-            return predict_eval(run, train(run, init_bank(run, seeds, slots), strategy=strategy, on_epoch=on_epoch),
-                                strategy=strategy)
-        batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]
+        batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)] if len(groups) > 1 else None
         outputs = []
         for group in groups:
-            trained = train(run, init_bank(run, seeds[group], slots[group]), strategy=strategy, batches=batches,
-                            on_epoch=on_epoch)
-            outputs.append(predict_eval(run, trained, strategy=strategy))
+            # made padded, where they train; the padding copies' results are dropped
+            trained = train(run, init_bank(run, seeds[group], slots[group], strategy=strategy), strategy=strategy,
+                            batches=batches, on_epoch=on_epoch)
+            outputs.append(predict_eval(run, trained, strategy=strategy)[:group.stop - group.start])
             del trained  # before the next group's are made
         return np.concatenate(outputs)
     states = init_bank(run, seeds, slots)
