@@ -7,9 +7,10 @@ Lowers our `pallas_mosaic_gpu` kernels (forward, dq, dk/dv; softmax) and jax's o
 abstract CUDA device: jax >= 0.11), reads the Mosaic GPU module each kernel lowers to, and counts
 the operations in the steady-state key (or query) loop body: `arith` (arith-dialect ops on
 vectors or floats and inline min/max/fma/abs; scalar integer ops are addressing and loop bookkeeping
-that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU) and `wgmma`
-instructions. Counts are per
-thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
+that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU), `wgmma`
+instructions and WGMMA `wait`s (wait_group: the thread stalls until its issued WGMMAs finish;
+fewer waits per step, more WGMMA overlap). Vector ops act on 2 f32 per line (vector<2xf32>),
+inline-asm ones on 1, as the lowering emits them. Counts are per thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
 the ratio ours / jax's is printed per kernel, with biases off and on, for interior (history) tiles
 and for diagonal tiles. jax's forward is its causal kernel (a mask-free loop for interior tiles,
 a masked one on the diagonal); its backward has no causal mode, so its one loop is the baseline
@@ -39,12 +40,15 @@ _NOT_WORK = {"arith.constant", "arith.index_cast", "arith.index_castui", "arith.
 
 
 def classify(line: str) -> str | None:
-    """'arith', 'special', 'wgmma' or None for one line of a lowered module."""
+    """'arith', 'special', 'wgmma', 'wait' (a WGMMA wait_group: one per group of WGMMAs whose
+    results the thread then reads) or None for one line of a lowered module."""
     asm = _ASM.search(line)
     if asm:
         text = asm.group(1).strip()
         if "wgmma.mma_async" in text:
             return "wgmma"
+        if "wgmma.wait_group" in text:
+            return "wait"
         if text.startswith(_SPECIAL):
             return "special"
         if text.startswith(_ARITH_ASM):
@@ -109,6 +113,8 @@ def loop_bodies(text: str) -> list[collections.Counter]:
             continue
         if kind:
             bodies[start][kind] += 1
+        if "abs.f32" in lines[number]:
+            bodies[start]["abs"] += 1
         if "arith.cmpi" in lines[number] and "vector<" in lines[number]:
             bodies[start]["masked"] += 1
     return [bodies[start] for start in sorted(bodies) if bodies[start]["wgmma"]]
@@ -138,7 +144,29 @@ def lower_for_cuda(function, *specs) -> list[str]:
     return capture.modules
 
 
-def ours(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, list[collections.Counter]]:
+def ours(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, dict[str, list[collections.Counter]]]:
+    """{kernel: {path: loops}}: path '-' without biases (one tile math); with them 'ordered' and
+    'general', the two tile maths each kernel carries (`kernels/ordering.py`)."""
+    return {kernel: split_paths(loops, with_bias)
+            for kernel, loops in _our_modules(seq_len, head_dim, with_bias).items()}
+
+
+def split_paths(loops: list[collections.Counter], with_bias: bool):
+    """The loops of one kernel by path. With biases the kernel is `pl.when(ordered)` then
+    `pl.when(not ordered)` around the same loop nest, so the first half of its loops (in program
+    order) is the ordered path; checked: the general path's bias takes abs, the ordered one none."""
+    if not with_bias:
+        return {"-": loops}
+    half = len(loops) // 2
+    ordered, general = loops[:half], loops[half:]
+    if (len(loops) % 2 or any(c["abs"] for c in ordered) or not all(c["abs"] for c in general)
+            or [bool(c["masked"]) for c in ordered] != [bool(c["masked"]) for c in general]):
+        raise RuntimeError("kernel loops do not split into an ordered and a general path: "
+                           f"{[dict(c) for c in loops]}")
+    return {"ordered": ordered, "general": general}
+
+
+def _our_modules(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, list[collections.Counter]]:
     from genrank_jax.kernels import alibi_slopes, pallas_mosaic_gpu
     sizes = pallas_mosaic_gpu.BlockSizes(block_q=64, block_kv=128, stages=2, compute_wgs=2,
                                          block_q_bwd=64, block_kv_bwd=64)
@@ -191,6 +219,26 @@ def by_tile(loops: list[collections.Counter]) -> dict[str, collections.Counter]:
     return {"interior": (plain or masked)[0], "diagonal": (masked or plain)[0]}
 
 
+# What the ordered path's bias must add per score element, in this count's units (a vector op
+# acts on 2 f32, so 0.5 per element; an inline-asm one, lg2, on 1): ALiBi, the per-key add 0.5;
+# time, (t_i + 1) - t_j 0.5, lg2 1.0, times the slope 0.5, into the logit 0.5. Nothing of it can go:
+# the time term is a function of both i and j (one subtraction, one lg2 and one multiply-add each,
+# the multiply-add counted as its mul + add, as jax's own are); the per-key ALiBi add could only
+# move into the q.k matmul (an extra K column, free only where D is padded anyway). Below this:
+# an approximation of lg2, or a bias materialised in memory (O(S^2), what the op exists to avoid).
+BIAS_FLOOR_PER_ELEMENT = 0.5 + (0.5 + 1.0 + 0.5 + 0.5)
+
+
+def _row(kernel, with_bias, path, tile, counts, base):
+    per = TILE_ELEMENTS[kernel]
+    row = dict(kernel=kernel, biases="on" if with_bias else "off", path=path, tile=tile)
+    for kind in ("arith", "special", "wgmma", "wait"):
+        row[f"ours_{kind}"], row[f"jax_{kind}"] = counts[kind], base[kind]
+    work, base_work = counts["arith"] + counts["special"], base["arith"] + base["special"]
+    row.update(ours_per_element=work / per, jax_per_element=base_work / per, ratio=work / base_work)
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -205,28 +253,32 @@ def main(argv=None) -> int:
                 jax_reference(args.seq_len, args.head_dim).items()}
     rows = []
     for with_bias in (False, True):
-        for kernel, loops in ours(args.seq_len, args.head_dim, with_bias).items():
-            for tile, counts in by_tile(loops).items():
-                base = baseline[kernel][tile]
-                per = TILE_ELEMENTS[kernel]
-                row = dict(kernel=kernel, biases="on" if with_bias else "off", tile=tile)
-                for kind in ("arith", "special", "wgmma"):
-                    row[f"ours_{kind}"], row[f"jax_{kind}"] = counts[kind], base[kind]
-                work, base_work = counts["arith"] + counts["special"], base["arith"] + base["special"]
-                row.update(ours_per_element=work / per, jax_per_element=base_work / per,
-                           ratio=work / base_work)
-                rows.append(row)
+        for kernel, paths in ours(args.seq_len, args.head_dim, with_bias).items():
+            for path, loops in paths.items():
+                for tile, counts in by_tile(loops).items():
+                    rows.append(_row(kernel, with_bias, path, tile, counts, baseline[kernel][tile]))
+    no_bias = {(r["kernel"], r["tile"]): r["ours_per_element"] for r in rows if r["biases"] == "off"}
+    for row in rows:
+        if row["path"] == "ordered":
+            # the exact contract's floor: the no-bias loop plus what the ordered bias must add
+            floor = no_bias[row["kernel"], row["tile"]] + BIAS_FLOOR_PER_ELEMENT
+            row.update(floor_per_element=floor, floor_ratio=floor / row["jax_per_element"])
     header = run_header() | dict(seq_len=args.seq_len, head_dim=args.head_dim,
                                  tiles="forward 64x128, dq 64x64, dk/dv 64x64 (per warpgroup)")
     print(f"# kernel_ops: jax {jax.__version__}, S={args.seq_len}, D={args.head_dim}, f16, softmax; "
           "ops per thread per loop step (arith + special) / score elements per thread")
-    print(f"{'kernel':8} {'biases':6} {'tile':9} {'ours/elt':>9} {'jax/elt':>8} {'ratio':>6}   "
-          f"{'arith':>11} {'special':>9} {'wgmma':>7}  (ours/jax)")
+    print(f"{'kernel':8} {'biases':6} {'path':8} {'tile':9} {'ours/elt':>9} {'jax/elt':>8} "
+          f"{'ratio':>6} {'floor':>6}   {'arith':>11} {'special':>9} {'wgmma':>7} {'waits':>5}  (ours/jax)")
     for row in rows:
-        print(f"{row['kernel']:8} {row['biases']:6} {row['tile']:9} {row['ours_per_element']:9.2f} "
-              f"{row['jax_per_element']:8.2f} {row['ratio']:6.2f}   "
+        floor = f"{row['floor_ratio']:6.2f}" if "floor_ratio" in row else f"{'':6}"
+        print(f"{row['kernel']:8} {row['biases']:6} {row['path']:8} {row['tile']:9} "
+              f"{row['ours_per_element']:9.2f} {row['jax_per_element']:8.2f} {row['ratio']:6.2f} {floor}   "
               f"{row['ours_arith']:>5}/{row['jax_arith']:<5} {row['ours_special']:>4}/{row['jax_special']:<4} "
-              f"{row['ours_wgmma']:>3}/{row['jax_wgmma']:<3}")
+              f"{row['ours_wgmma']:>3}/{row['jax_wgmma']:<3} {row['ours_wait']:>2}/{row['jax_wait']:<2}")
+    print(f"floor: the exact contract's least work with both biases on the ordered path, = the "
+          f"no-bias loop + {BIAS_FLOOR_PER_ELEMENT} ops per element (ALiBi: one per-key add; time: "
+          "(t_i + 1) - t_j, lg2, times the slope, into the logit); the general path adds abs and "
+          "the per-pair ALiBi (see BIAS_FLOOR_PER_ELEMENT)")
     path = write_rows("kernel_ops", header, rows, args.out)
     if path:
         print(f"wrote {path}")

@@ -166,34 +166,67 @@ def attention_section(results: pathlib.Path) -> list[str]:
             *table(columns, rows), "", f"_Source: `{relative(path)}`._"]
 
 
+def _kernel_ops_key(row: dict) -> tuple:
+    """(kernel, biases, path, tile); runs before the ordered path had one path per kernel: the
+    general one with biases, '-' without."""
+    path = row.get("path", "general" if row["biases"] == "on" else "-")
+    return row["kernel"], row["biases"], path, row["tile"]
+
+
 def kernel_ops_section(results: pathlib.Path) -> list[str]:
     title = "### Attention kernels: work per tile next to jax's FA3-style kernel"
     every = list(runs(results, "kernel_ops"))
     if not every:
         return no_results(title, "kernel op counts", "kernel_ops.py")
     path, header, rows = every[0]
-    first_path, first_header, first_rows = every[-1]
-    before = {}
-    if first_header.get("git_commit") != header.get("git_commit"):
-        before = {(r["kernel"], r["biases"], r["tile"]): r["ratio"] for r in first_rows}
+    # earlier commits beside the newest: the first run, and the one just before (if another commit)
+    earlier, seen = [], {header.get("git_commit")}
+    for run in (every[-1], *every[1:2]):
+        if run[1].get("git_commit") not in seen:
+            seen.add(run[1].get("git_commit"))
+            earlier.append(run)
+    for number, (_, old_header, old_rows) in enumerate(earlier):
+        ratios = {_kernel_ops_key(r): r["ratio"] for r in old_rows}
+        had_paths = any("path" in r for r in old_rows)
+        for row in rows:
+            key = _kernel_ops_key(row)
+            if not had_paths and key[2] == "ordered":  # then every input ran the general path
+                key = (*key[:2], "general", key[3])
+            row[f"before_{number}"] = ratios.get(key)
     for row in rows:
-        row["before"] = before.get((row["kernel"], row["biases"], row["tile"]))
         row["special_pair"] = f"{row['ours_special']} / {row['jax_special']}"
-    columns = [("kernel", "kernel", ""), ("biases", "biases", ""), ("tile", "tile", ""),
+        if "ours_wait" in row:
+            row["wait_pair"] = f"{row['ours_wait']} / {row['jax_wait']}"
+    with_paths = any("path" in row for row in rows)
+    columns = [("kernel", "kernel", ""), ("biases", "biases", ""),
+               *([("path", "path", "")] if with_paths else []), ("tile", "tile", ""),
                ("ours ops/elt", "ours_per_element", ".2f"), ("jax ops/elt", "jax_per_element", ".2f"),
                ("ours / jax", "ratio", ".2f")]
-    if before:
-        columns.append((f"before ({first_header.get('git_commit', '?')})", "before", ".2f"))
+    if any("floor_ratio" in row for row in rows):
+        columns.append(("floor / jax", "floor_ratio", ".2f"))
+    for number, (_, old_header, _) in enumerate(earlier):
+        columns.append((f"before ({old_header.get('git_commit', '?')})", f"before_{number}", ".2f"))
     columns.append(("special ops ours / jax", "special_pair", ""))
+    if any("wait_pair" in row for row in rows):
+        columns.append(("WGMMA waits ours / jax", "wait_pair", ""))
     command = command_of(header, "kernel_ops.py")
     lines = [title, "", f"Machine: {machine(header)} (lowered for CUDA on the CPU, nothing run). "
              f"Command: `{command}`; S = {header.get('seq_len')}, D = {header.get('head_dim')}, "
              f"tiles {header.get('tiles')}. Arithmetic and special-function ops per thread in the "
              "steady-state loop body, per score element; jax's backward has no causal mode, so its "
-             "unmasked loop is the baseline of both tile kinds there.", "", *table(columns, rows), "",
-             f"_Source: `{relative(path)}`"]
-    if before:
-        lines[-1] += f"; before: `{relative(first_path)}`"
+             "unmasked loop is the baseline of both tile kinds there."]
+    if with_paths:
+        lines[-1] += (" With biases each kernel carries two tile maths, picked per sample at run "
+                      "time: `ordered` (positions and times ordered along every attended pair, "
+                      "t + 1 exact in f32, a bounded position span: GenRank's own tokens) and `general` (anything else). "
+                      "`floor`: the least the exact contract allows on the ordered path, the "
+                      "no-bias loop plus 3 ops per element (ALiBi one per-key add, 0.5 as a "
+                      "2-wide vector op; time (t_i + 1) - t_j 0.5, lg2 1, times the slope and "
+                      "into the logit 0.5 + 0.5): the 1.4 (forward) and 1.5 (backward) targets "
+                      "lie below it.")
+    lines += ["", *table(columns, rows), "", f"_Source: `{relative(path)}`"]
+    for old_path, _, _ in earlier:
+        lines[-1] += f"; before: `{relative(old_path)}`"
     lines[-1] += "._"
     return lines
 

@@ -23,6 +23,7 @@ from jax import lax
 
 
 LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 # A finite "minus infinity": exp2(MASK_VALUE - m) is 0 and MASK_VALUE - MASK_VALUE is 0, never NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -67,6 +68,36 @@ def tile_logits(qk, *, q_pos, k_pos, q_time, k_time, alibi_slope, time_slope, sc
             logits = logits - time_slope * jnp.log2(1.0 + gap)
         else:
             logits = logits - time_slope * jnp.log1p(gap)
+    return logits
+
+
+def ordered_logits(qk, *, key_bias, query_bias, query_time_plus_one, key_time, time_slope, scale,
+                   base2: bool):
+    """Logits of a tile of an *ordered* sample: base 2 for softmax (less a per-query constant),
+    natural for SiLU (exact).
+
+    Ordered (`ordering.ordered_samples`): every valid pair has p_j <= p_i and t_j <= t_i, and
+    t_i + 1 is exact in f32. With a = alibi slope (times log2(e) in base 2) the bias is then
+        -a (p_i - p_j) - c log(1 + t_i - t_j)  =  a p_j - a p_i - c log((t_i + 1) - t_j):
+    no abs. `key_bias` is a p_j (`ordering.key_bias`), `query_time_plus_one` is t_i + 1, so the
+    ALiBi term is per-key / per-query adds and the time term one subtraction, a lg2 and a
+    multiply-add. For softmax, -a p_i is the same for every key of query i: softmax cancels it,
+    and so does its backward as long as the saved lse2 comes from the same shifted logits (it
+    does: forward and backward take this path together), so `query_bias` is None and the ALiBi
+    term costs one add. SiLU has no such invariance: `query_bias` = a p_i is subtracted.
+    (1 + t_i - t_j) is rounded once, where the general path's fl(fl(t_i - t_j) + 1) rounds twice.
+    Masked pairs (j after i) may give lg2 of a negative number (NaN): the callers mask them with
+    a select, as every masked score. Arguments are [Tq, Tk] broadcasts (None: absent term).
+    """
+    logits = qk * (scale * (LOG2E if base2 else 1.0))
+    if key_bias is not None:
+        logits = logits + key_bias
+    if query_bias is not None:
+        logits = logits - query_bias
+    if time_slope is not None:
+        # c log(x) = c ln(2) log2(x): base 2 needs c log2(x), natural c ln(2) log2(x)
+        slope = time_slope if base2 else time_slope * LN2
+        logits = logits - slope * jnp.log2(query_time_plus_one - key_time)
     return logits
 
 
@@ -136,29 +167,50 @@ def silu_weights(logits, mask):
     return weights if mask is None else jnp.where(mask, weights, 0.0)
 
 
-def softmax_grads(scores, mask, lse2, delta, dp, query_axis: int = 0):
-    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32 (dlogits per natural logit).
+def softmax_probs(scores, mask, lse2, query_axis: int = 0):
+    """p [Tq, Tk] f32 of a tile for the softmax backward, from base-2 `scores` and `lse2` [Tq].
 
-    `scores` base-2 logits; `mask` None on interior tiles; `lse2`, `delta` [Tq]
-    (delta_i = sum_d out_id * dout_id); `dp` [Tq, Tk] = dout . v_j. A masked score gives
-    exp2(MASK_VALUE - lse2) = 0 (lse2 is 0 for a row without keys). `query_axis=1` takes
-    transposed [Tk, Tq] tiles (the Hopper dk/dv kernel computes k q^T).
+    `mask` None on interior tiles. A masked score gives exp2(MASK_VALUE - lse2) = 0 (lse2 is 0
+    for a row without keys). `query_axis=1` takes transposed [Tk, Tq] tiles (the Hopper dk/dv
+    kernel computes k q^T).
     """
-    per_query = lambda x: lax.broadcast_in_dim(x, dp.shape, (query_axis,))
     if mask is not None:
         scores = jnp.where(mask, scores, MASK_VALUE)
-    p = jnp.exp2(scores - per_query(lse2))
-    return p, p * (dp - per_query(delta))
+    return jnp.exp2(scores - lax.broadcast_in_dim(lse2, scores.shape, (query_axis,)))
+
+
+def softmax_dlogits(p, dp, delta, query_axis: int = 0):
+    """dlogits [Tq, Tk] f32 (per natural logit) = p (dp - delta); delta_i = sum_d out_id dout_id,
+    `dp` [Tq, Tk] = dout . v_j."""
+    return p * (dp - lax.broadcast_in_dim(delta, dp.shape, (query_axis,)))
+
+
+def softmax_grads(scores, mask, lse2, delta, dp, query_axis: int = 0):
+    """(p, dlogits) of a tile for the softmax backward, both [Tq, Tk] f32: `softmax_probs`, then
+    `softmax_dlogits` (the Hopper dk/dv kernel calls them apart, to issue the dV WGMMA on p
+    before dp is ready)."""
+    p = softmax_probs(scores, mask, lse2, query_axis)
+    return p, softmax_dlogits(p, dp, delta, query_axis)
+
+
+def silu_parts(logits, mask):
+    """(silu(logits), d silu / d logits) of a tile, both [Tq, Tk] f32; `mask` None: all valid."""
+    sigmoid = _sigmoid(logits)
+    weights = logits * sigmoid
+    slope = sigmoid * (1.0 + logits * (1.0 - sigmoid))
+    return (weights, slope) if mask is None else (jnp.where(mask, weights, 0.0), slope)
+
+
+def silu_dlogits(slope, mask, dp):
+    """dlogits [Tq, Tk] f32 of the HSTU backward (unscaled by 1/L): dp silu'(logits), valid pairs."""
+    dlogits = dp * slope
+    return dlogits if mask is None else jnp.where(mask, dlogits, 0.0)
 
 
 def silu_grads(logits, mask, dp):
-    """(silu(logits), dlogits) of a tile for the HSTU backward, both [Tq, Tk] f32, unscaled by 1/L."""
-    sigmoid = _sigmoid(logits)
-    weights = logits * sigmoid
-    dlogits = dp * (sigmoid * (1.0 + logits * (1.0 - sigmoid)))
-    if mask is None:
-        return weights, dlogits
-    return jnp.where(mask, weights, 0.0), jnp.where(mask, dlogits, 0.0)
+    """(silu(logits), dlogits) of a tile for the HSTU backward, [Tq, Tk] f32, unscaled by 1/L."""
+    weights, slope = silu_parts(logits, mask)
+    return weights, silu_dlogits(slope, mask, dp)
 
 
 # ---- which blocks hold at least one valid pair (the skipping rules, in block units) ----

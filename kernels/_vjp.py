@@ -7,6 +7,11 @@ need), runs them through one `jax.custom_vjp` and slices the result back. Paddin
 custom_vjp, so its own gradient (a slice) comes from autodiff. Padded tokens are beyond every
 sample's length and are masked like any other invalid pair. (The TPU backend pads to its own
 head-major layout and uses `make_op` only.)
+
+`padded_call` also prepares the GPU kernels' ordered path (`ordering`): positions shifted per
+sample (the bias depends on differences only), and, with a bias, a per-sample flag
+[B] int32 that picks the kernels' ordered tile math at run time, t + 1 [B, S] and (ALiBi) the
+per-key term [B, H, S] that this math reads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from genrank_jax.kernels import ordering
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -73,7 +80,20 @@ def padded_call(op, static, q, k, v, *, lengths, num_candidates, positions, time
     padded_len = round_up(seq_len, seq_multiple)
     q, k = (_pad_axis(_pad_axis(x, 1, padded_len), 3, head_dim) for x in (q, k))
     v = _pad_axis(_pad_axis(v, 1, padded_len), 3, value_dim)
+    ordered = times_plus_one = key_bias = None
+    if alibi_slopes is not None:
+        positions = ordering.shifted_positions(lengths, positions)  # |p_i - p_j| unchanged
+    if static.ordered_path:
+        ordered = ordering.ordered_samples(
+            lengths, num_candidates, positions if alibi_slopes is not None else None,
+            timestamps if time_slopes is not None else None, alibi_slopes=alibi_slopes,
+            key_bias_limit=ordering.key_bias_limit(q.dtype, static.kind)).astype(jnp.int32)
+        times_plus_one = _pad_axis(timestamps + 1.0, 1, padded_len)
+        if alibi_slopes is not None:
+            key_bias = ordering.key_bias(_pad_axis(positions, 1, padded_len), alibi_slopes,
+                                         base2=static.kind == "softmax")
     meta = (lengths, num_candidates, _pad_axis(positions, 1, padded_len),
-            _pad_axis(timestamps, 1, padded_len), alibi_slopes, time_slopes)
+            _pad_axis(timestamps, 1, padded_len), alibi_slopes, time_slopes, ordered,
+            times_plus_one, key_bias)
     out = op(static, q, k, v, meta)
     return out[:, :seq_len, :, :original_value_dim]

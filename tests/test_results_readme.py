@@ -109,6 +109,27 @@ def test_kernel_ops_section_without_an_older_commit_has_no_before_column(tmp_pat
     assert "before" not in text and "| forward | off | interior | 7.26 | 4.84 | 1.50 | 66 / 66 |" in text
 
 
+def test_kernel_ops_section_with_paths_shows_the_first_and_previous_runs(tmp_path):
+    _kernel_ops_file(tmp_path, 100, "first", ratio=2.85)
+    old_general = _kernel_ops_file(tmp_path, 150, "previous", ratio=1.0)
+    data = json.loads(old_general.read_text())  # a run before paths: its biased row is 'general'
+    data["rows"].append({**data["rows"][0], "biases": "on", "ratio": 2.34})
+    old_general.write_text(json.dumps(data))
+    new = _kernel_ops_file(tmp_path, 200, "new", ratio=0.99)
+    data = json.loads(new.read_text())
+    base = {**data["rows"][0], "ours_wait": 3, "jax_wait": 3}
+    data["rows"] = [{**base, "path": "-"},
+                    {**base, "biases": "on", "path": "ordered", "ratio": 1.61, "floor_ratio": 1.61},
+                    {**base, "biases": "on", "path": "general", "ratio": 2.34}]
+    new.write_text(json.dumps(data))
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "before (first) | before (previous) |" in text and "floor / jax" in text
+    assert "| forward | off | - | interior | 4.79 | 4.84 | 0.99 | - | 2.85 | 1.00 | 66 / 66 | 3 / 3 |" in text
+    # before the ordered path existed, the same inputs ran the general one
+    assert "| forward | on | ordered | interior | 4.79 | 4.84 | 1.61 | 1.61 | - | 2.34 | 66 / 66 | 3 / 3 |" in text
+    assert "| forward | on | general | interior | 4.79 | 4.84 | 2.34 | - | - | 2.34 | 66 / 66 | 3 / 3 |" in text
+
+
 def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "No serving benchmark yet" in "\n".join(update_readme.serving_section(tmp_path))
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",

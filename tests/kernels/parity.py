@@ -33,6 +33,11 @@ class Case:
     with_timestamps: bool = True
     with_alibi: bool = True
     with_time_bias: bool = True
+    # "sorted": positions 0, 1, ... (candidates at the request's position), times increasing,
+    # past ones negative; "ties": integer times and positions that repeat, candidates unordered
+    # among themselves but after the history (both: the GPU kernels' ordered path);
+    # "shuffled": both in random order (their general path, see kernels/ordering.py)
+    order: str = "sorted"
     seed: int = 0
 
 
@@ -53,16 +58,10 @@ def make_inputs(case: Case):
     arguments = dict(
         lengths=jnp.asarray(lengths, jnp.int32), num_candidates=jnp.asarray(candidates, jnp.int32),
     )
+    positions, times = _positions_and_times(case, rng, lengths, candidates)
     if case.with_positions:
-        # candidates of one request share one position, as GenRank's tokens do
-        positions = np.tile(np.arange(case.seq_len), (case.batch, 1))
-        for b in range(case.batch):
-            history = lengths[b] - candidates[b]
-            positions[b, history:] = history
         arguments["positions"] = jnp.asarray(positions, jnp.int32)
     if case.with_timestamps:
-        gaps = rng.exponential(300.0, size=(case.batch, case.seq_len))
-        times = -np.cumsum(gaps[:, ::-1], axis=1)[:, ::-1]  # increasing, newest near 0
         arguments["timestamps"] = jnp.asarray(times, jnp.float32)
     if case.with_alibi:
         arguments["alibi_slopes"] = alibi_slopes(case.heads) * rng.uniform(0.5, 2.0)
@@ -71,6 +70,35 @@ def make_inputs(case: Case):
     cotangent = rng.normal(size=shape + (value_dim,))
     cast = lambda x: jnp.asarray(x, case.dtype)
     return cast(q), cast(k), cast(v), arguments, jnp.asarray(cotangent, jnp.float32)
+
+
+def _positions_and_times(case: Case, rng, lengths, candidates):
+    """[B, S] int positions and float times in `case.order` (see `Case`)."""
+    shape = (case.batch, case.seq_len)
+    if case.order == "sorted":
+        # candidates of one request share one position, as GenRank's tokens do
+        positions = np.tile(np.arange(case.seq_len), (case.batch, 1))
+        for b in range(case.batch):
+            history = lengths[b] - candidates[b]
+            positions[b, history:] = history
+        if not case.with_timestamps:  # (no draw: the other inputs stay as they always were)
+            return positions, None
+        gaps = rng.exponential(300.0, size=shape)
+        return positions, -np.cumsum(gaps[:, ::-1], axis=1)[:, ::-1]  # increasing, newest near 0
+    # steps of 0 (ties) or more; integer seconds, so t + 1 is exact in f32
+    positions = np.cumsum(rng.integers(0, 3, size=shape), axis=1) - 50
+    times = np.cumsum(rng.choice([0, 0, 1, 7, 3600], size=shape), axis=1) - 20000.0
+    if case.order == "shuffled":
+        return rng.permuted(positions, axis=1), rng.permuted(times, axis=1)
+    if case.order != "ties":
+        raise ValueError(f"unknown order {case.order!r}")
+    for b in range(case.batch):  # candidates: any order among themselves, after the history
+        history, length = lengths[b] - candidates[b], lengths[b]
+        if history and length > history:
+            count = length - history
+            positions[b, history:length] = positions[b, history - 1] + rng.integers(0, 3, count)
+            times[b, history:length] = times[b, history - 1] + rng.choice([0, 1, 60], count)
+    return positions, times
 
 
 def run(impl, case: Case, *, interpret: bool, block_sizes=None):
