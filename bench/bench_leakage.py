@@ -131,7 +131,8 @@ def scale_table(args, header) -> int:
     row = dict(kind="lis_scale", exposures=log.num_rows, items=log.num_items, users=log.num_users,
                train_rows=meta["train_rows"], eval_rows=meta["eval_rows"], epochs=probe.epochs, seeds=args.seeds,
                probes=meta["probes"], placebo_probes=meta["placebo_probes"], probe_groups=meta["probe_groups"],
-               state_budget_mb=bank.STATE_BYTES / 2**20,
+               state_budget_mb=bank.STATE_BYTES / 2**20, table_optimizer=meta["probe"]["table_optimizer"],
+               table_learning_rate=meta["probe"]["table_learning_rate"],
                state_mb_per_probe=bank.state_bytes(probe, probe_lib.ProbeSizes(log.num_items, log.num_users, 1, 32)) / 1e6,
                total_wall_s=total_wall, total_cpu_s=total_cpu, peak_rss_gb=peak_rss_gb(),
                train_rows_per_s_per_probe=probe_rows_per_s, phases=phases, cores=len(os.sched_getaffinity(0)),
@@ -161,8 +162,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="--scale: probe epochs (default 1)")
     parser.add_argument("--seeds", type=int, default=8, help="--scale: seeds (default 8)")
     parser.add_argument("--state-budget-mb", type=int, default=None,
-                        help="--scale: bytes of probe state trained at once (bank.STATE_BYTES; default 1024 MB). "
-                             "The peak grows by about 3x this while a group trains (measured at --fraction 0.1)")
+                        help="--scale: bytes of probe state trained at once (bank.STATE_BYTES; default 1024 MB)")
     args = parser.parse_args()
     cpu_devices = use_every_cpu_core(args.cpu_devices)  # before JAX starts
     if args.state_budget_mb:

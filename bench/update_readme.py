@@ -297,7 +297,7 @@ def scale_section(results: pathlib.Path) -> list[str]:
              f"training rows, {row['eval_rows']:,} eval rows. {row['probes']} probes (3 leak kinds x 2 horizons x "
              f"{row['seeds']} seeds with the baseline and {row['placebo_probes']} placebo probes), {row['epochs']} "
              f"epoch(s), trained in {row['probe_groups']} group(s) of probes ({row['state_mb_per_probe']:.0f} MB of "
-             "state a probe).", "",
+             f"state a probe; tables learning with {row.get('table_optimizer', 'adam')}).", "",
              *table([("phase", "phase", ""), ("wall s", "wall_s", ".1f"), ("CPU s (user+sys)", "cpu_s", ".1f"),
                      ("peak RSS GB", "peak_rss_gb", ".2f"), ("load average (1 min)", "load1", ".1f")],
                     [{"phase": name, "load1": phase["load"][0], **phase} for name, phase in row["phases"].items()]

@@ -122,9 +122,6 @@ class ProbeRun:
     feature_widths: tuple[int, ...]  # per slot, slot 0 = 0
     feature_item_side: tuple[float, ...]
     log: InteractionLog | None = None  # the sequence (GenRank) probe tokenizes it
-    # device_data as laid out for a set of devices, made once: every group of probes (and the
-    # scoring after training) reuses it instead of copying the log to the devices again
-    placed: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -150,7 +147,7 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
         # per-interaction features take half the memory (each device of the bank holds them all)
         padded = np.zeros((rows, width), jnp.bfloat16)  # per item: a last, zero row for the padding id
         standardized(features[name].values, out=padded[:features[name].values.shape[0], :features[name].width])
-        return jax.device_put(padded)  # jnp.asarray copied twice, device_put once
+        return jax.device_put(padded.view(np.uint16))  # bit patterns: see `feature_rows`; one copy
 
     slot_names = tuple(item_names + row_names)
     device_data = {
@@ -162,30 +159,51 @@ def prepare_run(log: InteractionLog, train_rows, eval_rows, features: dict[str, 
         "row_features": tuple(on_device(name, log.num_rows) for name in row_names),
     }
     sizes = probe_lib.ProbeSizes(num_items, num_users, log.num_tasks, width)
+    config = probe_lib.resolved_table_optimizer(config, sizes)  # "auto" decided by the catalog's size
     return ProbeRun(config, sizes, device_data, log.item, log.user, history, train_rows, eval_rows,
                     log.labels[eval_rows], slot_names, (0,) + tuple(features[n].width for n in slot_names),
                     (0.0,) + tuple(1.0 if features[n].per == "item" else 0.0 for n in slot_names), log)
 
 
-@functools.lru_cache(maxsize=16)
-def _init_fn(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes):
-    """The jitted, vmapped `init_probe` of one (config, sizes), compiled once, not per call."""
-    return jax.jit(jax.vmap(functools.partial(probe_lib.init_probe, config=config, sizes=sizes)))
+def _init_stack(inputs, *, config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> dict:
+    """States [K, ...] of probes given per-probe (seed, slot, width, side, rate, decay), each [K].
+
+    A `lax.map`, not a vmap: each probe's random draws (bits, normals, scaled copies: ~3x its
+    tables) are temporaries of its own iteration, written straight into the stacked states; vmapped,
+    all K probes' draws were alive at once (at 10^6 items, 12 probes took 4.5 GB to make 1 GB).
+    """
+    def one(probe):
+        seed, slot, width, side, rate, decay = probe
+        seed_key = jax.random.key(seed)
+        return probe_lib.init_probe(seed_key, jax.random.fold_in(seed_key, slot + 1), slot, width, side, rate, decay,
+                                    config=config, sizes=sizes)
+
+    return jax.lax.map(one, inputs)
 
 
-def init_bank(run: ProbeRun, seeds, slots) -> dict:
-    """Stacked states [K, ...] of probes (seeds[k], slots[k]); see `probe.init_probe` for the keys."""
+def init_bank(run: ProbeRun, seeds, slots, *, strategy: str | None = None) -> dict:
+    """Stacked states [K, ...] of probes (seeds[k], slots[k]); see `probe.init_probe` for the keys.
+
+    strategy: None, the states on the default device; else made where the bank trains them: padded
+    to the layout's slots with copies of probe 0 (`devices.Layout.padded`, results dropped) and
+    each device drawing its own slice (no whole copy on one device first: at 10^6 items a group's
+    states are 1 GB).
+    """
     seeds = np.asarray(seeds, np.int64)
     slots = np.asarray(slots, np.int64)
-    seed_keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    feature_keys = jax.vmap(jax.random.fold_in)(seed_keys, jnp.asarray(slots + 1, jnp.uint32))
-    widths = jnp.asarray(np.asarray(run.feature_widths)[slots], jnp.int32)
-    sides = jnp.asarray(np.asarray(run.feature_item_side)[slots], jnp.float32)
+    lay = None
+    if strategy is not None:
+        lay = devices_lib.layout(len(slots), resolve_strategy(strategy))
+        extra = lay.padded - len(slots)
+        seeds, slots = (np.concatenate([x, np.full(extra, x[0])]) for x in (seeds, slots))
     # per-probe hyperparameters live in the state, so a bank could mix them; a run uses one config
-    rates = jnp.full(len(slots), run.config.learning_rate, jnp.float32)
-    decays = jnp.full(len(slots), run.config.weight_decay, jnp.float32)
-    return _init_fn(run.config, run.sizes)(seed_keys, feature_keys, jnp.asarray(slots, jnp.int32), widths, sides,
-                                   rates, decays)
+    inputs = (np.asarray(seeds, np.uint32), np.asarray(slots, np.int32), np.asarray(run.feature_widths, np.int32)[slots],
+              np.asarray(run.feature_item_side, np.float32)[slots], np.full(len(slots), run.config.learning_rate, np.float32),
+              np.full(len(slots), run.config.weight_decay, np.float32))
+    static = (("config", run.config), ("sizes", run.sizes))
+    if lay is None or not lay.spread:
+        return devices_lib.spread(_init_stack, (), static, replicated=0)(inputs)
+    return devices_lib.spread(_init_stack, lay.devices, static, replicated=0)(devices_lib.place(inputs, lay))
 
 
 def epoch_batches(run: ProbeRun, epoch: int) -> dict:
@@ -227,11 +245,27 @@ def _shared_batch(data: dict, batch: dict, num_items: int) -> dict:
     items = data["item"][rows]
     width = _feature_width(data)
     features = [jnp.zeros((rows.shape[0], width), jnp.float32)]
-    features += [table[items].astype(jnp.float32) for table in data["item_features"]]
-    features += [table[rows].astype(jnp.float32) for table in data["row_features"]]
+    features += [feature_rows(table, items) for table in data["item_features"]]
+    features += [feature_rows(table, rows) for table in data["row_features"]]
     return {**batch, "labels": data["labels"][rows],
             "history_mask": (data["history"][rows] != num_items).astype(jnp.float32),
             "features": jnp.stack(features)}
+
+
+def feature_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+    """float32 rows of a feature table stored as bfloat16 bit patterns (uint16, see `prepare_run`).
+
+    The bits are gathered as integers and widened by a shift: XLA's CPU backend computes a bfloat16
+    gather in float32, converting the whole table first, and hoists that conversion out of the
+    epoch's loop: float32 copies of every feature on every device (2.7 GB a device for a 5M-row
+    log's, seen in the compiled program's `memory_analysis()`).
+    """
+    return widened(table[index])
+
+
+def widened(bits: jax.Array) -> jax.Array:
+    """float32 values of bfloat16 bit patterns (uint16): bfloat16 is the top half of a float32."""
+    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint32) << 16, jnp.float32)
 
 
 def _feature_width(data: dict) -> int:
@@ -243,12 +277,16 @@ SHARED_BLOCK_BYTES = 64 << 20  # shared batches gathered ahead per block of step
 resolve_strategy = devices_lib.resolve_strategy  # the bank's public knobs, re-exported
 
 
-def block_steps(run: ProbeRun) -> int:
-    """Steps per block of `_train_epoch`: about as many as fit SHARED_BLOCK_BYTES of gathered
-    batches, evened out so the last block is nearly full (it is padded with skipped steps)."""
-    config, sizes = run.config, run.sizes
+def _row_floats(run: ProbeRun) -> int:
+    """4-byte values gathered per example: every feature's row, labels, history ids and mask, ids."""
     features = 1 + len(run.device_data["item_features"]) + len(run.device_data["row_features"])
-    floats = config.batch_size * (features * sizes.feature_width + sizes.num_tasks + 2 * config.history + 4)
+    return features * run.sizes.feature_width + run.sizes.num_tasks + 2 * run.config.history + 4
+
+
+def block_steps(run: ProbeRun) -> int:
+    """Steps per block of shared batches (`train`): about as many as fit SHARED_BLOCK_BYTES,
+    evened out so the last block is nearly full (a shorter last block compiles once more)."""
+    floats = run.config.batch_size * _row_floats(run)
     most = int(np.clip(SHARED_BLOCK_BYTES // (4 * floats), 1, run.steps_per_epoch))
     blocks = -(-run.steps_per_epoch // most)
     return -(-run.steps_per_epoch // blocks)
@@ -305,66 +343,103 @@ def stack_step(states: dict, batch: dict):
     return {"tables": new_tables, **params}, losses
 
 
-def _train_epoch(states, data, batches, *, num_items: int, chunk: int, block: int):
-    """States [G * chunk, ...] after one epoch of `batches` [S, ...], in blocks of `block` steps.
+def _train_block(states, shared, *, chunk: int):
+    """States [G * chunk, ...] after the steps of one block of shared batches (leaves [steps, ...]).
 
-    Each block gathers its shared batches once (labels, history mask, every feature's rows), then
-    every stack of probes runs all the block's steps in turn: a scan whose carry is that stack's
-    state, so the state stays in cache and is not copied in and out of the [K, ...] stack at
-    every step. Probes are independent, so the order changes nothing but speed (at K = 32 on this
-    CPU: 2.4 s an epoch against 3.2 s stepping every stack at every step). The last block is
-    padded with steps that a `lax.cond` skips (one compiled step, not a second one for a
-    shorter last block).
+    Every stack of probes runs all the block's steps in turn: a scan whose carry is that stack's
+    state, so a small catalog's state stays in cache and is not copied in and out of the [K, ...]
+    stack at every step. Probes are independent, so the order changes nothing but speed (at
+    K = 32 on this CPU: 2.4 s an epoch against 3.2 s stepping every stack at every step).
     """
-    total = jax.tree.leaves(batches)[0].shape[0]
-    blocks = -(-total // block)
-    padding = blocks * block - total
-    live = jnp.arange(blocks * block) < total
-    blocked = jax.tree.map(lambda x: x.reshape(blocks, block, *x.shape[1:]),
-                           (_pad_leading(batches, padding), live))
+    def run_stack(index, groups):  # the stack is read out and written back in place
+        stack = jax.tree.map(lambda x: x[index], groups)
+        stack = jax.lax.scan(lambda state, batch: (stack_step(state, batch)[0], None), stack, shared)[0]
+        return jax.tree.map(lambda x, new: x.at[index].set(new), groups, stack)
 
-    def step(state, inputs):
-        batch, is_live = inputs
-        if not padding:  # no cond where no step is skipped (it copies the state, ~2% a step)
-            return stack_step(state, batch)[0], None
-        return jax.lax.cond(is_live, lambda s: stack_step(s, batch)[0], lambda s: s, state), None
-
-    def run_block(groups, block_batches):  # leaves [block, ...]
-        step_batches, step_live = block_batches
-        shared = jax.vmap(lambda batch: _shared_batch(data, batch, num_items))(step_batches)
-
-        def run_stack(index, groups):  # the stack is read out and written back in place
-            stack = jax.tree.map(lambda x: x[index], groups)
-            stack = jax.lax.scan(step, stack, (shared, step_live))[0]
-            return jax.tree.map(lambda x, new: x.at[index].set(new), groups, stack)
-
-        # a fori_loop, not lax.map: map writes a second copy of every stack's state (at 10^6 items,
-        # 230 MB a probe), the loop updates the one carried copy
-        return jax.lax.fori_loop(0, jax.tree.leaves(groups)[0].shape[0], run_stack, groups), None
-
-    return _ungrouped(jax.lax.scan(run_block, _grouped(states, chunk), blocked)[0])
+    groups = _grouped(states, chunk)
+    # a fori_loop, not lax.map: map writes a second copy of every stack's state (at 10^6 items,
+    # 82 MB a probe), the loop updates the one carried copy
+    return _ungrouped(jax.lax.fori_loop(0, jax.tree.leaves(groups)[0].shape[0], run_stack, groups))
 
 
-def _predict_chunks(states, data, rows, *, num_items: int, chunk: int):
-    """[C, G * chunk, rows, T] logits of stacked states [G * chunk, ...] on row chunks [C, rows]."""
+@functools.partial(jax.jit, static_argnames="num_items")
+def _gather_steps(data, batches, *, num_items: int):
+    """[steps, ...] shared batches of a block of steps' indices [steps, ...]: one gather per index
+    for every probe (labels, history mask, every feature's rows)."""
+    return jax.vmap(lambda batch: _shared_batch(data, batch, num_items))(batches)
+
+
+@functools.partial(jax.jit, static_argnames="num_items")
+def _gather_eval(data, rows, *, num_items: int):
+    """The inputs of `probe.predict` for eval row chunks [C, rows]: leaves [C, rows, ...]."""
+    def one(chunk_rows):
+        shared = _shared_batch(data, {"rows": chunk_rows}, num_items)
+        return {**shared, "local_item": data["item"][chunk_rows], "local_user": data["user"][chunk_rows],
+                "local_history": data["history"][chunk_rows]}
+    return jax.vmap(one)(rows)
+
+
+def _predict_block(states, inputs, *, chunk: int):
+    """[C, G * chunk, rows, T] logits of stacked states [G * chunk, ...] on a block of eval chunks."""
     groups = _grouped(states, chunk)
 
-    def body(_, chunk_rows):
-        shared = _shared_batch(data, {"rows": chunk_rows}, num_items)
-        inputs = {**shared, "local_item": data["item"][chunk_rows], "local_user": data["user"][chunk_rows],
-                  "local_history": data["history"][chunk_rows]}
-        logits = jax.lax.map(lambda group: probe_lib.predict(group, inputs), groups)  # [G, c, B, T]
+    def body(_, chunk_inputs):
+        logits = jax.lax.map(lambda group: _predict_chunk(group, chunk_inputs), groups)  # [G, c, B, T]
         return None, logits.reshape(-1, *logits.shape[2:])
 
-    return jax.lax.scan(body, None, rows)[1]
+    return jax.lax.scan(body, None, inputs)[1]
+
+
+def _predict_chunk(stack: dict, inputs: dict):
+    """[c, B, T] logits of a stack of probes on one chunk of eval rows (global ids in `inputs`).
+
+    Reads only the chunk's rows of the tables, as training does: `probe.predict`'s whole-table
+    view is a transposed copy of every table (at 10^6 items, 64 MB a probe, made for each stack).
+    """
+    batch, length = inputs["local_history"].shape
+    items = jnp.concatenate([inputs["local_item"], inputs["local_history"].reshape(-1)])
+
+    def rows(table, ids):  # value [c, rows, d] -> [Q, c, d]
+        return jnp.swapaxes(table["value"].at[:, ids].get(mode="promise_in_bounds"), 0, 1)
+
+    local = {**inputs, "local_item": jnp.arange(batch), "local_user": jnp.arange(batch),
+             "local_history": batch + jnp.arange(batch * length).reshape(batch, length)}
+    return probe_lib.forward(stack["dense"], stack["consts"], rows(stack["tables"]["item"], items),
+                             rows(stack["tables"]["user"], inputs["local_user"]), local)
+
+
+def _blocks(total: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
+def _over_blocks(run: ProbeRun, lay: devices_lib.Layout, gather, indices: dict, blocks: list[slice], step, carry):
+    """`carry = step(carry, shared)` for each block, `shared` being `gather(data, indices[block])`
+    computed on the device that holds the run's log, then replicated to the layout's devices.
+
+    The log stays on that one device: replicated to every device of the bank, a 5M-row log's
+    arrays and features took 1.6 GB a device; a block's gathered batches take about
+    `SHARED_BLOCK_BYTES`. The next block is gathered while the devices work on this one, and no
+    further: dispatch is asynchronous, and a loop that queued every block ahead held all their
+    gathered batches at once (at 5M rows, +5 GB)."""
+    def gathered(block):
+        host = jax.tree.map(lambda x: x[block], indices)
+        return devices_lib.place(gather(run.device_data, host, num_items=run.sizes.num_items), lay, probe_axis=None)
+
+    ahead = gathered(blocks[0]) if blocks else None
+    for index in range(len(blocks)):
+        shared, ahead = ahead, None
+        carry = step(carry, shared)
+        del shared
+        if index + 1 < len(blocks):
+            ahead = gathered(blocks[index + 1])
+        jax.block_until_ready(carry)  # this block done (and its batches freed) before queueing more
+    return carry
 
 
 def _laid_out(run: ProbeRun, states: dict, strategy: str):
-    """(layout, states padded to its slots on its devices, the log's arrays on its devices)."""
+    """(layout, states padded to its slots on its devices)."""
     lay = devices_lib.layout(num_probes(states), resolve_strategy(strategy))
-    if lay.devices not in run.placed:
-        run.placed[lay.devices] = devices_lib.place(run.device_data, lay, probe_axis=None)
-    return lay, _padded(states, lay), run.placed[lay.devices]
+    return lay, _padded(states, lay)
 
 
 def _eval_chunks(run: ProbeRun) -> np.ndarray:
@@ -375,23 +450,23 @@ def _eval_chunks(run: ProbeRun) -> np.ndarray:
 
 
 def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, on_epoch=None) -> dict:
-    """Train stacked states [K, ...] (K >= 1) through all epochs, one compiled program per epoch.
+    """Train stacked states [K, ...] (K >= 1) through all epochs, a block of steps at a time
+    (`block_steps`): the block's shared batches are gathered once, then every stack of probes runs
+    its steps (one compiled program per block length, reused by every block, epoch and group).
 
     batches: optional list of precomputed `epoch_batches` (a loop over probes reuses them).
     """
     count = num_probes(states)
-    lay, states, data = _laid_out(run, states, strategy)
-    static = (("block", block_steps(run)), ("chunk", lay.chunk), ("num_items", run.sizes.num_items))
-    train_epoch = devices_lib.spread(_train_epoch, lay.devices, static, donate=True)
+    lay, states = _laid_out(run, states, strategy)
+    train_block = devices_lib.spread(_train_block, lay.devices, (("chunk", lay.chunk),), donate=True)
 
     def batches_of(epoch):
         return batches[epoch] if batches is not None else epoch_batches(run, epoch)
 
-    epoch_data = batches_of(0)
     for epoch in range(run.config.epochs):
-        states = train_epoch(states, data, epoch_data)
-        if epoch + 1 < run.config.epochs:  # built on the host while the device runs this epoch
-            epoch_data = batches_of(epoch + 1)
+        epoch_data = batches_of(epoch)
+        blocks = _blocks(run.steps_per_epoch, block_steps(run))
+        states = _over_blocks(run, lay, _gather_steps, epoch_data, blocks, train_block, states)
         if on_epoch is not None:
             jax.block_until_ready(states)  # so a callback's clock and progress are real
             on_epoch(epoch)
@@ -403,11 +478,14 @@ def train(run: ProbeRun, states: dict, *, strategy: str = "auto", batches=None, 
 def predict_eval(run: ProbeRun, states: dict, *, strategy: str = "auto") -> np.ndarray:
     """[K, Ne, T] logits of stacked states on the eval rows."""
     count = num_probes(states)
-    lay, padded, data = _laid_out(run, states, strategy)
-    predict = devices_lib.spread(_predict_chunks, lay.devices, (("chunk", lay.chunk), ("num_items", run.sizes.num_items)),
-                                 out_axis=1)
-    logits = np.asarray(predict(padded, data, _eval_chunks(run)))
-    logits = np.moveaxis(logits, 0, 1)[:count]  # scan stacks chunks first: [C, K, rows, T]
+    lay, padded = _laid_out(run, states, strategy)
+    predict = devices_lib.spread(_predict_block, lay.devices, (("chunk", lay.chunk),), out_axis=1)
+    chunks = _eval_chunks(run)
+    per_block = max(1, SHARED_BLOCK_BYTES // (4 * run.config.eval_batch_size * _row_floats(run)))
+    blocks = _over_blocks(run, lay, _gather_eval, chunks, _blocks(len(chunks), per_block),
+                          lambda done, inputs: done + [predict(padded, inputs)], [])
+    logits = np.concatenate([np.asarray(block) for block in blocks])
+    logits = np.moveaxis(logits, 0, 1)[:count]  # blocks stack chunks first: [C, K, rows, T]
     return logits.reshape(count, -1, run.sizes.num_tasks)[:, :len(run.eval_rows)]
 
 
@@ -424,10 +502,11 @@ STATE_BYTES = 1 << 30  # 1 GiB: probe states resident at once; more probes train
 
 
 def state_bytes(config: probe_lib.ProbeConfig, sizes: probe_lib.ProbeSizes) -> int:
-    """Bytes of one probe's state: its two tables (value + two Adam moments, f32) and dense layers."""
-    table_rows = sizes.num_items + 1 + sizes.num_users + 1
+    """Bytes of one probe's state: its two tables with their optimizer state (`probe.table_bytes`)
+    and its dense layers with Adam's two moments (f32)."""
+    optimizer = probe_lib.resolved_table_optimizer(config, sizes).table_optimizer
     dense = sum(i * o + o for i, o in probe_lib._mlp_layers(config, sizes)) + sizes.feature_width * config.dim
-    return 4 * 3 * (table_rows * config.dim + dense)
+    return probe_lib.table_bytes(config, sizes, optimizer) + 4 * 3 * dense
 
 
 def probe_groups(run: ProbeRun, count: int, strategy: str = "auto", budget: int | None = None) -> list[slice]:
@@ -467,15 +546,13 @@ def train_and_predict(run: ProbeRun, seeds, slots, *, parallel: bool = True, str
         # states are handed to `train` straight from `init_bank`, never held here: train lays them
         # out on the devices (a copy) and donates them to the epoch, so no reference may keep the
         # first copy alive (at 10^6 items it is 230 MB a probe)
-        if len(groups) == 1:
-            return predict_eval(run, train(run, init_bank(run, seeds, slots), strategy=strategy, on_epoch=on_epoch),
-                                strategy=strategy)
-        batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)]
+        batches = [epoch_batches(run, epoch) for epoch in range(run.config.epochs)] if len(groups) > 1 else None
         outputs = []
         for group in groups:
-            trained = train(run, init_bank(run, seeds[group], slots[group]), strategy=strategy, batches=batches,
-                            on_epoch=on_epoch)
-            outputs.append(predict_eval(run, trained, strategy=strategy))
+            # made padded, where they train; the padding copies' results are dropped
+            trained = train(run, init_bank(run, seeds[group], slots[group], strategy=strategy), strategy=strategy,
+                            batches=batches, on_epoch=on_epoch)
+            outputs.append(predict_eval(run, trained, strategy=strategy)[:group.stop - group.start])
             del trained  # before the next group's are made
         return np.concatenate(outputs)
     states = init_bank(run, seeds, slots)

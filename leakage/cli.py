@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=positive_int, default=None, help="probe embedding width (and type A width)")
     parser.add_argument("--probe-model", choices=("mlp", "genrank"), default="mlp",
                         help="probe ranker: the MLP probe (default) or a tiny GenRank")
+    parser.add_argument("--table-optimizer", choices=("auto", "adam", "rowwise_adagrad"), default="auto",
+                        help="how the probes' embedding tables learn: Adam, or row-wise Adagrad (a third of the "
+                             "memory); auto (default): Adam up to 64 MiB of tables a probe, row-wise Adagrad above")
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
     parser.add_argument("--no-placebo", action="store_true",
                         help="no placebo probes: LIS / AIS against the no-feature baseline only (fewer probes)")
@@ -64,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _probe_config(args) -> ProbeConfig:
     overrides = {name: getattr(args, name) for name in ("epochs", "batch_size", "dim") if getattr(args, name)}
-    return ProbeConfig(model=args.probe_model, **overrides)
+    return ProbeConfig(model=args.probe_model, table_optimizer=args.table_optimizer, **overrides)
 
 
 def _load_features(specs: list[str]) -> dict[str, np.ndarray]:

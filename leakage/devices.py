@@ -2,9 +2,9 @@
 
 The bank's probe axis [K] is padded to `Layout.padded` = devices x stacks x chunk (the padding
 copies' results are dropped) and cut into equal slices, one per device; each device runs its slice
-as stacks of `chunk` probes (`bank._train_epoch`). Probes share no parameter, so the devices never
-talk: the epoch is a `shard_map` over a one-axis mesh "probes", every device reading the same log
-and batch indices (replicated).
+as stacks of `chunk` probes (`bank._train_block`). Probes share no parameter, so the devices never
+talk: a block of steps is a `shard_map` over a one-axis mesh "probes", every device reading the same
+shared batches (replicated; gathered from the log once, on the device that holds it).
 
 On a host with several GPUs or TPU cores this spreads the bank over all of them; with several
 processes (`jax.distributed.initialize`) over every device of every process: each process places
@@ -96,18 +96,23 @@ def place(tree, lay: Layout, *, probe_axis: int | None = 0):
         return tree
     spec = PartitionSpec() if probe_axis is None else PartitionSpec(*([None] * probe_axis), AXIS)
     sharding = NamedSharding(_mesh(lay.devices), spec)
+    local = [d for d in lay.devices if d.process_index == jax.process_index()]
+
+    def replicate(leaf):  # from one local device: that copy is reused, the other local devices get one
+        # each; every process holds the same values and gives its own devices' shards
+        held = {d: leaf for d in leaf.devices()}
+        shards = [held[d] if d in held else jax.device_put(leaf, d) for d in local]
+        return jax.make_array_from_single_device_arrays(leaf.shape, sharding, shards)
+
+    def on_one_local_device(x):
+        return isinstance(x, jax.Array) and len(x.devices()) == 1 and x.is_fully_addressable
+
+    if probe_axis is None and all(on_one_local_device(x) for x in jax.tree.leaves(tree)):
+        return jax.tree.map(replicate, tree)
     if jax.process_count() == 1:
         if probe_axis is not None:
             return jax.device_put(tree, sharding)
-
-        def replicate(leaf):  # the copy already on a device of the mesh is reused, not copied again
-            # (the bank's log and features: at 5M rows, 1.6 GB a copy)
-            leaf = jnp.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-            held = {d: leaf for d in leaf.devices()} if len(leaf.devices()) == 1 else {}
-            shards = [held[d] if d in held else jax.device_put(leaf, d) for d in lay.devices]
-            return jax.make_array_from_single_device_arrays(leaf.shape, sharding, shards)
-
-        return jax.tree.map(replicate, tree)
+        return jax.tree.map(lambda x: replicate(jnp.asarray(x)), tree)
 
     def host_to_mesh(x):  # every process holds the same values; each places its devices' shards
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -119,15 +124,17 @@ def place(tree, lay: Layout, *, probe_axis: int | None = 0):
 
 
 @functools.lru_cache(maxsize=32)
-def spread(program, devices: tuple, static: tuple = (), *, out_axis: int = 0, donate: bool = False):
-    """`program(states, data, inputs, **dict(static))`, run by every device on its slice of the
-    states' probe axis (data and inputs replicated); its output is split along `out_axis`.
+def spread(program, devices: tuple, static: tuple = (), *, out_axis: int = 0, donate: bool = False,
+           replicated: int = 1):
+    """`program(states, *inputs, **dict(static))`, run by every device on its slice of the
+    states' probe axis (the `replicated` inputs are whole on every device); its output is split
+    along `out_axis`.
     One jit per (program, devices, static), cached; on one device, the program's plain jit.
     Over several processes a program that does not donate its states returns results for the
     host: replicated, so every process reads all of them."""
     bound = functools.partial(program, **dict(static))
     if len(devices) > 1:
-        specs = PartitionSpec(AXIS), PartitionSpec(), PartitionSpec()
+        specs = (PartitionSpec(AXIS),) + (PartitionSpec(),) * replicated
         out = PartitionSpec(*([None] * out_axis), AXIS)
         bound = jax.shard_map(bound, mesh=_mesh(devices), in_specs=specs, out_specs=out)
     gathered = len({d.process_index for d in devices}) > 1 and not donate

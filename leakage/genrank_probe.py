@@ -32,6 +32,7 @@ from flax import nnx
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
+from genrank_jax.leakage import bank
 from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank
 
@@ -134,9 +135,9 @@ def _feature_table(run, slot: int):
         return jnp.zeros((1, run.sizes.feature_width), jnp.float32), True
     item_side = run.feature_item_side[slot] == 1.0
     num_item_slots = int(sum(run.feature_item_side[1:]))
-    if item_side:  # stored as bfloat16 (see `bank.prepare_run`)
-        return data["item_features"][slot - 1].astype(jnp.float32), True
-    return data["row_features"][slot - 1 - num_item_slots].astype(jnp.float32), False
+    if item_side:  # stored as bfloat16 bit patterns (see `bank.prepare_run`)
+        return bank.widened(data["item_features"][slot - 1]), True
+    return bank.widened(data["row_features"][slot - 1 - num_item_slots]), False
 
 
 def train_and_predict(run, seeds, slots, *, parallel: bool = True, on_epoch=None) -> np.ndarray:

@@ -105,7 +105,7 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         # the control's cost: these probes are trained only for the placebos
         "placebos": pairs, "placebo_probes": int(len(placebo_names) * seeds),
         "probe_groups": int(groups) if parallel else None,  # > 1: the bank trained its probes in groups
-        "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(probe),
+        "strategy": bank.resolve_strategy(strategy), "probe": dataclasses.asdict(run.config),  # "auto" resolved
         "devices": (len(devices_lib.layout(len(slot_of) if parallel else 1, bank.resolve_strategy(strategy)).devices)
                     if probe.model == "mlp" else 1),  # the GenRank probe runs on one device
         "feature_widths": widths, "feature_per": sides,
