@@ -326,12 +326,14 @@ def stack_step(states: dict, batch: dict):
     item_ids, user_ids = batch["unique_items"], batch["unique_users"]
     params = {name: states[name] for name in ("dense", "adam", "consts")}
 
-    def gather(table, ids):  # {value, m, v} [c, rows, d] -> [Q, c, d]; ids are in range
-        return {name: jnp.swapaxes(array.at[:, ids].get(mode="promise_in_bounds"), 0, 1)
+    # ids are in range and sorted: `epoch_batches` pads np.unique's sorted ids with the padding id,
+    # the largest (the tables' last row)
+    def gather(table, ids):  # {value, m, v} or {value, accumulator} [c, rows, ...] -> [Q, c, ...]
+        return {name: jnp.swapaxes(array.at[:, ids].get(mode="promise_in_bounds", indices_are_sorted=True), 0, 1)
                 for name, array in table.items()}
 
     def scatter(table, ids, block):
-        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds")
+        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds", indices_are_sorted=True)
                 for name, array in table.items()}
 
     params, item_block, user_block, losses = probe_lib.update(
