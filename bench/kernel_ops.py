@@ -1,8 +1,9 @@
 """Work per tile of the Hopper attention kernels next to jax's FA3-style kernel, without a GPU.
 
-    python bench/kernel_ops.py [--seq-len 1024] [--head-dim 128] [--out auto]
+    python bench/kernel_ops.py [--seq-len 1024] [--head-dim 128] [--kind softmax|silu] [--out auto]
 
-Lowers our `pallas_mosaic_gpu` kernels (forward, dq, dk/dv; softmax) and jax's own
+Lowers our `pallas_mosaic_gpu` kernels (forward, dq, dk/dv; softmax, or SiLU with `--kind silu`,
+still next to jax's softmax kernel: jax has no SiLU one) and jax's own
 `jax.experimental.pallas.ops.gpu.attention_mgpu` at the same tiles for CUDA on the CPU (an
 abstract CUDA device: jax >= 0.11), reads the Mosaic GPU module each kernel lowers to, and counts
 the operations in the steady-state key (or query) loop body: `arith` (arith-dialect ops on
@@ -144,11 +145,12 @@ def lower_for_cuda(function, *specs) -> list[str]:
     return capture.modules
 
 
-def ours(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, dict[str, list[collections.Counter]]]:
+def ours(seq_len: int, head_dim: int, with_bias: bool,
+         kind: str = "softmax") -> dict[str, dict[str, list[collections.Counter]]]:
     """{kernel: {path: loops}}: path '-' without biases (one tile math); with them 'ordered' and
     'general', the two tile maths each kernel carries (`kernels/ordering.py`)."""
     return {kernel: split_paths(loops, with_bias)
-            for kernel, loops in _our_modules(seq_len, head_dim, with_bias).items()}
+            for kernel, loops in _our_modules(seq_len, head_dim, with_bias, kind).items()}
 
 
 def split_paths(loops: list[collections.Counter], with_bias: bool):
@@ -166,7 +168,8 @@ def split_paths(loops: list[collections.Counter], with_bias: bool):
     return {"ordered": ordered, "general": general}
 
 
-def _our_modules(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, list[collections.Counter]]:
+def _our_modules(seq_len: int, head_dim: int, with_bias: bool,
+                 kind: str) -> dict[str, list[collections.Counter]]:
     from genrank_jax.kernels import alibi_slopes, pallas_mosaic_gpu
     sizes = pallas_mosaic_gpu.BlockSizes(block_q=64, block_kv=128, stages=2, compute_wgs=2,
                                          block_q_bwd=64, block_kv_bwd=64)
@@ -175,7 +178,7 @@ def _our_modules(seq_len: int, head_dim: int, with_bias: bool) -> dict[str, list
     def loss(q, k, v, lengths, candidates, positions, times):
         out = pallas_mosaic_gpu.attention(
             q, k, v, lengths=lengths, num_candidates=candidates, positions=positions,
-            timestamps=times, alibi_slopes=slopes, time_slopes=slopes, kind="softmax",
+            timestamps=times, alibi_slopes=slopes, time_slopes=slopes, kind=kind,
             scale=head_dim ** -0.5, interpret=False, block_sizes=sizes)
         return out.astype(jnp.float32).sum()
 
@@ -227,6 +230,8 @@ def by_tile(loops: list[collections.Counter]) -> dict[str, collections.Counter]:
 # move into the q.k matmul (an extra K column, free only where D is padded anyway). Below this:
 # an approximation of lg2, or a bias materialised in memory (O(S^2), what the op exists to avoid).
 BIAS_FLOOR_PER_ELEMENT = 0.5 + (0.5 + 1.0 + 0.5 + 0.5)
+# SiLU has no per-row invariance: the ALiBi term is a per-key and a per-query add (0.5 more).
+BIAS_FLOOR = {"softmax": BIAS_FLOOR_PER_ELEMENT, "silu": BIAS_FLOOR_PER_ELEMENT + 0.5}
 
 
 def _row(kernel, with_bias, path, tile, counts, base):
@@ -243,6 +248,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--kind", choices=("softmax", "silu"), default="softmax",
+                        help="our kernels' kind; jax's kernel (the baseline) is softmax either way")
     parser.add_argument("--out", default=None, help="'auto' writes bench/results/kernel_ops_*.json")
     args = parser.parse_args(argv)
     if jax.__version_info__ < (0, 11):
@@ -253,7 +260,7 @@ def main(argv=None) -> int:
                 jax_reference(args.seq_len, args.head_dim).items()}
     rows = []
     for with_bias in (False, True):
-        for kernel, paths in ours(args.seq_len, args.head_dim, with_bias).items():
+        for kernel, paths in ours(args.seq_len, args.head_dim, with_bias, args.kind).items():
             for path, loops in paths.items():
                 for tile, counts in by_tile(loops).items():
                     rows.append(_row(kernel, with_bias, path, tile, counts, baseline[kernel][tile]))
@@ -261,11 +268,12 @@ def main(argv=None) -> int:
     for row in rows:
         if row["path"] == "ordered":
             # the exact contract's floor: the no-bias loop plus what the ordered bias must add
-            floor = no_bias[row["kernel"], row["tile"]] + BIAS_FLOOR_PER_ELEMENT
+            floor = no_bias[row["kernel"], row["tile"]] + BIAS_FLOOR[args.kind]
             row.update(floor_per_element=floor, floor_ratio=floor / row["jax_per_element"])
-    header = run_header() | dict(seq_len=args.seq_len, head_dim=args.head_dim,
+    header = run_header() | dict(seq_len=args.seq_len, head_dim=args.head_dim, kind=args.kind,
                                  tiles="forward 64x128, dq 64x64, dk/dv 64x64 (per warpgroup)")
-    print(f"# kernel_ops: jax {jax.__version__}, S={args.seq_len}, D={args.head_dim}, f16, softmax; "
+    print(f"# kernel_ops: jax {jax.__version__}, S={args.seq_len}, D={args.head_dim}, f16, ours "
+          f"{args.kind} (jax's: softmax); "
           "ops per thread per loop step (arith + special) / score elements per thread")
     print(f"{'kernel':8} {'biases':6} {'path':8} {'tile':9} {'ours/elt':>9} {'jax/elt':>8} "
           f"{'ratio':>6} {'floor':>6}   {'arith':>11} {'special':>9} {'wgmma':>7} {'waits':>5}  (ours/jax)")
@@ -276,7 +284,8 @@ def main(argv=None) -> int:
               f"{row['ours_arith']:>5}/{row['jax_arith']:<5} {row['ours_special']:>4}/{row['jax_special']:<4} "
               f"{row['ours_wgmma']:>3}/{row['jax_wgmma']:<3} {row['ours_wait']:>2}/{row['jax_wait']:<2}")
     print(f"floor: the exact contract's least work with both biases on the ordered path, = the "
-          f"no-bias loop + {BIAS_FLOOR_PER_ELEMENT} ops per element (ALiBi: one per-key add; time: "
+          f"no-bias loop + {BIAS_FLOOR[args.kind]} ops per element (ALiBi: one per-key add"
+          f"{', one per-query add' if args.kind == 'silu' else ''}; time: "
           "(t_i + 1) - t_j, lg2, times the slope, into the logit); the general path adds abs and "
           "the per-pair ALiBi (see BIAS_FLOOR_PER_ELEMENT)")
     path = write_rows("kernel_ops", header, rows, args.out)

@@ -175,7 +175,7 @@ def _kernel_ops_key(row: dict) -> tuple:
 
 def kernel_ops_section(results: pathlib.Path) -> list[str]:
     title = "### Attention kernels: work per tile next to jax's FA3-style kernel"
-    every = list(runs(results, "kernel_ops"))
+    every = [run for run in runs(results, "kernel_ops") if run[1].get("kind", "softmax") == "softmax"]
     if not every:
         return no_results(title, "kernel op counts", "kernel_ops.py")
     path, header, rows = every[0]
@@ -228,7 +228,24 @@ def kernel_ops_section(results: pathlib.Path) -> list[str]:
     for old_path, _, _ in earlier:
         lines[-1] += f"; before: `{relative(old_path)}`"
     lines[-1] += "._"
-    return lines
+    return lines + _kernel_ops_silu(results)
+
+
+def _kernel_ops_silu(results: pathlib.Path) -> list[str]:
+    """The newest `--kind silu` run (HSTU), if any: our SiLU kernels next to jax's softmax one."""
+    run = next((r for r in runs(results, "kernel_ops") if r[1].get("kind") == "silu"), None)
+    if run is None:
+        return []
+    path, header, rows = run
+    columns = [("kernel", "kernel", ""), ("biases", "biases", ""), ("path", "path", ""),
+               ("tile", "tile", ""), ("ours ops/elt", "ours_per_element", ".2f"),
+               ("ours / jax softmax", "ratio", ".2f"), ("floor / jax", "floor_ratio", ".2f")]
+    return ["", f"SiLU (the HSTU block), commit {header.get('git_commit', '?')}, command "
+            f"`{command_of(header, 'kernel_ops.py')}`: the same count for our SiLU kernels, still "
+            "divided by jax's softmax kernel (jax has no SiLU one). SiLU has no per-row "
+            "invariance, so its ordered path adds the ALiBi term per key and per query: floor = "
+            "no-bias loop + 3.5 ops per element.", "", *table(columns, rows), "",
+            f"_Source: `{relative(path)}`._"]
 
 
 def leakage_section(results: pathlib.Path) -> list[str]:

@@ -130,6 +130,19 @@ def test_kernel_ops_section_with_paths_shows_the_first_and_previous_runs(tmp_pat
     assert "| forward | on | general | interior | 4.79 | 4.84 | 2.34 | - | - | 2.34 | 66 / 66 | 3 / 3 |" in text
 
 
+def test_kernel_ops_silu_run_gets_its_own_table(tmp_path):
+    softmax = _kernel_ops_file(tmp_path, 100, "soft", ratio=1.5)
+    silu = _kernel_ops_file(tmp_path, 200, "hstu", ratio=1.65)  # newer, but not the main table
+    data = json.loads(silu.read_text())
+    data["header"]["kind"] = "silu"
+    data["rows"] = [{**data["rows"][0], "biases": "on", "path": "ordered", "floor_ratio": 1.64}]
+    silu.write_text(json.dumps(data))
+    text = "\n".join(update_readme.kernel_ops_section(tmp_path))
+    assert "| forward | off | interior | 7.26 | 4.84 | 1.50 | 66 / 66 |" in text and softmax.name in text
+    assert "SiLU (the HSTU block), commit hstu" in text and silu.name in text
+    assert "| forward | on | ordered | interior | 7.99 | 1.65 | 1.64 |" in text
+
+
 def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "No serving benchmark yet" in "\n".join(update_readme.serving_section(tmp_path))
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
