@@ -1,11 +1,13 @@
-"""The probe bank: many probes (baseline and features x seeds) trained by one compiled program.
+"""The probe bank: many probes (baseline and features x seeds) trained by the same compiled programs.
 
 Probe states are stacked along a leading probe axis [K, ...] and run as stacks of c probes with an
-explicit probe axis (batched matmuls, one gather per shared index for all probes of a stack). One
-epoch is one `jax.jit`: a scan over blocks of steps; a block gathers what every probe reads from
-the log once (labels, history mask, every feature's rows), then each stack runs the block's steps
-with its state carried in cache. The loop mode (`parallel=False`) runs the very same code on a
-stack of one probe at a time.
+explicit probe axis (batched matmuls, one gather per shared index for all probes of a stack). An
+epoch runs in blocks of steps: a block gathers what every probe reads from the log once (labels,
+history mask, every feature's rows) on the device that holds the log, then each stack runs the
+block's steps with its state carried in cache (one compiled program for every block). The loop
+mode (`parallel=False`) runs the very same code on a stack of one probe at a time. States that do
+not fit `STATE_BYTES` train in groups; a large catalog's tables learn with row-wise Adagrad
+(`probe.ProbeConfig.table_optimizer`).
 
 Where the speed comes from on a CPU (2 cores, ml-100k, 1024-row batches): a stack of probes'
 [c, 1024, 80] x [c, 80, 128] matmuls run nearer the matmul peak than one probe's; the batch is
@@ -326,12 +328,14 @@ def stack_step(states: dict, batch: dict):
     item_ids, user_ids = batch["unique_items"], batch["unique_users"]
     params = {name: states[name] for name in ("dense", "adam", "consts")}
 
-    def gather(table, ids):  # {value, m, v} [c, rows, d] -> [Q, c, d]; ids are in range
-        return {name: jnp.swapaxes(array.at[:, ids].get(mode="promise_in_bounds"), 0, 1)
+    # ids are in range and sorted: `epoch_batches` pads np.unique's sorted ids with the padding id,
+    # the largest (the tables' last row)
+    def gather(table, ids):  # {value, m, v} or {value, accumulator} [c, rows, ...] -> [Q, c, ...]
+        return {name: jnp.swapaxes(array.at[:, ids].get(mode="promise_in_bounds", indices_are_sorted=True), 0, 1)
                 for name, array in table.items()}
 
     def scatter(table, ids, block):
-        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds")
+        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds", indices_are_sorted=True)
                 for name, array in table.items()}
 
     params, item_block, user_block, losses = probe_lib.update(

@@ -111,6 +111,7 @@ def test_real_data_without_data_dir_names_what_is_missing(tmp_path, capsys):
     (["lis", "--epochs", "-1"], "--epochs"),
     (["lis", "--batch-size", "0"], "--batch-size"),
     (["lis", "--dim", "0"], "--dim"),
+    (["lis", "--table-optimizer", "sgd"], "--table-optimizer"),
 ])
 def test_numeric_options_are_validated(argv, option, capsys):
     code, _, err = run_cli(argv, capsys)

@@ -95,7 +95,8 @@ def test_lis_command_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "lis"
     result = subprocess.run(
         [sys.executable, "-m", "genrank_jax", "lis", "--data", "synthetic:tests", "--seeds", "2", "--epochs", "1",
-         "--horizon", "7d", "--leaks", "next_item,cooccurrence_neighbors", "--out", str(out), "--no-progress"],
+         "--horizon", "7d", "--leaks", "next_item,cooccurrence_neighbors", "--out", str(out), "--no-progress",
+         "--table-optimizer", "rowwise_adagrad"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,6 +109,9 @@ def test_lis_command_writes_table_json_and_plot(tmp_path):
     assert rows["next_item@7d"]["paired_with"] == "placebo[interaction,32]"
     assert rows["cooccurrence_neighbors@7d"]["paired_with"] == "placebo[item,32]"
     assert report["metadata"]["placebo_probes"] == 2 * 2
+    # the flag reaches the probes, and the report records the resolved optimizer and its rate
+    assert report["metadata"]["probe"]["table_optimizer"] == "rowwise_adagrad"
+    assert report["metadata"]["probe"]["table_learning_rate"] == pytest.approx(0.035)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert report["metadata"]["devices"] == min(cores, report["metadata"]["probes"])  # one per core
     assert (out / "lis.md").read_text() in result.stdout
