@@ -290,7 +290,9 @@ def scale_section(results: pathlib.Path) -> list[str]:
     path, header, (row, *_) = run
     start, end = header.get("load_average_start", [None])[0], header.get("load_average_end", [None])[0]
     cores = row.get("cores")
-    busy = cores and max(start or 0, end or 0) > cores
+    # the run alone keeps every core busy (a load of about `cores` at its end); other jobs show as a
+    # load at its start, or beyond the cores at its end
+    busy = cores and ((start or 0) > 1.0 or (end or 0) > cores + 1.0)
     lines = [title, "", f"Machine: {machine(header)}, {cores} cores. Command: `{command_of(header, 'bench_leakage.py')}` "
                         f"(data {header.get('data', '?')}).", "",
              f"{row['exposures']:,} exposures, {row['items']:,} items, {row['users']:,} users; {row['train_rows']:,} "

@@ -158,7 +158,7 @@ def test_serving_section_shows_every_mode_and_the_load_average(tmp_path):
     assert "Load average (1/5/15 min) at the start: 3.2, 2.0, 1.5 (a shared machine)" in text and path.name in text
 
 
-def _scale_file(folder: pathlib.Path, stamp: int, load: float) -> pathlib.Path:
+def _scale_file(folder: pathlib.Path, stamp: int, load: float, end: float | None = None) -> pathlib.Path:
     phase = {"wall_s": 10.0, "cpu_s": 18.0, "peak_rss_gb": 1.5, "load": [load, load, load]}
     row = {"kind": "lis_scale", "exposures": 5_000_000, "items": 1_000_000, "users": 200_000, "train_rows": 4_000_000,
            "eval_rows": 1_000_000, "epochs": 1, "seeds": 8, "probes": 80, "placebo_probes": 24, "probe_groups": 10,
@@ -166,7 +166,7 @@ def _scale_file(folder: pathlib.Path, stamp: int, load: float) -> pathlib.Path:
            "train_rows_per_s_per_probe": 9000.0, "phases": {"simulate": phase, "probes": phase}, "cores": 2,
            "table_markdown": "| feature | kind |\n| --- | --- |\n| baseline | baseline |\n"}
     header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc", "data": "catalog",
-              "load_average_start": [load, 1.0, 1.0], "load_average_end": [load, 1.0, 1.0],
+              "load_average_start": [load, 1.0, 1.0], "load_average_end": [load if end is None else end, 1.0, 1.0],
               "command": "python bench/bench_leakage.py --scale --out auto"}
     path = folder / f"lis_scale_cpu_abc_{stamp}.json"
     path.write_text(json.dumps({"header": header, "rows": [row]}))
@@ -180,6 +180,8 @@ def test_scale_section_reports_time_memory_throughput_and_contention(tmp_path):
     assert "| **total** | 500.0 | 900.0 | 6.50 | 1.0 |" in quiet and "| simulate | 10.0 | 18.0 | 1.50 | 1.0 |" in quiet
     assert "9,000 rows/s per probe" in quiet and "10 group(s)" in quiet and "| baseline | baseline |" in quiet
     assert "other jobs shared the machine" not in quiet and "A reduced run" not in quiet
+    _scale_file(tmp_path, 150, load=0.3, end=2.2)  # idle at the start, its own two cores' load at the end
+    assert "other jobs shared the machine" not in "\n".join(update_readme.scale_section(tmp_path))
     busy = _scale_file(tmp_path, 200, load=12.0)
     text = "\n".join(update_readme.scale_section(tmp_path))
     assert busy.name in text and "other jobs shared the machine (load average 12.0" in text
