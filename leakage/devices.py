@@ -66,17 +66,19 @@ class Layout:
         return len(self.devices) > 1
 
 
-def layout(num_probes: int, strategy: str) -> Layout:
+def layout(num_probes: int, strategy: str, *, one_stack: bool = False) -> Layout:
     """Spread K probes over the default backend's local devices (at most one device per probe, so
     a probe trained alone runs on one device), then cut each device's share into equal stacks:
-    all of it ("vmap"), else ceil(share / limit) stacks of at most `CPU_CHUNK` probes (one device)
-    or `CPU_CHUNK_SPREAD` (several). Equal stacks give one shape, so the step compiles once."""
+    all of it ("vmap", or `one_stack`), else ceil(share / limit) stacks of at most `CPU_CHUNK`
+    probes (one device) or `CPU_CHUNK_SPREAD` (several). Equal stacks give one shape, so the step
+    compiles once. `one_stack` suits states far larger than a cache (a large catalog's tables):
+    small stacks then only cost the copies of each stack in and out of the device's share."""
     if num_probes < 1:
         raise ValueError(f"need at least one probe, got {num_probes}")
     # several processes: every device of every process, so each process holds a slice
     devices = tuple(jax.local_devices()[:num_probes] if jax.process_count() == 1 else jax.devices())
     share = -(-num_probes // len(devices))
-    if strategy == "vmap":
+    if strategy == "vmap" or one_stack:
         chunk = share
     else:
         limit = CPU_CHUNK_SPREAD if len(devices) > 1 else CPU_CHUNK

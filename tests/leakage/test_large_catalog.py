@@ -130,3 +130,20 @@ def test_unique_ids_of_a_step_are_sorted(log):
     batches = bank.epoch_batches(run, 0)
     for name in ("unique_items", "unique_users"):
         assert (np.diff(batches[name], axis=1) >= 0).all()
+
+
+def test_large_states_run_as_one_stack_a_device_and_equal_the_loop(log, monkeypatch):
+    """Probes whose state is far beyond a cache run as one stack a device (no copies of stacks in
+    and out of the device's share); the logits still equal the probe-at-a-time loop's."""
+    from genrank_jax.leakage import devices
+
+    run = _run(log, dataclasses.replace(SMALL, table_optimizer="rowwise_adagrad"))
+    seeds, slots = [0, 0, 1, 1, 2, 2, 3], [0, 1, 2, 0, 1, 2, 0]
+    loop = bank.train_and_predict(run, seeds, slots, parallel=False, strategy="map")
+    monkeypatch.setattr(devices, "CPU_CHUNK", 3)
+    assert bank._layout(run, len(seeds), "map").chunk == 3  # small states: stacks of CPU_CHUNK
+    monkeypatch.setattr(bank, "ONE_STACK_ABOVE_BYTES", 0)
+    lay = bank._layout(run, len(seeds), "map")
+    assert lay.chunk == -(-len(seeds) // len(lay.devices))  # the whole share of each device
+    stacked = bank.train_and_predict(run, seeds, slots, parallel=True, strategy="map")
+    np.testing.assert_allclose(stacked, loop, atol=1e-5, rtol=0)
