@@ -311,8 +311,10 @@ def scale_section(results: pathlib.Path) -> list[str]:
         lines += ["", f"_A reduced run ({row['items']:,} items, not a real catalog's 10^6): the full-size table has "
                       "not been measured on this machine yet (`python bench/bench_leakage.py --scale --out auto`)._"]
     if busy:
-        lines += ["", f"Measured while other jobs shared the machine (load average {start:.1f} at the start, {end:.1f} "
-                      f"at the end, on {cores} cores): the wall times are not this machine's. The CPU time is; on "
+        # a load average lags by about a minute: a start load can be a job that has just ended
+        lines += ["", f"Other jobs may have shared the machine (load average {start:.1f} at the start, {end:.1f} "
+                      f"at the end, on {cores} cores; the 1-minute average lags a job that just ended): the wall "
+                      "times may be inflated. The CPU time is this run's own; on "
                       f"{cores} otherwise idle cores the run would take at least {row['total_cpu_s'] / cores:.0f} s of wall "
                       "time (its CPU time over the cores)."]
     if row.get("table_markdown"):

@@ -179,12 +179,12 @@ def test_scale_section_reports_time_memory_throughput_and_contention(tmp_path):
     quiet = "\n".join(update_readme.scale_section(tmp_path))
     assert "| **total** | 500.0 | 900.0 | 6.50 | 1.0 |" in quiet and "| simulate | 10.0 | 18.0 | 1.50 | 1.0 |" in quiet
     assert "9,000 rows/s per probe" in quiet and "10 group(s)" in quiet and "| baseline | baseline |" in quiet
-    assert "other jobs shared the machine" not in quiet and "A reduced run" not in quiet
+    assert "Other jobs may have shared the machine" not in quiet and "A reduced run" not in quiet
     _scale_file(tmp_path, 150, load=0.3, end=2.2)  # idle at the start, its own two cores' load at the end
-    assert "other jobs shared the machine" not in "\n".join(update_readme.scale_section(tmp_path))
+    assert "Other jobs may have shared the machine" not in "\n".join(update_readme.scale_section(tmp_path))
     busy = _scale_file(tmp_path, 200, load=12.0)
     text = "\n".join(update_readme.scale_section(tmp_path))
-    assert busy.name in text and "other jobs shared the machine (load average 12.0" in text
+    assert busy.name in text and "Other jobs may have shared the machine (load average 12.0" in text
     assert "at least 450 s of wall" in text
     # the probe-bank section does not mistake these files for its own
     assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
