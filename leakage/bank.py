@@ -388,28 +388,10 @@ def _predict_block(states, inputs, *, chunk: int):
     groups = _grouped(states, chunk)
 
     def body(_, chunk_inputs):
-        logits = jax.lax.map(lambda group: _predict_chunk(group, chunk_inputs), groups)  # [G, c, B, T]
+        logits = jax.lax.map(lambda group: probe_lib.predict(group, chunk_inputs), groups)  # [G, c, B, T]
         return None, logits.reshape(-1, *logits.shape[2:])
 
     return jax.lax.scan(body, None, inputs)[1]
-
-
-def _predict_chunk(stack: dict, inputs: dict):
-    """[c, B, T] logits of a stack of probes on one chunk of eval rows (global ids in `inputs`).
-
-    Reads only the chunk's rows of the tables, as training does: `probe.predict`'s whole-table
-    view is a transposed copy of every table (at 10^6 items, 64 MB a probe, made for each stack).
-    """
-    batch, length = inputs["local_history"].shape
-    items = jnp.concatenate([inputs["local_item"], inputs["local_history"].reshape(-1)])
-
-    def rows(table, ids):  # value [c, rows, d] -> [Q, c, d]
-        return jnp.swapaxes(table["value"].at[:, ids].get(mode="promise_in_bounds"), 0, 1)
-
-    local = {**inputs, "local_item": jnp.arange(batch), "local_user": jnp.arange(batch),
-             "local_history": batch + jnp.arange(batch * length).reshape(batch, length)}
-    return probe_lib.forward(stack["dense"], stack["consts"], rows(stack["tables"]["item"], items),
-                             rows(stack["tables"]["user"], inputs["local_user"]), local)
 
 
 def _blocks(total: int, size: int) -> list[slice]:
