@@ -145,6 +145,21 @@ def _dv_and_dp(p_t, v_smem, do_smem, dv):
     return pl.run_state(both)((plgpu.ACC.init(dv), plgpu.ACC.init(_acc(p_t.shape))))
 
 
+def _kv_issue(sample, kv_refs, kv_smem, kv_ready, k_meta, block_kv, n_first, second_start):
+    """`issue(step, slot)` for `_producer` in the kernels that stream key tiles (forward, dq): the
+    K and V tiles of kv step `step` and the keys' position / time rows into ring slot `slot`."""
+    (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready) = kv_refs, kv_smem, kv_ready
+    k_sources, kpos_smem, ktime_smem, kmeta_ready = k_meta
+
+    def issue(step, slot):
+        k_start = tiles.kv_block(step, n_first, second_start) * block_kv
+        rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
+        plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
+        _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem, kmeta_ready, slot)
+        plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
+    return issue
+
+
 def _producer(n_steps, stages: int, consumed, issue):
     """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
     plgpu.set_max_registers(40, action="decrease")
@@ -394,14 +409,9 @@ def forward(static, q, k, v, meta):
 
             @pl.when(wg == wgs)
             def _memory():
-                def issue(step, slot):
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-                    plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-                    _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem,
-                               kmeta_ready, slot)
-                    plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
-                _producer(n_steps, stages, consumed, issue)
+                _producer(n_steps, stages, consumed, _kv_issue(
+                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
+                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
 
         sample.run(body)
 
@@ -530,14 +540,9 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
 
             @pl.when(wg == wgs)
             def _memory():
-                def issue(step, slot):
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-                    plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-                    _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem,
-                               kmeta_ready, slot)
-                    plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
-                _producer(n_steps, stages, consumed, issue)
+                _producer(n_steps, stages, consumed, _kv_issue(
+                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
+                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
 
         sample.run(body)
 
