@@ -28,8 +28,10 @@ def add_data_quality_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m, kuairand:pure|1k|27k")
+                        help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m, kuairand:pure|1k|27k, "
+                             "or log:PATH (your own Parquet/CSV log, with --schema)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")
     add_data_quality_arguments(parser)
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
     parser.add_argument("--architecture", default="genrank", choices=["genrank", "din", "logistic"])
@@ -156,7 +158,7 @@ def run_train(args) -> int:
     from genrank_jax.data.sources import data_report, load_dataset
     from genrank_jax.training import TrainConfig, Trainer, check_output_folder, oracle_metrics
 
-    dataset = load_dataset(args.data, data_dir=args.data_dir, split=args.split, seed=args.seed,
+    dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
                            skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
     for line in data_report(dataset):
         print(line)
@@ -232,13 +234,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args) -> int:
-    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model
+    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model, load_checkpoint_vocabulary
 
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
     model, step = load_checkpoint_model(args.checkpoint, args.step)
-    out = export_scorer(model, args.out, platforms=platforms)
+    vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
+    out = export_scorer(model, args.out, platforms=platforms, vocabulary=vocabulary)
     print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
-          f"score.jaxexport, params.npz, manifest.json")
+          f"score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)" if vocabulary else ""))
     return 0
 
 

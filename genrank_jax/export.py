@@ -6,6 +6,9 @@
   score.jaxexport    score(params, cache, candidates) -> [b, m, A] logits, symbolic b, n, m
   params.npz         the parameters, as the flat list both functions take first (arr_0, arr_1, ...)
   manifest.json      the input/output names in order, the platforms, the model config
+  vocabulary.npz     (a model trained on a user's own log) raw id -> dense id, as in training;
+                     the manifest names it with its SHA-256; `load_vocabulary(out)` reads and
+                     checks it, and `vocabulary.items.lookup(raw_ids)` maps a request's raw ids
 
 Inputs and outputs are plain dicts of arrays (the field names of `serving.History`,
 `serving.Candidates` and `serving.HistoryCache`, with the per-block keys/values as `keys_<i>`,
@@ -36,6 +39,7 @@ from genrank_jax import serving
 from genrank_jax.errors import GenrankError
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+VOCABULARY_FILE = "vocabulary.npz"  # the name training uses beside checkpoints too
 HISTORY_FIELDS = [f.name for f in dataclasses.fields(serving.History)]
 CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(serving.Candidates)]
 
@@ -88,8 +92,9 @@ def check_platforms(platforms) -> tuple[str, ...]:
     return platforms
 
 
-def export_scorer(model, out, *, platforms=("cpu",)) -> pathlib.Path:
-    """Write encode/score artifacts, parameters and manifest of `model` into folder `out`."""
+def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None) -> pathlib.Path:
+    """Write encode/score artifacts, parameters and manifest of `model` into folder `out`
+    (and `vocabulary`, the Vocabulary of a model trained on a user's own log)."""
     platforms = check_platforms(platforms)
     config = model.config
     if config.architecture != "genrank":
@@ -130,8 +135,50 @@ def export_scorer(model, out, *, platforms=("cpu",)) -> pathlib.Path:
         symbolic_dims=dict(b="users", n="history tokens (= cache capacity)", m="candidate slots"),
         actions=list(config.features.action_names), config=json.loads(config.to_json()),
         model_tag=tag.tolist())
+    if vocabulary is not None:
+        vocabulary.save(out / VOCABULARY_FILE)
+        manifest["vocabulary"] = dict(file=VOCABULARY_FILE, sha256=vocabulary.digest(),
+                                      apply="genrank_jax.export.load_vocabulary(folder).items.lookup(raw_item_ids); "
+                                            ".users.lookup(raw_user_ids)")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def _verified_vocabulary(path: pathlib.Path, digest: str, owner: str):
+    from genrank_jax.data.own_log.vocabulary import Vocabulary
+
+    if not path.is_file():
+        raise GenrankError(f"{path} is missing: {owner} was trained on a user's own log and needs its vocabulary")
+    vocabulary = Vocabulary.load(path)
+    if vocabulary.digest() != digest:
+        raise GenrankError(f"{path} is not the vocabulary {owner} was trained with (SHA-256 differs): "
+                           "ids would map to other rows")
+    return vocabulary
+
+
+def load_vocabulary(folder):
+    """The raw-id Vocabulary of an export folder (checked against its manifest); None if it has none."""
+    folder = pathlib.Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest.get("vocabulary")
+    return None if entry is None else _verified_vocabulary(folder / entry["file"], entry["sha256"], f"the export {folder}")
+
+
+def load_checkpoint_vocabulary(directory, step: int | None = None):
+    """The Vocabulary saved beside a run's checkpoints (checked against the step's record); None
+    for a run on another source."""
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    manager = ocp.CheckpointManager(directory)
+    try:
+        step = manager.latest_step() if step is None else step
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    finally:
+        manager.close()
+    digest = meta.get("settings", {}).get("data", {}).get("vocabulary")
+    return None if digest is None else _verified_vocabulary(directory / VOCABULARY_FILE, digest,
+                                                            f"the checkpoint at step {step} in {directory}")
 
 
 def load_checkpoint_model(directory, step: int | None = None):
@@ -184,4 +231,4 @@ def load_checkpoint_model(directory, step: int | None = None):
     return model, step
 
 
-__all__ = ["export_scorer", "load_checkpoint_model", "cache_to_dict", "cache_from_dict", "PLATFORMS"]
+__all__ = ["export_scorer", "load_checkpoint_model", "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS"]

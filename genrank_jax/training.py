@@ -102,9 +102,14 @@ def run_settings(train: TrainConfig, dataset: RankingDataset, train_requests: np
                   dataset.interactions.actions, train_requests):
         fingerprint.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
     settings = {k: v for k, v in dataclasses.asdict(train).items() if k not in TrainConfig.RESUME_FREE_FIELDS}
-    return {"train": settings, "data": {"name": dataset.name, "exposures": int(dataset.interactions.num_exposures),
-                                        "train_requests": int(len(train_requests)),
-                                        "fingerprint": fingerprint.hexdigest()[:16]}}
+    data = {"name": dataset.name, "exposures": int(dataset.interactions.num_exposures),
+            "train_requests": int(len(train_requests)), "fingerprint": fingerprint.hexdigest()[:16]}
+    if dataset.vocabulary is not None:  # the raw-id mapping the checkpoint's tables are indexed by
+        data["vocabulary"] = dataset.vocabulary.digest()
+    return {"train": settings, "data": data}
+
+
+VOCABULARY_FILE = "vocabulary.npz"  # beside the checkpoints; genrank_jax.export reads it by this name
 
 
 VALIDATION_METRIC = "validation_auc"
@@ -308,6 +313,10 @@ class Trainer:
                 hint="continue that run with Trainer.resume() or replace it with Trainer.overwrite_checkpoints()",
                 cli_hint="continue that run with --resume, replace it with --overwrite, or choose another --out")
         self._owns_checkpoints = True
+        if self.dataset.vocabulary is not None and jax.process_index() == 0:
+            # beside every step: their settings record its digest, which export checks
+            self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
+            self.dataset.vocabulary.save(self.checkpoints.directory / VOCABULARY_FILE)
 
     def last_good_checkpoint(self) -> int | None:
         """The newest saved step that verifies (checksums and finite values), or None."""

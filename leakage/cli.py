@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic:tests",
                         help="dataset source for genrank_jax.data.sources.load_dataset (default synthetic:tests)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
+    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip (and count) malformed rows of the raw files instead of stopping at the first")
     parser.add_argument("--drop-duplicates", action="store_true",
@@ -92,7 +93,7 @@ def run(args) -> int:
         raise ValueError(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}")
     if not args.sequential:
         use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
-    dataset = load_dataset(args.data, data_dir=args.data_dir, skip_bad_rows=args.skip_bad_rows,
+    dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
                            drop_duplicates=args.drop_duplicates)
     for line in data_report(dataset):
         print(line)

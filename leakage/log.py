@@ -87,7 +87,9 @@ class InteractionLog:
         request = np.repeat(np.arange(log.num_requests), np.diff(log.request_starts))
         return cls(user=log.user_ids, item=log.item_ids, timestamp=log.timestamps,
                    labels=log.actions[:, columns], request=request, num_items=dataset.spec.num_items,
-                   num_users=dataset.spec.num_users, task_names=tuple(names[c] for c in columns))
+                   # a user's own log: one probe row per timeline (its OOV users are distinct people)
+                   num_users=dataset.spec.num_users if log.user_rows is None else len(log.user_rows),
+                   task_names=tuple(names[c] for c in columns))
 
     @property
     def num_rows(self) -> int:

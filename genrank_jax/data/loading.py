@@ -77,11 +77,13 @@ def _without_tfds_progress_bars():
 
 
 def request_starts(user_ids: np.ndarray, timestamps: np.ndarray, *, gap_seconds: float,
-                   max_size: int | None = None, cutoff: float | None = None) -> np.ndarray:
+                   max_size: int | None = None, cutoff: float | None = None,
+                   breaks: np.ndarray | None = None) -> np.ndarray:
     """[R + 1] row offsets of requests over exposures sorted by (user, time).
 
     A request starts at a user's first exposure, after a gap > gap_seconds, when time crosses
-    `cutoff`, and every `max_size` exposures of one such run.
+    `cutoff`, where `breaks` ([E] bool, e.g. a change of the log's request id) is True, and
+    every `max_size` exposures of one such run.
     """
     rows = len(user_ids)
     new = np.ones(rows, bool)
@@ -90,6 +92,8 @@ def request_starts(user_ids: np.ndarray, timestamps: np.ndarray, *, gap_seconds:
         new[1:] = (user_ids[1:] != user_ids[:-1]) | (gap > gap_seconds)
         if cutoff is not None:
             new[1:] |= (timestamps[:-1] < cutoff) & (timestamps[1:] >= cutoff)
+        if breaks is not None:
+            new |= breaks
     if max_size is not None and rows:
         run_start = np.maximum.accumulate(np.where(new, np.arange(rows), 0))
         new |= (np.arange(rows) - run_start) % max_size == 0

@@ -156,7 +156,7 @@ class SampleBuilder:
                                    (lengths - num_candidates)[:, None] + slot_of_candidate,
                                    seq_len).astype(np.int32)
         user_ids = np.zeros(batch_size, np.int32)
-        user_ids[:len(requests)] = log.request_users()[requests]
+        user_ids[:len(requests)] = log.model_users(log.request_users()[requests])
         assert side.shape[-1] == num_side and labels.shape[-1] == num_actions
         return TokenBatch(
             user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,

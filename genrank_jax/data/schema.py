@@ -60,6 +60,9 @@ class Interactions:
     user_ids, item_ids: [E] int32; timestamps: [E] float64 Unix-like seconds; actions: [E, A] uint8
     (1 = that action was taken on the exposure); request_starts: [R + 1] int64 row offsets: request r
     is rows request_starts[r]:request_starts[r + 1], all of one user at one timestamp-ordered slot.
+    user_rows: optional [U] int32, the model's user id (embedding row) of each user of `user_ids`:
+    a user's own log keeps every user's timeline apart while users outside the vocabulary share
+    OOV rows (genrank_jax/data/own_log). None: `user_ids` are the model's user ids.
     extras: optional per-exposure columns, each [E] (e.g. KuaiRand's `is_rand` for unbiased
     evaluation, MovieLens' `rating`); models ignore them.
     """
@@ -70,6 +73,7 @@ class Interactions:
     actions: np.ndarray
     request_starts: np.ndarray
     extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    user_rows: np.ndarray | None = None
 
     @property
     def num_exposures(self) -> int:
@@ -82,6 +86,10 @@ class Interactions:
     def request_users(self) -> np.ndarray:
         """[R] user of each request."""
         return self.user_ids[self.request_starts[:-1]]
+
+    def model_users(self, users: np.ndarray) -> np.ndarray:
+        """The model's user ids (embedding rows) of timeline users `users`."""
+        return users if self.user_rows is None else self.user_rows[users]
 
     def request_times(self) -> np.ndarray:
         """[R] timestamp of each request (its first exposure)."""
@@ -99,6 +107,8 @@ class RankingDataset:
     user_features: optional categorical user features, each [U] int32 (real datasets that have them);
     the model contract needs only item side features.
     info: provenance (source, split cutoff, skipped bad rows, ...); free-form, JSON-like.
+    vocabulary: raw id -> dense id of a user's own log (genrank_jax.data.own_log.Vocabulary); saved
+    with checkpoints and exports so serving maps raw ids as training did. None for other sources.
     """
 
     name: str
@@ -110,6 +120,7 @@ class RankingDataset:
     oracle_probabilities: np.ndarray | None = None
     user_features: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    vocabulary: Any = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistency between the parts."""
@@ -123,9 +134,13 @@ class RankingDataset:
         if rows and (log.item_ids.min() < 0 or log.item_ids.max() >= spec.num_items):
             raise ValueError(f"item id outside the vocabulary [0, {spec.num_items}): "
                              f"min {log.item_ids.min()}, max {log.item_ids.max()}")
-        if rows and (log.user_ids.min() < 0 or log.user_ids.max() >= spec.num_users):
-            raise ValueError(f"user id outside the vocabulary [0, {spec.num_users}): "
+        users = spec.num_users if log.user_rows is None else len(log.user_rows)
+        if rows and (log.user_ids.min() < 0 or log.user_ids.max() >= users):
+            raise ValueError(f"user id outside the vocabulary [0, {users}): "
                              f"min {log.user_ids.min()}, max {log.user_ids.max()}")
+        if log.user_rows is not None and len(log.user_rows) and (
+                log.user_rows.min() < 0 or log.user_rows.max() >= spec.num_users):
+            raise ValueError(f"interactions.user_rows outside the user vocabulary [0, {spec.num_users})")
         for name, column in log.extras.items():
             if column.shape[:1] != (rows,):
                 raise ValueError(f"interactions.extras[{name!r}] must have {rows} rows, got shape {column.shape}")

@@ -2,7 +2,8 @@
 
 Sources: "synthetic" (= "synthetic:default"), "synthetic:tests", "synthetic:benchmark" (the
 simulator, genrank_jax.data.synthetic), "movielens:100k|1m|20m|32m" and "kuairand:pure|1k|27k"
-(TFDS builders over files the user downloaded; nothing is fetched).
+(TFDS builders over files the user downloaded; nothing is fetched), and "log:PATH", a user's own
+Parquet/CSV log described by a schema file (genrank_jax/data/own_log).
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ class SourceError(GenrankError, ValueError):
 
 
 def check_source(source: str) -> None:
-    """SourceError listing the known sources unless `source` is one of them."""
+    """SourceError listing the known sources unless `source` is one of them (or log:PATH)."""
+    if source.startswith("log:"):
+        if not source[4:]:
+            raise SourceError("log: needs the log's path, e.g. log:exposures.parquet (a file or a folder)")
+        return
     if source not in KNOWN_SOURCES:
-        raise SourceError(f"unknown source {source!r}; known sources: {', '.join(KNOWN_SOURCES)}")
+        raise SourceError(f"unknown source {source!r}; known sources: {', '.join(KNOWN_SOURCES)}, log:PATH")
 
 
 def _builder_class(name: str):
@@ -48,7 +53,7 @@ def _builder_class(name: str):
 
 def load_dataset(source: str, *, data_dir: str | os.PathLike | None = None, split: str = "temporal",
                  seed: int = 0, skip_bad_rows: bool = False, drop_duplicates: bool = False,
-                 **options) -> RankingDataset:
+                 schema: str | os.PathLike | None = None, **options) -> RankingDataset:
     """Load `source` as a validated RankingDataset.
 
     data_dir: the folder holding the raw files (TFDS's manual_dir); required for real sources.
@@ -57,12 +62,19 @@ def load_dataset(source: str, *, data_dir: str | os.PathLike | None = None, spli
     skip_bad_rows: skip malformed rows (counted in `dataset.info["bad_rows"]`) instead of raising.
     drop_duplicates: drop exact duplicate rows of the raw log; kept by default. Either way they are
       counted in `dataset.info["duplicate_rows"]` (and logged); `data_report` says both.
+    schema: the schema file (or a LogSchema) of a "log:PATH" source; required for it, refused otherwise.
     options: for the simulator, SimulatorConfig field overrides; for real sources, `tfds_dir`
       (prepared-data cache, default $GENRANK_TFDS_DIR or ~/.cache/genrank_jax/tfds) and the
       `load_prepared` options (cutoff, train_fraction, request_gap_seconds, max_request_size).
     """
     check_source(source)
     name, _, config = source.partition(":")
+    if name == "log":
+        from genrank_jax.data.own_log import load_log
+        return load_log(config, schema, split=split, skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates,
+                        **options)
+    if schema is not None:
+        raise SourceError(f"a schema file describes a log:PATH source, not {source}")
     if name == "synthetic":
         from genrank_jax.data.synthetic import SimulatorConfig, simulate
         return simulate(SimulatorConfig.preset(config or "default", seed=seed, **options)).dataset

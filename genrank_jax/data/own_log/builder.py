@@ -1,0 +1,128 @@
+"""The TFDS builder of a user's own log: the shared log builder's records, keyed by raw-id keys.
+
+One record per user, like MovieLens and KuaiRand, with one difference: ids stay int64 *keys*
+(vocabulary.py), not dense ids. The dense ids depend on the train split, which is chosen at load
+time (changing the cutoff never prepares again), and keys need no global pass over the log, so
+the same per-user function runs on one machine (`_generate_examples` below, reading record
+batches with bounded Python work) and as an Apache Beam pipeline (`beam_pipeline.py`, through
+TFDS's own Beam support) for logs past one machine.
+
+Within a user, rows are ordered by every column (time, item, request, actions, features), so the
+record does not depend on the order rows arrive in, and exact duplicates are adjacent: they are
+counted, and dropped with `drop_duplicates`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from genrank_jax.data.builders.log_builder import LogBuilder
+from genrank_jax.data.builders.rows import BadRows
+from genrank_jax.data.own_log.reader import Chunk, log_files, read_chunks
+from genrank_jax.data.own_log.schema import LogSchema
+from genrank_jax.data.own_log.vocabulary import MISSING_KEY
+
+log = logging.getLogger(__name__)
+
+
+def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, int]:
+    """(record, duplicate rows) of one user's rows, in any order (see the module docstring)."""
+    keys = [*chunk.item_side.T[::-1], *chunk.actions.T[::-1]]
+    if chunk.request is not None:
+        keys.append(chunk.request)
+    order = np.lexsort([*keys, chunk.item, chunk.time_ms])
+    rows = chunk.take(order)
+    columns = [rows.time_ms, rows.item, rows.actions, rows.item_side] + ([rows.request] if rows.request is not None else [])
+    same = np.ones(len(order) - 1, bool)
+    for column in columns:
+        flat = column.reshape(len(order), -1)
+        same &= (flat[1:] == flat[:-1]).all(1)
+    duplicates = int(same.sum())
+    if drop_duplicates and duplicates:
+        rows = rows.take(np.flatnonzero(np.append(True, ~same)))
+    # a user feature read from the log: the latest non-null value (attributes change over time)
+    user_features = np.full(rows.user_side.shape[1], MISSING_KEY, np.int64)
+    for g in range(rows.user_side.shape[1]):
+        present = np.flatnonzero(rows.user_side[:, g] != MISSING_KEY)
+        if len(present):
+            user_features[g] = rows.user_side[present[-1], g]
+    record = {
+        "user": int(user), "item_ids": rows.item, "timestamp_ms": rows.time_ms, "actions": rows.actions,
+        "item_side": rows.item_side, "user_features": user_features,
+        "extras": {"request": rows.request} if rows.request is not None else {},
+    }
+    return record, duplicates
+
+
+def concatenate(chunks: list[Chunk]) -> Chunk:
+    first = chunks[0]
+    return Chunk(**{name: None if getattr(first, name) is None else np.concatenate([getattr(c, name) for c in chunks])
+                    for name in ("user", "item", "time_ms", "actions", "request", "item_side", "user_side")})
+
+
+class GenrankOwnLog(LogBuilder, skip_registration=True):
+    """A user's exposure log described by a schema file (see genrank_jax/data/own_log/)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    DEFAULT_REQUEST_GAP_SECONDS = 1800.0
+
+    def __init__(self, *, schema: LogSchema, log_path: str | pathlib.Path, beam: bool = False, **kwargs):
+        self.schema = schema
+        self._beam = beam
+        self.log_path = pathlib.Path(log_path).expanduser()
+        super().__init__(manual_dir=self.log_path if self.log_path.is_dir() else self.log_path.parent, **kwargs)
+
+    @classmethod
+    def input_files(cls, config_name: str, manual_dir: pathlib.Path) -> list[pathlib.Path]:
+        return log_files(manual_dir)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        schema = self.schema
+        per_exposure = lambda dtype, *rest: tfds.features.Tensor(shape=(None, *rest), dtype=dtype)
+        extras = {"request": per_exposure(np.int64)} if schema.request else {}
+        features = tfds.features.FeaturesDict({
+            "user": np.int64,
+            "item_ids": per_exposure(np.int64),
+            "timestamp_ms": per_exposure(np.int64),
+            "actions": per_exposure(np.uint8, len(schema.actions)),
+            "item_side": per_exposure(np.int64, len(schema.log_item_features)),
+            "user_features": tfds.features.Tensor(shape=(len(schema.log_user_features),), dtype=np.int64),
+            "extras": tfds.features.FeaturesDict(extras),
+        })
+        return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features,
+                                     metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+        if self._beam:  # TFDS runs a returned PTransform in its Beam pipeline (DownloadConfig.beam_runner)
+            from genrank_jax.data.own_log.beam_pipeline import ReadLogRecords
+
+            return {"train": ReadLogRecords(log_files(self.log_path), self.schema, skip_bad_rows=self._skip_bad_rows,
+                                            drop_duplicates=self._drop_duplicates)}
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        bad = BadRows(skip=self._skip_bad_rows)
+        chunks = list(read_chunks(log_files(self.log_path), self.schema, bad))
+        bad.summarize()
+        rows = concatenate(chunks)
+        del chunks
+        order = np.argsort(rows.user, kind="stable")
+        users = rows.user[order]
+        bounds = np.flatnonzero(np.diff(users)) + 1
+        duplicates = 0
+        for part in np.split(order, bounds):
+            record, found = user_record(rows.user[part[0]], rows.take(part), self._drop_duplicates)
+            duplicates += found
+            yield record["user"], record
+        if duplicates:
+            log.warning("%d exact duplicate rows in the log %s: %s", duplicates, self.log_path,
+                        "dropped" if self._drop_duplicates else "kept")
+        self.info.metadata.update({
+            "format": "own log", "num_rows": int(len(rows)), "num_users": int(len(bounds) + 1),
+            "bad_rows": dict(bad.counts), "duplicate_rows": duplicates, "drop_duplicates": bool(self._drop_duplicates),
+            "schema": self.schema.describe(),
+        })
