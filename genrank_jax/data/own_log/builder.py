@@ -52,9 +52,10 @@ def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, i
             user_features[g] = rows.user_side[present[-1], g]
     record = {
         "user": int(user), "item_ids": rows.item, "timestamp_ms": rows.time_ms, "actions": rows.actions,
-        "item_side": rows.item_side, "user_features": user_features,
-        "extras": {"request": rows.request} if rows.request is not None else {},
+        "user_features": user_features, "extras": {"request": rows.request} if rows.request is not None else {},
     }
+    if rows.item_side.shape[1]:
+        record["item_side"] = rows.item_side
     return record, duplicates
 
 
@@ -84,15 +85,17 @@ class GenrankOwnLog(LogBuilder, skip_registration=True):
         schema = self.schema
         per_exposure = lambda dtype, *rest: tfds.features.Tensor(shape=(None, *rest), dtype=dtype)
         extras = {"request": per_exposure(np.int64)} if schema.request else {}
-        features = tfds.features.FeaturesDict({
+        features = {
             "user": np.int64,
             "item_ids": per_exposure(np.int64),
             "timestamp_ms": per_exposure(np.int64),
             "actions": per_exposure(np.uint8, len(schema.actions)),
-            "item_side": per_exposure(np.int64, len(schema.log_item_features)),
             "user_features": tfds.features.Tensor(shape=(len(schema.log_user_features),), dtype=np.int64),
             "extras": tfds.features.FeaturesDict(extras),
-        })
+        }
+        if schema.log_item_features:  # TFDS cannot parse a ragged [None, 0] tensor back
+            features["item_side"] = per_exposure(np.int64, len(schema.log_item_features))
+        features = tfds.features.FeaturesDict(features)
         return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features,
                                      metadata=tfds.core.MetadataDict())
 

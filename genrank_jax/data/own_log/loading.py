@@ -94,7 +94,8 @@ def read_records(builder: GenrankOwnLog) -> dict:
         "item_keys": cat(lambda r: r["item_ids"], np.int64),
         "timestamps": cat(lambda r: r["timestamp_ms"], np.int64).astype(np.float64) / 1000.0,
         "actions": cat(lambda r: r["actions"], np.uint8, len(schema.actions)).reshape(-1, len(schema.actions)),
-        "item_side": cat(lambda r: r["item_side"], np.int64).reshape(-1, len(schema.log_item_features)),
+        "item_side": cat(lambda r: r["item_side"], np.int64).reshape(-1, len(schema.log_item_features))
+        if schema.log_item_features else np.zeros((int(lengths.sum()), 0), np.int64),
         "user_side": np.array([np.asarray(r["user_features"], np.int64) for r in records], np.int64)
         .reshape(len(records), len(schema.log_user_features)),
         "request": cat(lambda r: r["extras"]["request"], np.int64) if schema.request else None,
