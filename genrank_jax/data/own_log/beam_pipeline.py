@@ -46,7 +46,7 @@ def user_parts(path: str, schema: LogSchema, skip_bad_rows: bool):
 
 def user_example(element, drop_duplicates: bool):
     user, parts = element
-    record, duplicates = user_record(user, concatenate(list(parts)), drop_duplicates)
+    record, duplicates = user_record(user, concatenate(parts), drop_duplicates)
     beam.metrics.Metrics.counter(METRICS, "duplicate_rows").inc(duplicates)
     return user, record
 

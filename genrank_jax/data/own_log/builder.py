@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder
 from genrank_jax.data.builders.rows import BadRows
-from genrank_jax.data.own_log.reader import Chunk, log_files, read_chunks
+from genrank_jax.data.own_log.reader import Chunk, file_format, log_files, read_chunks
 from genrank_jax.data.own_log.schema import LogSchema
 from genrank_jax.data.own_log.vocabulary import MISSING_KEY
 
@@ -59,10 +59,37 @@ def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, i
     return record, duplicates
 
 
-def concatenate(chunks: list[Chunk]) -> Chunk:
-    first = chunks[0]
-    return Chunk(**{name: None if getattr(first, name) is None else np.concatenate([getattr(c, name) for c in chunks])
-                    for name in ("user", "item", "time_ms", "actions", "request", "item_side", "user_side")})
+def concatenate(chunks, total: int | None = None) -> Chunk:
+    """One Chunk of `chunks` (an iterable). With `total` (an upper bound on the rows, e.g. a
+    Parquet footer's count), rows are copied into arrays allocated once, so the log is held once,
+    not twice, while it is joined: at 10^8 rows that is the difference between 2.6 and 5.2 GB."""
+    if total is None:
+        chunks = list(chunks)
+        first = chunks[0]
+        return Chunk(**{name: None if getattr(first, name) is None else np.concatenate([getattr(c, name) for c in chunks])
+                        for name in _CHUNK_FIELDS})
+    out, filled = None, 0
+    for chunk in chunks:
+        if out is None:
+            out = {name: None if getattr(chunk, name) is None else
+                   np.empty((total, *getattr(chunk, name).shape[1:]), getattr(chunk, name).dtype) for name in _CHUNK_FIELDS}
+        for name, array in out.items():
+            if array is not None:
+                array[filled:filled + len(chunk)] = getattr(chunk, name)
+        filled += len(chunk)
+    return Chunk(**{name: None if array is None else array[:filled] for name, array in out.items()})
+
+
+_CHUNK_FIELDS = ("user", "item", "time_ms", "actions", "request", "item_side", "user_side")
+
+
+def parquet_rows(files: list[pathlib.Path]) -> int | None:
+    """Rows of a Parquet log from the files' footers (None for CSV: unknown until read)."""
+    import pyarrow.parquet as pq
+
+    if any(file_format(f) != "parquet" for f in files):
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 class GenrankOwnLog(LogBuilder, skip_registration=True):
@@ -109,13 +136,11 @@ class GenrankOwnLog(LogBuilder, skip_registration=True):
 
     def _generate_examples(self):
         bad = BadRows(skip=self._skip_bad_rows)
-        chunks = list(read_chunks(log_files(self.log_path), self.schema, bad))
+        files = log_files(self.log_path)
+        rows = concatenate(read_chunks(files, self.schema, bad), total=parquet_rows(files))
         bad.summarize()
-        rows = concatenate(chunks)
-        del chunks
         order = np.argsort(rows.user, kind="stable")
-        users = rows.user[order]
-        bounds = np.flatnonzero(np.diff(users)) + 1
+        bounds = np.flatnonzero(rows.user[order[1:]] != rows.user[order[:-1]]) + 1
         duplicates = 0
         for part in np.split(order, bounds):
             record, found = user_record(rows.user[part[0]], rows.take(part), self._drop_duplicates)

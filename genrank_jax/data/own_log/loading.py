@@ -76,29 +76,57 @@ def prepare_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike, 
     return builder
 
 
-def read_records(builder: GenrankOwnLog) -> dict:
-    """Every record, sorted by user key, as concatenated arrays (rows in the builder's order)."""
+def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
+    """Every record as concatenated arrays, users in key order (rows of a user in record order).
+
+    Records are decoded a batch at a time into arrays allocated once (the row count is in the
+    metadata of a single-process build; a Beam build's is summed as records arrive), so the
+    per-record Python objects of a 10^6-user log are never all alive at once."""
     source = builder.as_data_source(split="train")
-    records = source.__getitems__(list(range(len(source)))) if len(source) else []
-    records.sort(key=lambda r: int(r["user"]))
-    lengths = np.array([len(r["item_ids"]) for r in records], np.int64)
     schema = builder.schema
-
-    def cat(get, dtype, width=None):
-        parts = [np.asarray(get(r), dtype) for r in records]
-        return np.concatenate(parts) if parts else np.zeros((0,) if width is None else (0, width), dtype)
-
+    widths = {"item_keys": (), "time_ms": (), "actions": (len(schema.actions),),
+              "item_side": (len(schema.log_item_features),), "request": ()}
+    dtypes = {"actions": np.uint8}
+    fields = {"item_keys": "item_ids", "time_ms": "timestamp_ms", "actions": "actions", "item_side": "item_side"}
+    wanted = [name for name in widths if (name != "item_side" or schema.log_item_features)
+              and (name != "request" or schema.request)]
+    total = builder.info.metadata.get("num_rows")
+    parts: dict[str, list] = {name: [] for name in wanted}
+    out = None if total is None else {name: np.empty((total, *widths[name]), dtypes.get(name, np.int64)) for name in wanted}
+    user_keys, lengths, user_side, filled = [], [], [], 0
+    for first in range(0, len(source), batch_records):
+        records = source.__getitems__(list(range(first, min(len(source), first + batch_records))))
+        for record in records:
+            user_keys.append(int(record["user"]))
+            lengths.append(len(record["item_ids"]))
+            user_side.append(np.asarray(record["user_features"], np.int64))
+        for name in wanted:
+            get = (lambda r: r["extras"]["request"]) if name == "request" else (lambda r, key=fields[name]: r[key])
+            block = np.concatenate([np.asarray(get(r)).reshape(-1, *widths[name]) for r in records])
+            if out is None:
+                parts[name].append(block)
+            else:
+                out[name][filled:filled + len(block)] = block
+        filled += sum(lengths[-len(records):])
+    arrays = ({name: (np.concatenate(p) if p else np.zeros((0, *widths[name]), dtypes.get(name, np.int64)))
+               for name, p in parts.items()} if out is None else {name: a[:filled] for name, a in out.items()})
+    # users in key order: deterministic whatever order the record files hold them in
+    user_keys, lengths = np.asarray(user_keys, np.int64), np.asarray(lengths, np.int64)
+    by_key = np.argsort(user_keys, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rows = np.concatenate([np.arange(offsets[u], offsets[u + 1]) for u in by_key]) if len(by_key) else np.zeros(0, np.int64)
+    for name in wanted:  # one array at a time: the gather copies one column, not the log
+        arrays[name] = arrays[name][rows]
+    del rows
     return {
-        "user_keys": np.array([int(r["user"]) for r in records], np.int64),
-        "lengths": lengths,
-        "item_keys": cat(lambda r: r["item_ids"], np.int64),
-        "timestamps": cat(lambda r: r["timestamp_ms"], np.int64).astype(np.float64) / 1000.0,
-        "actions": cat(lambda r: r["actions"], np.uint8, len(schema.actions)).reshape(-1, len(schema.actions)),
-        "item_side": cat(lambda r: r["item_side"], np.int64).reshape(-1, len(schema.log_item_features))
-        if schema.log_item_features else np.zeros((int(lengths.sum()), 0), np.int64),
-        "user_side": np.array([np.asarray(r["user_features"], np.int64) for r in records], np.int64)
-        .reshape(len(records), len(schema.log_user_features)),
-        "request": cat(lambda r: r["extras"]["request"], np.int64) if schema.request else None,
+        "user_keys": user_keys[by_key], "lengths": lengths[by_key],
+        "item_keys": arrays["item_keys"],
+        "timestamps": arrays.pop("time_ms").astype(np.float64) / 1000.0,
+        "actions": arrays["actions"],
+        "item_side": arrays["item_side"] if schema.log_item_features else np.zeros((filled, 0), np.int64),
+        "user_side": (np.stack(user_side)[by_key] if user_side else np.zeros((0, 0), np.int64))
+        .reshape(len(by_key), len(schema.log_user_features)),
+        "request": arrays.get("request"),
     }
 
 
