@@ -188,3 +188,34 @@ def test_beam_direct_runner_equals_single_process(tmp_path):
     for key, value in single.items():
         if value is not None:
             np.testing.assert_array_equal(beam[key], value, err_msg=key)
+
+
+def test_second_load_maps_the_saved_arrays(tmp_path, monkeypatch):
+    from genrank_jax.data.own_log import loading
+
+    log, schema = files.write(tmp_path)
+    first = load(log, schema, tmp_path)
+    built = []
+    monkeypatch.setattr(loading, "_build_dataset", lambda *a, **k: built.append(1))
+    second = load(log, schema, tmp_path)
+    assert built == [] and isinstance(second.interactions.item_ids, np.memmap)
+    np.testing.assert_array_equal(second.interactions.item_ids, first.interactions.item_ids)
+    np.testing.assert_array_equal(second.eval_requests, first.eval_requests)
+    assert second.vocabulary.digest() == first.vocabulary.digest()
+    with pytest.raises(TypeError):  # other options build again (and the stub returns nothing to save)
+        load(log, schema, tmp_path, train_fraction=0.7)
+    assert built == [1]
+
+
+def test_a_crash_while_saving_leaves_no_finished_folder(tmp_path, monkeypatch):
+    from genrank_jax.data.own_log import memory_mapped
+
+    log, schema = files.write(tmp_path)
+    original = np.save
+    monkeypatch.setattr(memory_mapped.np, "save", lambda path, array: (_ for _ in ()).throw(OSError("disk full"))
+                        if "actions" in str(path) else original(path, array))
+    with pytest.raises(OSError, match="disk full"):
+        load(log, schema, tmp_path)
+    assert not list((tmp_path / "tfds").glob("*/loaded-*"))
+    monkeypatch.setattr(memory_mapped.np, "save", original)
+    assert load(log, schema, tmp_path).interactions.num_exposures == files.log_table().num_rows

@@ -26,6 +26,7 @@ import numpy as np
 from genrank_jax.data.builders.rows import DataError, MissingFileError
 from genrank_jax.data.loading import (Split, _without_tfds_progress_bars, check_cutoff, last_request_split,
                                       request_starts, temporal_cutoff, tfds_root)
+from genrank_jax.data.own_log import memory_mapped
 from genrank_jax.data.own_log.builder import GenrankOwnLog
 from genrank_jax.data.own_log.reader import log_files
 from genrank_jax.data.own_log.schema import LogSchema, load_schema
@@ -134,11 +135,36 @@ def load_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike | No
              cutoff: float | None = None, train_fraction: float = 0.8, request_gap_seconds: float | None = None,
              max_request_size: int | None = None, tfds_dir: str | os.PathLike | None = None,
              skip_bad_rows: bool = False, drop_duplicates: bool = False, name: str | None = None) -> RankingDataset:
-    """The log at `path` as a validated RankingDataset (see the module docstring)."""
+    """The log at `path` as a validated RankingDataset (see the module docstring). Its arrays are
+    memory-mapped from a folder beside the records, written by the first load with these options."""
     if split not in ("temporal", "last_request"):
         raise ValueError(f"split must be 'temporal' or 'last_request', got {split!r}")
     schema = as_schema(schema)
     builder = prepare_log(path, schema, tfds_dir=tfds_dir, skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates)
+    options = dict(split=split, cutoff=cutoff, train_fraction=train_fraction, request_gap_seconds=request_gap_seconds,
+                   max_request_size=max_request_size, name=name, path=str(path))
+    folder = pathlib.Path(builder.data_dir).parents[1] / f"loaded-{load_key(schema, options)}"
+    dataset = memory_mapped.load(folder)
+    if dataset is None:
+        memory_mapped.save(_build_dataset(builder, schema, path, **{k: v for k, v in options.items() if k != "path"},
+                                          drop_duplicates=drop_duplicates), folder)
+        dataset = memory_mapped.load(folder)
+    dataset.validate()
+    return dataset
+
+
+def load_key(schema: LogSchema, options: dict) -> str:
+    """Hash of everything a load decides beyond the records: options, the whole schema and the
+    side files it names (an edited item table or content file loads again)."""
+    side = [p for p in (schema.item_table and schema.item_table.path, schema.user_table and schema.user_table.path,
+                        schema.content and schema.content.npy, schema.content and schema.content.ids) if p]
+    state = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else [str(p)] for p in side]
+    blob = json.dumps([options, schema.describe(), state], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _build_dataset(builder: GenrankOwnLog, schema: LogSchema, path, *, split, cutoff, train_fraction,
+                   request_gap_seconds, max_request_size, drop_duplicates, name) -> RankingDataset:
     data = read_records(builder)
     if not len(data["item_keys"]):
         raise DataError(f"{path}: the prepared log has no rows")
