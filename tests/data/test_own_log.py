@@ -202,7 +202,7 @@ def test_second_load_maps_the_saved_arrays(tmp_path, monkeypatch):
     np.testing.assert_array_equal(second.interactions.item_ids, first.interactions.item_ids)
     np.testing.assert_array_equal(second.eval_requests, first.eval_requests)
     assert second.vocabulary.digest() == first.vocabulary.digest()
-    with pytest.raises(TypeError):  # other options build again (and the stub returns nothing to save)
+    with pytest.raises(AttributeError):  # other options build again (and the stub returns nothing to save)
         load(log, schema, tmp_path, train_fraction=0.7)
     assert built == [1]
 
