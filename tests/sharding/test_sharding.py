@@ -119,19 +119,28 @@ def test_sharded_training_equals_one_device_and_restores_on_other_meshes(tmp_pat
     run_worker("restore", tmp_path, "none", devices=1)
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("source", ["simulator", "own log"])
+def test_two_processes_train_like_one(tmp_path, source):
     """Two localhost processes (2 CPU devices each, gloo collectives), each building half of every
-    batch, end with the parameters and optimizer state of one process on one device."""
+    batch, end with the parameters and optimizer state of one process on one device. On a user's
+    own log, both processes memory-map the arrays the first load saved."""
+    log_dir = ""
+    if source == "own log":
+        from tests.data import own_log_files
+
+        own_log_files.write(tmp_path / "log")
+        log_dir = str(tmp_path / "log")
+        workers.tiny_run(log_dir=log_dir)  # prepares and saves once, before the processes start
     port = _free_port()
     out = tmp_path / "two.npz"
-    processes = [subprocess.Popen(worker_command("process", i, 2, port, out), cwd=ROOT, env=worker_env(2),
+    processes = [subprocess.Popen(worker_command("process", i, 2, port, out, log_dir), cwd=ROOT, env=worker_env(2),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(o[-4000:] for o in outputs)
 
     from genrank_jax.training import Trainer
 
-    dataset, config, train = workers.tiny_run()
+    dataset, config, train = workers.tiny_run(log_dir=log_dir)
     one = Trainer(config, train, dataset)
     one.fit()
     got, want = np.load(out), workers.values(one)

@@ -11,6 +11,8 @@ import json
 import sys
 
 import jax
+import pathlib
+
 import numpy as np
 from flax import nnx
 
@@ -20,12 +22,19 @@ STEPS = 4
 BATCH = 16
 
 
-def tiny_run(embedding_row_multiple=8, **config_overrides):
+def tiny_run(embedding_row_multiple=8, log_dir: str | None = None, **config_overrides):
+    """The tiny run, on the simulator or (log_dir) on the own-log fixture in that folder, which the
+    caller has already loaded once (so every process memory-maps the same saved arrays)."""
     from genrank_jax.config import GenRankConfig
+    from genrank_jax.data import load_dataset
     from genrank_jax.data.synthetic import SimulatorConfig, simulate
     from genrank_jax.training import TrainConfig
 
-    dataset = simulate(SimulatorConfig.preset("tests")).dataset
+    if log_dir:
+        folder = pathlib.Path(log_dir)
+        dataset = load_dataset(f"log:{folder / 'log.parquet'}", schema=folder / "schema.toml", tfds_dir=folder / "tfds")
+    else:
+        dataset = simulate(SimulatorConfig.preset("tests")).dataset
     config = GenRankConfig.preset("tiny", dataset.spec, attention_impl="xla",
                                    embedding_row_multiple=embedding_row_multiple, **config_overrides)
     train = TrainConfig(steps=STEPS, batch_size=BATCH, max_history=24, max_candidates=8, warmup_steps=2,
@@ -212,7 +221,7 @@ def attention_per_device_block():
             np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-6, err_msg=f"{impl} d{name}")
 
 
-def process(index: str, count: str, port: str, out_path: str):
+def process(index: str, count: str, port: str, out_path: str, log_dir: str = ""):
     """One of `count` processes on localhost: train on a data=2,model=2 mesh of all their devices,
     each process building only its rows of every batch; process 0 writes the final state."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -220,7 +229,7 @@ def process(index: str, count: str, port: str, out_path: str):
     from genrank_jax.sharding import make_mesh
     from genrank_jax.training import Trainer
 
-    dataset, config, train = tiny_run()
+    dataset, config, train = tiny_run(log_dir=log_dir)
     trainer = Trainer(config, train, dataset, mesh=make_mesh("data=2,model=2"))
     assert trainer.rows.stop - trainer.rows.start == BATCH // int(count), trainer.rows
     trainer.fit()
