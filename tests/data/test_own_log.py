@@ -219,3 +219,27 @@ def test_a_crash_while_saving_leaves_no_finished_folder(tmp_path, monkeypatch):
     assert not list((tmp_path / "tfds").glob("*/loaded-*"))
     monkeypatch.setattr(memory_mapped.np, "save", original)
     assert load(log, schema, tmp_path).interactions.num_exposures == files.log_table().num_rows
+
+
+def test_content_from_npy_with_raw_id_list(tmp_path):
+    table = files.log_table(seed=7)
+    movies = np.unique(np.asarray(table["movie"]))
+    content = np.random.default_rng(7).normal(size=(len(movies), 3)).astype(np.float32)
+    np.save(tmp_path / "content.npy", content)
+    (tmp_path / "content_ids.txt").write_text("\n".join(str(m) for m in movies) + "\n")
+    schema = files.SCHEMA + '\n[content]\nnpy = "content.npy"\nids = "content_ids.txt"\n'
+    dataset = load(*files.write(tmp_path, table, schema=schema), tmp_path)
+    rows = dataset.vocabulary.items.lookup(movies)
+    known = rows < dataset.vocabulary.items.num_known
+    np.testing.assert_array_equal(dataset.catalog.content[rows[known]], content[known])
+    assert not dataset.catalog.content[dataset.vocabulary.items.num_known:].any()  # OOV rows: zeros
+
+
+def test_lis_on_a_log(tmp_path, monkeypatch, capsys):
+    from genrank_jax.cli import main
+
+    monkeypatch.setenv("GENRANK_TFDS_DIR", str(tmp_path / "tfds"))
+    log, schema = files.write(tmp_path)
+    assert main(["lis", "--data", f"log:{log}", "--schema", str(schema), "--seeds", "2", "--leaks", "next_item",
+                 "--horizon", "7d", "--out", str(tmp_path / "lis")]) == 0
+    assert "| next_item@7d | leak |" in (tmp_path / "lis" / "lis.md").read_text()

@@ -141,3 +141,13 @@ def test_cli_one_line_errors(tmp_path, capsys, monkeypatch):
     code = main(["train", "--data", f"log:{log}", "--out", str(tmp_path / "run2"), "--steps", "1"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "--schema" in lines[0]
+
+
+def test_csv_row_with_wrong_field_count(tmp_path):
+    log, schema = files.write(tmp_path, files.log_table(rows=50), fmt="csv")
+    lines = log.read_text().splitlines()
+    lines[10] += ",extra"
+    log.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedRowError, match="7 fields expected, 8 found"):
+        load(log, schema, tmp_path)
+    assert load(log, schema, tmp_path, skip_bad_rows=True).interactions.num_exposures == 49

@@ -144,10 +144,20 @@ def _csv_batches(path: pathlib.Path, schema: LogSchema, bad: BadRows):
     if schema.time_unit == "iso":
         text.append(schema.time)
 
+    refused = []
+
     def invalid_row(row) -> str:
-        bad.report(path, row.number or 0, f"{row.expected_columns} fields expected, {row.actual_columns} found",
-                   row.text)
+        # an exception raised here would be lost inside pyarrow: remember the row, let it fail
+        reason = (row.number or 0, f"{row.expected_columns} fields expected, {row.actual_columns} found", row.text)
+        if not bad.skip:
+            refused.append(reason)
+            return "error"
+        bad.report(path, *reason)
         return "skip"
+
+    def raise_refused():
+        if refused:
+            bad.report(path, *refused[0])  # raises MalformedRowError naming the line
 
     try:
         reader = pcsv.open_csv(
@@ -156,23 +166,33 @@ def _csv_batches(path: pathlib.Path, schema: LogSchema, bad: BadRows):
             convert_options=pcsv.ConvertOptions(include_columns=_needed_columns(schema),
                                                 column_types={c: pa.string() for c in text}))
     except pa.ArrowInvalid as error:
+        raise_refused()
         message = str(error)
         if "No columns in CSV file" in message or "Empty CSV file" in message:
             raise DataError(f"{path}: the file is empty (no header, no rows)") from None
         if "Column '" in message and "in include_columns does not exist" in message:
-            names = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter)).schema.names
-            _check_header(path, names, schema)
+            _check_header(path, _csv_header(path, delimiter), schema)
         raise DataError(f"{path}: not readable as a {'TSV' if delimiter == chr(9) else 'CSV'} log ({message})") from None
-    header = pcsv.open_csv(path, parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                           read_options=pcsv.ReadOptions(block_size=1 << 16)).schema.names
-    _check_header(path, header, schema)
+    _check_header(path, _csv_header(path, delimiter), schema)
     row = 0
     try:
         for batch in reader:
             yield row, lambda r: None, batch
             row += batch.num_rows
     except pa.ArrowInvalid as error:
+        raise_refused()
         raise DataError(f"{path}: unreadable after row {row:,} ({' '.join(str(error).split())})") from None
+
+
+def _csv_header(path: pathlib.Path, delimiter: str) -> list[str]:
+    """The header's column names (first line), read apart from the data: a bad data row must
+    not stop the header check."""
+    import csv
+    import io
+
+    with pa.input_stream(str(path), compression="detect") as stream:
+        head = stream.read(1 << 20).decode("utf-8", errors="replace")
+    return next(csv.reader(io.StringIO(head.splitlines()[0] if head else ""), delimiter=delimiter), [])
 
 
 def _file_chunks(path: pathlib.Path, schema: LogSchema, bad: BadRows) -> Iterator[Chunk]:
