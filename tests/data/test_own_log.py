@@ -176,7 +176,6 @@ def test_vocabulary_saves_and_loads(tmp_path):
 
 
 def test_beam_direct_runner_equals_single_process(tmp_path):
-    pytest.importorskip("apache_beam", reason="the beam extra is not installed (pip install 'genrank-jax[beam]')")
     table = files.log_table(rows=1500, seed=6)
     folder = tmp_path / "parts"
     files.write(folder, table.slice(0, 700), name="part-0")
@@ -243,3 +242,17 @@ def test_lis_on_a_log(tmp_path, monkeypatch, capsys):
     assert main(["lis", "--data", f"log:{log}", "--schema", str(schema), "--seeds", "2", "--leaks", "next_item",
                  "--horizon", "7d", "--out", str(tmp_path / "lis")]) == 0
     assert "| next_item@7d | leak |" in (tmp_path / "lis" / "lis.md").read_text()
+
+
+def test_records_stream_into_several_shards(tmp_path, monkeypatch):
+    from genrank_jax.data.own_log import builder as builder_module
+
+    log, schema = files.write(tmp_path)
+    one = read_records(prepare_log(log, schema, tfds_dir=tmp_path / "one"))
+    monkeypatch.setattr(builder_module, "ROWS_PER_SHARD", 700)
+    sharded = prepare_log(log, schema, tfds_dir=tmp_path / "many")
+    assert len(sharded.info.splits["train"].shard_lengths) == 5
+    many = read_records(sharded)
+    for key, value in one.items():
+        if value is not None:
+            np.testing.assert_array_equal(many[key], value, err_msg=key)

@@ -27,6 +27,7 @@ from genrank_jax.data.own_log.schema import LogSchema
 from genrank_jax.data.own_log.vocabulary import MISSING_KEY
 
 log = logging.getLogger(__name__)
+ROWS_PER_SHARD = 10_000_000  # an array_record shard of ~200 MB
 
 
 def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, int]:
@@ -134,23 +135,66 @@ class GenrankOwnLog(LogBuilder, skip_registration=True):
                                             drop_duplicates=self._drop_duplicates)}
         return {"train": self._generate_examples()}
 
-    def _generate_examples(self):
+    def _user_records(self):
+        """(users, rows, iterator of (key, record)) over the log's users in key order."""
         bad = BadRows(skip=self._skip_bad_rows)
         files = log_files(self.log_path)
         rows = concatenate(read_chunks(files, self.schema, bad), total=parquet_rows(files))
         bad.summarize()
         order = np.argsort(rows.user, kind="stable")
-        bounds = np.flatnonzero(rows.user[order[1:]] != rows.user[order[:-1]]) + 1
-        duplicates = 0
-        for part in np.split(order, bounds):
-            record, found = user_record(rows.user[part[0]], rows.take(part), self._drop_duplicates)
-            duplicates += found
-            yield record["user"], record
-        if duplicates:
-            log.warning("%d exact duplicate rows in the log %s: %s", duplicates, self.log_path,
-                        "dropped" if self._drop_duplicates else "kept")
-        self.info.metadata.update({
-            "format": "own log", "num_rows": int(len(rows)), "num_users": int(len(bounds) + 1),
-            "bad_rows": dict(bad.counts), "duplicate_rows": duplicates, "drop_duplicates": bool(self._drop_duplicates),
-            "schema": self.schema.describe(),
-        })
+        sorted_users = rows.user[order]
+        bounds = np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1
+        del sorted_users
+        counts = {"duplicates": 0}
+
+        def records():
+            for part in np.split(order, bounds):
+                record, found = user_record(rows.user[part[0]], rows.take(part), self._drop_duplicates)
+                counts["duplicates"] += found
+                yield record["user"], record
+            if counts["duplicates"]:
+                log.warning("%d exact duplicate rows in the log %s: %s", counts["duplicates"], self.log_path,
+                            "dropped" if self._drop_duplicates else "kept")
+            self.info.metadata.update({
+                "format": "own log", "num_rows": int(len(rows)), "num_users": int(len(bounds) + 1),
+                "bad_rows": dict(bad.counts), "duplicate_rows": counts["duplicates"],
+                "drop_duplicates": bool(self._drop_duplicates), "schema": self.schema.describe(),
+            })
+
+        return len(bounds) + 1, len(rows), np.diff(np.concatenate([[0], bounds, [len(rows)]])), records()
+
+    def _generate_examples(self):
+        return self._user_records()[3]
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        """Stream each user's record straight into array_record shards. TFDS's own writer keeps
+        every serialized record in memory and, past 1 GB, spills through TensorFlow's file API,
+        which this library does not install; the Beam path keeps TFDS's writer."""
+        if self._beam:
+            return super()._download_and_prepare(dl_manager, download_config)
+        from array_record.python import array_record_module
+
+        users, num_rows, user_rows, records = self._user_records()
+        num_shards = int(min(users, max(1, -(-num_rows // ROWS_PER_SHARD))))
+        # contiguous users per shard, cut where the cumulative rows cross each shard's share
+        shard_of_user = np.minimum(np.cumsum(user_rows) * num_shards // max(num_rows, 1), num_shards - 1)
+        shard_of_user = np.maximum.accumulate(shard_of_user)
+        template = self._get_filename_template(split_name="train")
+        features = self.info.features
+        lengths, total_bytes, writer, current = [0] * num_shards, 0, None, -1
+        for user_index, (_, record) in enumerate(records):
+            shard = int(shard_of_user[user_index])
+            if shard != current:
+                if writer is not None:
+                    writer.close()
+                path = template.sharded_filepath(shard_index=shard, num_shards=num_shards)
+                writer, current = array_record_module.ArrayRecordWriter(str(path), "group_size:1"), shard
+            serialized = features.serialize_example(record)
+            writer.write(serialized)
+            lengths[shard] += 1
+            total_bytes += len(serialized)
+        if writer is not None:
+            writer.close()
+        split = tfds.core.SplitInfo(name="train", shard_lengths=lengths, num_bytes=total_bytes,
+                                    filename_template=template)
+        self.info.set_splits(tfds.core.SplitDict([split]))
