@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
         lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
         lis.set_defaults(run=lambda args: _unavailable("lis", error))
+    from genrank_jax import simulate_command
+    simulate = commands.add_parser("simulate", help="write the feed simulator's log as Parquet with its schema file",
+                                   description=simulate_command.__doc__)
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(run=simulate_command.run)
     export = commands.add_parser("export", help="write a trained model's encode/score functions with jax.export")
     add_export_arguments(export)
     export.set_defaults(run=run_export)

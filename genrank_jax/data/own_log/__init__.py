@@ -9,6 +9,7 @@ once, load as a RankingDataset).
 from genrank_jax.data.own_log.loading import load_log, prepare_log
 from genrank_jax.data.own_log.schema import LogSchema, SchemaError, load_schema
 from genrank_jax.data.own_log.vocabulary import FeatureVocabulary, IdVocabulary, Vocabulary
+from genrank_jax.data.own_log.writer import write_log
 
 __all__ = ["load_log", "prepare_log", "LogSchema", "SchemaError", "load_schema", "FeatureVocabulary",
-           "IdVocabulary", "Vocabulary"]
+           "IdVocabulary", "Vocabulary", "write_log"]

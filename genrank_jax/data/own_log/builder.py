@@ -7,7 +7,7 @@ the same per-user function runs on one machine (`_generate_examples` below, read
 batches with bounded Python work) and as an Apache Beam pipeline (`beam_pipeline.py`, through
 TFDS's own Beam support) for logs past one machine.
 
-Within a user, rows are ordered by every column (time, item, request, actions, features), so the
+Within a user, rows are ordered by every column (time, request, item, actions, features), so the
 record does not depend on the order rows arrive in, and exact duplicates are adjacent: they are
 counted, and dropped with `drop_duplicates`.
 """
@@ -32,10 +32,11 @@ ROWS_PER_SHARD = 10_000_000  # an array_record shard of ~200 MB
 
 def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, int]:
     """(record, duplicate rows) of one user's rows, in any order (see the module docstring)."""
-    keys = [*chunk.item_side.T[::-1], *chunk.actions.T[::-1]]
+    # time, then request (two requests can share a millisecond), then the rest
+    keys = [*chunk.item_side.T[::-1], *chunk.actions.T[::-1], chunk.item]
     if chunk.request is not None:
         keys.append(chunk.request)
-    order = np.lexsort([*keys, chunk.item, chunk.time_ms])
+    order = np.lexsort([*keys, chunk.time_ms])
     rows = chunk.take(order)
     columns = [rows.time_ms, rows.item, rows.actions, rows.item_side] + ([rows.request] if rows.request is not None else [])
     same = np.ones(len(order) - 1, bool)
