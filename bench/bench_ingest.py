@@ -1,0 +1,235 @@
+"""A user's own log at production size: preparing and loading it, and the input pipeline's speed.
+
+    python bench/bench_ingest.py --stage prepare --rows 1e6,1e7,1e8 --out auto
+    python bench/bench_ingest.py --stage pipeline --out auto
+
+prepare: for each size, a Parquet log written by `write_synthetic_log` (10^6 users, 10^6 items:
+long-tailed activity and popularity drawn from log-normals, 30 days, click ~5%, like ~1%; int64
+raw ids), then `prepare_log` and the first `load_log` (records -> dataset, arrays saved) and a
+second, memory-mapped load, each in its own subprocess so its peak RSS is its own. Rows: wall
+and CPU seconds, peak RSS, sizes on disk.
+
+pipeline: exposures/s of sample building and batching alone (the Trainer's own batch iterator,
+preset small's layout) next to the training step's exposures/s on this machine, and next to what
+an H100 would consume at 400 TFLOP/s given the step's FLOPs per exposure (`step_flops`), with
+the ratio. Batches are built once more with `--workers N` background processes to show how the
+pipeline scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchlib import run_header, write_rows
+
+SCHEMA = """[columns]
+user = "viewer"
+item = "item_id"
+time = "ts_ms"
+time_unit = "ms"
+
+[actions]
+click = "click"
+like = "like"
+"""
+H100_FLOPS = 400e12
+
+
+def write_synthetic_log(folder: pathlib.Path, rows: int, users: int, items: int, seed: int = 0) -> pathlib.Path:
+    """A Parquet log of `rows` exposures in row groups of 10^6, never more than one group in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "log.parquet"
+    (folder / "schema.toml").write_text(SCHEMA)
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    user_cdf = np.cumsum(rng.lognormal(0, 1.5, users))
+    item_cdf = np.cumsum(rng.lognormal(0, 2.0, items))
+    partial, writer, step = folder / "log.parquet.partial", None, 1_000_000
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        user = np.minimum(np.searchsorted(user_cdf, rng.random(n) * user_cdf[-1]), users - 1)
+        item = np.minimum(np.searchsorted(item_cdf, rng.random(n) * item_cdf[-1]), items - 1)
+        ms = 1_700_000_000_000 + (start + np.sort(rng.integers(0, n, n))) * (30 * 86_400_000 // rows)
+        table = pa.table({"viewer": user.astype(np.int64), "item_id": item.astype(np.int64), "ts_ms": ms,
+                          "click": (rng.random(n) < 0.05).astype(np.uint8), "like": (rng.random(n) < 0.01).astype(np.uint8)})
+        writer = writer or pq.ParquetWriter(partial, table.schema)
+        writer.write_table(table)
+    writer.close()
+    os.replace(partial, path)
+    return path
+
+
+def measured(code: str) -> dict:
+    """Run `code` in a fresh interpreter: its wall and CPU seconds and peak RSS (GB), and what it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"failed:\n{done.stderr[-3000:]}")
+    return {"wall_s": round(time.perf_counter() - start, 1),
+            "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
+            "peak_rss_gb": round(after.ru_maxrss / 1e6, 2), "printed": done.stdout.strip()}
+
+
+def folder_bytes(folder: pathlib.Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def prepare_rows(sizes: list[int], users: int, items: int, workdir: pathlib.Path) -> list[dict]:
+    rows = []
+    for size in sizes:
+        folder = workdir / f"log-{size:.0e}"
+        started = time.perf_counter()
+        path = write_synthetic_log(folder, size, users, items)
+        written = time.perf_counter() - started
+        tfds = folder / "tfds"
+        args = f"{str(path)!r}, {str(folder / 'schema.toml')!r}, tfds_dir={str(tfds)!r}"
+        prepare = measured(f"from genrank_jax.data.own_log import prepare_log; prepare_log({args})")
+        records = folder_bytes(tfds)
+        load = measured(f"from genrank_jax.data.own_log import load_log; d = load_log({args}); "
+                        "print(d.interactions.num_exposures, d.spec.num_users, d.spec.num_items)")
+        mapped = measured(f"from genrank_jax.data.own_log import load_log; d = load_log({args}); "
+                          "print(int(d.interactions.item_ids[-1]))")
+        exposures, num_users, num_items = map(int, load.pop("printed").split()[-3:])
+        row = dict(rows=size, users=users, items=items, parquet_gb=round(path.stat().st_size / 1e9, 3),
+                   write_s=round(written, 1), prepare=prepare, records_gb=round(records / 1e9, 3), load=load,
+                   mapped_load=mapped, loaded_arrays_gb=round((folder_bytes(tfds) - records) / 1e9, 3),
+                   exposures=exposures, user_rows=num_users, item_rows=num_items)
+        for stage in ("prepare", "load", "mapped_load"):
+            row[stage].pop("printed", None)
+        rows.append(row)
+        print(f"{size:>12,} rows: parquet {row['parquet_gb']} GB; prepare {prepare['wall_s']} s "
+              f"({prepare['cpu_s']} s CPU, peak {prepare['peak_rss_gb']} GB), records {row['records_gb']} GB; "
+              f"first load {load['wall_s']} s (peak {load['peak_rss_gb']} GB); mapped load {mapped['wall_s']} s "
+              f"(peak {mapped['peak_rss_gb']} GB)", flush=True)
+    return rows
+
+
+def step_flops(config, batch) -> float:
+    """Training FLOPs of one batch (forward + backward = 3x forward): per block, the dense layers
+    (q, k, v, o: 4 d^2; MLP: 2 r d^2; two FLOPs a multiply-add) on every real token, and attention
+    (q.k and p.v: 4 d per attended pair) over the pairs the mask lets through."""
+    d, ratio = config.width, config.mlp_ratio
+    lengths, candidates = np.asarray(batch.lengths, np.int64), np.asarray(batch.num_candidates, np.int64)
+    history = lengths - candidates
+    pairs = history * (history + 1) // 2 + candidates * (history + 1)
+    forward = config.num_blocks * (lengths.sum() * 2 * (4 + 2 * ratio) * d * d + pairs.sum() * 4 * d)
+    return 3.0 * float(forward)
+
+
+_WORKER = {}
+
+
+def start_worker(source: str) -> None:
+    """Pool initializer: each worker process loads the data and makes its trainer once."""
+    _WORKER["trainer"] = make_trainer(source)
+
+
+def build_batches(span):
+    """Worker: build `count` batches of the trainer's iterator from batch `start`; their exposures."""
+    start, count = span
+    batches = _WORKER["trainer"]._batches_from(start)
+    return sum(next(batches).num_exposures() for _ in range(count))
+
+
+def make_trainer(source: str):
+    from genrank_jax.config import GenRankConfig
+    from genrank_jax.data import load_dataset
+    from genrank_jax.data.batching import padded_max_tokens
+    from genrank_jax.training import TrainConfig, Trainer
+
+    dataset = load_dataset(source)
+    train = TrainConfig(steps=10_000, batch_size=64, max_history=56, max_candidates=128, validation_fraction=0.0)
+    config = GenRankConfig.preset("small", dataset.spec, attention_impl="xla",
+                                  max_tokens=padded_max_tokens("action", 56, 128))
+    return Trainer(config, train, dataset)
+
+
+def pipeline_rows(source: str, batches: int, steps: int, workers: int) -> list[dict]:
+    import jax
+
+    trainer = make_trainer(source)
+    iterator = trainer._batches_from(0)
+    next(iterator)  # first-call costs (plans) apart
+    started, cpu, built = time.perf_counter(), time.process_time(), []
+    for _ in range(batches):
+        built.append(next(iterator))
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    exposures = sum(b.num_exposures() for b in built)
+    pipeline = exposures / seconds
+    flops = sum(step_flops(trainer.config, b) for b in built) / exposures
+    # the step alone, on batches already built (compiled once per length bucket first)
+    for batch in built[:steps]:
+        jax.block_until_ready(trainer._step(trainer.state, trainer._on_devices(batch)))
+    started = time.perf_counter()
+    for batch in built[:steps]:
+        trainer.state, loss, _ = trainer._step(trainer.state, trainer._on_devices(batch))
+    jax.block_until_ready(trainer.state)
+    step_rate = sum(b.num_exposures() for b in built[:steps]) / (time.perf_counter() - started)
+    h100 = H100_FLOPS / flops
+    rows = [dict(source=source, measure="pipeline, 1 process", exposures_per_s=round(pipeline),
+                 cpu_s_per_million=round(cpu / exposures * 1e6, 2)),
+            dict(source=source, measure=f"training step, {jax.devices()[0].device_kind}", exposures_per_s=round(step_rate)),
+            dict(source=source, measure="H100 at 400 TFLOP/s (model FLOPs)", exposures_per_s=round(h100),
+                 flops_per_exposure=round(flops))]
+    if workers > 1:
+        import multiprocessing
+
+        per = batches // workers
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(source,)) as pool:
+            pool.map(build_batches, [(0, 1)] * workers, chunksize=1)  # start-up and plans apart
+            started = time.perf_counter()
+            total = sum(pool.map(build_batches, [(w * per, per) for w in range(workers)], chunksize=1))
+            rows.append(dict(source=source, measure=f"pipeline, {workers} worker processes",
+                             exposures_per_s=round(total / (time.perf_counter() - started))))
+    for row in rows:
+        ratio = row["exposures_per_s"] / h100
+        row["ratio_to_h100"] = round(ratio, 5)
+        print(f"{row['measure']:<40}{row['exposures_per_s']:>14,} exposures/s   {ratio:9.5f} x the H100 figure")
+    print(f"preset small: {flops:,.0f} training FLOPs per exposure (batch 64, max_history 56, 128 candidates)")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["prepare", "pipeline"], required=True)
+    parser.add_argument("--rows", default="1e6,1e7", help="log sizes for --stage prepare")
+    parser.add_argument("--users", type=float, default=1e6)
+    parser.add_argument("--items", type=float, default=1e6)
+    parser.add_argument("--workdir", default="/tmp/genrank_ingest", help="where the logs and prepared data go")
+    parser.add_argument("--source", default="synthetic:benchmark", help="dataset of --stage pipeline")
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON file, or 'auto' for bench/results/")
+    args = parser.parse_args()
+    header = run_header()
+    header["load_average_start"] = os.getloadavg()
+    if args.stage == "prepare":
+        sizes = [int(float(s)) for s in args.rows.split(",")]
+        rows = prepare_rows(sizes, int(args.users), int(args.items), pathlib.Path(args.workdir))
+    else:
+        rows = pipeline_rows(args.source, args.batches, args.steps, args.workers)
+    header["load_average_end"] = os.getloadavg()
+    path = write_rows(f"ingest_{args.stage}", header, rows, args.out)
+    if path:
+        print(f"wrote {path}")
+    print(json.dumps({"load_average": [header["load_average_start"], header["load_average_end"]]}))
+
+
+if __name__ == "__main__":
+    main()
