@@ -256,3 +256,13 @@ def test_records_stream_into_several_shards(tmp_path, monkeypatch):
     for key, value in one.items():
         if value is not None:
             np.testing.assert_array_equal(many[key], value, err_msg=key)
+
+
+def test_preparing_says_what_it_does_and_downloads_nothing(tmp_path, capsys):
+    log, schema = files.write(tmp_path)
+    prepare_log(log, schema, tfds_dir=tmp_path / "tfds")
+    out = capsys.readouterr().out
+    assert "Downloading" not in out and "downloaded" not in out
+    assert out.count("preparing genrank_own_log from local files into") == 1
+    prepare_log(log, schema, tfds_dir=tmp_path / "tfds")
+    assert capsys.readouterr().out == ""  # the second time it is reused, silently

@@ -113,6 +113,14 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # environment lacks (and which TFDS does not require); the defining file is what it wants.
         return epath.Path(inspect.getfile(cls))
 
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared": nothing
+    # is downloaded here, so say what happens instead (stdout, once, before the slow part)
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name} from local files into {self.data_dir} (once: later runs reuse it)", flush=True)
+
+    def _log_download_done(self) -> None:
+        log.info("prepared %s in %s", self.name, self.data_dir)
+
     # --- for subclasses ---------------------------------------------------------------------
     @classmethod
     def user_feature_names(cls, config_name: str) -> tuple[str, ...]:
