@@ -231,6 +231,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for encode/score .jaxexport, params.npz, manifest.json")
     parser.add_argument("--platforms", default="cpu", help="comma-separated targets: cpu, cuda, tpu")
     parser.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the export another run left in --out")
 
 
 def run_export(args) -> int:
@@ -239,7 +240,7 @@ def run_export(args) -> int:
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
-    out = export_scorer(model, args.out, platforms=platforms, vocabulary=vocabulary)
+    out = export_scorer(model, args.out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
     print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
           f"score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)" if vocabulary else ""))
     return 0

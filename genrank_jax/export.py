@@ -18,6 +18,11 @@ Inputs and outputs are plain dicts of arrays (the field names of `serving.Histor
     params = list(np.load("scorer/params.npz").values())   # in arr_<i> order
     logits = exported.call(params, cache, candidates)
 
+`load_export(out)` does the same from the library and refuses a params.npz whose SHA-256 is not
+the manifest's; the score artifact itself returns NaN logits for parameters that are not its own
+(each parameter's sum and absolute sum are compared inside it), so a swapped file never scores
+plausibly wrong.
+
 The exported functions use the jnp attention reference (a Pallas kernel would tie the artifact to
 one device kind); `platforms` picks the targets (cpu, cuda, tpu; several make one multi-platform
 artifact). Input checks (unknown items, too long a history, a foreign cache) run in the library
@@ -27,8 +32,11 @@ before export, not inside the artifact: the caller of a bare artifact validates 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
+import shutil
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -92,15 +100,49 @@ def check_platforms(platforms) -> tuple[str, ...]:
     return platforms
 
 
-def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None) -> pathlib.Path:
+def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite: bool = False) -> pathlib.Path:
     """Write encode/score artifacts, parameters and manifest of `model` into folder `out`
-    (and `vocabulary`, the Vocabulary of a model trained on a user's own log)."""
+    (and `vocabulary`, the Vocabulary of a model trained on a user's own log).
+
+    An `out` holding files is refused unless `overwrite`; everything is written into a sibling
+    folder renamed into place at the end (the old export moved aside first, deleted last), so a
+    crash never leaves a half-old, half-new export."""
+    from genrank_jax.training import OutputInUseError
+
     platforms = check_platforms(platforms)
     config = model.config
     if config.architecture != "genrank":
         raise GenrankError(f"only GenRank models are exported for serving, not {config.architecture!r}")
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = pathlib.Path(out)
+    if final.exists() and not final.is_dir():
+        raise OutputInUseError(f"{final} is a file, not a folder")
+    if final.is_dir() and any(final.iterdir()) and not overwrite:
+        raise OutputInUseError(f"{final} already holds files (another export?)", hint="pass overwrite=True to replace it",
+                               cli_hint="replace it with --overwrite or choose another --out")
+    out = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    out.mkdir(parents=True)
+    try:
+        _write_export(model, out, platforms, vocabulary)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            final.rename(old)
+            out.rename(final)
+            shutil.rmtree(old)
+        else:
+            out.rename(final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return final
+
+
+def params_fingerprint(params) -> jnp.ndarray:
+    """[P, 2] float32: each parameter's sum and sum of absolute values (cheap, computed in the artifact)."""
+    return jnp.stack([jnp.stack([jnp.sum(p.astype(jnp.float32)), jnp.sum(jnp.abs(p.astype(jnp.float32)))])
+                      for p in params])
+
+
+def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
+    config = model.config
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
     tag = serving.model_tag(model)
@@ -113,9 +155,15 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None) -> pathlib
                                        tag=tag)
         return cache_to_dict(cache)
 
+    # Parameters that are not this export's (another export's params.npz) give NaN logits: an
+    # artifact cannot raise, and a plausible wrong score is worse than an obviously wrong one.
+    own = np.asarray(params_fingerprint(leaves))
+
     def score_fn(params, cache, candidates):
-        return serving.score(merged(params), cache_from_dict(cache, config.num_blocks),
-                             serving.Candidates(**candidates), impl="xla", tag=tag)
+        logits = serving.score(merged(params), cache_from_dict(cache, config.num_blocks),
+                               serving.Candidates(**candidates), impl="xla", tag=tag)
+        mine = jnp.all(jnp.abs(params_fingerprint(params) - own) <= 1e-4 * (1.0 + jnp.abs(own)))
+        return jnp.where(mine, logits, jnp.nan)
 
     history, candidates, cache = _abstract_inputs(config)
     params = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
@@ -126,6 +174,7 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None) -> pathlib
     (out / "encode.jaxexport").write_bytes(exported_encode.serialize())
     (out / "score.jaxexport").write_bytes(exported_score.serialize())
     np.savez(out / "params.npz", *[np.asarray(x) for x in leaves])
+    params_sha256 = hashlib.sha256((out / "params.npz").read_bytes()).hexdigest()
     manifest = dict(
         format="genrank-jax scorer 1", platforms=list(platforms), num_params=len(leaves),
         encode=dict(inputs=["params", "history", "num_candidates"], history=HISTORY_FIELDS,
@@ -134,14 +183,13 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None) -> pathlib
         score=dict(inputs=["params", "cache", "candidates"], candidates=CANDIDATE_FIELDS, outputs="logits [b, m, A]"),
         symbolic_dims=dict(b="users", n="history tokens (= cache capacity)", m="candidate slots"),
         actions=list(config.features.action_names), config=json.loads(config.to_json()),
-        model_tag=tag.tolist())
+        model_tag=tag.tolist(), params_sha256=params_sha256)
     if vocabulary is not None:
         vocabulary.save(out / VOCABULARY_FILE)
         manifest["vocabulary"] = dict(file=VOCABULARY_FILE, sha256=vocabulary.digest(),
                                       apply="genrank_jax.export.load_vocabulary(folder).items.lookup(raw_item_ids); "
                                             ".users.lookup(raw_user_ids)")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return out
 
 
 def _verified_vocabulary(path: pathlib.Path, digest: str, owner: str):
@@ -154,6 +202,33 @@ def _verified_vocabulary(path: pathlib.Path, digest: str, owner: str):
         raise GenrankError(f"{path} is not the vocabulary {owner} was trained with (SHA-256 differs): "
                            "ids would map to other rows")
     return vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedExport:
+    """An export folder's functions and parameters, checked against its manifest."""
+
+    encode: object  # jax.export.Exported: encode.call(params, history, num_candidates) -> cache
+    score: object  # score.call(params, cache, candidates) -> logits [b, m, A]
+    params: list
+    manifest: dict
+    vocabulary: object = None
+
+
+def load_export(folder) -> LoadedExport:
+    """Load an export, refusing a params.npz (or vocabulary.npz) that is not the export's own."""
+    folder = pathlib.Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / "params.npz").read_bytes()
+    digest = manifest.get("params_sha256")
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise GenrankError(f"{folder / 'params.npz'} is not this export's parameters (SHA-256 differs from "
+                           "manifest.json's): params from another export would score silently wrong")
+    with np.load(folder / "params.npz") as stored:
+        params = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    load = lambda name: jax.export.deserialize(bytearray((folder / f"{name}.jaxexport").read_bytes()))
+    return LoadedExport(encode=load("encode"), score=load("score"), params=params, manifest=manifest,
+                        vocabulary=load_vocabulary(folder))
 
 
 def load_vocabulary(folder):
@@ -231,4 +306,4 @@ def load_checkpoint_model(directory, step: int | None = None):
     return model, step
 
 
-__all__ = ["export_scorer", "load_checkpoint_model", "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS"]
+__all__ = ["export_scorer", "load_export", "LoadedExport", "params_fingerprint", "load_checkpoint_model", "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS"]

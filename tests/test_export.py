@@ -92,3 +92,57 @@ def test_export_errors_are_one_line(tmp_path, capsys, argv, message):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genrank-jax export:") and message in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def two_exports(tmp_path_factory):
+    """Exports of steps 2 and 4 of one run (same shapes, other values)."""
+    folder = tmp_path_factory.mktemp("exports")
+    run = folder / "run"
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST[:-2], "--steps", "4",
+                     "--checkpoint-every", "2"]) == 0
+    for step in (2, 4):
+        assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--step", str(step),
+                         "--out", str(folder / f"step{step}")]) == 0
+    return folder
+
+
+def test_export_refuses_an_occupied_folder_and_replaces_it_whole(two_exports, tmp_path, capsys):
+    import shutil
+
+    target = tmp_path / "scorer"
+    shutil.copytree(two_exports / "step2", target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    run = two_exports / "run" / "checkpoints"
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds files" in err and "--overwrite" in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # untouched
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(target), "--overwrite"]) == 0
+    assert (target / "params.npz").read_bytes() == (two_exports / "step4" / "params.npz").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scorer"]  # no partial or old folder left
+
+
+def test_another_exports_params_are_refused(two_exports, tmp_path):
+    import shutil
+
+    from genrank_jax.errors import GenrankError
+    from genrank_jax.export import load_export
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(two_exports / "step4", swapped)
+    shutil.copy(two_exports / "step2" / "params.npz", swapped / "params.npz")
+    with pytest.raises(GenrankError, match="not this export's parameters"):
+        load_export(swapped)
+    # the bare artifact, called by hand with the wrong parameters, scores NaN, not plausibly wrong
+    good = load_export(two_exports / "step4")
+    foreign = load_export(two_exports / "step2").params
+    dataset = load_dataset("synthetic:tests")
+    builder = SampleBuilder(dataset, SampleLayout(max_history=16))
+    requests = np.asarray(dataset.eval_requests)[:2]
+    history, candidates = split_batch(builder.build(requests, int(builder.token_counts(requests).max())))
+    history = {k: np.asarray(v) for k, v in vars(history).items()}
+    candidates = {k: np.asarray(v) for k, v in vars(candidates).items()}
+    cache = good.encode.call(good.params, history, candidates["num_candidates"])
+    assert np.isfinite(np.asarray(good.score.call(good.params, cache, candidates))).all()
+    assert np.isnan(np.asarray(good.score.call(foreign, cache, candidates))).all()
