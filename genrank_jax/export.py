@@ -35,8 +35,6 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-import shutil
-import uuid
 
 import jax
 import jax.numpy as jnp
@@ -107,32 +105,15 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
     An `out` holding files is refused unless `overwrite`; everything is written into a sibling
     folder renamed into place at the end (the old export moved aside first, deleted last), so a
     crash never leaves a half-old, half-new export."""
-    from genrank_jax.training import OutputInUseError
+    from genrank_jax.output_folder import check_free, written_whole
 
     platforms = check_platforms(platforms)
-    config = model.config
-    if config.architecture != "genrank":
-        raise GenrankError(f"only GenRank models are exported for serving, not {config.architecture!r}")
-    final = pathlib.Path(out)
-    if final.exists() and not final.is_dir():
-        raise OutputInUseError(f"{final} is a file, not a folder")
-    if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise OutputInUseError(f"{final} already holds files (another export?)", hint="pass overwrite=True to replace it",
-                               cli_hint="replace it with --overwrite or choose another --out")
-    out = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
-    out.mkdir(parents=True)
-    try:
-        _write_export(model, out, platforms, vocabulary)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            final.rename(old)
-            out.rename(final)
-            shutil.rmtree(old)
-        else:
-            out.rename(final)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return final
+    if model.config.architecture != "genrank":
+        raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
+    check_free(out, overwrite=overwrite)
+    with written_whole(out, overwrite=overwrite) as folder:
+        _write_export(model, folder, platforms, vocabulary)
+    return pathlib.Path(out)
 
 
 def params_fingerprint(params) -> jnp.ndarray:

@@ -7,12 +7,9 @@ The log a newcomer can train on with `--data log:PATH` before they have their ow
 from __future__ import annotations
 
 import argparse
-import pathlib
-import shutil
-import uuid
 
 from genrank_jax.command_line import non_negative_int
-from genrank_jax.training import OutputInUseError
+from genrank_jax.output_folder import check_free, written_whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,26 +23,11 @@ def run(args) -> int:
     from genrank_jax.data.own_log.writer import write_log
     from genrank_jax.data.synthetic import SimulatorConfig, simulate
 
-    out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OutputInUseError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise OutputInUseError(f"{out} is not empty", cli_hint="replace it with --overwrite or choose another --out")
+    out = check_free(args.out, overwrite=args.overwrite)
     config = SimulatorConfig.preset(args.preset, seed=args.seed)  # a bad preset fails before anything is written
     dataset = simulate(config).dataset
-    # written beside, renamed into place: a crash leaves no folder that looks finished
-    partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        write_log(dataset, partial)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            out.rename(old)
-            partial.rename(out)
-            shutil.rmtree(old)
-        else:
-            partial.rename(out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    with written_whole(out, overwrite=args.overwrite) as folder:
+        write_log(dataset, folder)
     log = dataset.interactions
     print(f"wrote {log.num_exposures:,} exposures of {dataset.spec.num_users:,} users and {dataset.spec.num_items:,} "
           f"items (simulator preset {args.preset}, seed {args.seed}) to {out / 'log.parquet'}, with "

@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
     parser.add_argument("--no-placebo", action="store_true",
                         help="no placebo probes: LIS / AIS against the no-feature baseline only (fewer probes)")
-    parser.add_argument("--out", default="lis_out", help="output folder")
+    parser.add_argument("--out", default="lis_out", help="output folder (refused if it holds files, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the report another run left in --out")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -91,6 +92,7 @@ def run(args) -> int:
     unknown = [k for k in kinds if k not in leak_builders.BUILDERS]
     if unknown:
         raise ValueError(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}")
+    _check_before_work(args, kinds, horizons)
     if not args.sequential:
         use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
     dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
@@ -131,15 +133,45 @@ def run(args) -> int:
         report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
                                 bound=args.bound, placebo=not args.no_placebo, progress=progress)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     metadata = {**report.metadata, "data": args.data, "horizons": horizons}
-    (out / "lis.md").write_text(report.to_markdown())
-    (out / "lis.json").write_text(type(report)(report.rows, metadata).to_json())
-    report.plot(out / "lis.png")
+    out = _write_report(report, metadata, args)
     print(report.to_markdown())
     print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
     return 0
+
+
+def _write_report(report, metadata: dict, args) -> pathlib.Path:
+    """lis.md/json/png into --out, whole; if that fails, into a fresh temporary folder, named in
+    the error: probes that took minutes are never lost to a full disk or a vanished folder."""
+    import tempfile
+
+    from genrank_jax.errors import GenrankError
+    from genrank_jax.output_folder import written_whole
+
+    def write(folder: pathlib.Path) -> None:
+        (folder / "lis.md").write_text(report.to_markdown())
+        (folder / "lis.json").write_text(type(report)(report.rows, metadata).to_json())
+        report.plot(folder / "lis.png")
+
+    try:
+        with written_whole(args.out, overwrite=args.overwrite) as folder:
+            write(folder)
+        return pathlib.Path(args.out)
+    except OSError as error:
+        fallback = pathlib.Path(tempfile.mkdtemp(prefix="genrank-lis-"))
+        write(fallback)
+        raise GenrankError(f"could not write the report to {args.out} ({error}); it is saved in {fallback}") from None
+
+
+def _check_before_work(args, kinds: list[str], horizons: list[str]) -> None:
+    """Every option that can be checked before the probes train (they take minutes)."""
+    from genrank_jax.output_folder import check_free
+
+    check_free(args.out, overwrite=args.overwrite)
+    if args.bound is not None:
+        names = [f"{kind}@{horizon}" for horizon in horizons for kind in kinds]
+        if args.bound not in names:
+            raise ValueError(f"--bound {args.bound!r} is not a leak row of this run; choose one of {', '.join(names)}")
 
 
 def main(argv=None) -> int:

@@ -54,7 +54,7 @@ def test_simulate_command_refuses_an_occupied_folder(tmp_path, capsys):
     first = (out / "log.parquet").read_bytes()
     assert main(["simulate", "--preset", "tests", "--seed", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not empty" in err[0] and "--overwrite" in err[0]
+    assert len(err) == 1 and "already holds files" in err[0] and "--overwrite" in err[0]
     assert (out / "log.parquet").read_bytes() == first
     assert main(["simulate", "--preset", "tests", "--seed", "1", "--out", str(out), "--overwrite"]) == 0
     assert (out / "log.parquet").read_bytes() != first
