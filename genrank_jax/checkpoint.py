@@ -21,6 +21,7 @@ import hashlib
 import json
 import pathlib
 import shutil
+import uuid
 import warnings
 
 import jax
@@ -141,8 +142,8 @@ class Checkpoints:
         self.config_json = config_json
         self.settings = json.loads(json.dumps(settings or {}))  # normalized as it will read back
         self.every = every
-        options = ocp.CheckpointManagerOptions(**{"max_to_keep": keep, "create": True, **(manager_options or {})})
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._options = ocp.CheckpointManagerOptions(**{"max_to_keep": keep, "create": True, **(manager_options or {})})
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     @property
     def quarantine(self) -> pathlib.Path:
@@ -171,6 +172,8 @@ class Checkpoints:
             raise CheckpointError(f"the checkpoint for step {step} was not written to {self.directory}: orbax "
                                   f"skipped it (saved steps: {self.all_steps()}); nothing of this run is saved "
                                   "for that step")
+        if self.replaced is not None and step in self.all_steps():
+            self.discard_replaced()  # this run now has a checkpoint of its own: the old run may go
         return True
 
     def _meta(self, step: int) -> dict:
@@ -276,6 +279,47 @@ class Checkpoints:
             self.manager.delete(step)
         self.manager.reload()
         return steps
+
+    # --- overwriting another run: its checkpoints live until this run has saved one -------------
+    replaced: pathlib.Path | None = None
+
+    def _asides(self) -> list[pathlib.Path]:
+        return sorted(self.directory.parent.glob(f".{self.directory.name}.replaced-*"))
+
+    def move_aside(self) -> list[int]:
+        """Move another run's checkpoints out of the way (kept until `discard_replaced`); returns
+        their steps. A run killed before its first save leaves them aside: the next overwrite
+        adopts them rather than a second, empty folder."""
+        steps = self.all_steps()
+        asides = self._asides()
+        if not steps:
+            self.replaced = asides[-1] if asides else None
+            return []
+        self.manager.close()
+        aside = self.directory.with_name(f".{self.directory.name}.replaced-{uuid.uuid4().hex[:8]}")
+        self.directory.rename(aside)
+        for older in asides:  # an even older run's leftovers: the run moved aside now replaces it
+            shutil.rmtree(older, ignore_errors=True)
+        self.replaced = aside
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+        return steps
+
+    def discard_replaced(self) -> None:
+        """Delete the replaced run's checkpoints (this run has saved its own, or finished)."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def put_back_replaced(self) -> bool:
+        """Undo `move_aside` when this run saved nothing (it failed): True if the old run is back."""
+        if self.replaced is None or self.all_steps() or not self.replaced.exists():
+            return False
+        self.manager.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.replaced.rename(self.directory)
+        self.replaced = None
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+        return True
 
     def close(self):
         self.manager.close()

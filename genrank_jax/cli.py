@@ -181,8 +181,9 @@ def run_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     mesh, sharding_options = mesh_from_args(args)
     trainer = Trainer(config, train, dataset, output_dir=out, mesh=mesh, sharding_options=sharding_options)
-    if args.overwrite and (removed := trainer.overwrite_checkpoints()):
-        print(f"--overwrite: deleted the checkpoints at steps {removed} in {trainer.checkpoints.directory}")
+    if args.overwrite and (moved := trainer.overwrite_checkpoints()):
+        print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "
+              "they are deleted once this run saves its first checkpoint")
     if args.resume:
         print(f"resumed at step {trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)}")
     validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
@@ -190,7 +191,13 @@ def run_train(args) -> int:
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
           f"{config.block} preset={args.preset}\n{defaults_line}")
     started = time.perf_counter()
-    trainer.fit(progress=not args.no_progress)
+    try:
+        trainer.fit(progress=not args.no_progress)
+    except BaseException:
+        if args.overwrite and trainer.put_back_replaced():
+            print(f"the run failed before its first checkpoint: the replaced run's checkpoints are back in "
+                  f"{trainer.checkpoints.directory}", file=sys.stderr)
+        raise
     train_seconds = time.perf_counter() - started
     results = trainer.evaluate("eval")  # fit left the trainer in its best validation state
     best = trainer.best
@@ -210,6 +217,7 @@ def run_train(args) -> int:
 
     if jax.process_index() == 0:  # one writer when several processes train together
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+        trainer.finish_overwrite()
     task = config.features.action_names[0]
     if best:
         if jax.process_index() == 0:

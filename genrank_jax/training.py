@@ -292,12 +292,23 @@ class Trainer:
         return self.step
 
     def overwrite_checkpoints(self) -> list[int]:
-        """Delete the checkpoints another run left in the output folder (an explicit choice); returns their steps."""
+        """Replace the checkpoints another run left in the output folder (an explicit choice): they
+        are moved aside now and deleted once this run has saved its first checkpoint (or by
+        `finish_overwrite`); returns their steps. `put_back_replaced` undoes it if this run fails."""
         if self.checkpoints is None:
             return []
-        removed = self.checkpoints.remove_all()
+        moved = self.checkpoints.move_aside()
         self._owns_checkpoints = True
-        return removed
+        return moved
+
+    def finish_overwrite(self) -> None:
+        """The run ended well: delete the replaced run's checkpoints even if this one saved none."""
+        if self.checkpoints is not None:
+            self.checkpoints.discard_replaced()
+
+    def put_back_replaced(self) -> bool:
+        """The run failed before saving anything: the replaced run's checkpoints go back in place."""
+        return self.checkpoints is not None and self.checkpoints.put_back_replaced()
 
     def _abstract_state(self):
         return abstract_like(nnx.to_pure_dict(self.state))

@@ -199,6 +199,36 @@ def test_overwrite_replaces_the_other_run_explicitly(dataset, run_folder):
     trainer.fit()
     assert trainer.checkpoints.all_steps() == [2]
     assert make_trainer(dataset, run_folder, steps=2).resume() == 2
+    assert sorted(p.name for p in run_folder.iterdir() if "replaced" in p.name) == []  # the old run is gone
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(dataset, run_folder, monkeypatch):
+    """A replacing run that dies before its first checkpoint loses nothing: the old run's steps
+    stay (moved aside, then put back); they are deleted only once the new run has saved."""
+    before = files_of(run_folder)
+    trainer = make_trainer(dataset, run_folder, steps=4, checkpoint_every=4)
+    assert trainer.overwrite_checkpoints() == [2, 4, 6]
+    original_step, calls = trainer._step, []
+
+    def dies_at_step_3(state, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_step(state, batch)
+
+    trainer._step = dies_at_step_3
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    aside = [p for p in run_folder.iterdir() if "replaced" in p.name]
+    assert len(aside) == 1 and sorted(int(p.name) for p in aside[0].iterdir() if p.name.isdigit()) == [2, 4, 6]
+    assert trainer.put_back_replaced()
+    assert files_of(run_folder) == before
+    # a second try (after a kill -9, nothing was put back) adopts the run left aside
+    again = make_trainer(dataset, run_folder, steps=4, checkpoint_every=4)
+    assert again.overwrite_checkpoints() == [2, 4, 6]
+    again.fit()
+    assert again.checkpoints.all_steps() == [4]
+    assert [p for p in run_folder.iterdir() if "replaced" in p.name] == []
 
 
 def test_resume_with_other_settings_names_each_difference(dataset, run_folder):
