@@ -258,6 +258,7 @@ class Trainer:
         # the folder's checkpoints are this run's once it resumed from them, or once it checked the
         # folder was free (or overwrote it) before its first save
         self._owns_checkpoints = False
+        self._allow_setting_changes = False  # set by resume(allow_setting_changes=True)
         if output_dir is not None:  # found on resume whatever checkpoint_every says
             self.checkpoints = Checkpoints(pathlib.Path(output_dir) / "checkpoints", config_json=config.to_json(),
                                            every=train.checkpoint_every,
@@ -284,6 +285,8 @@ class Trainer:
             return self.step
         restored, meta = self.checkpoints.restore(self._abstract_state(), fallback=fallback,
                                                   allow_setting_changes=allow_setting_changes)
+        # the best checkpoint restored at the end may be one the saved run wrote with its settings
+        self._allow_setting_changes = allow_setting_changes
         nnx.replace_by_pure_dict(self.state, restored)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
@@ -402,7 +405,8 @@ class Trainer:
             if step != best["step"]:
                 raise CheckpointError(f"the best checkpoint in {self.checkpoints.directory} is step {step}, but this "
                                       f"run's validation curve peaks at step {best['step']}")
-            restored, _ = self.checkpoints.restore(self._abstract_state(), step=step)
+            restored, _ = self.checkpoints.restore(self._abstract_state(), step=step,
+                                                   allow_setting_changes=self._allow_setting_changes)
             nnx.replace_by_pure_dict(self.state, restored)
         elif self._best_state is not None:
             self.state = self._best_state

@@ -109,3 +109,14 @@ def test_best_state_is_kept_by_orbax_and_a_resumed_run_keeps_it(dataset, tmp_pat
     assert resumed.stopped_early
     resumed.fit()  # nothing left to train: it only restores the best state
     assert resumed.step == trainer.step and resumed.score_validation()["click"]["auc"] == best["auc"]
+
+
+def test_resume_with_setting_changes_restores_its_best_at_the_end(dataset, tmp_path):
+    """--resume --allow-setting-changes (to train longer) must finish: restoring the best
+    checkpoint at the end accepts the saved run's other settings too (issue 21)."""
+    first = overfitting_trainer(dataset, output_dir=tmp_path, epochs=2, patience=0)
+    first.fit()
+    longer = overfitting_trainer(dataset, output_dir=tmp_path, epochs=4, patience=0)
+    assert longer.resume(allow_setting_changes=True) == first.step
+    longer.fit()  # raised SettingsMismatchError at the end before the fix
+    assert longer.step == 2 * first.step and longer.best is not None
