@@ -114,9 +114,13 @@ def test_best_state_is_kept_by_orbax_and_a_resumed_run_keeps_it(dataset, tmp_pat
 def test_resume_with_setting_changes_restores_its_best_at_the_end(dataset, tmp_path):
     """--resume --allow-setting-changes (to train longer) must finish: restoring the best
     checkpoint at the end accepts the saved run's other settings too (issue 21)."""
-    first = overfitting_trainer(dataset, output_dir=tmp_path, epochs=2, patience=0)
+    first = overfitting_trainer(dataset, output_dir=tmp_path)
     first.fit()
-    longer = overfitting_trainer(dataset, output_dir=tmp_path, epochs=4, patience=0)
-    assert longer.resume(allow_setting_changes=True) == first.step
-    longer.fit()  # raised SettingsMismatchError at the end before the fix
-    assert longer.step == 2 * first.step and longer.best is not None
+    assert first.stopped_early
+    # another learning rate: a setting a resume must accept explicitly; the best checkpoint to
+    # restore at the end is one the first run saved under its own settings
+    changed = overfitting_trainer(dataset, output_dir=tmp_path, learning_rate=3e-2)
+    assert changed.resume(allow_setting_changes=True) == first.step
+    changed.fit()  # raised SettingsMismatchError restoring the best state before the fix
+    assert changed.best == first.best
+    assert changed.score_validation()["click"]["auc"] == first.best["auc"]
