@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -73,16 +74,19 @@ def write_synthetic_log(folder: pathlib.Path, rows: int, users: int, items: int,
 
 
 def measured(code: str) -> dict:
-    """Run `code` in a fresh interpreter: its wall and CPU seconds and peak RSS (GB), and what it printed."""
+    """Run `code` in a fresh interpreter: its wall and CPU seconds and its own peak RSS (GB; read
+    inside the child: RUSAGE_CHILDREN's peak is the largest of all children so far), and what it printed."""
+    code += "\nimport resource; print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"failed:\n{done.stderr[-3000:]}")
+    printed, peak = done.stdout.strip().rsplit("peak_rss_kb", 1)
     return {"wall_s": round(time.perf_counter() - start, 1),
             "cpu_s": round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1),
-            "peak_rss_gb": round(after.ru_maxrss / 1e6, 2), "printed": done.stdout.strip()}
+            "peak_rss_gb": round(int(peak) / 1e6, 2), "printed": printed.strip()}
 
 
 def folder_bytes(folder: pathlib.Path) -> int:
@@ -97,6 +101,7 @@ def prepare_rows(sizes: list[int], users: int, items: int, workdir: pathlib.Path
         path = write_synthetic_log(folder, size, users, items)
         written = time.perf_counter() - started
         tfds = folder / "tfds"
+        shutil.rmtree(tfds, ignore_errors=True)  # measure a first preparation, not a cache hit
         args = f"{str(path)!r}, {str(folder / 'schema.toml')!r}, tfds_dir={str(tfds)!r}"
         prepare = measured(f"from genrank_jax.data.own_log import prepare_log; prepare_log({args})")
         records = folder_bytes(tfds)
