@@ -203,3 +203,22 @@ def test_nan_padding_never_reaches_a_valid_output(impl, kind):
     for b in range(3):
         assert not poisoned[b, counts[b]:].any(), f"{impl}: nonzero past num_candidates"
     assert np.abs(clean).max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_pallas_nan_at_a_valid_token_propagates_as_in_the_reference(kind):
+    """NaN in a valid candidate's q or a valid cache key reaches the outputs it reaches in the
+    reference (the kernel used to zero a row whose softmax sum was NaN: `l > 0`)."""
+    arrays, cached, _, _ = make_case(9, batch=2, cache_len=20, slots=17, cache_lengths=[12, 19],
+                                     num_candidates=[17, 6])
+    q, k, v, cache_k, cache_v = (np.array(x) for x in arrays)
+    q[0, 4, 1, 2] = np.nan  # one candidate, one head
+    cache_k[1, 3, 0, 5] = np.inf  # every candidate of sample 1, head 0
+    inputs = tuple(jnp.asarray(x) for x in (q, k, v, cache_k, cache_v))
+    call = lambda impl: np.asarray(cached_attention(
+        *inputs[:3], cache_keys=inputs[3], cache_values=inputs[4], **cached, kind=kind, impl=impl,
+        interpret=impl != "xla"))
+    want, got = call("xla"), call("pallas_triton")
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)
