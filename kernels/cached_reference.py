@@ -24,8 +24,10 @@ def cached_attention_reference(
     # num_candidates) is zeroed before any product: a zero weight times NaN is NaN in an einsum.
     cached = jnp.arange(cache_len)[None, :] < cache_lengths[:, None]  # [B, N]
     slot = jnp.arange(num_slots)[None, :] < num_candidates[:, None]  # [B, M]
-    zero_past = lambda x, valid: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, jnp.zeros((), x.dtype))
-    cache_keys, cache_values, cache_timestamps = (zero_past(x, cached) for x in (cache_keys, cache_values, cache_timestamps))
+    zero_past = lambda x, valid: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x,
+                                           jnp.zeros((), x.dtype))
+    cache_keys, cache_values, cache_timestamps = (zero_past(x, cached)
+                                                  for x in (cache_keys, cache_values, cache_timestamps))
     q, k, v, timestamps = (zero_past(x, slot) for x in (q, k, v, timestamps))
     per_head = lambda slopes, extra: None if slopes is None else slopes.reshape((1, -1) + (1,) * extra)
     # [B, H, M, N]: each candidate against every cached history key
