@@ -14,7 +14,7 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch, TokenKind
-from genrank_jax.embeddings import ItemEmbedding, clipped, lookup
+from genrank_jax.embeddings import ItemEmbedding, clipped, lookup, user_rows
 from genrank_jax.typing import TaskLogits
 
 
@@ -58,7 +58,7 @@ class DINRanker(nnx.Module):
         interest = jnp.einsum("bmj,bjw->bmw", weights, history)
         count = jnp.maximum(history_mask.sum(-1, keepdims=True), 1)[..., None]
         mean_history = jnp.broadcast_to(history.sum(1, keepdims=True) / count, candidates.shape)
-        user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
+        user = lookup(self.user, user_rows(self.config, batch.user_ids))[:, None, :]
         x = jnp.concatenate([jnp.broadcast_to(user, candidates.shape), candidates, interest, mean_history,
                              candidates * mean_history], axis=-1)
         for layer in self.mlp:
@@ -93,7 +93,7 @@ class LogisticBias(nnx.Module):
         self.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
-        user = lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
+        user = lookup(self.user, user_rows(self.config, batch.user_ids))[:, None, :]
         return self.bias[...] + user + lookup(self.item, batch.item_ids)
 
 

@@ -43,9 +43,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
     parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
     # None: chosen by the size of the data (genrank_jax/defaults.py); an explicit value always wins
-    parser.add_argument("--steps", type=positive_int, default=None, help="train this many steps (default: by data size)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="train this many steps (default: by data size; not with --epochs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="at most this many epochs, stopped early on the validation slice (default: by data size)")
+                        help="at most this many epochs, stopped early on the validation slice (default: by data "
+                             "size; not with --steps: both set the run's length, so giving both is an error)")
     parser.add_argument("--patience", type=non_negative_int, default=None,
                         help="stop after this many validation evaluations without a new best (0: never; default 3)")
     parser.add_argument("--eval-every", type=non_negative_int, default=0, help="validate every N steps (0: every epoch)")
@@ -112,6 +114,30 @@ def machine() -> dict:
                 git_commit=commit)
 
 
+# Fewer eval exposures than this make the printed metrics noise (an AUC over a few hundred rows
+# moves by several points between seeds): the table is printed with a warning.
+MIN_EVAL_EXPOSURES = 1000
+
+
+def check_train_options(args) -> None:
+    """Refuse option combinations before any data is read."""
+    if args.steps is not None and args.epochs is not None:
+        raise GenrankError(f"--steps {args.steps} and --epochs {args.epochs} both set the length of the run: give "
+                           "one (--epochs N: at most N passes, stopped early on validation; --steps N: N steps)")
+
+
+def eval_size_lines(dataset, requests, max_candidates: int) -> tuple[str, str | None]:
+    """(the eval set's size, a warning when it is under MIN_EVAL_EXPOSURES scored exposures, else None)."""
+    from genrank_jax.training import candidate_rows
+
+    scored = len(candidate_rows(dataset, requests, max_candidates))
+    size = f"eval set: {len(requests):,} requests, {scored:,} scored exposures"
+    if scored >= MIN_EVAL_EXPOSURES:
+        return size, None
+    return size, (f"warning: the eval set has only {scored:,} scored exposures (under {MIN_EVAL_EXPOSURES:,}): the "
+                  "metrics below are noise; move the split earlier (more eval requests) or use more data")
+
+
 def resolve_defaults(args, dataset) -> str:
     """Fill the options left unset from the data-size rule (genrank_jax/defaults.py); returns a line saying so."""
     from genrank_jax.defaults import defaults_for, train_exposures
@@ -158,6 +184,7 @@ def run_train(args) -> int:
     from genrank_jax.data.sources import data_report, load_dataset
     from genrank_jax.training import TrainConfig, Trainer, check_output_folder, oracle_metrics
 
+    check_train_options(args)
     dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
                            skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
     for line in data_report(dataset):
@@ -225,6 +252,10 @@ def run_train(args) -> int:
         stop = "stopped early" if trainer.stopped_early else "ran to the end"
         print(f"eval metrics of the best validation state: step {best['step']} (epoch {best['epoch']:.1f}, "
               f"validation {task} AUC {best['auc']:.4f}; {stop} at step {trainer.step})")
+    size, warning = eval_size_lines(dataset, trainer.eval_requests, train.max_candidates)
+    print(size)
+    if warning:
+        print(f"genrank-jax train: {warning}", file=sys.stderr)
     print(format_table(results, oracle))
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
     picture = f" and {out / 'training.png'}" if best else ""

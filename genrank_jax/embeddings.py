@@ -5,8 +5,12 @@ rows over a mesh) and a serving cache have one place to attach.
 
 Lookups are safe without `validate_batch` (a bare `nnx.Embed` returns NaN rows for ids past its
 table, which would poison every token of the row through attention):
-- item, side-feature and user ids outside their table are masked: they give a zero row, as
-  NO_ITEM does (`lookup`);
+- item and side-feature ids outside their table are masked: they give a zero row, as NO_ITEM
+  does (`lookup`);
+- an unknown user (a negative id, or one >= features.num_users when ids are not hashed into
+  `num_user_buckets`) gets the unknown-user row: a zero user vector, so the model ranks from the
+  history alone (`user_rows`). The id is never wrapped onto another real user's row. Serving
+  raises for unknown users when ids are concrete; this row is what jitted and exported code uses;
 - positions, request indices, gap buckets and slots are clipped into their table (`clipped`): the
   last row stands for "this many or more", the first for negative values.
 `validate_batch` still rejects such ids when they are concrete, naming the field and row.
@@ -28,6 +32,18 @@ def lookup(table: nnx.Embed, ids, present=None):
     present = inside if present is None else present & inside
     rows = table(jnp.clip(ids, 0, table.num_embeddings - 1))
     return rows * present[..., None].astype(rows.dtype)
+
+
+UNKNOWN_USER = -1  # the row `user_rows` gives an unknown user: `lookup` turns it into zeros
+
+
+def user_rows(config, user_ids):
+    """User-table rows of model user ids: `id % user_rows` for known ids (hashed into
+    `num_user_buckets` when set: any id >= 0 is known then), UNKNOWN_USER for the rest."""
+    known = user_ids >= 0
+    if not config.num_user_buckets:
+        known = known & (user_ids < config.features.num_users)
+    return jnp.where(known, user_ids % config.user_rows, UNKNOWN_USER)
 
 
 def clipped(table: nnx.Embed, ids):
@@ -100,7 +116,7 @@ class TokenEmbedding(nnx.Module):
         x = x + clipped(self.position, batch.positions) + clipped(self.request, batch.request_index)
         x = x + clipped(self.gap, batch.gap_bucket) + clipped(self.slot, batch.slot)
         if self.user is not None:
-            x = x + lookup(self.user, batch.user_ids % self.config.user_rows)[:, None, :]
+            x = x + lookup(self.user, user_rows(self.config, batch.user_ids))[:, None, :]
         if extra is not None:
             x = x + extra
         return x * valid[..., None]

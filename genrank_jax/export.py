@@ -25,8 +25,11 @@ plausibly wrong.
 
 The exported functions use the jnp attention reference (a Pallas kernel would tie the artifact to
 one device kind); `platforms` picks the targets (cpu, cuda, tpu; several make one multi-platform
-artifact). Input checks (unknown items, too long a history, a foreign cache) run in the library
-before export, not inside the artifact: the caller of a bare artifact validates its inputs itself.
+artifact). Input checks (unknown items and users, side features out of vocabulary, too long a
+history, a foreign cache) run in the library before export, not inside the artifact: the caller of
+a bare artifact validates its inputs itself. Inside it, an unknown user id gets the zero
+unknown-user row (`embeddings.user_rows`), never another user's; wrong input widths are refused by
+the artifact's shapes.
 """
 
 from __future__ import annotations

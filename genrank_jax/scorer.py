@@ -124,6 +124,7 @@ class Scorer:
         Compiles once per candidate shape; `score_requests` is the fixed-shape path for serving.
         """
         serving.check_model(cache, self.tag)
+        serving._check_users(self.config, cache.user_ids, "the cache's user_ids")
         serving._check_candidates(self.config, candidates)
         users = jnp.arange(cache.batch_size, dtype=jnp.int32)
         return self._score_rows(self.state, cache, users, candidates)
@@ -154,6 +155,12 @@ class Scorer:
                 side=np.zeros((ids.size, len(features.side_vocab_sizes)), np.int32) if request.side is None else request.side,
                 content=np.zeros((ids.size, features.content_dim), np.float32) if request.content is None else request.content,
                 slot=np.zeros(ids.size, np.int32) if request.slot is None else request.slot)
+            for field, width in (("side", len(features.side_vocab_sizes)), ("content", features.content_dim)):
+                if np.shape(fields[field]) != (ids.size, width):
+                    raise ServingError(f"request {b}: {field} must be [{ids.size}, {width}] (one row of {width} per "
+                                       f"candidate, as the model was trained), got shape {np.shape(fields[field])}")
+            serving._check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
+                                    np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
             for start in range(0, ids.size, m):
                 count = min(m, ids.size - start)
                 part = slice(start, start + count)
@@ -187,6 +194,7 @@ class Scorer:
     def score_requests(self, cache: HistoryCache, requests: Sequence[Request | None]) -> list[np.ndarray | None]:
         """[M_b, A] float32 logits per request (None where the request is None), in micro-batches."""
         serving.check_model(cache, self.tag)
+        serving._check_users(self.config, cache.user_ids, "the cache's user_ids")
         users, rows, where = self._pack(cache, requests)
         size = self.rows_per_batch
         pending = []

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genrank_jax import embeddings
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
 from genrank_jax.typing import Array, Float, Int
@@ -41,7 +42,8 @@ CandidateLogits = Float[Array, "B M A"]
 
 
 class ServingError(GenrankError, ValueError):
-    """Input that serving cannot score: unknown items, no candidates, too long a history, a foreign cache."""
+    """Input that serving cannot score: unknown items or users, side features of the wrong width or out of
+    vocabulary, no candidates, too long a history, a foreign cache."""
 
 
 @jax.tree_util.register_dataclass
@@ -205,11 +207,48 @@ def _check_items(name: str, item_ids, valid, num_items: int) -> None:
                            f"{np.unique(unknown)[:10].tolist()}")
 
 
-def _check_history(config, history: History, capacity: int) -> None:
-    if not _concrete(history):
+def _check_users(config, user_ids, where: str) -> None:
+    """Raise for user ids the model does not know (jitted code maps them to the zero unknown-user
+    row, `embeddings.user_rows`; a concrete request is refused instead, as unknown items are)."""
+    if not _concrete(user_ids) or not config.use_user_embedding:
         return
-    lengths = np.asarray(history.lengths)
+    ids = np.asarray(user_ids)
+    unknown = ids[np.asarray(embeddings.user_rows(config, ids)) == embeddings.UNKNOWN_USER]
+    if unknown.size:
+        known = "any id >= 0 (hashed)" if config.num_user_buckets else f"0..{config.features.num_users - 1}"
+        raise ServingError(f"{where} hold {unknown.size} unknown user id(s) (the model knows {known}): "
+                           f"{np.unique(unknown)[:10].tolist()}")
+
+
+def _check_features(config, name: str, side, content, tokens: tuple, valid=None) -> None:
+    """Side-feature and content widths (F, C) of the model for `tokens` (B, N), and side ids inside
+    their vocabularies where `valid` [B, N] (a token that carries an item; None: not concrete).
+    Widths are static, checked even under a trace: a narrower array would be read by index
+    clamping (feature 1 reading feature 0)."""
+    features = config.features
+    for field, array, width in (("side", side, len(features.side_vocab_sizes)), ("content", content,
+                                                                                  features.content_dim)):
+        if np.ndim(array) != 3 or tuple(np.shape(array)) != (*tokens, width):
+            raise ServingError(f"{name}.{field} must be [B, N, {width}] ({field} width {width}, as the model was "
+                               f"trained) with B, N = {tuple(tokens)}, got shape {tuple(np.shape(array))}")
+    if valid is None or not _concrete(side):
+        return
+    valid = np.asarray(valid)
+    for f, size in enumerate(features.side_vocab_sizes):
+        ids = np.asarray(side)[..., f][valid]
+        unknown = ids[(ids < 0) | (ids >= size)]
+        if unknown.size:
+            raise ServingError(f"{name}.side feature {f} holds {unknown.size} unknown id(s) (its vocabulary is "
+                               f"0..{size - 1}): {np.unique(unknown)[:10].tolist()}")
+
+
+def _check_history(config, history: History, capacity: int) -> None:
     width = history.item_ids.shape[1]
+    if not _concrete(history):
+        _check_features(config, "history", history.side, history.content, history.item_ids.shape)
+        return
+    _check_users(config, history.user_ids, "history user_ids")
+    lengths = np.asarray(history.lengths)
     if (lengths < 0).any() or (lengths > width).any():
         raise ServingError(f"history lengths must lie in [0, {width}] (the padded width), got {lengths.tolist()}")
     longest = int(lengths.max(initial=0))
@@ -224,12 +263,14 @@ def _check_history(config, history: History, capacity: int) -> None:
     in_history = np.arange(width)[None, :] < lengths[:, None]
     carries_item = in_history & (np.asarray(history.kinds) != TokenKind.ACTION)
     _check_items("history tokens", history.item_ids, carries_item, config.features.num_items)
+    _check_features(config, "history", history.side, history.content, history.item_ids.shape, carries_item)
 
 
 def _check_candidates(config, candidates: Candidates) -> None:
     if candidates.item_ids.shape[1] == 0:
         raise ServingError("the candidate list is empty (M = 0): nothing to score")
     if not _concrete(candidates):
+        _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
         return
     counts = np.asarray(candidates.num_candidates)
     slots = candidates.item_ids.shape[1]
@@ -239,6 +280,7 @@ def _check_candidates(config, candidates: Candidates) -> None:
         raise ServingError("every candidate list is empty (num_candidates are all 0): nothing to score")
     valid = np.arange(slots)[None, :] < counts[:, None]
     _check_items("candidates", candidates.item_ids, valid, config.features.num_items)
+    _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape, valid)
 
 
 # ---------------------------------------------------------------- the three operations
@@ -332,6 +374,7 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
     config = model.config
     _check_cache_shape(model, cache)
     check_model(cache, model_tag(model) if tag is None else tag)
+    _check_users(config, cache.user_ids, "the cache's user_ids")
     _check_candidates(config, candidates)
     batch, slots = candidates.item_ids.shape
     if batch != cache.batch_size:

@@ -144,8 +144,11 @@ def softmax_update(scores, mask, m_prev, l_prev):
 def softmax_finish(acc, m, l, row_valid):
     """Normalized output [Tq, Dv] f32 and base-2 log-sum-exp [Tq]; rows with no key, and rows
     past the length (`row_valid` [Tq] False: they may hold garbage from unmasked interior tiles,
-    even NaN from padding queries), give 0."""
-    has_keys = (l > 0.0) & row_valid
+    even NaN from padding queries), give 0.
+
+    A row without keys has l == 0 exactly. `l != 0`, not `l > 0`: NaN or Inf in q or k at a valid
+    token makes l NaN, and that NaN must reach the output, as in the reference."""
+    has_keys = (l != 0.0) & row_valid
     inverse = jnp.where(has_keys, 1.0 / jnp.where(has_keys, l, 1.0), 0.0)
     lse2 = jnp.where(has_keys, m + jnp.log2(jnp.where(has_keys, l, 1.0)), 0.0)
     return jnp.where(rows(has_keys, acc.shape), acc * rows(inverse, acc.shape), 0.0), lse2

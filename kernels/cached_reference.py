@@ -20,6 +20,15 @@ def cached_attention_reference(
     """[B, M, H, Dv] output; arguments already validated and defaulted by `cached_attention`."""
     num_slots, cache_len = q.shape[1], cache_keys.shape[1]
     f32 = lambda x: x.astype(jnp.float32)
+    # As in the full op, padding (cache rows past cache_lengths, candidate slots past
+    # num_candidates) is zeroed before any product: a zero weight times NaN is NaN in an einsum.
+    cached = jnp.arange(cache_len)[None, :] < cache_lengths[:, None]  # [B, N]
+    slot = jnp.arange(num_slots)[None, :] < num_candidates[:, None]  # [B, M]
+    zero_past = lambda x, valid: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x,
+                                           jnp.zeros((), x.dtype))
+    cache_keys, cache_values, cache_timestamps = (zero_past(x, cached)
+                                                  for x in (cache_keys, cache_values, cache_timestamps))
+    q, k, v, timestamps = (zero_past(x, slot) for x in (q, k, v, timestamps))
     per_head = lambda slopes, extra: None if slopes is None else slopes.reshape((1, -1) + (1,) * extra)
     # [B, H, M, N]: each candidate against every cached history key
     cache_bias = relative_bias(

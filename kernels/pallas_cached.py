@@ -78,6 +78,16 @@ def _row(vector, shape, axis):
     return lax.broadcast_in_dim(vector, shape, (axis,))
 
 
+def _zero_rows(x, valid):
+    """Tile `x` [T, D] with rows where `valid` [T] is False set to 0 (a select: NaN goes too)."""
+    return jnp.where(_row(valid, x.shape, 0), x, jnp.zeros((), x.dtype))
+
+
+def _zero_past(x, start, length):
+    """Tile `x` [T, D] of rows start..start+T with rows at or past `length` set to 0."""
+    return _zero_rows(x, start + lax.broadcasted_iota(jnp.int32, (x.shape[0],), 0) < length)
+
+
 def _kernel(*refs, static: _Static):
     refs = list(refs)
     lengths_ref, candidates_ref, normalizer_ref, q_pos_ref, k_pos_ref, q_time_ref, k_time_ref = refs[:7]
@@ -93,7 +103,7 @@ def _kernel(*refs, static: _Static):
     time_slope = None if time_ref is None else time_ref[h]
     row_valid = (m_start + lax.broadcasted_iota(jnp.int32, (block_m,), 0)) < candidates_ref[b]
 
-    q = q_ref[...]
+    q = _zero_rows(q_ref[...], row_valid)
     precision = lax.Precision.HIGHEST if q.dtype == jnp.float32 else lax.Precision.DEFAULT
     q_pos = q_pos_ref[pl.ds(m_start, block_m)]
     q_time = q_time_ref[pl.ds(m_start, block_m)]
@@ -101,8 +111,9 @@ def _kernel(*refs, static: _Static):
     def body(step, carry):
         acc, m, l = carry
         n_start = pl.multiple_of(step * block_n, block_n)
-        keys = cache_k_ref[pl.ds(n_start, block_n), :]
-        values = cache_v_ref[pl.ds(n_start, block_n), :]
+        # cache rows past the length may hold NaN / Inf (0 * NaN is NaN in the matmul): zeroed
+        keys = _zero_past(cache_k_ref[pl.ds(n_start, block_n), :], n_start, cache_length)
+        values = _zero_past(cache_v_ref[pl.ds(n_start, block_n), :], n_start, cache_length)
         shape = (block_m, block_n)
         logits = lax.dot_general(q, keys, (((1,), (1,)), ((), ())), precision=precision,
                                  preferred_element_type=jnp.float32) * static.scale
@@ -132,8 +143,8 @@ def _kernel(*refs, static: _Static):
     acc, m, l = lax.fori_loop(0, n_steps, body, init)
 
     # the candidate's own key: one more column of its row
-    own_v = v_ref[...].astype(jnp.float32)
-    own = jnp.sum(q.astype(jnp.float32) * k_ref[...].astype(jnp.float32), axis=1) * static.scale
+    own_v = _zero_rows(v_ref[...], row_valid).astype(jnp.float32)
+    own = jnp.sum(q.astype(jnp.float32) * _zero_rows(k_ref[...], row_valid).astype(jnp.float32), axis=1) * static.scale
     own = own + relative_bias(q_pos, q_pos, q_time, q_time, alibi, time_slope)
     if static.kind == "softmax":
         score = jnp.where(row_valid, own * LOG2E, MASK_VALUE)
@@ -142,14 +153,15 @@ def _kernel(*refs, static: _Static):
         p = jnp.where(row_valid, jnp.exp2(score - m_next), 0.0)
         l = l * correction + p
         acc = acc * _row(correction, acc.shape, 0) + _row(p, acc.shape, 0) * own_v
-        has_keys = l > 0.0
+        # l != 0, not l > 0: NaN or Inf in q or k at a valid token makes l NaN, and it must show
+        has_keys = (l != 0.0) & row_valid
         inverse = jnp.where(has_keys, 1.0 / jnp.where(has_keys, l, 1.0), 0.0)
         out = acc * _row(inverse, acc.shape, 0)
     else:
         p = jnp.where(row_valid, own / (1.0 + jnp.exp(-own)), 0.0)
         acc = acc + _row(p, acc.shape, 0) * own_v
         out = acc / jnp.maximum(normalizer_ref[b], 1).astype(jnp.float32)
-    o_ref[...] = out.astype(o_ref.dtype)
+    o_ref[...] = jnp.where(_row(row_valid, out.shape, 0), out, 0.0).astype(o_ref.dtype)
 
 
 def _forward(static: _Static, q, k, v, cache_k, cache_v, meta):

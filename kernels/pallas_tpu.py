@@ -331,7 +331,10 @@ def _forward_kernel(lengths_ref, candidates_ref, slopes_ref, q_ref, k_ref, v_ref
             lse_ref[...] = jnp.where(empty, 0.0, m_ref[...] + jnp.log(safe_total))
         else:
             out = acc_ref[...] * _inverse_length(length)
-        out_ref[...] = out.astype(out_ref.dtype)
+        # rows past the length gave every key weight 0, but 0 * (NaN or Inf in a valid v) is NaN
+        # inside the matmul: a select keeps them exactly 0, as the contract says
+        row = q_block * cfg.block_q + lax.broadcasted_iota(jnp.int32, out.shape, 0)
+        out_ref[...] = jnp.where(row < length, out, 0.0).astype(out_ref.dtype)
 
 
 def _kv_map(cfg):

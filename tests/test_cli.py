@@ -282,3 +282,31 @@ def test_number_validators_agree_with_their_definition(value):
         else:
             with pytest.raises(argparse.ArgumentTypeError, match=f"got {re.escape(repr(text))}"):
                 check(text)
+
+
+def test_steps_with_epochs_is_refused_before_any_data_is_read(tmp_path, capsys):
+    """`--steps` with `--epochs` used to train `--epochs` and ignore `--steps` without a word."""
+    code, _, err = run_cli(["train", "--data", "movielens:100k", "--data-dir", str(tmp_path / "absent"),
+                            "--out", str(tmp_path / "run"), "--steps", "5", "--epochs", "2"], capsys)
+    line = assert_one_line_error(code, err, "train")
+    assert "--steps 5 and --epochs 2 both set the length of the run: give one" in line
+    assert not (tmp_path / "run").exists()
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "giving both is an error" in " ".join(help_text.split())
+
+
+def test_a_small_eval_set_is_sized_and_warned(tmp_path, capsys, monkeypatch):
+    """A split leaving a handful of eval rows used to print a metrics table without saying so."""
+    from tests.data import fixtures
+
+    monkeypatch.setenv("GENRANK_TFDS_DIR", str(tmp_path / "tfds"))
+    fixtures.write_grouplens_100k(tmp_path / "raw", fixtures.movielens_log(seed=1))
+    code, out, err = run_cli(["train", "--data", "movielens:100k", "--data-dir", str(tmp_path / "raw"),
+                              "--out", str(tmp_path / "run"), "--validation-fraction", "0", *FAST], capsys)
+    assert code == 0, err
+    size = re.search(r"eval set: (\d+) requests, (\d+) scored exposures", out)
+    assert size and 0 < int(size.group(2)) < 1000, out
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert report["eval"]  # the table is still printed, after its size
+    assert out.index("eval set:") < out.index("task ")
+    assert f"genrank-jax train: warning: the eval set has only {size.group(2)} scored exposures (under 1,000)" in err

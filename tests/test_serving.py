@@ -8,6 +8,7 @@ different history lengths, one with no history at all) and freshly initialized m
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -184,3 +185,97 @@ def test_eager_api_checks_bad_input_with_clear_errors(feed):
     fewer[0] = Request(item_ids=np.asarray(fewer[0].item_ids)[:1])
     with pytest.raises(ServingError, match="request 0 has 1 candidates but its cache was encoded for"):
         Scorer(hstu).score_requests(hstu_cache, fewer)
+
+
+def test_unknown_users_raise_and_jitted_code_gives_them_the_zero_user_row(feed):
+    """User 303 of 300 used to be scored as user 3, user -1 as user 299 (`id % user_rows`)."""
+    from genrank_jax import serving
+
+    batch = make_batch(feed.dataset, "action", seed=3)
+    model = make_model(feed.dataset, "action", "transformer")
+    history, candidates = split_batch(batch)
+    num_users = feed.dataset.spec.num_users
+    for user in (num_users + 3, -1):
+        users = np.array(history.user_ids)
+        users[0] = user
+        stranger = dataclasses.replace(history, user_ids=users)
+        with pytest.raises(ServingError, match=rf"unknown user id.*0\.\.{num_users - 1}\): \[{user}\]"):
+            model.encode_history(stranger)
+        with pytest.raises(ServingError, match="unknown user id"):
+            Scorer(model).encode(stranger)
+    cache = model.encode_history(history)
+    users = np.array(cache.user_ids)
+    users[1] = num_users
+    with pytest.raises(ServingError, match="the cache's user_ids hold 1 unknown user id"):
+        model.score(dataclasses.replace(cache, user_ids=users), candidates)
+
+    # under jit (and so in the exported artifact) nothing can raise: the unknown user gets a zero
+    # user vector, i.e. what a known user gets from a model whose user table is zero
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda state, history: serving.score(
+        nnx.merge(graphdef, state), serving.encode_history(nnx.merge(graphdef, state), history), candidates))
+    users = np.array(history.user_ids)
+    users[0] = num_users + 3
+    got = np.asarray(run(state, dataclasses.replace(history, user_ids=users)))
+    blank = nnx.split(make_model(feed.dataset, "action", "transformer"))[1]
+    table = blank["embed"]["user"]["embedding"]
+    table[...] = jnp.zeros_like(table[...])
+    users[0] = 3
+    want = np.asarray(run(blank, dataclasses.replace(history, user_ids=users)))
+    np.testing.assert_allclose(got[0], want[0], atol=ATOL, rtol=ATOL / 10)
+    as_user_3 = np.asarray(run(state, dataclasses.replace(history, user_ids=users)))
+    assert np.abs(got[0] - as_user_3[0]).max() > 1e-3, "the unknown user was scored as a real one"
+
+
+def test_nan_at_a_padded_history_token_changes_no_score(feed):
+    """NaN content or actions past `lengths` used to make every logit of the user NaN (the cached
+    op multiplied zero weights by the cache's NaN)."""
+    batch = make_batch(feed.dataset, "action", seed=4)
+    model = make_model(feed.dataset, "action", "transformer")
+    history, candidates = split_batch(batch)
+    scorer = Scorer(model)
+    want = np.asarray(scorer.score(scorer.encode(history), candidates))
+    lengths = np.asarray(history.lengths)
+    assert (lengths < history.item_ids.shape[1]).any()
+    content, actions = np.array(history.content), np.array(history.actions)
+    for b, length in enumerate(lengths):
+        content[b, length:], actions[b, length:] = np.nan, np.nan
+    poisoned = dataclasses.replace(history, content=content, actions=actions)
+    got = np.asarray(scorer.score(scorer.encode(poisoned), candidates))
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_side_features_of_the_wrong_width_or_out_of_vocabulary_raise(feed):
+    """A narrower side array used to be read by index clamping (feature 1 read feature 0); an id
+    past a side feature's vocabulary was masked to zero without a word."""
+    batch = make_batch(feed.dataset, "action", seed=5)
+    model = make_model(feed.dataset, "action", "transformer")
+    history, candidates = split_batch(batch)
+    sizes = feed.dataset.spec.side_vocab_sizes
+    assert len(sizes) == 2
+    cache = model.encode_history(history)
+    narrow = dataclasses.replace(candidates, side=np.asarray(candidates.side)[..., :1])
+    with pytest.raises(ServingError, match=r"candidates.side must be \[B, N, 2\].*got shape \(5, \d+, 1\)"):
+        model.score(cache, narrow)
+    with pytest.raises(ServingError, match=r"candidates.side must be \[B, N, 2\]"):
+        Scorer(model).score(cache, narrow)
+    with pytest.raises(ServingError, match=r"history.side must be \[B, N, 2\]"):
+        model.encode_history(dataclasses.replace(history, side=np.asarray(history.side)[..., :1]))
+    requests = requests_from(candidates)
+    requests[1] = dataclasses.replace(requests[1], side=np.asarray(requests[1].side)[:, :1])
+    with pytest.raises(ServingError, match=r"request 1: side must be \[\d+, 2\].*got shape \(\d+, 1\)"):
+        Scorer(model).score_requests(cache, requests)
+
+    side = np.array(candidates.side)
+    side[0, 0, 1] = sizes[1] + 4
+    with pytest.raises(ServingError, match=rf"candidates.side feature 1 holds 1 unknown id.*0\.\.{sizes[1] - 1}\): "
+                                           rf"\[{sizes[1] + 4}\]"):
+        model.score(cache, dataclasses.replace(candidates, side=side))
+    history_side = np.array(history.side)
+    history_side[0, 0, 0] = -2
+    with pytest.raises(ServingError, match=r"history.side feature 0 holds 1 unknown id"):
+        model.encode_history(dataclasses.replace(history, side=history_side))
+    requests = requests_from(dataclasses.replace(candidates, side=side))
+    with pytest.raises(ServingError, match=r"request 0.side feature 1 holds 1 unknown id"):
+        Scorer(model).score_requests(cache, requests)

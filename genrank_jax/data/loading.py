@@ -192,6 +192,7 @@ def load_prepared(builder: LogBuilder, *, name: str | None = None, split: Split 
         user_features={n: data["user_features"][:, i] for i, n in enumerate(user_names)},
         info={"format": meta["format"], "split": split, "cutoff": cutoff, "request_gap_seconds": gap,
               "max_request_size": max_size, "bad_rows": dict(meta["bad_rows"]),
+              "side_files": dict(meta.get("side_files", {})),
               "duplicate_rows": int(meta.get("duplicate_rows", 0)), "drop_duplicates": bool(meta.get("drop_duplicates")),
               "side_feature_names": tuple(meta["side_feature_names"]),
               "user_vocab_sizes": dict(zip(user_names, meta["user_vocab_sizes"])),

@@ -4,6 +4,8 @@ Fixture files are written into tmp_path from a known log (tests/data/fixtures.py
 values are computed from that log, not from the code under test.
 """
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -172,6 +174,54 @@ def test_missing_companion_file_names_it(ml_log, tmp_path):
         load("movielens:1m", tmp_path / "raw", tmp_path)
 
 
+def test_side_file_match_rates_are_reported_and_a_foreign_file_refused(ml_log, tmp_path, caplog):
+    """A .item/.user whose ids match none of the log's used to give all-zero features silently."""
+    raw = tmp_path / "raw"
+    fixtures.write_recbole(raw, ml_log)
+    data = load("movielens:100k", raw, tmp_path / "ok")
+    assert {role: entry["match_rate"] for role, entry in data.info["side_files"].items()} == {"items": 1.0,
+                                                                                           "users": 1.0}
+    assert data.info["side_files"]["users"]["file"].endswith("ml-100k.user")
+    lines = (raw / "ml-100k.user").read_text().splitlines()
+    # ids shifted past the log's: no user of the log has a row
+    (raw / "ml-100k.user").write_text("\n".join([lines[0]] + [f"{1000 + i}\t" + row.split("\t", 1)[1]
+                                                               for i, row in enumerate(lines[1:])]) + "\n")
+    with pytest.raises(DataError, match=r"ml-100k\.user: only 0\.0% of the log's 6 users have a row in it"):
+        load("movielens:100k", raw, tmp_path / "foreign")
+    # one of six users kept: 17% still refused; five of six: loads with a warning naming the rate
+    (raw / "ml-100k.user").write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(DataError, match=r"only 16\.7% of the log's 6 users"):
+        load("movielens:100k", raw, tmp_path / "one")
+    (raw / "ml-100k.user").write_text("\n".join(lines[:6]) + "\n")
+    with caplog.at_level(logging.INFO):
+        data = load("movielens:100k", raw, tmp_path / "five")
+    assert data.info["side_files"]["users"]["match_rate"] == pytest.approx(5 / 6)
+    assert any(r.levelno == logging.WARNING and "83.3% of the log's 6 users" in r.getMessage() for r in caplog.records)
+
+
+def test_absent_optional_side_files_are_said(ml_log, tmp_path, caplog):
+    raw = tmp_path / "raw"
+    fixtures.write_recbole(raw, ml_log)
+    (raw / "ml-100k.item").unlink()
+    (raw / "ml-100k.user").unlink()
+    with caplog.at_level(logging.WARNING):
+        data = load("movielens:100k", raw, tmp_path)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no ml-100k.item beside it: every item side features is 0" in m for m in warned), warned
+    assert any("no ml-100k.user beside it" in m for m in warned), warned
+    assert data.info["side_files"] == {}
+
+
+def test_swapped_user_and_item_columns_are_refused(ml_log, tmp_path):
+    """u.data with its user and item columns swapped used to load (items as users)."""
+    raw = tmp_path / "raw"
+    fixtures.write_grouplens_100k(raw, ml_log)
+    rows = [line.split("\t") for line in (raw / "u.data").read_text().splitlines()]
+    (raw / "u.data").write_text("\n".join("\t".join([i, u, r, t]) for u, i, r, t in rows) + "\n")
+    with pytest.raises(DataError, match=r"user and item columns look swapped: 0% of its 10 users are in u\.user"):
+        load("movielens:100k", raw, tmp_path)
+
+
 def test_malformed_rows_raise_with_line_or_are_skipped(ml_log, tmp_path):
     raw = tmp_path / "raw"
     fixtures.write_grouplens_100k(raw, ml_log)
@@ -184,6 +234,20 @@ def test_malformed_rows_raise_with_line_or_are_skipped(ml_log, tmp_path):
     data = load("movielens:100k", raw, tmp_path, skip_bad_rows=True)
     assert data.info["bad_rows"] == {"u.data": 2}
     assert data.interactions.num_exposures == len(ml_log.users) - 1  # one real row replaced, one added
+
+
+def test_ids_with_digit_grouping_are_malformed_rows(ml_log, tmp_path):
+    """Python's int() reads `1_977` as 1977 (and float() `880_000_000`): a raw log's id is digits only."""
+    raw = tmp_path / "raw"
+    fixtures.write_grouplens_100k(raw, ml_log)
+    lines = (raw / "u.data").read_text().splitlines()
+    lines[2] = "\t".join(["1_0"] + lines[2].split("\t")[1:])  # user 10 is in the log
+    lines[6] = "\t".join(lines[6].split("\t")[:3] + ["880_000_000"])
+    (raw / "u.data").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MalformedRowError, match=r"u\.data:3: bad value \('1_0' is not an integer\)"):
+        load("movielens:100k", raw, tmp_path)
+    data = load("movielens:100k", raw, tmp_path, skip_bad_rows=True)
+    assert data.info["bad_rows"] == {"u.data": 2}
 
 
 def test_malformed_csv_header(ml_log, tmp_path):

@@ -173,3 +173,52 @@ def test_pallas_kernel_lowers_to_triton_for_cuda(kind):
             spec((batch, cache_len), jnp.float32)).lower(lowering_platforms=("cuda",)).as_text()
     calls = re.findall(r"custom_call @([^(]+)\(", text)
     assert len(calls) == 1 and "triton" in calls[0], calls
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas_triton"])
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_nan_padding_never_reaches_a_valid_output(impl, kind):
+    """NaN / Inf in cache rows past cache_lengths and in candidate slots past num_candidates
+    change nothing: valid rows are bit-for-bit those of clean padding, padding rows are 0 (a zero
+    weight times the cache's NaN used to make every candidate of the user NaN)."""
+    arrays, cached, _, _ = make_case(8, batch=3, cache_len=20, slots=18, cache_lengths=[0, 7, 17],
+                                     num_candidates=[18, 5, 1])
+    lengths, counts = np.asarray(cached["cache_lengths"]), np.asarray(cached["num_candidates"])
+
+    def call(arrays, cache_times, times):
+        q, k, v, cache_k, cache_v = arrays
+        arguments = dict(cached, cache_timestamps=jnp.asarray(cache_times), timestamps=jnp.asarray(times))
+        return np.asarray(cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, **arguments,
+                                           kind=kind, impl=impl, interpret=impl != "xla"))
+
+    clean = call(arrays, cached["cache_timestamps"], cached["timestamps"])
+    q, k, v, cache_k, cache_v = (np.array(x) for x in arrays)
+    cache_times, times = np.array(cached["cache_timestamps"]), np.array(cached["timestamps"])
+    for b in range(3):
+        cache_k[b, lengths[b]:], cache_v[b, lengths[b]:], cache_times[b, lengths[b]:] = np.inf, np.nan, np.nan
+        q[b, counts[b]:], k[b, counts[b]:], v[b, counts[b]:], times[b, counts[b]:] = np.nan, -np.inf, np.nan, np.nan
+    poisoned = call(tuple(jnp.asarray(x) for x in (q, k, v, cache_k, cache_v)), cache_times, times)
+    assert np.isfinite(poisoned).all(), f"{impl}: NaN/Inf escaped the padding"
+    np.testing.assert_array_equal(poisoned, clean)
+    for b in range(3):
+        assert not poisoned[b, counts[b]:].any(), f"{impl}: nonzero past num_candidates"
+    assert np.abs(clean).max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_pallas_nan_at_a_valid_token_propagates_as_in_the_reference(kind):
+    """NaN in a valid candidate's q or a valid cache key reaches the outputs it reaches in the
+    reference (the kernel used to zero a row whose softmax sum was NaN: `l > 0`)."""
+    arrays, cached, _, _ = make_case(9, batch=2, cache_len=20, slots=17, cache_lengths=[12, 19],
+                                     num_candidates=[17, 6])
+    q, k, v, cache_k, cache_v = (np.array(x) for x in arrays)
+    q[0, 4, 1, 2] = np.nan  # one candidate, one head
+    cache_k[1, 3, 0, 5] = np.inf  # every candidate of sample 1, head 0
+    inputs = tuple(jnp.asarray(x) for x in (q, k, v, cache_k, cache_v))
+    call = lambda impl: np.asarray(cached_attention(
+        *inputs[:3], cache_keys=inputs[3], cache_values=inputs[4], **cached, kind=kind, impl=impl,
+        interpret=impl != "xla"))
+    want, got = call("xla"), call("pallas_triton")
+    assert np.isnan(want).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=ATOL / 10)

@@ -114,3 +114,29 @@ def test_slopes_and_timestamps_get_no_gradient(impl):
     assert np.abs(np.asarray(dq)).max() > 0  # the loss does depend on the inputs
     for name, grad in d_constants.items():
         assert not np.asarray(grad).any(), f"{impl}: {name} got a gradient"
+
+
+@pytest.mark.parametrize("impl", BACKENDS[1:])
+@pytest.mark.parametrize("kind", ["softmax", "silu"])
+def test_nan_and_inf_at_a_valid_token_propagate_as_in_the_reference(impl, kind):
+    """NaN or Inf in q, k or v at a valid token reaches exactly the outputs it reaches in the
+    reference (the GPU tiles used to zero a row whose softmax sum was NaN), and rows past the
+    length stay 0 (the TPU kernel used to write 0 * NaN there)."""
+    rng = np.random.default_rng(3)
+    batch = len(LENGTHS)
+    clean = [rng.normal(size=(batch, SEQ_LEN, HEADS, HEAD_DIM)).astype(np.float32) for _ in range(3)]
+    arguments = _as_jax(_metadata(rng))
+    for name in ("q", "k", "v"):
+        for value in (np.nan, np.inf):
+            q, k, v = (x.copy() for x in clean)
+            poisoned = dict(q=q, k=k, v=v)[name]
+            poisoned[0, 5, 0, 3] = value  # a history token of a sample with candidates
+            poisoned[2, 3, 1, 0] = value  # a candidate of an all-candidate sample
+            inputs = [jnp.asarray(x) for x in (q, k, v)]
+            want = np.asarray(attention(*inputs, **arguments, kind=kind, impl="xla"))
+            got = np.asarray(attention(*inputs, **arguments, kind=kind, impl=impl, interpret=True))
+            assert np.isnan(want).any(), "the case must reach an output"
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{impl} {name}={value}")
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-6, err_msg=f"{impl} {name}={value}")
+            for b, length in enumerate(LENGTHS):
+                assert not got[b, length:].any(), f"{impl} {name}={value}: nonzero past length {length}"

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import (BadRows, MissingFileError, binary, dense_codes, non_negative_id,
+from genrank_jax.data.builders.rows import (BadRows, MissingFileError, binary, dense_codes, integer, non_negative_id,
                                             read_table, require_file, timestamp_within)
 
 WHERE = "KuaiRand comes from https://kuairand.com/ (unzip it and pass the folder as data_dir / manual_dir)"
@@ -93,7 +93,7 @@ class GenrankKuairand(LogBuilder):
     def _read(self, manual_dir: pathlib.Path, bad: BadRows) -> ParsedLog:
         paths = self.locate(self.builder_config.name, manual_dir)
         time_ms = timestamp_within(FIRST_DAY, LAST_DAY, f"kuairand:{self.builder_config.name}", unit=1e-3)
-        columns = {"user_id": non_negative_id, "video_id": non_negative_id, "time_ms": time_ms, "is_rand": binary, "tab": int,
+        columns = {"user_id": non_negative_id, "video_id": non_negative_id, "time_ms": time_ms, "is_rand": binary, "tab": integer,
                    "play_time_ms": _optional_float, "duration_ms": _optional_float,
                    **{name: binary for name in ACTION_COLUMNS}}
         tables = [read_table(path, columns, sep=",", header=True, bad=bad) for path in paths["logs"]]
@@ -130,4 +130,5 @@ class GenrankKuairand(LogBuilder):
             user_table=np.stack([c for c, _ in user_codes], axis=1).reshape(num_users, len(USER_COLUMNS)),
             user_vocab_sizes=tuple(size for _, size in user_codes),
             file_format=f"kuairand-{self.builder_config.name}",
+            side_files={"items": paths["videos"][0], "users": paths["users"][0]},
         )

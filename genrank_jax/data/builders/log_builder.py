@@ -9,7 +9,10 @@ appear in the log (deterministic; items never exposed are left out: they can nev
 candidate). Vocabularies and counts go to `info.metadata`, with the number of skipped rows.
 
 Subclasses read their raw files into a `ParsedLog`; nothing is downloaded (files come from
-`manual_dir`).
+`manual_dir`). Side files (item and user tables) are matched to the log's ids: the share of the
+log's ids each covers is logged and kept in `info["side_files"]`; a file covering under half of
+them is refused (DataError naming it and the rate), as is a log whose user and item columns look
+swapped.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import py_utils
 
-from genrank_jax.data.builders.rows import BadRows
+from genrank_jax.data.builders.rows import BadRows, DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class ParsedLog:
     user_table: np.ndarray
     user_vocab_sizes: tuple[int, ...]
     file_format: str
+    # role ("items", "users") -> the side file its table was read from; a role absent: no file
+    side_files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
 
 
 def duplicate_rows(columns: list[np.ndarray]) -> np.ndarray:
@@ -80,6 +85,41 @@ def lookup_rows(table_raw: np.ndarray, table: np.ndarray, raw_ids: np.ndarray) -
     found = sorted_raw[at] == raw_ids
     out[found] = table[order[at[found]]]
     return out
+
+
+# A side file whose ids match under this share of the log's is another dataset's (or read wrong):
+# refused. Real MovieLens and KuaiRand tables cover every id; below WARN_MATCH a warning names it.
+MIN_MATCH, WARN_MATCH = 0.5, 0.9
+
+
+def match_rate(log_ids: np.ndarray, table_raw: np.ndarray) -> float:
+    """Share of the distinct `log_ids` that have a row in a side table keyed by `table_raw`."""
+    return float(np.isin(log_ids, table_raw).mean()) if len(log_ids) else 1.0
+
+
+def check_side_files(parsed: ParsedLog, users: np.ndarray, items: np.ndarray) -> dict:
+    """{role: {"file", "match_rate"}} of the side files read; DataError for a file whose ids mostly
+    do not match the log's, or when the log's user and item columns look swapped."""
+    tables = {"users": (users, parsed.user_table_raw), "items": (items, parsed.item_table_raw)}
+    rates = {role: match_rate(tables[role][0], tables[role][1]) for role in parsed.side_files}
+    if len(rates) == 2 and min(rates.values()) < WARN_MATCH and (
+            match_rate(users, parsed.item_table_raw) >= 0.99 and match_rate(items, parsed.user_table_raw) >= 0.99):
+        raise DataError(f"the {parsed.file_format} log's user and item columns look swapped: {rates['users']:.0%} of "
+                        f"its {len(users):,} users are in {parsed.side_files['users'].name} and {rates['items']:.0%} "
+                        f"of its {len(items):,} items in {parsed.side_files['items'].name}, but its user ids are all "
+                        f"item ids of {parsed.side_files['items'].name} and its item ids all user ids of "
+                        f"{parsed.side_files['users'].name}")
+    report = {}
+    for role, rate in rates.items():
+        path, count = parsed.side_files[role], len(tables[role][0])
+        report[role] = {"file": str(path), "match_rate": rate}
+        if rate < MIN_MATCH:
+            raise DataError(f"{path}: only {rate:.1%} of the log's {count:,} {role} have a row in it (at least "
+                            f"{MIN_MATCH:.0%} must): it is not this log's {role[:-1]} table")
+        level = logging.WARNING if rate < WARN_MATCH else logging.INFO
+        log.log(level, "%s: %.1f%% of the log's %d %s have a row (the rest get missing features)", path,
+                100 * rate, count, role)
+    return report
 
 
 class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -180,6 +220,7 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 extras={name: column[keep] for name, column in parsed.extras.items()})
         users, user_ids = np.unique(parsed.user_raw, return_inverse=True)
         items, item_ids = np.unique(parsed.item_raw, return_inverse=True)
+        side_files = check_side_files(parsed, users, items)
         item_side = lookup_rows(parsed.item_table_raw, parsed.item_side, items)
         user_table = lookup_rows(parsed.user_table_raw, parsed.user_table, users)
         # ties in time are common (ml-100k rates many movies in the same second): item id breaks them
@@ -198,6 +239,7 @@ class LogBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "user_feature_names": list(self.user_feature_names(self.builder_config.name)),
             "user_vocab_sizes": [int(s) for s in parsed.user_vocab_sizes],
             "bad_rows": dict(bad.counts),
+            "side_files": side_files,
             "duplicate_rows": num_duplicates,
             "drop_duplicates": bool(self._drop_duplicates),
             "default_request_gap_seconds": self.DEFAULT_REQUEST_GAP_SECONDS,

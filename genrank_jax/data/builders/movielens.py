@@ -25,6 +25,7 @@ Requests: the loader groups a user's ratings into sessions (a gap over 30 minute
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 import re
 
@@ -32,9 +33,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import (BadRows, DataError, dense_codes, find_file, non_negative_id, rating_scale,
-                                            read_table, require_file, timestamp_within)
+from genrank_jax.data.builders.rows import (BadRows, DataError, dense_codes, find_file, integer, non_negative_id,
+                                            rating_scale, read_table, require_file, timestamp_within)
 
+log = logging.getLogger(__name__)
 WHERE = ("MovieLens comes from GroupLens: https://grouplens.org/datasets/movielens/ "
          "(unzip it and pass the folder as data_dir / manual_dir)")
 GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -197,7 +199,7 @@ class GenrankMovielens(LogBuilder):
             extras={"rating": rating.astype(np.float32)},
             item_table_raw=item_table[0], item_side=item_table[1], side_vocab_sizes=item_table[2],
             user_table_raw=user_table[0], user_table=user_table[1], user_vocab_sizes=user_table[2],
-            file_format=fmt,
+            file_format=fmt, side_files={role: paths[role] for role in ("items", "users") if paths[role] is not None},
         )
 
     @staticmethod
@@ -225,9 +227,13 @@ class GenrankMovielens(LogBuilder):
                            header=True, bad=bad, encoding="latin-1")
             items = (t["item_id"], [_year_from_text(y) for y in t["release_year"]],
                      [_genre_list(g, " ") for g in t["class"]])
+        for role, suffix, what in (("items", "item", "item side features"), ("users", "user", "user features")):
+            if paths[role] is None:  # optional in RecBole's format: say so, the features come out all 0
+                log.warning("%s has no %s.%s beside it: every %s is 0 (missing)", paths["ratings"],
+                            paths["ratings"].stem, suffix, what)
         users = _no_users()
         if paths["users"] is not None:
-            t = read_table(paths["users"], {"user_id": non_negative_id, "age": int, "gender": str, "occupation": str},
+            t = read_table(paths["users"], {"user_id": non_negative_id, "age": integer, "gender": str, "occupation": str},
                            sep="\t", header=True, bad=bad)
             users = _user_table(t["user_id"], t["age"], t["gender"], t["occupation"])
         return ratings, _item_side(*items), users
@@ -235,11 +241,11 @@ class GenrankMovielens(LogBuilder):
     @staticmethod
     def _read_100k(paths, bad, checks):
         table = read_table(paths["ratings"], dict(enumerate(checks)), sep="\t", header=False, bad=bad)
-        flags = {5 + i: int for i in range(len(GENRES_100K))}
+        flags = {5 + i: integer for i in range(len(GENRES_100K))}
         t = read_table(paths["items"], {0: non_negative_id, 2: str, **flags}, sep="|", header=False, bad=bad, encoding="latin-1")
         genres = [tuple(g for i, g in enumerate(GENRES_100K) if t[5 + i][row]) for row in range(len(t[0]))]
         items = _item_side(t[0], [_year_from_text(d) for d in t[2]], genres)
-        u = read_table(paths["users"], {0: non_negative_id, 1: int, 2: str, 3: str}, sep="|", header=False, bad=bad,
+        u = read_table(paths["users"], {0: non_negative_id, 1: integer, 2: str, 3: str}, sep="|", header=False, bad=bad,
                        encoding="latin-1")
         return [table[k] for k in range(4)], items, _user_table(u[0], u[1], u[2], u[3])
 
@@ -248,7 +254,7 @@ class GenrankMovielens(LogBuilder):
         table = read_table(paths["ratings"], dict(enumerate(checks)), sep="::", header=False, bad=bad)
         t = read_table(paths["items"], {0: non_negative_id, 1: str, 2: str}, sep="::", header=False, bad=bad, encoding="latin-1")
         items = _item_side(t[0], [_year_from_title(x) for x in t[1]], [_genre_list(g, "|") for g in t[2]])
-        u = read_table(paths["users"], {0: non_negative_id, 1: str, 2: int, 3: str}, sep="::", header=False, bad=bad,
+        u = read_table(paths["users"], {0: non_negative_id, 1: str, 2: integer, 3: str}, sep="::", header=False, bad=bad,
                        encoding="latin-1")
         return [table[k] for k in range(4)], items, _user_table(u[0], u[2], u[1], u[3])
 

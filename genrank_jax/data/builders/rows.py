@@ -210,7 +210,16 @@ def dense_codes(values: Sequence[str]) -> tuple[np.ndarray, int]:
     return np.array([code.get(v, 0) if v else 0 for v in values], np.int32), len(present) + 1
 
 
+def integer(text: str) -> int:
+    """int(text), without Python's digit grouping: `1_977` is a malformed value, not 1977."""
+    if "_" in text:
+        raise ValueError(f"{text.strip()!r} is not an integer")
+    return int(text)
+
+
 def finite_float(text: str) -> float:
+    if "_" in text:  # float() groups digits too: "880_000_000"
+        raise ValueError(f"{text.strip()!r} is not a number")
     value = float(text)
     if not np.isfinite(value):
         raise ValueError(f"{text!r} is not finite")
@@ -218,14 +227,14 @@ def finite_float(text: str) -> float:
 
 
 def binary(text: str) -> int:
-    value = int(text)
+    value = integer(text)
     if value not in (0, 1):
         raise ValueError(f"{text!r} is not 0 or 1")
     return value
 
 
 def non_negative_id(text: str) -> int:
-    value = int(text)
+    value = integer(text)
     if value < 0:
         raise ValueError(f"id {value} is negative")
     return value
