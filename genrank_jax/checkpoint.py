@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import pathlib
 import shutil
 import uuid
@@ -62,9 +64,31 @@ def _differences(saved: dict, current: dict, prefix="") -> list[str]:
 
 
 def _short(error: Exception) -> str:
-    """`Type: first line` of an orbax/tensorstore error (theirs run to dozens of lines of spec)."""
+    """`Type: first line` of an orbax/tensorstore error (theirs run to dozens of lines of spec),
+    with the operating system's reason when one is in the chain ("No space left on device")."""
     lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[0][:300]}"
+    text = f"{type(error).__name__}: {lines[0][:300]}"
+    cause, seen = error, set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno and os.strerror(cause.errno) not in text:
+            return f"{os.strerror(cause.errno)} ({text})"
+        cause = cause.__cause__ or cause.__context__
+    for reason in ("No space left on device", "Permission denied", "Read-only file system", "Disk quota exceeded"):
+        if reason in str(error) and reason not in text:
+            return f"{reason} ({text})"
+    return text
+
+
+class _QuietTrackedMetric(logging.Filter):
+    """orbax logs "Requested `tracked_metric`; did not provide metrics" on every save without a
+    validation score (a checkpoint between evaluations): expected here, not worth a warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietTrackedMetric())
 
 
 def _key_name(key) -> str:

@@ -182,7 +182,7 @@ def run_train(args) -> int:
     from genrank_jax.curves import plot_training_curve
     from genrank_jax.data.batching import padded_max_tokens
     from genrank_jax.data.sources import data_report, load_dataset
-    from genrank_jax.training import TrainConfig, Trainer, check_output_folder, oracle_metrics
+    from genrank_jax.training import OutputInUseError, TrainConfig, Trainer, check_output_folder, oracle_metrics
 
     check_train_options(args)
     dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
@@ -204,6 +204,11 @@ def run_train(args) -> int:
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
     out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise OutputInUseError(f"--out {out} is a file, not a folder")
+    if args.resume and not out.exists():
+        raise OutputInUseError(f"--resume: {out} does not exist, so there is no run to resume (a mistyped --out?)",
+                               cli_hint="drop --resume to start a new run there")
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     mesh, sharding_options = mesh_from_args(args)
@@ -212,7 +217,11 @@ def run_train(args) -> int:
         print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "
               "they are deleted once this run saves its first checkpoint")
     if args.resume:
-        print(f"resumed at step {trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)}")
+        if trainer.checkpoints.latest_step() is None:  # nothing to resume: say so, never "resumed at step 0"
+            print(f"--resume: no checkpoint in {trainer.checkpoints.directory} yet: starting a new run at step 0")
+        else:
+            step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
+            print(f"resumed at step {step}")
     validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
     print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"

@@ -258,9 +258,12 @@ def load_checkpoint_model(directory, step: int | None = None):
         raise CheckpointError(f"no checkpoint folder {directory}")
     manager = ocp.CheckpointManager(directory)
     try:
+        saved = sorted(manager.all_steps())
         step = manager.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {directory}")
+        if step not in saved:
+            raise CheckpointError(f"no checkpoint at step {step} in {directory}; its saved steps are {saved}")
         try:
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             config = GenRankConfig.from_json(json.dumps(meta["config"]))

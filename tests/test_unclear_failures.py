@@ -1,0 +1,72 @@
+"""Failures that used to be unhelpful (issue 21): each is now one line that says what to do."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from genrank_jax.checkpoint import CheckpointError, Checkpoints
+from genrank_jax.cli import main
+
+FAST = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16",
+        "--no-progress"]
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_out_naming_a_file(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    assert main(["train", *FAST, "--out", str(tmp_path / "taken")]) == 2
+    assert "is a file, not a folder" in one_error_line(capsys)
+
+
+def test_resume_of_a_folder_that_does_not_exist(tmp_path, capsys):
+    assert main(["train", *FAST, "--resume", "--out", str(tmp_path / "mistyped")]) == 2
+    line = one_error_line(capsys)
+    assert "does not exist, so there is no run to resume" in line and "drop --resume" in line
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_resume_of_an_empty_folder_says_it_starts_anew(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", *FAST, "--resume", "--out", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoint in" in out and "resumed at step 0" not in out
+
+
+def test_export_of_a_missing_step_lists_the_saved_ones(tmp_path, capsys):
+    assert main(["train", *FAST, "--checkpoint-every", "1", "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoints"), "--step", "99",
+                 "--out", str(tmp_path / "scorer")]) == 2
+    line = one_error_line(capsys)
+    assert "no checkpoint at step 99" in line and "saved steps are [1, 2]" in line and "corrupt" not in line
+
+
+def test_disk_full_keeps_the_reason_in_the_one_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    checkpoints = Checkpoints(tmp_path / "c", config_json="{}")
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as cause:
+            raise ValueError("Error writing to tensorstore spec {\n 'driver': 'zarr', ... 40 more lines\n}") from cause
+
+    monkeypatch.setattr(checkpoints.manager, "save", full)
+    with pytest.raises(CheckpointError, match="No space left on device") as error:
+        checkpoints.save(1, {"x": np.ones(3, np.float32)})
+    assert "\n" not in str(error.value) and "40 more lines" not in str(error.value)
+
+
+def test_no_orbax_noise_for_checkpoints_between_validations(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    assert main(["train", *FAST, "--steps", "4", "--checkpoint-every", "1", "--validation-fraction", "0.2",
+                 "--eval-every", "2", "--out", str(tmp_path / "run")]) == 0
+    assert not [r for r in caplog.records if "did not provide metrics" in r.getMessage()]
