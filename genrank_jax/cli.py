@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import shlex
@@ -85,6 +86,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     sharded.add_argument("--coordinator", default=None, help="host:port of process 0 (with --distributed)")
     sharded.add_argument("--num-processes", type=positive_int, default=None)
     sharded.add_argument("--process-id", type=non_negative_int, default=None)
+    sharded.add_argument("--distributed-timeout", type=positive_float, default=60.0,
+                         help="seconds a process waits for the coordinator's address before giving up (default 60)")
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -163,12 +166,46 @@ def resolve_defaults(args, dataset) -> str:
             + ", ".join(chosen))
 
 
+def join_processes(args) -> None:
+    """jax.distributed.initialize with one-line errors: missing flags are named, and a process
+    that is not the coordinator waits for its address at most --distributed-timeout seconds
+    (jax's own wait is 5 minutes, then a C++ abort), interruptible by Ctrl-C."""
+    import socket
+
+    import jax
+
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in given) and not all(v is not None for v in given):
+        missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if v is None]
+        raise GenrankError(f"--distributed with some of its flags needs all three: missing {', '.join(missing)}")
+    if args.coordinator is not None and args.process_id != 0:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise GenrankError(f"--coordinator {args.coordinator!r} must be host:port")
+        deadline = time.monotonic() + args.distributed_timeout
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1.0).close()
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise GenrankError(f"the coordinator {args.coordinator} did not answer within "
+                                       f"{args.distributed_timeout:g} s ({error.strerror or error}): is process 0 "
+                                       "running, and is the address reachable from here?") from None
+                time.sleep(0.2)
+    try:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except (ValueError, RuntimeError) as error:
+        if "coordinator_address" in str(error):
+            raise GenrankError("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this "
+                               "process): pass --coordinator host:port --num-processes N --process-id I") from None
+        raise
+
+
 def mesh_from_args(args):
     """The mesh and sharding options of `--mesh ...` (after joining the other processes), or None."""
     if args.distributed or args.coordinator is not None:
-        import jax
-
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        join_processes(args)
     if args.mesh is None:
         return None, None
     from genrank_jax import sharding
@@ -212,6 +249,19 @@ def run_train(args) -> int:
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     mesh, sharding_options = mesh_from_args(args)
+    import jax
+
+    from genrank_jax.output_folder import writer_lock
+
+    # one writer per folder (process 0 of a multi-process run holds it for all of them)
+    with writer_lock(out, "genrank-jax train") if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train_into(args, dataset, config, train, out, mesh, sharding_options, defaults_line)
+
+
+def _train_into(args, dataset, config, train, out, mesh, sharding_options, defaults_line) -> int:
+    from genrank_jax.curves import plot_training_curve
+    from genrank_jax.training import Trainer, oracle_metrics
+
     trainer = Trainer(config, train, dataset, output_dir=out, mesh=mesh, sharding_options=sharding_options)
     if args.overwrite and (moved := trainer.overwrite_checkpoints()):
         print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "

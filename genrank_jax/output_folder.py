@@ -48,3 +48,52 @@ def written_whole(out: str | pathlib.Path, *, overwrite: bool) -> Iterator[pathl
             partial.rename(final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+LOCK_NAME = ".genrank-jax.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | pathlib.Path, command: str) -> Iterator[None]:
+    """Hold `folder`'s writer lock for a run: a second run into the same folder is refused with the
+    first one's pid (two writers would interleave their checkpoints). A lock left by a process that
+    no longer runs (killed) is taken over."""
+    import os
+    import socket
+
+    from genrank_jax.training import OutputInUseError
+
+    lock = pathlib.Path(folder) / LOCK_NAME
+    me = f"{os.getpid()} {socket.gethostname()} {command}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock.read_text().split()
+            pid, host = (int(holder[0]), holder[1]) if len(holder) >= 2 and holder[0].isdigit() else (None, None)
+            if pid is not None and host == socket.gethostname() and not _alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise OutputInUseError(f"{folder} is being written by another run (process {pid} on {host}, "
+                                   f"{' '.join(holder[2:]) or 'genrank-jax'}); its lock is {lock}",
+                                   cli_hint="wait for it, or choose another --out; delete the lock only if "
+                                            "that process is gone") from None
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

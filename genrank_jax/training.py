@@ -225,6 +225,10 @@ class Trainer:
         if longest > config.max_tokens:
             raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
                              "lower max_history or raise max_tokens")
+        if train.batch_size > len(self.train_requests):
+            # a batch is allocated whole ([batch, tokens] per field): 10^9 rows is a MemoryError
+            raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(self.train_requests):,} "
+                             "training requests: a batch holds at most every request once")
         self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
         self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
         if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer

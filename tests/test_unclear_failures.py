@@ -70,3 +70,37 @@ def test_no_orbax_noise_for_checkpoints_between_validations(tmp_path, caplog):
     assert main(["train", *FAST, "--steps", "4", "--checkpoint-every", "1", "--validation-fraction", "0.2",
                  "--eval-every", "2", "--out", str(tmp_path / "run")]) == 0
     assert not [r for r in caplog.records if "did not provide metrics" in r.getMessage()]
+
+
+def test_a_second_writer_into_one_folder_is_refused(tmp_path, capsys):
+    import os
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".genrank-jax.lock").write_text(f"{os.getpid()} {socket.gethostname()} genrank-jax train")  # alive
+    assert main(["train", *FAST, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"being written by another run (process {os.getpid()}" in line
+    (out / ".genrank-jax.lock").write_text(f"999999999 {socket.gethostname()} genrank-jax train")  # gone
+    assert main(["train", *FAST, "--out", str(out)]) == 0
+    assert not (out / ".genrank-jax.lock").exists()  # released at the end
+
+
+def test_batch_larger_than_the_data(tmp_path, capsys):
+    assert main(["train", *FAST, "--batch-size", "1000000000", "--out", str(tmp_path / "run")]) == 2
+    assert "batch_size 1,000,000,000 is larger than the" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator", "localhost:1"], "missing --num-processes, --process-id"),
+    (["--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "1", "--distributed-timeout", "0.5"],
+     "the coordinator 127.0.0.1:9 did not answer within 0.5 s"),
+])
+def test_distributed_errors_name_flags_and_address(tmp_path, capsys, flags, message):
+    import time
+
+    started = time.monotonic()
+    assert main(["train", *FAST, "--distributed", *flags, "--out", str(tmp_path / "run")]) == 2
+    assert message in one_error_line(capsys)
+    assert time.monotonic() - started < 60
