@@ -43,7 +43,13 @@ class Feature:
     per: str
 
     def __post_init__(self):
-        values = np.asarray(self.values, np.float32)
+        raw = np.asarray(self.values)
+        if raw.dtype.kind not in "biuf":
+            raise ValueError(f"feature values must be numbers, got dtype {raw.dtype}")
+        if raw.dtype.kind == "f" and np.isfinite(raw).all() and np.abs(raw).max(initial=0) > np.finfo(np.float32).max:
+            raise ValueError(f"feature values reach {np.abs(raw).max():.3g}, outside float32's range "
+                             f"(|x| <= {np.finfo(np.float32).max:.3g}): rescale them")
+        values = raw.astype(np.float32)
         if values.ndim == 1:
             values = values[:, None]
         if values.ndim != 2:

@@ -78,7 +78,16 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--features takes NAME=PATH.npy, got {spec!r}")
-        features[name] = np.load(path)
+        try:
+            values = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--features {name}: {path} does not exist") from None
+        except (ValueError, OSError) as error:  # text, pickled objects, a truncated file
+            raise ValueError(f"--features {name}: {path} is not a numeric .npy array ({' '.join(str(error).split())[:160]})") from None
+        if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf":
+            kind = type(values).__name__ if not isinstance(values, np.ndarray) else f"dtype {values.dtype}"
+            raise ValueError(f"--features {name}: {path} holds {kind}, not numbers")
+        features[name] = values
     return features
 
 

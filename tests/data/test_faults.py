@@ -281,3 +281,37 @@ def test_exactly_another_configs_size_is_refused(monkeypatch, tmp_path, capsys):
         sources.load_dataset("movielens:32m", data_dir=tmp_path / "raw", tfds_dir=tmp_path / "tfds")
     assert sources.load_dataset("movielens:20m", data_dir=tmp_path / "raw",
                                 tfds_dir=tmp_path / "tfds").interactions.num_exposures == len(log.users)
+
+
+def test_a_utf8_byte_order_mark_is_named(ml100k, tmp_path):
+    header, rows, _, _ = ml100k
+    text = "\ufeff" + "\n".join([header, *rows]) + "\n"
+    raw = write_copy(tmp_path, ml100k, inter_bytes=text.encode("utf-8"))
+    with pytest.raises(DataError, match="byte-order mark"):
+        load(raw)
+
+
+def test_duplicated_rows_do_not_make_a_larger_movielens(shared_data_module, tmp_path):
+    """All of ml-100k's 100,000 ratings and 300 exact copies: counted (and dropped on request) as
+    duplicates, not refused as another dataset before --drop-duplicates could act (issue 21)."""
+    folder = shared_data_module / "ml-100k"
+    header, *rows = (folder / "ml-100k.inter").read_text().splitlines()
+    full = (header, rows, (folder / "ml-100k.item").read_bytes(), (folder / "ml-100k.user").read_bytes())
+    raw = write_copy(tmp_path, full, rows + rows[:300])
+    dropped = load(raw, drop_duplicates=True)
+    assert dropped.info["duplicate_rows"] == 300 and dropped.interactions.num_exposures == len(rows)
+
+
+def test_lis_features_that_are_not_numbers_or_out_of_float32_range(tmp_path, capsys):
+    import numpy as np
+
+    (tmp_path / "text.npy").write_text("0.1 0.2 0.3\n")
+    np.save(tmp_path / "words.npy", np.array(["a", "b"]))
+    np.save(tmp_path / "huge.npy", np.full((400, 2), 1e39))
+    for name, message in (("text", "--features text: "), ("words", "holds dtype <U1, not numbers"),
+                          ("huge", "outside float32's range")):
+        code = cli.main(["lis", "--data", "synthetic:tests", "--seeds", "1", "--leaks", "next_item", "--horizon", "7d",
+                         "--features", f"{name}={tmp_path / (name + '.npy')}", "--no-progress",
+                         "--out", str(tmp_path / f"out-{name}")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and "\n" not in err, err

@@ -188,7 +188,12 @@ class GenrankMovielens(LogBuilder):
                   "grouplens-1m": self._read_1m, "grouplens-csv": self._read_csv}[fmt]
         config = self.builder_config.name
         ratings, item_table, user_table = reader(paths, bad, rating_columns(config))
-        self._check_size(config, paths["ratings"], len(ratings[0]))
+        # the size is the dataset's identity: exact duplicate rows (counted, and dropped on request,
+        # by the shared builder) do not make a log a larger MovieLens
+        from genrank_jax.data.builders.log_builder import duplicate_rows
+
+        columns = [np.asarray(ratings[k]) for k in range(4)]
+        self._check_size(config, paths["ratings"], len(ratings[0]) - int(duplicate_rows(columns).sum()))
         num_user_features = len(self.user_feature_names(self.builder_config.name))
         if user_table[1].shape[1] != num_user_features:  # 20m/32m keep none; RecBole may lack its .user
             user_table = (np.zeros(0, np.int64), np.zeros((0, num_user_features), np.int32), (1,) * num_user_features)

@@ -160,6 +160,9 @@ def read_table(path: pathlib.Path, columns: Mapping[str | int, Callable[[str], o
         names = [name.strip().split(":")[0] for name in header_fields]
         for key in columns:
             if key not in names:
+                if names and names[0].startswith("\ufeff"):
+                    raise DataError(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM), so its first column "
+                                    f"reads {names[0]!r}, not {names[0][1:]!r}: save it as UTF-8 without a BOM")
                 raise (_wrong_delimiter(path, 1, header_fields, sep, len(columns))
                        or DataError(f"{path}:1: header has no column {key!r}: {shown(names)}"))
             index[key] = names.index(key)
@@ -223,6 +226,8 @@ def finite_float(text: str) -> float:
     value = float(text)
     if not np.isfinite(value):
         raise ValueError(f"{text!r} is not finite")
+    if abs(value) > np.finfo(np.float32).max:
+        raise ValueError(f"{text.strip()!r} is outside float32's range (|x| <= {np.finfo(np.float32).max:.3g})")
     return value
 
 
