@@ -129,9 +129,32 @@ def last_request_split(interactions: Interactions) -> tuple[np.ndarray, np.ndarr
     return requests[~is_eval], requests[is_eval]
 
 
+def unreadable_cache(builder, error: Exception):
+    """The DataError for prepared records that cannot be read: names the folder and the fix."""
+    from genrank_jax.data.builders.rows import DataError
+
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    return DataError(f"the prepared data in {builder.data_dir} is unreadable ({type(error).__name__}: {first}): "
+                     "delete that folder and run again to prepare it from the raw files")
+
+
+def read_records(builder, indices) -> list:
+    """Records `indices` of the prepared train split (an unreadable cache: a DataError saying so)."""
+    try:
+        source = builder.as_data_source(split="train")
+        records = source.__getitems__(list(indices)) if len(indices) else []
+    except Exception as error:  # array_record/Riegeli raise RuntimeError, ValueError, OSError...
+        raise unreadable_cache(builder, error) from error
+    missing = [i for i, record in zip(indices, records)
+               if record is None or any(value is None for value in record.values())]
+    if missing:  # a shard cut short reads back as None records, not as an error
+        raise unreadable_cache(builder, ValueError(f"{len(missing)} records read back empty, from record {missing[0]} "
+                                                   "on (a file cut short?)"))
+    return records
+
+
 def _concatenate(builder: LogBuilder) -> dict:
-    source = builder.as_data_source(split="train")
-    records = source.__getitems__(list(range(len(source)))) if len(source) else []
+    records = read_records(builder, range(builder.info.splits["train"].num_examples))
     records = sorted(records, key=lambda r: int(r["user"]))
     meta = builder.info.metadata
 

@@ -151,3 +151,15 @@ def test_csv_row_with_wrong_field_count(tmp_path):
     with pytest.raises(MalformedRowError, match="7 fields expected, 8 found"):
         load(log, schema, tmp_path)
     assert load(log, schema, tmp_path, skip_bad_rows=True).interactions.num_exposures == 49
+
+
+def test_a_corrupt_prepared_cache_names_its_folder_and_the_fix(tmp_path):
+    from genrank_jax.data.own_log import prepare_log
+
+    log, schema = files.write(tmp_path)
+    builder = prepare_log(log, schema, tfds_dir=tmp_path / "tfds")
+    (shard,) = [p for p in builder.data_path.iterdir() if "array_record" in p.name]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(DataError, match=r"the prepared data in .* is unreadable .* delete that folder"):
+        load(log, schema, tmp_path)

@@ -83,7 +83,9 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
     Records are decoded a batch at a time into arrays allocated once (the row count is in the
     metadata of a single-process build; a Beam build's is summed as records arrive), so the
     per-record Python objects of a 10^6-user log are never all alive at once."""
-    source = builder.as_data_source(split="train")
+    from genrank_jax.data.loading import read_records as read_cached
+
+    count = builder.info.splits["train"].num_examples
     schema = builder.schema
     widths = {"item_keys": (), "time_ms": (), "actions": (len(schema.actions),),
               "item_side": (len(schema.log_item_features),), "request": ()}
@@ -95,8 +97,8 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
     parts: dict[str, list] = {name: [] for name in wanted}
     out = None if total is None else {name: np.empty((total, *widths[name]), dtypes.get(name, np.int64)) for name in wanted}
     user_keys, lengths, user_side, filled = [], [], [], 0
-    for first in range(0, len(source), batch_records):
-        records = source.__getitems__(list(range(first, min(len(source), first + batch_records))))
+    for first in range(0, count, batch_records):
+        records = read_cached(builder, range(first, min(count, first + batch_records)))
         for record in records:
             user_keys.append(int(record["user"]))
             lengths.append(len(record["item_ids"]))
