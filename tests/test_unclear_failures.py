@@ -93,6 +93,7 @@ def test_batch_larger_than_the_data(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
+    ([], "--distributed found no cluster to join"),
     (["--coordinator", "localhost:1"], "missing --num-processes, --process-id"),
     (["--coordinator", "127.0.0.1:9", "--num-processes", "2", "--process-id", "1", "--distributed-timeout", "0.5"],
      "the coordinator 127.0.0.1:9 did not answer within 0.5 s"),
