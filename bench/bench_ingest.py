@@ -145,16 +145,16 @@ def start_worker(source: str) -> None:
 
 
 def build_batches(span):
-    """Worker: build `count` batches of the epoch's plan from batch `start`; their exposures."""
+    """Worker: build `count` batches of the epoch's plan from batch `start`; (their exposures, CPU seconds)."""
     from genrank_jax.data.batching import batch_shape
 
     start, count = span
     builder, plan = _WORKER["trainer"].builder, _WORKER["trainer"].plan
-    exposures = 0
+    exposures, cpu = 0, time.process_time()
     for group in _WORKER["groups"][start:start + count]:
         seq_len, slots = batch_shape(builder, group)
         exposures += builder.build(group, seq_len, plan.batch_size, candidate_slots=slots).num_exposures()
-    return exposures
+    return exposures, time.process_time() - cpu
 
 
 def make_trainer(source: str):
@@ -255,17 +255,22 @@ def pipeline_rows(source: str, batches: int, steps: int, workers: int, warmup: i
         per = batches  # each worker as many batches as one pass of the single process
         with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(source,)) as pool:
             pool.map(build_batches, [(0, warmup)] * workers, chunksize=1)  # start-up, plans and warm-up apart
-            rates = []
+            rates, cpus = [], []
             for _ in range(3):  # median of 3, as for one process
                 started = time.perf_counter()
-                total = sum(pool.map(build_batches, [(warmup + w * per, per) for w in range(workers)], chunksize=1))
+                done = pool.map(build_batches, [(warmup + w * per, per) for w in range(workers)], chunksize=1)
+                total = sum(exposures for exposures, _ in done)
                 rates.append(total / (time.perf_counter() - started))
+                cpus.append(sum(cpu for _, cpu in done) / total * 1e6)
+            # CPU seconds per 10^6 exposures say what a worker costs whatever else shares the cores
             rows.append(dict(source=source, measure=f"pipeline, {workers} worker processes",
-                             exposures_per_s=round(statistics.median(rates))))
+                             exposures_per_s=round(statistics.median(rates)),
+                             cpu_s_per_million=round(statistics.median(cpus), 2)))
     for row in rows:
         ratio = row["exposures_per_s"] / h100
         row["ratio_to_h100"] = round(ratio, 5)
-        print(f"{row['measure']:<40}{row['exposures_per_s']:>14,} exposures/s   {ratio:9.5f} x the H100 figure")
+        cpu = f"   {row['cpu_s_per_million']:6.2f} CPU s / 10^6" if "cpu_s_per_million" in row else ""
+        print(f"{row['measure']:<40}{row['exposures_per_s']:>14,} exposures/s   {ratio:9.5f} x the H100 figure{cpu}")
     print(f"preset small: {flops:,.0f} training FLOPs per exposure (batch 64, max_history 56, 128 candidates); "
           f"a built batch holds {bytes_per_exposure:,.0f} bytes per exposure: "
           f"{h100 * bytes_per_exposure / 1e9:,.1f} GB/s host to device at the H100 figure")
