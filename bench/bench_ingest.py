@@ -9,11 +9,12 @@ raw ids), then `prepare_log` and the first `load_log` (records -> dataset, array
 second, memory-mapped load, each in its own subprocess so its peak RSS is its own. Rows: wall
 and CPU seconds, peak RSS, sizes on disk.
 
-pipeline: exposures/s of sample building and batching alone (the Trainer's own batch iterator,
-preset small's layout) next to the training step's exposures/s on this machine, and next to what
-an H100 would consume at 400 TFLOP/s given the step's FLOPs per exposure (`step_flops`), with
-the ratio. Batches are built once more with `--workers N` background processes to show how the
-pipeline scales.
+pipeline: exposures/s of sample building and batching alone (the Trainer's own builder and batch
+plan, preset small's layout; warmed up, median of 3 passes) next to the per-request loop it
+replaced (tests/data/build_reference.py, in the same run), the training step's exposures/s on
+this machine, and what an H100 would consume at 400 TFLOP/s given the step's FLOPs per exposure
+(`step_flops`), with the ratio. Batches are built once more with `--workers N` background
+processes to show how the pipeline scales.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import pathlib
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -140,15 +142,24 @@ _WORKER = {}
 
 
 def start_worker(source: str) -> None:
-    """Pool initializer: each worker process loads the data and makes its trainer once."""
-    _WORKER["trainer"] = make_trainer(source)
+    """Pool initializer: each worker process loads the data, makes its trainer and plans the epoch once."""
+    from genrank_jax.data.batching import plan_batches
+
+    trainer = make_trainer(source)
+    _WORKER.update(trainer=trainer, groups=plan_batches(trainer.builder, trainer.train_requests, trainer.plan))
 
 
 def build_batches(span):
-    """Worker: build `count` batches of the trainer's iterator from batch `start`; their exposures."""
+    """Worker: build `count` batches of the epoch's plan from batch `start`; (their exposures, CPU seconds)."""
+    from genrank_jax.data.batching import batch_shape
+
     start, count = span
-    batches = _WORKER["trainer"]._batches_from(start)
-    return sum(next(batches).num_exposures() for _ in range(count))
+    builder, plan = _WORKER["trainer"].builder, _WORKER["trainer"].plan
+    exposures, cpu = 0, time.process_time()
+    for group in _WORKER["groups"][start:start + count]:
+        seq_len, slots = batch_shape(builder, group)
+        exposures += builder.build(group, seq_len, plan.batch_size, candidate_slots=slots).num_exposures()
+    return exposures, time.process_time() - cpu
 
 
 def make_trainer(source: str):
@@ -164,19 +175,61 @@ def make_trainer(source: str):
     return Trainer(config, train, dataset)
 
 
-def pipeline_rows(source: str, batches: int, steps: int, workers: int) -> list[dict]:
+def timed_batches(build, groups, passes: int = 3) -> tuple[float, float]:
+    """Median over `passes` of (exposures/s, CPU s per 10^6 exposures) building `groups`.
+
+    Each batch is dropped once counted, as a training loop drops it after the step: keeping them
+    all would time the kernel handing out fresh pages instead (4x slower).
+    """
+    rates, cpus = [], []
+    for _ in range(passes):
+        started, cpu, exposures = time.perf_counter(), time.process_time(), 0
+        for group in groups:
+            exposures += build(group).num_exposures()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        rates.append(exposures / seconds)
+        cpus.append(cpu / exposures * 1e6)
+    return statistics.median(rates), statistics.median(cpus)
+
+
+def loop_reference():
+    """The per-request loop SampleBuilder.build replaced (tests/data/build_reference.py), or None outside a checkout."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "data" / "build_reference.py").exists():
+        return None
+    sys.path.insert(0, str(root))
+    from tests.data.build_reference import reference_build
+
+    return reference_build
+
+
+def pipeline_rows(source: str, batches: int, steps: int, workers: int, warmup: int) -> list[dict]:
     import jax
 
+    from genrank_jax.data.batching import batch_shape, plan_batches
+
     trainer = make_trainer(source)
-    iterator = trainer._batches_from(0)
-    next(iterator)  # first-call costs (plans) apart
-    started, cpu, built = time.perf_counter(), time.process_time(), []
-    for _ in range(batches):
-        built.append(next(iterator))
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    exposures = sum(b.num_exposures() for b in built)
-    pipeline = exposures / seconds
-    flops = sum(step_flops(trainer.config, b) for b in built) / exposures
+    builder, plan = trainer.builder, trainer.plan
+    groups = plan_batches(builder, trainer.train_requests, plan)
+    if len(groups) < warmup + batches * max(workers, 1):
+        raise SystemExit(f"{source} has {len(groups)} batches an epoch, fewer than --warmup + --batches x --workers")
+    # the first ~100 batches of a process run 4-5x slower (fresh pages for every output array until
+    # malloc's mmap threshold adapts): warmed up apart, as a long training run is
+    shaped = [(group, batch_shape(builder, group)) for group in groups[:warmup + batches]]
+
+    def build(item):
+        group, (seq_len, slots) = item
+        return builder.build(group, seq_len, plan.batch_size, candidate_slots=slots)
+
+    timed_batches(build, shaped[:warmup], passes=1)
+    pipeline, cpu_per_million = timed_batches(build, shaped[warmup:])
+    exposures = flops = nbytes = 0
+    for item in shaped[warmup:]:
+        batch = build(item)
+        exposures, flops = exposures + batch.num_exposures(), flops + step_flops(trainer.config, batch)
+        nbytes += sum(np.asarray(array).nbytes for array in jax.tree_util.tree_leaves(batch))
+    flops, bytes_per_exposure = flops / exposures, nbytes / exposures
+    built = [build(item) for item in shaped[warmup:warmup + steps]]
     # the step alone, on batches already built (compiled once per length bucket first)
     for batch in built[:steps]:
         jax.block_until_ready(trainer._step(trainer.state, trainer._on_devices(batch)))
@@ -187,25 +240,45 @@ def pipeline_rows(source: str, batches: int, steps: int, workers: int) -> list[d
     step_rate = sum(b.num_exposures() for b in built[:steps]) / (time.perf_counter() - started)
     h100 = H100_FLOPS / flops
     rows = [dict(source=source, measure="pipeline, 1 process", exposures_per_s=round(pipeline),
-                 cpu_s_per_million=round(cpu / exposures * 1e6, 2)),
-            dict(source=source, measure=f"training step, {jax.devices()[0].device_kind}", exposures_per_s=round(step_rate)),
-            dict(source=source, measure="H100 at 400 TFLOP/s (model FLOPs)", exposures_per_s=round(h100),
-                 flops_per_exposure=round(flops))]
+                 cpu_s_per_million=round(cpu_per_million, 2))]
+    reference = loop_reference()
+    if reference is not None:  # the baseline, in the same run
+        def build_loop(item):
+            group, (seq_len, slots) = item
+            return reference(builder, group, seq_len, plan.batch_size, candidate_slots=slots)
+
+        loop, loop_cpu = timed_batches(build_loop, shaped[warmup:], passes=1)
+        rows.append(dict(source=source, measure="pipeline, per-request loop (before)", exposures_per_s=round(loop),
+                         cpu_s_per_million=round(loop_cpu, 2)))
+    rows += [dict(source=source, measure=f"training step, {jax.devices()[0].device_kind}", exposures_per_s=round(step_rate)),
+             dict(source=source, measure="H100 at 400 TFLOP/s (model FLOPs)", exposures_per_s=round(h100),
+                  flops_per_exposure=round(flops), batch_bytes_per_exposure=round(bytes_per_exposure),
+                  host_to_device_gb_per_s=round(h100 * bytes_per_exposure / 1e9, 1))]
     if workers > 1:
         import multiprocessing
 
-        per = batches // workers
+        per = batches  # each worker as many batches as one pass of the single process
         with multiprocessing.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(source,)) as pool:
-            pool.map(build_batches, [(0, 1)] * workers, chunksize=1)  # start-up and plans apart
-            started = time.perf_counter()
-            total = sum(pool.map(build_batches, [(w * per, per) for w in range(workers)], chunksize=1))
+            pool.map(build_batches, [(0, warmup)] * workers, chunksize=1)  # start-up, plans and warm-up apart
+            rates, cpus = [], []
+            for _ in range(3):  # median of 3, as for one process
+                started = time.perf_counter()
+                done = pool.map(build_batches, [(warmup + w * per, per) for w in range(workers)], chunksize=1)
+                total = sum(exposures for exposures, _ in done)
+                rates.append(total / (time.perf_counter() - started))
+                cpus.append(sum(cpu for _, cpu in done) / total * 1e6)
+            # CPU seconds per 10^6 exposures say what a worker costs whatever else shares the cores
             rows.append(dict(source=source, measure=f"pipeline, {workers} worker processes",
-                             exposures_per_s=round(total / (time.perf_counter() - started))))
+                             exposures_per_s=round(statistics.median(rates)),
+                             cpu_s_per_million=round(statistics.median(cpus), 2)))
     for row in rows:
         ratio = row["exposures_per_s"] / h100
         row["ratio_to_h100"] = round(ratio, 5)
-        print(f"{row['measure']:<40}{row['exposures_per_s']:>14,} exposures/s   {ratio:9.5f} x the H100 figure")
-    print(f"preset small: {flops:,.0f} training FLOPs per exposure (batch 64, max_history 56, 128 candidates)")
+        cpu = f"   {row['cpu_s_per_million']:6.2f} CPU s / 10^6" if "cpu_s_per_million" in row else ""
+        print(f"{row['measure']:<40}{row['exposures_per_s']:>14,} exposures/s   {ratio:9.5f} x the H100 figure{cpu}")
+    print(f"preset small: {flops:,.0f} training FLOPs per exposure (batch 64, max_history 56, 128 candidates); "
+          f"a built batch holds {bytes_per_exposure:,.0f} bytes per exposure: "
+          f"{h100 * bytes_per_exposure / 1e9:,.1f} GB/s host to device at the H100 figure")
     return rows
 
 
@@ -217,7 +290,8 @@ def main():
     parser.add_argument("--items", type=float, default=1e6)
     parser.add_argument("--workdir", default="/tmp/genrank_ingest", help="where the logs and prepared data go")
     parser.add_argument("--source", default="synthetic:benchmark", help="dataset of --stage pipeline")
-    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--batches", type=int, default=300, help="batches timed (median of 3 passes)")
+    parser.add_argument("--warmup", type=int, default=200, help="batches built first, untimed")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None, help="JSON file, or 'auto' for bench/results/")
@@ -228,7 +302,7 @@ def main():
         sizes = [int(float(s)) for s in args.rows.split(",")]
         rows = prepare_rows(sizes, int(args.users), int(args.items), pathlib.Path(args.workdir))
     else:
-        rows = pipeline_rows(args.source, args.batches, args.steps, args.workers)
+        rows = pipeline_rows(args.source, args.batches, args.steps, args.workers, args.warmup)
     header["load_average_end"] = os.getloadavg()
     path = write_rows(f"ingest_{args.stage}", header, rows, args.out)
     if path:

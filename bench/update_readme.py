@@ -10,7 +10,8 @@ ones), the organization benchmark (organization_*.json), a `genrank-jax train` r
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 (kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
 (serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), lis_movielens.md and the
-sharding benchmark (scaling_*.json). Every table names the machine, jax version, git commit and command behind it;
+sharding benchmark (scaling_*.json) and the own-log ingest benchmark (ingest_prepare_*.json,
+ingest_pipeline_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
 """
 
@@ -397,10 +398,57 @@ def scaling_section(results: pathlib.Path) -> list[str]:
     return [*lines, "", f"_Source: `{relative(path)}`._"]
 
 
+def ingest_section(results: pathlib.Path) -> list[str]:
+    """A user's own log at size (bench_ingest.py): prepare/load per log size, and the input pipeline
+    next to the training step and the H100 figure."""
+    title = "### Your own log at size: preparing it, and the input pipeline against the step"
+    prepare, pipeline = newest_run(results, "ingest_prepare"), newest_run(results, "ingest_pipeline")
+    if prepare is None and pipeline is None:
+        return no_results(title, "ingest benchmark", "bench_ingest.py")
+    lines = [title]
+    if prepare is None:
+        lines += ["", "_No prepare figures yet (run `bench/bench_ingest.py --stage prepare --out auto`)._"]
+    else:
+        path, header, rows = prepare
+        flat = [dict(row, **{f"{stage}_{key}": value for stage in ("prepare", "load", "mapped_load")
+                             for key, value in row.get(stage, {}).items()}) for row in rows]
+        lines += ["", f"Machine: {machine(header)}, load average {header['load_average_start'][0]:.1f} at the start. "
+                      f"Command: `{command_of(header, 'bench_ingest.py')}`. A generated Parquet log "
+                      "(`write_synthetic_log`: int64 raw ids, long-tailed users and items, 30 days), prepared "
+                      "into array_record records, then loaded twice (the first load saves the arrays, the second "
+                      "memory-maps them), each step in its own process (its own peak RSS).", "",
+                  *table([("rows", "rows", ",.0f"), ("users", "users", ",.0f"), ("items", "items", ",.0f"),
+                          ("Parquet GB", "parquet_gb", ".2f"), ("prepare s", "prepare_wall_s", ".1f"),
+                          ("prepare CPU s", "prepare_cpu_s", ".1f"), ("prepare peak GB", "prepare_peak_rss_gb", ".2f"),
+                          ("records GB", "records_gb", ".2f"), ("first load s", "load_wall_s", ".1f"),
+                          ("first load peak GB", "load_peak_rss_gb", ".2f"), ("mapped load s", "mapped_load_wall_s", ".1f"),
+                          ("mapped load peak GB", "mapped_load_peak_rss_gb", ".2f")], flat),
+                  "", f"_Source: `{relative(path)}`._"]
+    if pipeline is None:
+        lines += ["", "_No pipeline figures yet (run `bench/bench_ingest.py --stage pipeline --out auto`)._"]
+    else:
+        path, header, rows = pipeline
+        start, end = header["load_average_start"][0], header["load_average_end"][0]
+        h100 = next((row for row in rows if "flops_per_exposure" in row), {})
+        lines += ["", f"Machine: {machine(header)}, load average {start:.1f} at the start and {end:.1f} at the end "
+                      f"(a shared machine). Command: `{command_of(header, 'bench_ingest.py')}`. Exposures/s of "
+                      "sample building and batching alone (the Trainer's builder and batch plan, preset small's "
+                      "layout), the training step on this machine, and what an H100 would consume at 400 TFLOP/s "
+                      f"given the step's {h100.get('flops_per_exposure', 0):,.0f} model FLOPs per exposure "
+                      f"(forward + backward). A built batch holds {h100.get('batch_bytes_per_exposure', 0):,} "
+                      f"bytes per exposure: {h100.get('host_to_device_gb_per_s', 0):,.1f} GB/s host to device at "
+                      "the H100 figure.", "",
+                  *table([("measure", "measure", ""), ("exposures/s", "exposures_per_s", ",.0f"),
+                          ("CPU s / 10^6 exposures", "cpu_s_per_million", ".2f"),
+                          ("of the H100 figure", "ratio_to_h100", ".4f")], rows),
+                  "", f"_Source: `{relative(path)}`._"]
+    return lines
+
+
 def render(results: pathlib.Path) -> str:
     sections = [ablation_section, train_movielens_section, organization_section, train_section, attention_section,
                 kernel_ops_section, leakage_section, serving_section, scale_section, lis_section,
-                scaling_section]
+                scaling_section, ingest_section]
     body = []
     for section in sections:
         body += section(results) + [""]

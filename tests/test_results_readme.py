@@ -188,3 +188,27 @@ def test_scale_section_reports_time_memory_throughput_and_contention(tmp_path):
     assert "at least 450 s of wall" in text
     # the probe-bank section does not mistake these files for its own
     assert "No probe-bank benchmark yet" in "\n".join(update_readme.leakage_section(tmp_path))
+
+
+def test_ingest_section_renders_prepare_and_pipeline_runs(tmp_path):
+    header = {"device_kind": "cpu", "platform": "cpu", "jax_version": "0", "git_commit": "abc",
+              "command": "python bench/bench_ingest.py", "load_average_start": [2.0, 1.0, 1.0],
+              "load_average_end": [3.0, 1.0, 1.0]}
+    assert "No ingest benchmark yet" in "\n".join(update_readme.ingest_section(tmp_path))
+    stage = {"wall_s": 12.5, "cpu_s": 11.0, "peak_rss_gb": 1.46}
+    prepare = [{"rows": 10_000_000, "users": 1_000_000, "items": 1_000_000, "parquet_gb": 0.21, "write_s": 3.0,
+                "prepare": stage, "records_gb": 0.9, "load": dict(stage, wall_s=20.0), "mapped_load": stage,
+                "loaded_arrays_gb": 0.3, "exposures": 10_000_000, "user_rows": 900_000, "item_rows": 800_000}]
+    (tmp_path / "ingest_prepare_cpu_abc_100.json").write_text(json.dumps({"header": header, "rows": prepare}))
+    text = "\n".join(update_readme.ingest_section(tmp_path))
+    assert "| 10,000,000 | 1,000,000 | 1,000,000 | 0.21 | 12.5 | 11.0 | 1.46 | 0.90 | 20.0 | 1.46 | 12.5 | 1.46 |" in text
+    assert "No pipeline figures yet" in text
+    pipeline = [{"measure": "pipeline, 1 process", "exposures_per_s": 1_500_000, "cpu_s_per_million": 0.6,
+                 "ratio_to_h100": 0.02},
+                {"measure": "H100 at 400 TFLOP/s (model FLOPs)", "exposures_per_s": 75_000_000, "ratio_to_h100": 1.0,
+                 "flops_per_exposure": 5_333_333, "batch_bytes_per_exposure": 1500, "host_to_device_gb_per_s": 112.5}]
+    (tmp_path / "ingest_pipeline_cpu_abc_200.json").write_text(json.dumps({"header": header, "rows": pipeline}))
+    text = "\n".join(update_readme.ingest_section(tmp_path))
+    assert "| pipeline, 1 process | 1,500,000 | 0.60 | 0.0200 |" in text and "| H100 at 400 TFLOP/s" in text
+    assert "5,333,333 model FLOPs per exposure" in text and "112.5 GB/s host to device" in text
+    assert "load average 2.0 at the start and 3.0 at the end" in text

@@ -94,38 +94,37 @@ class SampleBuilder:
         num_side = len(data.spec.side_vocab_sizes)
         content_dim = data.spec.content_dim
         shape = (batch_size, seq_len)
+        # per batch row (padding rows: no history, no candidates); one pass over the [B, S] grid below
+        # instead of a Python loop over the requests (build_reference.py in the tests is that loop)
+        real = len(requests)
+        start = np.zeros(batch_size, np.int64)
+        start[:real] = log.request_starts[requests]
+        end = np.zeros(batch_size, np.int64)
+        end[:real] = np.minimum(log.request_starts[requests + 1], start[:real] + layout.max_candidates)
+        history_start = np.zeros(batch_size, np.int64)
+        history_start[:real] = np.maximum(self.user_start_row[requests], start[:real] - layout.max_history)
+        n, m = start - history_start, end - start
+        h = 2 * n if layout.organization == "item" else n
+        token = np.arange(seq_len)[None, :]
+        in_history = token < h[:, None]
+        in_candidates = ~in_history & (token < (h + m)[:, None])
+        history_offset = token // 2 if layout.organization == "item" else token
         # rows[b, s]: the exposure row behind each token (-1: padding)
-        rows = np.full(shape, -1, np.int64)
-        kinds = np.zeros(shape, np.int8)
-        positions = np.zeros(shape, np.int32)
-        lengths = np.zeros(batch_size, np.int32)
-        num_candidates = np.zeros(batch_size, np.int32)
+        rows = np.where(in_history, history_start[:, None] + history_offset,
+                        np.where(in_candidates, start[:, None] + (token - h[:, None]), -1))
+        if layout.organization == "action":
+            history_kind = np.int8(TokenKind.EXPOSURE)
+        else:
+            history_kind = np.where(token % 2 == 0, np.int8(TokenKind.ITEM), np.int8(TokenKind.ACTION))
+        kinds = np.where(in_history, history_kind,
+                         np.where(in_candidates, np.int8(TokenKind.CANDIDATE), np.int8(TokenKind.PAD))).astype(np.int8)
+        positions = np.where(in_history, token, np.where(in_candidates, h[:, None], 0)).astype(np.int32)
+        lengths = (h + m).astype(np.int32)
+        num_candidates = m.astype(np.int32)
         request_time = np.zeros(batch_size, np.float64)
+        request_time[:real] = log.timestamps[start[:real]]
         first_request = np.zeros(batch_size, np.int64)
-        for b, request in enumerate(requests):
-            start, end = log.request_starts[request], log.request_starts[request + 1]
-            end = min(end, start + layout.max_candidates)
-            history_start = max(self.user_start_row[request], start - layout.max_history)
-            history = np.arange(history_start, start)
-            n, m = len(history), end - start
-            if layout.organization == "action":
-                rows[b, :n] = history
-                kinds[b, :n] = TokenKind.EXPOSURE
-                positions[b, :n] = np.arange(n)
-                h = n
-            else:
-                rows[b, 0:2 * n:2] = history
-                rows[b, 1:2 * n:2] = history
-                kinds[b, 0:2 * n:2] = TokenKind.ITEM
-                kinds[b, 1:2 * n:2] = TokenKind.ACTION
-                positions[b, :2 * n] = np.arange(2 * n)
-                h = 2 * n
-            rows[b, h:h + m] = np.arange(start, end)
-            kinds[b, h:h + m] = TokenKind.CANDIDATE
-            positions[b, h:h + m] = h
-            lengths[b], num_candidates[b] = h + m, m
-            request_time[b] = log.timestamps[start]
-            first_request[b] = self.request_of_row[history_start] if n else request
+        first_request[:real] = np.where(n[:real] > 0, self.request_of_row[history_start[:real]], requests)
 
         valid = rows >= 0
         safe_rows = np.where(valid, rows, 0)
@@ -133,11 +132,17 @@ class SampleBuilder:
         has_item = valid & (kinds != TokenKind.ACTION)
         item_ids = np.where(has_item, items, NO_ITEM).astype(np.int32)
         has_actions = (kinds == TokenKind.EXPOSURE) | (kinds == TokenKind.ACTION)
-        actions = np.where(has_actions[..., None], log.actions[safe_rows], 0).astype(np.float32)
-        labels = np.where((kinds == TokenKind.CANDIDATE)[..., None], log.actions[safe_rows], 0).astype(np.float32)
-        side = np.where(has_item[..., None], data.catalog.side_features[np.where(has_item, items, 0)], 0).astype(np.int32)
+        # np.take along axis 0, then zeroing the masked tokens in place, is 3-6x faster than fancy
+        # indexing + np.where + astype (the gathers were most of a batch's time); same values
+        taken = np.take(log.actions, safe_rows, axis=0)
+        actions = (taken * has_actions[..., None]).astype(np.float32)  # uint8 0/1 times a mask: exact
+        labels = (taken * (kinds == TokenKind.CANDIDATE)[..., None]).astype(np.float32)
+        item_rows = np.where(has_item, items, 0)
+        side = np.take(data.catalog.side_features, item_rows, axis=0).astype(np.int32, copy=False)
+        side[~has_item] = 0
         if content_dim:
-            content = np.where(has_item[..., None], data.catalog.content[np.where(has_item, items, 0)], 0).astype(np.float32)
+            content = np.take(data.catalog.content, item_rows, axis=0).astype(np.float32, copy=False)
+            content[~has_item] = 0
         else:
             content = np.zeros(shape + (0,), np.float32)
         row_request = self.request_of_row[safe_rows]
@@ -156,7 +161,8 @@ class SampleBuilder:
                                    (lengths - num_candidates)[:, None] + slot_of_candidate,
                                    seq_len).astype(np.int32)
         user_ids = np.zeros(batch_size, np.int32)
-        user_ids[:len(requests)] = log.model_users(log.request_users()[requests])
+        # the users of these requests only: request_users() would gather one per request of the log
+        user_ids[:real] = log.model_users(log.user_ids[log.request_starts[requests]])
         assert side.shape[-1] == num_side and labels.shape[-1] == num_actions
         return TokenBatch(
             user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,

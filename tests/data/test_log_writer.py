@@ -59,3 +59,60 @@ def test_simulate_command_refuses_an_occupied_folder(tmp_path, capsys):
     assert main(["simulate", "--preset", "tests", "--seed", "1", "--out", str(out), "--overwrite"]) == 0
     assert (out / "log.parquet").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feed"]  # nothing partial left beside it
+
+
+def test_written_files_hold_every_value_with_its_type(tmp_path):
+    """The Parquet files read back with pyarrow alone (not through the loader) hold the dataset's
+    arrays value for value, in time order, with the types the schema file promises."""
+    import pyarrow as pa
+
+    seed = int(np.random.default_rng().integers(1000))
+    print(f"simulator seed {seed}")  # shown by pytest on a failure
+    dataset = simulate(SimulatorConfig.preset("tests", seed=seed)).dataset
+    folder = tmp_path / "feed"
+    path = write_log(dataset, folder, row_group_rows=7_001)  # several row groups, the last one short
+    log, spec = dataset.interactions, dataset.spec
+    parquet = pq.ParquetFile(path)
+    assert parquet.metadata.num_row_groups == -(-log.num_exposures // 7_001)
+    table = parquet.read()
+    types = {name: table.schema.field(name).type for name in table.column_names}
+    assert types["viewer"] == pa.string() and types["item_id"] == pa.int64() and types["ts_ms"] == pa.int64()
+    assert all(types[name] == pa.uint8() for name in spec.action_names)
+    assert set(log.extras) <= set(types) and "position" in log.extras  # the simulator's display position
+    # rows in time order, then by user, as a log is appended
+    order = np.lexsort((log.user_ids, log.timestamps))
+    np.testing.assert_array_equal(table["viewer"].to_numpy(zero_copy_only=False), raw_user_ids(log.user_ids[order]))
+    np.testing.assert_array_equal(table["item_id"].to_numpy(), 100_000 + log.item_ids[order].astype(np.int64))
+    np.testing.assert_array_equal(table["ts_ms"].to_numpy(), np.round(log.timestamps[order] * 1000).astype(np.int64))
+    for a, name in enumerate(spec.action_names):
+        np.testing.assert_array_equal(table[name].to_numpy(), log.actions[order, a])
+    for name, column in log.extras.items():
+        np.testing.assert_array_equal(table[name].to_numpy(), column[order])
+    requests = table["request_id"].to_numpy()
+    np.testing.assert_array_equal(np.bincount(requests), np.diff(log.request_starts))  # one id per request
+    # the item table: one row per item, raw ids, int32 side features, float32 content
+    items = pq.read_table(folder / "items.parquet")
+    side_names = list(dataset.info["side_features"])
+    assert items.column_names == ["item_id", *side_names, "content"]
+    assert all(items.schema.field(name).type == pa.int32() for name in side_names)
+    assert items.schema.field("content").type == pa.list_(pa.float32())
+    np.testing.assert_array_equal(items["item_id"].to_numpy(), 100_000 + np.arange(spec.num_items))
+    for f, name in enumerate(side_names):
+        np.testing.assert_array_equal(items[name].to_numpy(), dataset.catalog.side_features[:, f])
+    np.testing.assert_array_equal(np.stack(items["content"].to_numpy(zero_copy_only=False)), dataset.catalog.content)
+    # the schema names columns that exist, of the right table
+    schema = tomllib.loads((folder / "schema.toml").read_text())
+    assert {schema["columns"][key] for key in ("user", "item", "time", "request")} <= set(table.column_names)
+    assert schema["columns"]["time_unit"] == "ms" and schema["actions"] == {n: n for n in spec.action_names}
+    assert (folder / schema["item_table"]["path"]).exists() and schema["item_table"]["item"] == "item_id"
+    assert set(schema["item_features"].values()) | {schema["content"]["column"]} <= set(items.column_names)
+
+
+def test_simulate_command_prints_one_line_naming_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "feed"
+    assert main(["simulate", "--preset", "tests", "--seed", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    dataset = simulate(SimulatorConfig.preset("tests", seed=2)).dataset
+    assert len(printed) == 1 and f"{dataset.interactions.num_exposures:,} exposures" in printed[0]
+    assert all(str(out / name) in printed[0] for name in ("log.parquet", "items.parquet", "schema.toml"))
+    assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "log.parquet", "schema.toml"]

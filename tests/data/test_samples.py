@@ -4,6 +4,8 @@ The log is random and jagged (users with 0..7 requests of 1..5 exposures, gaps f
 days) so truncation, user boundaries, capping and padding are all exercised.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -237,3 +239,32 @@ def test_slot_is_the_exposure_index_inside_its_request():
         new_request = np.diff(batch.request_index[b, :n]) != 0
         np.testing.assert_array_equal(batch.slot[b, 1:n][new_request], 0)
         np.testing.assert_array_equal(np.diff(batch.slot[b, :n])[~new_request], 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("organization", ["action", "item"])
+def test_build_is_bit_identical_to_the_loop_reference(seed, organization):
+    """The vectorised build against the per-request loop it replaced: every array, dtype and shape."""
+    from tests.data.build_reference import reference_build
+
+    rng = np.random.default_rng(100 + seed)
+    dataset = random_dataset(seed, num_users=int(rng.integers(3, 15)), max_requests=int(rng.integers(1, 9)))
+    if seed % 2:  # a user's own log: timeline users map to (shared) model user rows
+        log = dataset.interactions
+        rows = rng.integers(0, dataset.spec.num_users, dataset.spec.num_users).astype(np.int32)
+        dataset = dataclasses.replace(dataset, interactions=dataclasses.replace(log, user_rows=rows))
+    layout = SampleLayout(max_history=int(rng.integers(0, 9)), max_candidates=int(rng.integers(1, 5)),
+                          num_gap_buckets=8, num_request_slots=int(rng.integers(1, 4)),
+                          num_slots=int(rng.integers(1, 4)), organization=organization)
+    builder = SampleBuilder(dataset, layout)
+    num_requests = dataset.interactions.num_requests
+    for count in (0, 1, int(rng.integers(2, num_requests + 1))):
+        requests = rng.choice(num_requests, count, replace=False)
+        seq_len = int(builder.token_counts(requests).max(initial=1)) + int(rng.integers(0, 4))
+        for batch_size, slots in ((None, None), (count + int(rng.integers(1, 4)), 7)):
+            got = builder.build(requests, seq_len, batch_size, candidate_slots=slots)
+            want = reference_build(builder, requests, seq_len, batch_size, candidate_slots=slots)
+            for field in dataclasses.fields(want):
+                a, b = getattr(got, field.name), getattr(want, field.name)
+                assert a.dtype == b.dtype and a.shape == b.shape, field.name
+                np.testing.assert_array_equal(a, b, err_msg=field.name)
