@@ -193,6 +193,9 @@ def join_processes(args) -> None:
                                        f"{args.distributed_timeout:g} s ({error.strerror or error}): is process 0 "
                                        "running, and is the address reachable from here?") from None
                 time.sleep(0.2)
+    if args.coordinator is None and _cluster_detected() is False:
+        raise GenrankError("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this "
+                           "process): pass --coordinator host:port --num-processes N --process-id I")
     try:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     except (ValueError, RuntimeError) as error:
@@ -200,6 +203,16 @@ def join_processes(args) -> None:
             raise GenrankError("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this "
                                "process): pass --coordinator host:port --num-processes N --process-id I") from None
         raise
+
+
+def _cluster_detected() -> bool | None:
+    """Whether jax's cluster auto-detection sees a cluster here (None: this jax does not say)."""
+    try:
+        from jax._src import clusters
+
+        return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
+    except Exception:  # a private API: when it moves, jax's own error is reported instead
+        return None
 
 
 def mesh_from_args(args):
