@@ -223,7 +223,10 @@ def test_another_configs_file_is_refused(tmp_path, capsys):
 
 def test_more_ratings_than_the_config_is_refused(shared_data_module, ml100k, tmp_path):
     rows = (shared_data_module / "ml-100k" / "ml-100k.inter").read_text().splitlines()[1:]
-    raw = write_copy(tmp_path, ml100k, rows + rows[:1])
+    # a distinct extra rating (one second later): an exact duplicate does not count (issue 21)
+    user, item, rating, seconds = rows[0].split("\t")
+    extra = "\t".join([user, item, rating, str(int(float(seconds)) + 1)])
+    raw = write_copy(tmp_path, ml100k, rows + [extra])
     with pytest.raises(DataError, match=r"ml-100k\.inter: 100,001 ratings, more than the 100,000 of movielens:100k"):
         load(raw)
 
