@@ -101,7 +101,29 @@ def test_batch_larger_than_the_data(tmp_path, capsys):
 def test_distributed_errors_name_flags_and_address(tmp_path, capsys, flags, message):
     import time
 
+    import jax
+
+    jax.devices()  # the backend is up (as after any earlier test): the messages must not depend on it
     started = time.monotonic()
     assert main(["train", *FAST, "--distributed", *flags, "--out", str(tmp_path / "run")]) == 2
     assert message in one_error_line(capsys)
     assert time.monotonic() - started < 60
+
+
+def test_distributed_timeout_bounds_jax_own_wait(tmp_path, capsys, monkeypatch):
+    import inspect
+
+    import jax
+
+    if "initialization_timeout" not in inspect.signature(jax.distributed.initialize).parameters:
+        pytest.skip("this jax takes no initialization_timeout")
+    calls = []
+
+    def initialize(coordinator_address=None, num_processes=None, process_id=None, initialization_timeout=300):
+        calls.append(initialization_timeout)  # process 0 would wait this long here for the others
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    assert main(["train", *FAST, "--distributed", "--coordinator", "localhost:1", "--num-processes", "2",
+                 "--process-id", "0", "--distributed-timeout", "6.5", "--out", str(tmp_path / "run")]) == 2
+    assert calls == [7]
