@@ -276,6 +276,11 @@ def run_train(args) -> int:
         raise OutputInUseError(f"--resume: {out} does not exist, so there is no run to resume (a mistyped --out?)",
                                cli_hint="drop --resume to start a new run there")
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
+    saved = out / "checkpoints"
+    if args.resume and not (saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir())):
+        # a run from step 0 printed as "resumed" hid a mistyped --out (or one that never saved)
+        raise OutputInUseError(f"--resume: {out} holds no checkpoint to resume (none in {saved})",
+                               cli_hint="drop --resume to start a new run there, or name the run's folder")
     out.mkdir(parents=True, exist_ok=True)
     mesh, sharding_options = mesh_from_args(args)
     import jax
@@ -295,12 +300,9 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     if args.overwrite and (moved := trainer.overwrite_checkpoints()):
         print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "
               "they are deleted once this run saves its first checkpoint")
-    if args.resume:
-        if trainer.checkpoints.latest_step() is None:  # nothing to resume: say so, never "resumed at step 0"
-            print(f"--resume: no checkpoint in {trainer.checkpoints.directory} yet: starting a new run at step 0")
-        else:
-            step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
-            print(f"resumed at step {step}")
+    if args.resume:  # run_train refused a folder without checkpoints
+        step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
+        print(f"resumed at step {step}")
     validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
     print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"

@@ -32,11 +32,19 @@ def test_resume_of_a_folder_that_does_not_exist(tmp_path, capsys):
     assert not (tmp_path / "mistyped").exists()
 
 
-def test_resume_of_an_empty_folder_says_it_starts_anew(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert main(["train", *FAST, "--resume", "--out", str(tmp_path / "empty")]) == 0
-    out = capsys.readouterr().out
-    assert "no checkpoint in" in out and "resumed at step 0" not in out
+@pytest.mark.parametrize("leftover", [None, "metrics_of_a_run_without_checkpoints", "checkpoints/"])
+def test_resume_of_a_folder_without_checkpoints_is_refused(tmp_path, capsys, leftover):
+    out = tmp_path / "other"
+    out.mkdir()
+    if leftover == "checkpoints/":
+        (out / "checkpoints").mkdir()  # a run killed before its first save
+    elif leftover:
+        (out / leftover).write_text("x")  # a folder that is not a run's
+    assert main(["train", *FAST, "--resume", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"--resume: {out} holds no checkpoint to resume" in line and "drop --resume" in line
+    assert "resumed at step 0" not in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ([leftover.rstrip("/")] if leftover else [])
 
 
 def test_export_of_a_missing_step_lists_the_saved_ones(tmp_path, capsys):
