@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import pytest
 
@@ -93,6 +94,27 @@ def test_a_second_writer_into_one_folder_is_refused(tmp_path, capsys):
     (out / ".genrank-jax.lock").write_text(f"999999999 {socket.gethostname()} genrank-jax train")  # gone
     assert main(["train", *FAST, "--out", str(out)]) == 0
     assert not (out / ".genrank-jax.lock").exists()  # released at the end
+
+
+def test_a_lock_that_cannot_be_taken_is_never_skipped(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    from genrank_jax.output_folder import LOCK_NAME, writer_lock
+    from genrank_jax.training import OutputInUseError
+
+    lock, real_open = tmp_path / LOCK_NAME, os.open
+
+    def contended(path, flags, *args):  # every attempt finds a dead run's lock again (other starters)
+        if pathlib.Path(path) == lock:
+            lock.write_text(f"999999999 {socket.gethostname()} genrank-jax train")
+            raise FileExistsError(path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", contended)
+    with pytest.raises(OutputInUseError, match="could not take the lock"):
+        with writer_lock(tmp_path, "genrank-jax train"):
+            pass
 
 
 def test_batch_larger_than_the_data(tmp_path, capsys):
