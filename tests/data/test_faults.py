@@ -318,3 +318,18 @@ def test_lis_features_that_are_not_numbers_or_out_of_float32_range(tmp_path, cap
                          "--out", str(tmp_path / f"out-{name}")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and "\n" not in err, err
+
+
+def test_a_corrupt_prepared_cache_names_its_folder_and_the_fix(ml100k, tmp_path, capsys):
+    """Bytes damaged inside a prepared shard (Riegeli's 'block header hash mismatch'): one error
+    naming the cache folder and saying to delete it, on the TFDS path every real dataset takes."""
+    raw = write_copy(tmp_path, ml100k)
+    load(raw)
+    (shard,) = (tmp_path / "tfds").rglob("*.array_record-*")
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = np.random.default_rng(21).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"the prepared data in {shard.parent} is unreadable \(RuntimeError: "
+                                        r"Corrupted Riegeli.*\): delete that folder and run again"):
+        load(raw)
