@@ -196,8 +196,8 @@ class Checkpoints:
             raise CheckpointError(f"the checkpoint for step {step} was not written to {self.directory}: orbax "
                                   f"skipped it (saved steps: {self.all_steps()}); nothing of this run is saved "
                                   "for that step")
-        if self.replaced is not None and step in self.all_steps():
-            self.discard_replaced()  # this run now has a checkpoint of its own: the old run may go
+        if self.replaced is not None and step in self.all_steps() and self.verify(step, abstract_like(state)):
+            self.discard_replaced()  # this run has a checkpoint that reads back whole: the old run may go
         return True
 
     def _meta(self, step: int) -> dict:

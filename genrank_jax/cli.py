@@ -87,7 +87,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     sharded.add_argument("--num-processes", type=positive_int, default=None)
     sharded.add_argument("--process-id", type=non_negative_int, default=None)
     sharded.add_argument("--distributed-timeout", type=positive_float, default=60.0,
-                         help="seconds a process waits for the coordinator's address before giving up (default 60)")
+                         help="seconds a process waits for the coordinator's address, and jax for the other processes, "
+                              "before giving up (default 60)")
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
@@ -166,14 +167,39 @@ def resolve_defaults(args, dataset) -> str:
             + ", ".join(chosen))
 
 
+NO_CLUSTER = ("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this process): "
+              "pass --coordinator host:port --num-processes N --process-id I")
+
+
+def _cluster_around() -> bool:
+    """Whether jax.distributed.initialize could fill in the missing flags from a cluster. Asked
+    first because initialize refuses a process whose backend is already up before it looks, and
+    that message would hide this one."""
+    import os
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    try:
+        from jax._src.clusters import ClusterEnv
+        kinds = ClusterEnv._cluster_types
+    except (ImportError, AttributeError):  # jax's private layout moved: let initialize decide
+        return True
+    return any(not getattr(kind, "opt_in_only_method", False) and kind.is_env_present() for kind in kinds)
+
+
 def join_processes(args) -> None:
     """jax.distributed.initialize with one-line errors: missing flags are named, and a process
     that is not the coordinator waits for its address at most --distributed-timeout seconds
-    (jax's own wait is 5 minutes, then a C++ abort), interruptible by Ctrl-C."""
+    (jax's own wait is 5 minutes, then a C++ abort), interruptible by Ctrl-C; jax's wait for the
+    other processes gets the same bound."""
+    import inspect
+    import math
     import socket
 
     import jax
 
+    if args.coordinator is None and not _cluster_around():
+        raise GenrankError(NO_CLUSTER)
     given = [args.coordinator, args.num_processes, args.process_id]
     if any(v is not None for v in given) and not all(v is not None for v in given):
         missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if v is None]
@@ -193,26 +219,16 @@ def join_processes(args) -> None:
                                        f"{args.distributed_timeout:g} s ({error.strerror or error}): is process 0 "
                                        "running, and is the address reachable from here?") from None
                 time.sleep(0.2)
-    if args.coordinator is None and _cluster_detected() is False:
-        raise GenrankError("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this "
-                           "process): pass --coordinator host:port --num-processes N --process-id I")
+    # the same bound on jax's own wait for the other processes, where this jax takes one
+    timeout = {}
+    if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
+        timeout["initialization_timeout"] = max(1, math.ceil(args.distributed_timeout))
     try:
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id, **timeout)
     except (ValueError, RuntimeError) as error:
         if "coordinator_address" in str(error):
-            raise GenrankError("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this "
-                               "process): pass --coordinator host:port --num-processes N --process-id I") from None
+            raise GenrankError(NO_CLUSTER) from None
         raise
-
-
-def _cluster_detected() -> bool | None:
-    """Whether jax's cluster auto-detection sees a cluster here (None: this jax does not say)."""
-    try:
-        from jax._src import clusters
-
-        return any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
-    except Exception:  # a private API: when it moves, jax's own error is reported instead
-        return None
 
 
 def mesh_from_args(args):
@@ -260,6 +276,11 @@ def run_train(args) -> int:
         raise OutputInUseError(f"--resume: {out} does not exist, so there is no run to resume (a mistyped --out?)",
                                cli_hint="drop --resume to start a new run there")
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
+    saved = out / "checkpoints"
+    if args.resume and not (saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir())):
+        # a run from step 0 printed as "resumed" hid a mistyped --out (or one that never saved)
+        raise OutputInUseError(f"--resume: {out} holds no checkpoint to resume (none in {saved})",
+                               cli_hint="drop --resume to start a new run there, or name the run's folder")
     out.mkdir(parents=True, exist_ok=True)
     mesh, sharding_options = mesh_from_args(args)
     import jax
@@ -279,12 +300,9 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     if args.overwrite and (moved := trainer.overwrite_checkpoints()):
         print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "
               "they are deleted once this run saves its first checkpoint")
-    if args.resume:
-        if trainer.checkpoints.latest_step() is None:  # nothing to resume: say so, never "resumed at step 0"
-            print(f"--resume: no checkpoint in {trainer.checkpoints.directory} yet: starting a new run at step 0")
-        else:
-            step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
-            print(f"resumed at step {step}")
+    if args.resume:  # run_train refused a folder without checkpoints
+        step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
+        print(f"resumed at step {step}")
     validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
     print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"

@@ -65,22 +65,28 @@ def writer_lock(folder: str | pathlib.Path, command: str) -> Iterator[None]:
 
     lock = pathlib.Path(folder) / LOCK_NAME
     me = f"{os.getpid()} {socket.gethostname()} {command}"
-    for _ in range(2):
+    for _ in range(3):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
         except FileExistsError:
-            holder = lock.read_text().split()
+            try:
+                holder = lock.read_text().split()
+            except FileNotFoundError:
+                continue  # released meanwhile
             pid, host = (int(holder[0]), holder[1]) if len(holder) >= 2 and holder[0].isdigit() else (None, None)
             if pid is not None and host == socket.gethostname() and not _alive(pid):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            raise OutputInUseError(f"{folder} is being written by another run (process {pid} on {host}, "
-                                   f"{' '.join(holder[2:]) or 'genrank-jax'}); its lock is {lock}",
+            who = f"process {pid} on {host}, {' '.join(holder[2:]) or 'genrank-jax'}" if pid else "starting"
+            raise OutputInUseError(f"{folder} is being written by another run ({who}); its lock is {lock}",
                                    cli_hint="wait for it, or choose another --out; delete the lock only if "
                                             "that process is gone") from None
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(me)
-        break
+    else:  # never go on without the lock: two writers would interleave their checkpoints
+        raise OutputInUseError(f"could not take the lock {lock}: other runs keep taking it",
+                               cli_hint="choose another --out")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(me)
     try:
         yield
     finally:

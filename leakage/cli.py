@@ -102,6 +102,10 @@ def run(args) -> int:
     if unknown:
         raise ValueError(f"unknown leak kinds {unknown}; choose among {list(leak_builders.BUILDERS)}")
     _check_before_work(args, kinds, horizons)
+    given_features = _load_features(args.features)  # a bad file is named before the data loads
+    taken = sorted(set(given_features) & {f"{kind}@{horizon}" for horizon in horizons for kind in kinds})
+    if taken:
+        raise ValueError(f"feature name {taken[0]!r} is taken by a leak; name the --features entry otherwise")
     if not args.sequential:
         use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
     dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
@@ -128,9 +132,7 @@ def run(args) -> int:
                 features[name] = leak_builders.BUILDERS[kind](log, cutoff, seconds, **extra)
                 feature_kinds[name] = "leak"
                 bar.update()
-    for name, values in _load_features(args.features).items():
-        if name in features:
-            raise ValueError(f"feature name {name!r} is taken by a leak; name the --features entry otherwise")
+    for name, values in given_features.items():
         features[name] = values
         feature_kinds[name] = "representation"
     with tqdm(total=None, desc="probes (epochs)", disable=quiet) as bar:
@@ -143,8 +145,8 @@ def run(args) -> int:
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
                                 bound=args.bound, placebo=not args.no_placebo, progress=progress)
     metadata = {**report.metadata, "data": args.data, "horizons": horizons}
+    print(report.to_markdown())  # first: the table is on screen whatever happens to the files
     out = _write_report(report, metadata, args)
-    print(report.to_markdown())
     print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
     return 0
 
@@ -166,10 +168,15 @@ def _write_report(report, metadata: dict, args) -> pathlib.Path:
         with written_whole(args.out, overwrite=args.overwrite) as folder:
             write(folder)
         return pathlib.Path(args.out)
-    except OSError as error:
+    except Exception as error:  # a full disk, a vanished folder, a plotting failure: keep the numbers
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
         fallback = pathlib.Path(tempfile.mkdtemp(prefix="genrank-lis-"))
-        write(fallback)
-        raise GenrankError(f"could not write the report to {args.out} ({error}); it is saved in {fallback}") from None
+        try:
+            write(fallback)
+        except Exception:  # lis.md and lis.json are the report; the picture can be redrawn from them
+            pass
+        kept = ", ".join(sorted(p.name for p in fallback.iterdir())) or "nothing (the table is printed above)"
+        raise GenrankError(f"could not write the report to {args.out} ({reason}); saved in {fallback}: {kept}") from None
 
 
 def _check_before_work(args, kinds: list[str], horizons: list[str]) -> None:

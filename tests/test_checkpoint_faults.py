@@ -231,6 +231,19 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_saved(dataset, run_fo
     assert [p for p in run_folder.iterdir() if "replaced" in p.name] == []
 
 
+def test_overwrite_deletes_the_old_run_only_after_a_checkpoint_that_verifies(saved, monkeypatch):
+    checkpoints, _ = saved
+    new = Checkpoints(checkpoints.directory, config_json='{"width": 8}')
+    assert new.move_aside() == [2, 4, 6]
+    aside, rng = new.replaced, np.random.default_rng(21)
+    monkeypatch.setattr(new, "verify", lambda step, abstract: False)  # the first save reads back damaged
+    new.save(1, random_state(rng, 1))
+    assert aside.is_dir() and new.replaced == aside
+    monkeypatch.undo()
+    new.save(2, random_state(rng, 2))
+    assert not aside.exists() and new.replaced is None
+
+
 def test_resume_with_other_settings_names_each_difference(dataset, run_folder):
     before = files_of(run_folder)
     other = make_trainer(dataset, run_folder, learning_rate=1e-2, batch_size=8, seed=3)

@@ -302,7 +302,8 @@ def test_a_small_eval_set_is_sized_and_warned(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GENRANK_TFDS_DIR", str(tmp_path / "tfds"))
     fixtures.write_grouplens_100k(tmp_path / "raw", fixtures.movielens_log(seed=1))
     code, out, err = run_cli(["train", "--data", "movielens:100k", "--data-dir", str(tmp_path / "raw"),
-                              "--out", str(tmp_path / "run"), "--validation-fraction", "0", *FAST], capsys)
+                              "--out", str(tmp_path / "run"), "--validation-fraction", "0", *FAST,
+                              "--batch-size", "4"], capsys)  # the fixture has 8 train requests
     assert code == 0, err
     size = re.search(r"eval set: (\d+) requests, (\d+) scored exposures", out)
     assert size and 0 < int(size.group(2)) < 1000, out

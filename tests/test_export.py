@@ -146,3 +146,20 @@ def test_another_exports_params_are_refused(two_exports, tmp_path):
     cache = good.encode.call(good.params, history, candidates["num_candidates"])
     assert np.isfinite(np.asarray(good.score.call(good.params, cache, candidates))).all()
     assert np.isnan(np.asarray(good.score.call(foreign, cache, candidates))).all()
+
+
+def test_the_artifacts_own_params_check_reads_a_sample_not_the_tables():
+    """The score artifact checks its parameters on every call: that must not cost a pass over a
+    catalog's embedding tables (2^20 x 64 float32 here, 256 MiB), and it must still see a change."""
+    import jax
+
+    from genrank_jax.export import params_fingerprint
+
+    table = jax.ShapeDtypeStruct((1 << 20, 64), np.float32)
+    cost = jax.jit(params_fingerprint).lower([table, jax.ShapeDtypeStruct((7,), np.float32)]).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert cost["bytes accessed"] < (1 << 20)
+    rng = np.random.default_rng(21)
+    params = [rng.normal(size=(1000, 8)).astype(np.float32), rng.normal(size=(3,)).astype(np.float32)]
+    trained = [p + rng.normal(scale=1e-2, size=p.shape).astype(np.float32) for p in params]  # every value moves
+    assert not np.allclose(params_fingerprint(params), params_fingerprint(trained), rtol=1e-4, atol=1e-4)

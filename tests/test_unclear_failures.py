@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 
 import pytest
 
@@ -32,11 +33,19 @@ def test_resume_of_a_folder_that_does_not_exist(tmp_path, capsys):
     assert not (tmp_path / "mistyped").exists()
 
 
-def test_resume_of_an_empty_folder_says_it_starts_anew(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert main(["train", *FAST, "--resume", "--out", str(tmp_path / "empty")]) == 0
-    out = capsys.readouterr().out
-    assert "no checkpoint in" in out and "resumed at step 0" not in out
+@pytest.mark.parametrize("leftover", [None, "metrics_of_a_run_without_checkpoints", "checkpoints/"])
+def test_resume_of_a_folder_without_checkpoints_is_refused(tmp_path, capsys, leftover):
+    out = tmp_path / "other"
+    out.mkdir()
+    if leftover == "checkpoints/":
+        (out / "checkpoints").mkdir()  # a run killed before its first save
+    elif leftover:
+        (out / leftover).write_text("x")  # a folder that is not a run's
+    assert main(["train", *FAST, "--resume", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"--resume: {out} holds no checkpoint to resume" in line and "drop --resume" in line
+    assert "resumed at step 0" not in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ([leftover.rstrip("/")] if leftover else [])
 
 
 def test_export_of_a_missing_step_lists_the_saved_ones(tmp_path, capsys):
@@ -87,6 +96,27 @@ def test_a_second_writer_into_one_folder_is_refused(tmp_path, capsys):
     assert not (out / ".genrank-jax.lock").exists()  # released at the end
 
 
+def test_a_lock_that_cannot_be_taken_is_never_skipped(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    from genrank_jax.output_folder import LOCK_NAME, writer_lock
+    from genrank_jax.training import OutputInUseError
+
+    lock, real_open = tmp_path / LOCK_NAME, os.open
+
+    def contended(path, flags, *args):  # every attempt finds a dead run's lock again (other starters)
+        if pathlib.Path(path) == lock:
+            lock.write_text(f"999999999 {socket.gethostname()} genrank-jax train")
+            raise FileExistsError(path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", contended)
+    with pytest.raises(OutputInUseError, match="could not take the lock"):
+        with writer_lock(tmp_path, "genrank-jax train"):
+            pass
+
+
 def test_batch_larger_than_the_data(tmp_path, capsys):
     assert main(["train", *FAST, "--batch-size", "1000000000", "--out", str(tmp_path / "run")]) == 2
     assert "batch_size 1,000,000,000 is larger than the" in one_error_line(capsys)
@@ -101,7 +131,29 @@ def test_batch_larger_than_the_data(tmp_path, capsys):
 def test_distributed_errors_name_flags_and_address(tmp_path, capsys, flags, message):
     import time
 
+    import jax
+
+    jax.devices()  # the backend is up (as after any earlier test): the messages must not depend on it
     started = time.monotonic()
     assert main(["train", *FAST, "--distributed", *flags, "--out", str(tmp_path / "run")]) == 2
     assert message in one_error_line(capsys)
     assert time.monotonic() - started < 60
+
+
+def test_distributed_timeout_bounds_jax_own_wait(tmp_path, capsys, monkeypatch):
+    import inspect
+
+    import jax
+
+    if "initialization_timeout" not in inspect.signature(jax.distributed.initialize).parameters:
+        pytest.skip("this jax takes no initialization_timeout")
+    calls = []
+
+    def initialize(coordinator_address=None, num_processes=None, process_id=None, initialization_timeout=300):
+        calls.append(initialization_timeout)  # process 0 would wait this long here for the others
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    assert main(["train", *FAST, "--distributed", "--coordinator", "localhost:1", "--num-processes", "2",
+                 "--process-id", "0", "--distributed-timeout", "6.5", "--out", str(tmp_path / "run")]) == 2
+    assert calls == [7]

@@ -223,7 +223,10 @@ def test_another_configs_file_is_refused(tmp_path, capsys):
 
 def test_more_ratings_than_the_config_is_refused(shared_data_module, ml100k, tmp_path):
     rows = (shared_data_module / "ml-100k" / "ml-100k.inter").read_text().splitlines()[1:]
-    raw = write_copy(tmp_path, ml100k, rows + rows[:1])
+    # a distinct extra rating (one second later): an exact duplicate does not count (issue 21)
+    user, item, rating, seconds = rows[0].split("\t")
+    extra = "\t".join([user, item, rating, str(int(float(seconds)) + 1)])
+    raw = write_copy(tmp_path, ml100k, rows + [extra])
     with pytest.raises(DataError, match=r"ml-100k\.inter: 100,001 ratings, more than the 100,000 of movielens:100k"):
         load(raw)
 
@@ -315,3 +318,18 @@ def test_lis_features_that_are_not_numbers_or_out_of_float32_range(tmp_path, cap
                          "--out", str(tmp_path / f"out-{name}")])
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and "\n" not in err, err
+
+
+def test_a_corrupt_prepared_cache_names_its_folder_and_the_fix(ml100k, tmp_path, capsys):
+    """Bytes damaged inside a prepared shard (Riegeli's 'block header hash mismatch'): one error
+    naming the cache folder and saying to delete it, on the TFDS path every real dataset takes."""
+    raw = write_copy(tmp_path, ml100k)
+    load(raw)
+    (shard,) = (tmp_path / "tfds").rglob("*.array_record-*")
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = np.random.default_rng(21).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"the prepared data in {shard.parent} is unreadable \(RuntimeError: "
+                                        r"Corrupted Riegeli.*\): delete that folder and run again"):
+        load(raw)

@@ -163,3 +163,43 @@ def test_a_corrupt_prepared_cache_names_its_folder_and_the_fix(tmp_path):
     shard.write_bytes(data[: len(data) // 2])  # a copy cut short
     with pytest.raises(DataError, match=r"the prepared data in .* is unreadable .* delete that folder"):
         load(log, schema, tmp_path)
+
+
+def content_files(tmp_path, matrix=None, ids=None):
+    """A log whose [content] is an .npy matrix and an .npy id list (defaults: valid, seeded)."""
+    table = files.log_table(seed=8)
+    movies = np.unique(np.asarray(table["movie"]))
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "content.npy", rng.normal(size=(len(movies), 3)) if matrix is None else matrix(len(movies)))
+    np.save(tmp_path / "content_ids.npy", movies if ids is None else ids(movies), allow_pickle=True)
+    schema = files.SCHEMA + '\n[content]\nnpy = "content.npy"\nids = "content_ids.npy"\n'
+    return files.write(tmp_path, table, schema=schema)
+
+
+@pytest.mark.parametrize("matrix, ids, message", [
+    (lambda n: np.full((n, 3), 0.5).astype(np.float64) * np.r_[1.0, 1e39, 1.0], None,
+     r"content\.npy: content row 1 holds 5e\+38, outside float32's range"),
+    (None, lambda movies: movies.astype(object), r"content_ids\.npy \(content ids\): not a \.npy array"),
+    ("text", None, r"content\.npy \(content\): not a \.npy array"),
+])
+def test_npy_content_that_is_not_float32_numbers_is_named(tmp_path, matrix, ids, message):
+    log, schema = content_files(tmp_path, None if matrix == "text" else matrix, ids)
+    if matrix == "text":
+        (tmp_path / "content.npy").write_text("0.1,0.2,0.3\n")
+    with pytest.raises(DataError, match=message):
+        load(log, schema, tmp_path)
+
+
+def test_a_content_column_past_float32_range_is_named(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = files.log_table(seed=9).drop_columns(["genre"])
+    movies = np.unique(np.asarray(table["movie"]))
+    content = np.random.default_rng(9).normal(size=(len(movies), 4))
+    content[2, 3] = -7e38
+    pq.write_table(pa.table({"movie": movies, "emb": pa.array(list(content), pa.list_(pa.float64()))}),
+                   tmp_path / "items.parquet")
+    schema = files.SCHEMA.replace('[item_features]\ngenre = "genre"',
+                                  '[item_table]\npath = "items.parquet"\nitem = "movie"\n[content]\ncolumn = "emb"')
+    with pytest.raises(DataError, match=r"items\.parquet: content row 3 holds -7e\+38, outside float32's range"):
+        load(*files.write(tmp_path, table, schema=schema), tmp_path)

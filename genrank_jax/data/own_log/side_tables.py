@@ -90,7 +90,10 @@ def content_rows(schema: LogSchema, items: IdVocabulary) -> np.ndarray:
             bad = int(np.flatnonzero((lengths != lengths[0]) | (lengths <= 0))[0]) if lengths[0] > 0 else 0
             raise DataError(f"{schema.item_table.path}: content column {source.column!r}, row {bad + 1:,}: "
                             f"every row needs a list of the same length (row 1 has {lengths[0]})")
-        matrix = np.asarray(pc.list_flatten(column).cast(pa.float32()), np.float32).reshape(len(lengths), -1)
+        flat = pc.list_flatten(column)
+        if pa.types.is_float64(flat.type):
+            _check_float32_range(schema.item_table.path, np.asarray(flat.fill_null(0.0)), int(lengths[0]))
+        matrix = np.asarray(flat.cast(pa.float32()), np.float32).reshape(len(lengths), -1)
         rows = _Rows(schema.item_table.path, 0, lambda r: None, BadRows(skip=False), data.num_rows)
         keys = _keys(schema.item_table.path, data.column(schema.item_table.key).combine_chunks(),
                      schema.item_table.key, "item id", rows)
@@ -107,18 +110,37 @@ def content_rows(schema: LogSchema, items: IdVocabulary) -> np.ndarray:
     return out
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(where, values: np.ndarray, width: int) -> None:
+    """A finite value past float32's range would become inf in the cast and then read as 'NaN or
+    infinity': name it for what it is."""
+    beyond = np.isfinite(values) & (np.abs(values) > F32_MAX)
+    if beyond.any():
+        first = int(np.flatnonzero(beyond)[0])
+        raise DataError(f"{where}: content row {first // width + 1:,} holds {values[first]:.3g}, outside float32's "
+                        f"range (|x| <= {F32_MAX:.3g}): rescale the content")
+
+
+def _load_npy(path: pathlib.Path, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # text, pickled objects, a file cut short
+        raise DataError(f"{path} ({what}): not a .npy array ({' '.join(str(error).split())[:160]})") from None
+
+
 def _npy_content(npy: pathlib.Path, ids: pathlib.Path) -> tuple[np.ndarray, np.ndarray, pathlib.Path]:
     for path in (npy, ids):
         if not path.is_file():
             raise MissingFileError(f"{path} (content) does not exist")
-    try:
-        matrix = np.load(npy, allow_pickle=False)
-    except ValueError as error:
-        raise DataError(f"{npy} (content): not a numeric .npy matrix ({error})") from None
+    matrix = _load_npy(npy, "content")
     if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
         raise DataError(f"{npy} (content): want a 2-D float matrix [items, width], got {matrix.dtype} {matrix.shape}")
+    if matrix.dtype.kind == "f" and matrix.dtype.itemsize > 4:
+        _check_float32_range(npy, matrix.reshape(-1), matrix.shape[1])
     if ids.suffix == ".npy":
-        raw = np.load(ids, allow_pickle=False)
+        raw = _load_npy(ids, "content ids")
     else:
         raw = np.array([line.strip() for line in ids.read_text(encoding="utf-8-sig").splitlines() if line.strip()])
     if len(raw) != len(matrix):
