@@ -49,7 +49,6 @@ from genrank_jax import serving
 from genrank_jax.errors import GenrankError
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-VOCABULARY_FILE = "vocabulary.npz"  # the name training uses beside checkpoints too
 HISTORY_FIELDS = [f.name for f in dataclasses.fields(serving.History)]
 CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(serving.Candidates)]
 
@@ -183,8 +182,10 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
         actions=list(config.features.action_names), config=json.loads(config.to_json()),
         model_tag=tag.tolist(), params_sha256=params_sha256)
     if vocabulary is not None:
-        vocabulary.save(out / VOCABULARY_FILE)
-        manifest["vocabulary"] = dict(file=VOCABULARY_FILE, sha256=vocabulary.digest(),
+        from genrank_jax.data.own_log.vocabulary import FILE_NAME
+
+        vocabulary.save(out / FILE_NAME)
+        manifest["vocabulary"] = dict(file=FILE_NAME, sha256=vocabulary.digest(),
                                       apply="genrank_jax.export.load_vocabulary(folder).items.lookup(raw_item_ids); "
                                             ".users.lookup(raw_user_ids)")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -250,7 +251,9 @@ def load_checkpoint_vocabulary(directory, step: int | None = None):
     finally:
         manager.close()
     digest = meta.get("settings", {}).get("data", {}).get("vocabulary")
-    return None if digest is None else _verified_vocabulary(directory / VOCABULARY_FILE, digest,
+    from genrank_jax.data.own_log.vocabulary import FILE_NAME
+
+    return None if digest is None else _verified_vocabulary(directory / FILE_NAME, digest,
                                                             f"the checkpoint at step {step} in {directory}")
 
 

@@ -109,8 +109,6 @@ def run_settings(train: TrainConfig, dataset: RankingDataset, train_requests: np
     return {"train": settings, "data": data}
 
 
-VOCABULARY_FILE = "vocabulary.npz"  # beside the checkpoints; genrank_jax.export reads it by this name
-
 
 VALIDATION_METRIC = "validation_auc"
 
@@ -334,7 +332,9 @@ class Trainer:
         if self.dataset.vocabulary is not None and jax.process_index() == 0:
             # beside every step: their settings record its digest, which export checks
             self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
-            self.dataset.vocabulary.save(self.checkpoints.directory / VOCABULARY_FILE)
+            from genrank_jax.data.own_log.vocabulary import FILE_NAME
+
+            self.dataset.vocabulary.save(self.checkpoints.directory / FILE_NAME)
 
     def last_good_checkpoint(self) -> int | None:
         """The newest saved step that verifies (checksums and finite values), or None."""

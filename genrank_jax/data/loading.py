@@ -138,7 +138,7 @@ def unreadable_cache(builder, error: Exception):
                      "delete that folder and run again to prepare it from the raw files")
 
 
-def read_records(builder, indices) -> list:
+def read_prepared_records(builder, indices) -> list:
     """Records `indices` of the prepared train split (an unreadable cache: a DataError saying so)."""
     try:
         source = builder.as_data_source(split="train")
@@ -154,7 +154,7 @@ def read_records(builder, indices) -> list:
 
 
 def _concatenate(builder: LogBuilder) -> dict:
-    records = read_records(builder, range(builder.info.splits["train"].num_examples))
+    records = read_prepared_records(builder, range(builder.info.splits["train"].num_examples))
     records = sorted(records, key=lambda r: int(r["user"]))
     meta = builder.info.metadata
 

@@ -83,7 +83,7 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
     Records are decoded a batch at a time into arrays allocated once (the row count is in the
     metadata of a single-process build; a Beam build's is summed as records arrive), so the
     per-record Python objects of a 10^6-user log are never all alive at once."""
-    from genrank_jax.data.loading import read_records as read_cached
+    from genrank_jax.data.loading import read_prepared_records
 
     count = builder.info.splits["train"].num_examples
     schema = builder.schema
@@ -98,7 +98,7 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
     out = None if total is None else {name: np.empty((total, *widths[name]), dtypes.get(name, np.int64)) for name in wanted}
     user_keys, lengths, user_side, filled = [], [], [], 0
     for first in range(0, count, batch_records):
-        records = read_cached(builder, range(first, min(count, first + batch_records)))
+        records = read_prepared_records(builder, range(first, min(count, first + batch_records)))
         for record in records:
             user_keys.append(int(record["user"]))
             lengths.append(len(record["item_ids"]))
@@ -192,10 +192,9 @@ def _build_dataset(builder: GenrankOwnLog, schema: LogSchema, path, *, split, cu
         train, evaluation = np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
     else:
         train, evaluation = last_request_split(timeline_log)
-    train_rows = np.zeros(len(times), bool)
     is_train = np.zeros(timeline_log.num_requests, bool)
     is_train[train] = True
-    train_rows[:] = np.repeat(is_train, np.diff(starts))
+    train_rows = np.repeat(is_train, np.diff(starts))
     if not train_rows.any():
         raise DataError(f"{path}: no exposure falls in the train split (cutoff {cutoff})")
 

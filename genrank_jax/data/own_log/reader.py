@@ -308,14 +308,9 @@ def _parse_one(value, kind):
 
 def _actions(path, array: pa.Array, column: str, name: str, rows: _Rows) -> np.ndarray:
     role = f"actions.{name}"
-    if pa.types.is_boolean(array.type):
-        values = np.asarray(array.cast(pa.float64()).fill_null(np.nan), np.float64)
-    elif pa.types.is_integer(array.type) or pa.types.is_floating(array.type):
-        values = np.asarray(array.cast(pa.float64()).fill_null(np.nan), np.float64)
-    elif pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    if not (pa.types.is_boolean(array.type) or pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
         _fail_type(path, column, role, array, "0/1 numbers or booleans")
-    else:
-        _fail_type(path, column, role, array, "0/1 numbers or booleans")
+    values = np.asarray(array.cast(pa.float64()).fill_null(np.nan), np.float64)
     rows.reject(~((values == 0) | (values == 1)), column, "action value is not 0 or 1", array)
     return np.where(values == 1, 1, 0).astype(np.uint8)
 

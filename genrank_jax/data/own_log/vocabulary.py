@@ -30,6 +30,7 @@ import numpy as np
 MISSING_KEY = np.iinfo(np.int64).min  # a null side-feature value (never a real key: see string_keys)
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]{0,17})")  # up to 18 digits: always fits int64
 FORMAT = "genrank-jax vocabulary 1"
+FILE_NAME = "vocabulary.npz"  # its name beside a run's checkpoints and in an export
 
 
 def string_key(text: str) -> int:
