@@ -1,7 +1,7 @@
 """One entry point for every dataset: `load_dataset("movielens:100k", data_dir=...)`.
 
 Sources: "synthetic" (= "synthetic:default"), "synthetic:tests", "synthetic:benchmark" (the
-simulator, genrank_jax.data.synthetic), "movielens:100k|1m|20m|32m" and "kuairand:pure|1k|27k"
+simulator, genrank_jax.data.synthetic), "movielens:100k|1m|20m|32m|latest-small" and "kuairand:pure|1k|27k"
 (TFDS builders over files the user downloaded; nothing is fetched), and "log:PATH", a user's own
 Parquet/CSV log described by a schema file (genrank_jax/data/own_log).
 """
@@ -14,13 +14,13 @@ from genrank_jax.data.schema import RankingDataset
 from genrank_jax.errors import GenrankError
 
 SYNTHETIC_PRESETS = ("tests", "default", "benchmark")
-REAL_CONFIGS = {"movielens": ("100k", "1m", "20m", "32m"), "kuairand": ("pure", "1k", "27k")}
+REAL_CONFIGS = {"movielens": ("100k", "1m", "20m", "32m", "latest-small"), "kuairand": ("pure", "1k", "27k")}
 KNOWN_SOURCES = ("synthetic", *(f"synthetic:{p}" for p in SYNTHETIC_PRESETS),
                  *(f"{name}:{config}" for name, configs in REAL_CONFIGS.items() for config in configs))
 # What data_dir must hold for each real source (the builders' docstrings have the details).
 RAW_FILES = {
     "movielens": "GroupLens u.data/u.item/u.user (100k), ratings.dat/movies.dat/users.dat (1m), "
-                 "ratings.csv/movies.csv (20m, 32m), or RecBole ml-<size>.inter/.item/.user; "
+                 "ratings.csv/movies.csv (20m, 32m, latest-small), or RecBole ml-<size>.inter/.item/.user; "
                  "from https://grouplens.org/datasets/movielens/",
     "kuairand": "log_standard_4_08_to_4_21_<s>.csv, log_standard_4_22_to_5_08_<s>.csv, "
                 "log_random_4_22_to_5_08_<s>.csv, user_features_<s>.csv, video_features_basic_<s>.csv "

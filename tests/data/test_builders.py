@@ -4,6 +4,7 @@ Fixture files are written into tmp_path from a known log (tests/data/fixtures.py
 values are computed from that log, not from the code under test.
 """
 
+import datetime
 import logging
 
 import numpy as np
@@ -343,3 +344,23 @@ def test_read_table_chunks_agree(ml_log, tmp_path, monkeypatch):
     for key in columns:
         np.testing.assert_array_equal(chunked[key], whole[key])
     np.testing.assert_array_equal(whole["userId"], ml_log.users)
+
+
+def test_shared_ml_latest_small(shared_data, tmp_path):
+    """movielens:latest-small reads GroupLens' 2018 development edition as its README documents it."""
+    data = load("movielens:latest-small", shared_data / "ml-latest-small", tmp_path)
+    log = data.interactions
+    # README.txt: 100836 ratings by 610 users; 9,724 of its 9,742 movies have a rating
+    assert (log.num_exposures, data.spec.num_users, data.spec.num_items) == (100_836, 610, 9724)
+    assert data.info["format"] == "grouplens-csv" and data.info["bad_rows"] == {}
+    assert data.info["side_files"]["items"]["match_rate"] == 1.0
+    first, last = (datetime.datetime.fromtimestamp(t, datetime.timezone.utc).date()
+                   for t in (log.timestamps.min(), log.timestamps.max()))
+    assert (str(first), str(last)) == ("1996-03-29", "2018-09-24")
+    rating = np.asarray(log.extras["rating"])
+    assert set(np.unique(rating)) == {0.5 * k for k in range(1, 11)}  # half stars
+    np.testing.assert_array_equal(log.actions[:, 0], rating >= 4)  # 4.5 is a like ...
+    np.testing.assert_array_equal(log.actions[:, 1], rating == 5)  # ... but not a love
+    # the same files under another config's name are refused with the right name
+    with pytest.raises(DataError, match="movielens:latest-small"):
+        load("movielens:32m", shared_data / "ml-latest-small", tmp_path / "other")

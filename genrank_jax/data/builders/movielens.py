@@ -1,4 +1,6 @@
-"""MovieLens (GroupLens Research) as a ranking log: `GenrankMovielens`, configs 100k, 1m, 20m, 32m.
+"""MovieLens (GroupLens Research) as a ranking log: `GenrankMovielens`, configs 100k, 1m, 20m, 32m
+and latest-small (ml-latest-small, the 2018 development edition: 100,836 ratings, 610 users, 9,742
+movies, 1996-03-29 to 2018-09-24, half stars).
 
 Files are read from `manual_dir` (or its `ml-<config>/` subfolder); the format is detected by
 which files exist, in this order:
@@ -6,7 +8,7 @@ which files exist, in this order:
   a `name:type` header;
 - GroupLens 100k: `u.data` (tab), `u.item`, `u.user` (`|`, latin-1);
 - GroupLens 1m: `ratings.dat`, `movies.dat`, `users.dat` (`::`, latin-1);
-- GroupLens 20m / 32m: `ratings.csv`, `movies.csv` (no user features).
+- GroupLens 20m / 32m / latest-small: `ratings.csv`, `movies.csv` (no user features).
 
 Exposure = one rating. Actions (a rating is an explicit judgement, so they are read off it):
   like = rating >= 4, love = rating == 5, dislike = rating <= 2   (half stars: 4.5 is a like, not
@@ -45,8 +47,11 @@ GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Com
 AGE_BANDS = (18, 25, 35, 45, 50, 56)  # the ml-1m age codes; raw ages are put in the same bands
 YEAR_BUCKETS = 23  # 0 = unknown, 1..22 = 5-year bands from 1920
 NATIVE_FILES = {"100k": ("u.data", "u.item", "u.user"), "1m": ("ratings.dat", "movies.dat", "users.dat"),
-                "20m": ("ratings.csv", "movies.csv"), "32m": ("ratings.csv", "movies.csv")}
-NATIVE_FORMATS = {"100k": "grouplens-100k", "1m": "grouplens-1m", "20m": "grouplens-csv", "32m": "grouplens-csv"}
+                "20m": ("ratings.csv", "movies.csv"), "32m": ("ratings.csv", "movies.csv"),
+                "latest-small": ("ratings.csv", "movies.csv")}
+NATIVE_FORMATS = {"100k": "grouplens-100k", "1m": "grouplens-1m", "20m": "grouplens-csv", "32m": "grouplens-csv",
+                  "latest-small": "grouplens-csv"}
+NO_USER_FEATURES = ("20m", "32m", "latest-small")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,9 @@ DOCUMENTED = {
     # "between January 09, 1995 and March 31, 2015" / "... and October 12, 2023"; half stars
     "20m": Documented(0.5, 0.5, "1995-01-09", "2015-03-31", 20_000_263),
     "32m": Documented(0.5, 0.5, "1995-01-09", "2023-10-12", 32_000_204),
+    # "between March 29, 1996 and September 24, 2018"; a development edition that GroupLens may
+    # regenerate (this is the September 26, 2018 one); half stars
+    "latest-small": Documented(0.5, 0.5, "1996-03-29", "2018-09-24", 100_836),
 }
 
 
@@ -130,7 +138,7 @@ class GenrankMovielens(LogBuilder):
     """MovieLens ratings as exposures with like / love / dislike actions, one record per user."""
 
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name, description=f"MovieLens {name}")
-                       for name in ("100k", "1m", "20m", "32m")]
+                       for name in DOCUMENTED]
     MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
     ACTION_NAMES = ("like", "love", "dislike")
     SIDE_FEATURE_NAMES = ("genre", "genre_set", "year_bucket")
@@ -143,7 +151,7 @@ class GenrankMovielens(LogBuilder):
 
     @classmethod
     def user_feature_names(cls, config_name: str) -> tuple[str, ...]:
-        return () if config_name in ("20m", "32m") else ("age_bucket", "gender", "occupation")
+        return () if config_name in NO_USER_FEATURES else ("age_bucket", "gender", "occupation")
 
     @staticmethod
     def detect_format(config_name: str, manual_dir: pathlib.Path) -> tuple[str, dict[str, pathlib.Path | None]]:
@@ -195,7 +203,7 @@ class GenrankMovielens(LogBuilder):
         columns = [np.asarray(ratings[k]) for k in range(4)]
         self._check_size(config, paths["ratings"], len(ratings[0]) - int(duplicate_rows(columns).sum()))
         num_user_features = len(self.user_feature_names(self.builder_config.name))
-        if user_table[1].shape[1] != num_user_features:  # 20m/32m keep none; RecBole may lack its .user
+        if user_table[1].shape[1] != num_user_features:  # 20m/32m/latest-small keep none; RecBole may lack its .user
             user_table = (np.zeros(0, np.int64), np.zeros((0, num_user_features), np.int32), (1,) * num_user_features)
         user_raw, item_raw, rating, timestamps = (np.array(ratings[k]) for k in range(4))
         return ParsedLog(
