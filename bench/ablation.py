@@ -2,12 +2,14 @@
 
     python bench/ablation.py --data movielens:100k --data-dir ../shared/data/ml-100k --seeds 3
 
-Five models, trained on the same temporal split with the same hyperparameters, `--seeds` seeds each:
+Six models, trained on the same temporal split with the same hyperparameters, `--seeds` seeds each:
   genrank         action-oriented tokens (N + M), ALiBi position and time biases (the paper's model)
   genrank-nobias  the same without the two biases
   item-oriented   HSTU-style interleaved item/action tokens (2N + M), same block, width and biases
   din             DIN-style target attention + MLP over the action-oriented batch
-  logistic        per-task user bias + item bias (the floor)
+  logistic        per-task user bias + item bias (no features, no sequence)
+  features        the production baseline: a logistic regression on aggregate features of earlier
+                  requests (item, user and user-on-genre action rates, counts, recency)
 Every model stops the same way, so the comparison is fair by construction: it is fitted on the
 train split minus its validation slice (the latest 15% of train requests by time,
 genrank_jax.data.holdout), scored on the slice after every epoch, stopped after `--patience`
@@ -54,7 +56,20 @@ MODELS = {
     "item-oriented": dict(architecture="genrank", organization="item"),
     "din": dict(architecture="din"),
     "logistic": dict(architecture="logistic"),
+    "features": dict(architecture="features"),
 }
+# two-sided 95% Student t quantiles by degrees of freedom (seeds - 1), for intervals paired by seed
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of a - b paired by seed: a 95% t interval (0 width with one seed)."""
+    differences = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, mean, mean
+    half = T95.get(len(differences) - 1, 1.96) * statistics.stdev(differences) / len(differences) ** 0.5
+    return mean, mean - half, mean + half
 def data_tag(source: str) -> str:
     """File-name tag of a source: movielens:100k -> ml-100k, kuairand:pure -> kuairand-pure."""
     name, _, config = source.partition(":")
@@ -198,6 +213,14 @@ def markdown(summary: dict, tasks: tuple[str, ...], header: dict, command: str, 
                      f"speed {g['speed'] / n['speed']:.2f}x (the bias is computed per (query, key) pair and head in "
                      "the attention op; the paper's +25% speed came from replacing HSTU's learned relative-bias "
                      "tables, which no model here has).")
+    if "features" in summary:
+        f = summary["features"]
+        for name in ("genrank", "genrank-nobias", "item-oriented", "din"):
+            if name in summary and len(summary[name][first]) == len(f[first]):
+                mean, low, high = paired_interval(summary[name][first], f[first])
+                verdict = "above" if low > 0 else "below" if high < 0 else "not separated from"
+                notes.append(f"{name} vs features, {first} AUC: {mean:+.4f} (95% interval paired by seed "
+                             f"[{low:+.4f}, {high:+.4f}], {verdict} zero).")
     best = max(summary, key=lambda name: statistics.mean(summary[name][first]))
     notes.append(f"Best {first} AUC: {best}.")
     return "\n".join(lines + [""] + notes) + "\n"

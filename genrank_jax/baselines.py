@@ -1,5 +1,6 @@
-"""Baselines: the conventional ranker of the paper (DIN-style target attention + MLP) and a
-logistic user + item bias model.
+"""Baselines: the conventional ranker of the paper (DIN-style target attention + MLP), a
+logistic user + item bias model, and the production baseline: a logistic regression (or small MLP)
+on aggregate features of earlier requests.
 
 It reads the same action-oriented token batch as GenRank: history tokens are its behaviour
 sequence, each candidate token a target. The item-oriented HSTU-style baseline is `GenRank` with
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genrank_jax.config import GenRankConfig
+from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.embeddings import ItemEmbedding, clipped, lookup, user_rows
 from genrank_jax.typing import TaskLogits
@@ -97,9 +99,34 @@ class LogisticBias(nnx.Module):
         return self.bias[...] + user + lookup(self.item, batch.item_ids)
 
 
+class FeaturesRanker(nnx.Module):
+    """logit[t] = w_t . x (+ an MLP of `features_hidden` units when > 0): x the candidate's aggregate
+    features (`genrank_jax.data.aggregates`: item, user and user-on-side-feature action rates,
+    counts, recency; from earlier requests only). What a ranking team fits on day one; every
+    sequence model must beat it. Starts at the base rates like `LogisticBias`."""
+
+    def __init__(self, config: GenRankConfig, *, rngs: nnx.Rngs):
+        actions, inputs, hidden = config.features.num_actions, num_aggregates(config.features), config.features_hidden
+        self.hidden = nnx.Linear(inputs, hidden, rngs=rngs) if hidden else None
+        self.out = nnx.Linear(hidden or inputs, actions, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+
+    def set_prior(self, positive_rates) -> None:
+        rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
+        self.out.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
+
+    def __call__(self, batch: TokenBatch) -> TaskLogits:
+        if batch.aggregates is None:
+            raise ValueError("the features ranker needs batches with aggregates (SampleLayout(aggregates=True))")
+        x = batch.aggregates
+        if self.hidden is not None:
+            x = jax.nn.relu(self.hidden(x))
+        return self.out(x)  # [B, S, A]; only candidate tokens' logits are read
+
+
 def build_model(config: GenRankConfig, *, rngs: nnx.Rngs):
-    """GenRank (either organization), the DIN ranker or the logistic bias model, as configured."""
+    """GenRank (either organization), the DIN ranker, the logistic bias model or the features
+    ranker, as configured."""
     from genrank_jax.model import GenRank
 
-    models = {"genrank": GenRank, "din": DINRanker, "logistic": LogisticBias}
+    models = {"genrank": GenRank, "din": DINRanker, "logistic": LogisticBias, "features": FeaturesRanker}
     return models[config.architecture](config, rngs=rngs)

@@ -16,6 +16,7 @@ import numpy as np
 from genrank_jax.command_line import (CommandLineParser, add_debug_flags, fraction, non_negative_float,
                                       non_negative_int, parse_arguments, positive_float, positive_int,
                                       run_reporting_errors)
+from genrank_jax.config import ARCHITECTURES
 from genrank_jax.errors import GenrankError
 
 
@@ -35,7 +36,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")
     add_data_quality_arguments(parser)
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
-    parser.add_argument("--architecture", default="genrank", choices=["genrank", "din", "logistic"])
+    parser.add_argument("--architecture", default="genrank", choices=list(ARCHITECTURES),
+                        help="genrank; din; logistic (user + item bias); features (the production baseline: a "
+                             "logistic regression on aggregate features of earlier requests)")
+    parser.add_argument("--aggregates", action="store_true",
+                        help="GenRank also reads the features baseline's aggregate features (one projection per token)")
+    parser.add_argument("--features-hidden", type=non_negative_int, default=0,
+                        help="--architecture features: hidden units of an MLP (0: logistic regression)")
     parser.add_argument("--organization", default="action", choices=["action", "item"])
     parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
     parser.add_argument("--preset", default=None, choices=["tiny", "small", "paper"],
@@ -265,7 +272,7 @@ def run_train(args) -> int:
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
         attention_impl=args.attention_impl, embedding_row_multiple=args.embedding_row_multiple,
-        **args.config_overrides,
+        use_aggregates=args.aggregates, features_hidden=args.features_hidden, **args.config_overrides,
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )

@@ -10,7 +10,8 @@ from genrank_jax.data.schema import FeatureSpec
 
 Block = Literal["transformer", "hstu"]
 Organization = Literal["action", "item"]
-Architecture = Literal["genrank", "din", "logistic"]
+Architecture = Literal["genrank", "din", "logistic", "features"]
+ARCHITECTURES = ("genrank", "din", "logistic", "features")
 
 # Named shapes. "paper": the HSTU baseline shape of the GenRank paper (3 blocks, 8 heads, width 768,
 # at most 480 tokens).
@@ -27,7 +28,10 @@ class GenRankConfig:
 
     architecture: "genrank" (a token sequence model; `organization` picks action- or
       item-oriented tokens, `block` the block type), "din" (DIN-style target attention + MLP) or
-      "logistic" (per-task user bias + item bias: the floor every ranker must beat).
+      "logistic" (per-task user bias + item bias, nothing else) or "features" (the production
+      baseline: a logistic regression, or an MLP with `features_hidden` units, on aggregate features
+      of earlier requests: `genrank_jax.data.aggregates`).
+    use_aggregates: GenRank adds a projection of the same aggregate features to each item token.
     max_tokens: longest token sequence (history + candidates) the position table covers.
     use_alibi / use_time_bias: the parameter-free ALiBi position and time biases in attention.
     time_bias_scale: multiplies the geometric per-head slopes of the time term.
@@ -57,6 +61,9 @@ class GenRankConfig:
     alibi_max_bias: float = 8.0
     time_bias_scale: float = 0.25
     use_user_embedding: bool = True
+    use_aggregates: bool = False
+    aggregates_wide: bool = True  # with use_aggregates: a linear path from them to the logits too
+    features_hidden: int = 0  # the features ranker's hidden units (0: logistic regression)
     task_weights: tuple[float, ...] | None = None
     attention_impl: str | None = None
     attention_interpret: bool = False  # run a Pallas backend in interpret mode (CPU tests)
@@ -64,8 +71,10 @@ class GenRankConfig:
     embedding_row_multiple: int = 1
 
     def __post_init__(self):
-        if self.architecture not in ("genrank", "din", "logistic"):
-            raise ValueError(f"architecture must be 'genrank', 'din' or 'logistic', got {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.features_hidden < 0:
+            raise ValueError(f"features_hidden must be >= 0, got {self.features_hidden}")
         if self.organization not in ("action", "item"):
             raise ValueError(f"organization must be 'action' or 'item', got {self.organization!r}")
         if self.block not in ("transformer", "hstu"):
@@ -84,6 +93,11 @@ class GenRankConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(features=features, **{**PRESETS[name], **overrides})
+
+    @property
+    def reads_aggregates(self) -> bool:
+        """Whether the model's batches carry aggregate features (`SampleLayout.aggregates`)."""
+        return self.architecture == "features" or self.use_aggregates
 
     @property
     def user_rows(self) -> int:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genrank_jax.config import GenRankConfig
+from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 
 
@@ -98,6 +99,8 @@ class TokenEmbedding(nnx.Module):
         self.slot = nnx.Embed(config.num_slots, width, embedding_init=init, rngs=rngs)
         self.user = (nnx.Embed(config.table_rows(config.user_rows), width, embedding_init=init, rngs=rngs)
                      if config.use_user_embedding else None)
+        self.aggregates = (nnx.Linear(num_aggregates(config.features), width, use_bias=False, kernel_init=init,
+                                      rngs=rngs) if config.use_aggregates else None)
 
     def __call__(self, batch: TokenBatch, extra=None):
         """[B, S, W] token embeddings; zero on padding.
@@ -117,6 +120,10 @@ class TokenEmbedding(nnx.Module):
         x = x + clipped(self.gap, batch.gap_bucket) + clipped(self.slot, batch.slot)
         if self.user is not None:
             x = x + lookup(self.user, user_rows(self.config, batch.user_ids))[:, None, :]
+        if self.aggregates is not None:
+            if batch.aggregates is None:
+                raise ValueError("use_aggregates needs batches with aggregates (SampleLayout(aggregates=True))")
+            x = x + self.aggregates(batch.aggregates)
         if extra is not None:
             x = x + extra
         return x * valid[..., None]

@@ -113,6 +113,10 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
     platforms = check_platforms(platforms)
     if model.config.architecture != "genrank":
         raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
+    if model.config.use_aggregates:
+        # serving would need the aggregates of the history and the candidates from a feature store
+        raise GenrankError("GenRank models that read aggregate features (use_aggregates, --aggregates) are not "
+                           "exported for serving yet: the scorer takes ids, not a feature store's aggregates")
     check_free(out, overwrite=overwrite)
     with written_whole(out, overwrite=overwrite) as folder:
         _write_export(model, folder, platforms, vocabulary)

@@ -7,6 +7,7 @@ from flax import nnx
 
 from genrank_jax.blocks import BLOCKS
 from genrank_jax.config import GenRankConfig
+from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch
 from genrank_jax.embeddings import TokenEmbedding
 from genrank_jax import serving
@@ -39,6 +40,11 @@ class GenRank(nnx.Module):
         self.embed = TokenEmbedding(config, rngs=rngs)
         self.blocks = nnx.List([BLOCKS[config.block](config, rngs=rngs) for _ in range(config.num_blocks)])
         self.heads = TaskHeads(config.width, config.features.num_actions, rngs=rngs)
+        # with aggregates, also a linear "wide" path from them straight to the logits (Wide & Deep):
+        # the features baseline is then a special case the sequence model only has to improve on
+        self.wide = (nnx.Linear(num_aggregates(config.features), config.features.num_actions, use_bias=False,
+                                kernel_init=nnx.initializers.zeros, rngs=rngs)
+                     if config.use_aggregates and config.aggregates_wide else None)
 
     def __call__(self, batch: TokenBatch, extra_embeddings=None) -> TaskLogits:
         """[B, S, A] logits; only candidate tokens' logits are meaningful.
@@ -48,7 +54,8 @@ class GenRank(nnx.Module):
         x = self.embed(batch, extra_embeddings).astype(jnp.dtype(self.config.dtype))
         for block in self.blocks:
             x = block(x, batch)
-        return self.heads(x).astype(jnp.float32)
+        logits = self.heads(x).astype(jnp.float32)
+        return logits if self.wide is None else logits + self.wide(batch.aggregates)
 
     def encode_history(self, history: serving.History, *, num_candidates=None,
                        capacity: int | None = None) -> serving.HistoryCache:

@@ -207,7 +207,7 @@ class Trainer:
         self.layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
                                    num_gap_buckets=config.num_gap_buckets,
                                    num_request_slots=config.num_request_slots, num_slots=config.num_slots,
-                                   organization=config.organization)
+                                   organization=config.organization, aggregates=config.reads_aggregates)
         self.builder = SampleBuilder(dataset, self.layout)
         fit_requests, self.validation_requests = dataset.train_requests, None
         if train.validation_fraction:

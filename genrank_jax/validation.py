@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from genrank_jax.config import GenRankConfig
+from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 
 
@@ -64,6 +65,13 @@ def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
     _expect("timestamps", batch.timestamps, (b, s), "f")
     for name in ("user_ids", "lengths", "num_candidates"):
         _expect(name, getattr(batch, name), (b,), "iu")
+    if config.reads_aggregates:
+        if batch.aggregates is None:
+            raise BatchError(f"a {config.architecture} model with use_aggregates={config.use_aggregates} reads "
+                             "aggregate features, but the batch has none (SampleLayout(aggregates=True) builds them)")
+        _expect("aggregates", batch.aggregates, (b, s, num_aggregates(features)), "f")
+        if not np.isfinite(np.asarray(batch.aggregates)).all():
+            raise BatchError("aggregate features are not finite")
     if batch.candidate_index.ndim != 2 or batch.candidate_index.shape[0] != b:
         raise BatchError(f"candidate_index must be [B, M] with B={b}, got {batch.candidate_index.shape}")
     if s > config.max_tokens:

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from genrank_jax.data.aggregates import aggregate_features
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 
@@ -36,6 +37,7 @@ class SampleLayout:
     num_request_slots: int = 64  # request_index is capped at this - 1
     num_slots: int = 64  # an exposure's index inside its request is capped at this - 1
     organization: Organization = "action"
+    aggregates: bool = False  # build TokenBatch.aggregates (the features ranker; GenRank with use_aggregates)
 
     def __post_init__(self):
         if self.organization not in ("action", "item"):
@@ -71,6 +73,7 @@ class SampleBuilder:
         self.request_gap_bucket = gap_buckets(previous_gap, layout.num_gap_buckets)
         self.history_count = starts[:-1] - self.user_start_row
         self.candidate_count = np.diff(starts)
+        self.aggregates = aggregate_features(dataset) if layout.aggregates else None  # [E, K], once
 
     def token_counts(self, requests: np.ndarray) -> np.ndarray:
         """[R] tokens each request's sample will have."""
@@ -160,6 +163,10 @@ class SampleBuilder:
         candidate_index = np.where(slot_of_candidate < num_candidates[:, None],
                                    (lengths - num_candidates)[:, None] + slot_of_candidate,
                                    seq_len).astype(np.int32)
+        aggregates = None
+        if self.aggregates is not None:
+            aggregates = np.take(self.aggregates, safe_rows, axis=0)
+            aggregates[~has_item] = 0
         user_ids = np.zeros(batch_size, np.int32)
         # the users of these requests only: request_users() would gather one per request of the log
         user_ids[:real] = log.model_users(log.user_ids[log.request_starts[requests]])
@@ -168,5 +175,5 @@ class SampleBuilder:
             user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side,
             content=content, positions=positions, request_index=request_index, gap_bucket=gap_bucket, slot=slot,
             timestamps=timestamps, labels=labels, lengths=lengths, num_candidates=num_candidates,
-            candidate_index=candidate_index,
+            candidate_index=candidate_index, aggregates=aggregates,
         )

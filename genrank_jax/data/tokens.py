@@ -42,6 +42,8 @@ class TokenBatch:
     labels: [B, S, A] float32 (candidate tokens only; 0 elsewhere)
     candidate_index: [B, M] int32 token index of each candidate (S where the slot is empty), for
       models that score candidates only (the DIN ranker) and for gathering per-candidate outputs
+    aggregates: [B, S, K] float32 per-exposure aggregate features (`genrank_jax.data.aggregates`)
+      on tokens that carry an item, 0 elsewhere; None when the layout does not build them
     """
 
     user_ids: np.ndarray
@@ -59,6 +61,7 @@ class TokenBatch:
     lengths: np.ndarray
     num_candidates: np.ndarray
     candidate_index: np.ndarray
+    aggregates: np.ndarray | None = None
 
     @property
     def batch_size(self) -> int:
