@@ -61,6 +61,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=non_negative_int, default=0, help="validate every N steps (0: every epoch)")
     parser.add_argument("--validation-fraction", type=fraction, default=None,
                         help="latest fraction of train (by time) held out for validation (default 0.15; 0: none)")
+    parser.add_argument("--schedule", default="epochs", choices=["epochs", "stream"],
+                        help="epochs: passes over the train split with early stopping; stream: the whole log once in "
+                             "time order, each --window scored before it is trained on (progressive validation)")
+    parser.add_argument("--window", default="1d",
+                        help="--schedule stream: a span of time (1d, 6h, 30m) or a number of exposures per window")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=positive_float, default=None)
     parser.add_argument("--weight-decay", type=non_negative_float, default=None)
@@ -155,6 +160,15 @@ def resolve_defaults(args, dataset) -> str:
 
     rule = defaults_for(dataset)
     chosen = []
+    if args.schedule == "stream":  # one pass, scored as it goes: no epochs, no validation slice
+        if args.epochs is not None or args.steps is not None:
+            raise GenrankError("--schedule stream reads the log once: its length is the data's, so --epochs and "
+                               "--steps do not apply")
+        if args.validation_fraction or args.patience:
+            raise GenrankError("--schedule stream scores each window before training on it: --validation-fraction "
+                               "and --patience do not apply")
+        args.steps, args.validation_fraction, args.patience = 1, 0.0, 0
+        chosen.append(f"schedule=stream window={args.window}")
     for option, value in (("preset", rule.preset), ("learning_rate", rule.learning_rate),
                           ("weight_decay", rule.weight_decay), ("max_history", rule.max_history),
                           ("patience", rule.patience), ("validation_fraction", rule.validation_fraction)):
@@ -267,7 +281,8 @@ def run_train(args) -> int:
                         learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
                         max_history=args.max_history, max_candidates=args.max_candidates,
                         checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction,
-                        eval_every=args.eval_every, patience=args.patience)
+                        eval_every=args.eval_every, patience=args.patience, schedule=args.schedule,
+                        window=args.window)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
@@ -323,6 +338,8 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
                   f"{trainer.checkpoints.directory}", file=sys.stderr)
         raise
     train_seconds = time.perf_counter() - started
+    if train.schedule == "stream":
+        return _report_stream(args, trainer, config, out, train_seconds)
     results = trainer.evaluate("eval")  # fit left the trainer in its best validation state
     best = trainer.best
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
@@ -357,6 +374,37 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
     picture = f" and {out / 'training.png'}" if best else ""
     print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}{picture}")
+    return 0
+
+
+def _report_stream(args, trainer, config, out, train_seconds) -> int:
+    """metrics.json, stream.png and the printed summary of a --schedule stream run (the final model
+    has read the eval period too, so the figure is the progressive one, not an eval-split score)."""
+    import jax
+
+    from genrank_jax.curves import plot_stream_curve
+
+    summary = trainer.stream_summary()
+    report = {"data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
+              "config": json.loads(config.to_json()),
+              "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
+              "steps": trainer.step, "train_seconds": train_seconds, "stream": summary,
+              "stream_curve": trainer.stream_curve,
+              "final_loss": trainer.history[-1]["loss"] if trainer.history else None}
+    task = config.features.action_names[0]
+    if jax.process_index() == 0:
+        (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
+        plot_stream_curve(trainer.stream_curve, out / "stream.png", task=task, warmup=summary["warmup_windows"])
+        trainer.finish_overwrite()
+    scored = sum(entry["exposures"] for entry in trainer.stream_curve[summary["warmup_windows"]:])
+    print(f"stream: {summary['windows']} windows of {summary['window']}, each scored before training on it; "
+          f"the figures average the {summary['windows'] - summary['warmup_windows']} windows from the eval "
+          f"period on ({scored:,} exposures), weighted by exposures")
+    print(f"{'task':<12}{'AUC':>8}{'GAUC':>8}   (all windows: AUC)")
+    for name, row in summary["after_warmup"].items():
+        print(f"{name:<12}{row['auc']:>8.4f}{row['gauc']:>8.4f}   ({summary['all_windows'][name]['auc']:.4f})")
+    print(f"trained {trainer.step} steps in {train_seconds:.1f} s; metrics in {out / 'metrics.json'} and "
+          f"{out / 'stream.png'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The learning-curve picture `genrank-jax train` writes beside metrics.json (matplotlib, Agg backend)."""
+"""The learning-curve pictures `genrank-jax train` writes beside metrics.json (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -34,4 +34,32 @@ def plot_training_curve(curve: list[dict], path: str | pathlib.Path, *, task: st
     plt.close(fig)
 
 
-__all__ = ["plot_training_curve"]
+def plot_stream_curve(curve: list[dict], path: str | pathlib.Path, *, task: str, warmup: int) -> None:
+    """PNG of the progressive-validation AUC of `task` per stream window (right axis) beside the
+    training loss on each window (left axis), over the windows' start dates; the warm-up is shaded.
+
+    curve: Trainer.stream_curve (one entry per window: start_time, tasks, train_loss).
+    """
+    import datetime
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    when = [datetime.datetime.fromtimestamp(entry["start_time"], datetime.timezone.utc) for entry in curve]
+    fig, loss_axis = plt.subplots(figsize=(6.5, 3.2), dpi=100)
+    losses = [(t, entry.get("train_loss")) for t, entry in zip(when, curve) if entry.get("train_loss") is not None]
+    loss_axis.plot([t for t, _ in losses], [v for _, v in losses], ".-", color="tab:blue", label="training loss")
+    loss_axis.set_ylabel("training loss on the window", color="tab:blue")
+    auc_axis = loss_axis.twinx()
+    auc_axis.plot(when, [entry["tasks"][task]["auc"] for entry in curve], ".-", color="tab:orange")
+    auc_axis.set_ylabel(f"{task} AUC before training on it", color="tab:orange")
+    if 0 < warmup < len(when):
+        loss_axis.axvspan(when[0], when[warmup], color="gray", alpha=0.15, label="warm-up")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+__all__ = ["plot_stream_curve", "plot_training_curve"]

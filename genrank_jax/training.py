@@ -35,6 +35,7 @@ from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.losses import candidate_bce
+from genrank_jax.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
 from genrank_jax.validation import validate_batch
 
 
@@ -48,7 +49,11 @@ class OutputInUseError(CheckpointError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimization and run settings. schedule: "cosine" (warmup then cosine decay), "constant".
+    """Optimization and run settings. lr_schedule: "cosine" (warmup then cosine decay), "constant".
+
+    schedule: "epochs" (passes over the train split, shuffled; `steps` or `epochs`, early stopping on
+      the validation slice) or "stream" (the whole log once in time order, each window scored before
+      it is trained on: `genrank_jax.streaming`; `window` cuts it, steps follow from the data).
 
     epochs: when > 0, the run is `epochs` passes over the fitted requests (overrides `steps`).
     validation_fraction: when > 0, that latest fraction of the train requests is held out as the
@@ -63,7 +68,9 @@ class TrainConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["epochs", "stream"] = "epochs"
+    window: str = "1d"  # stream windows: a span of time (1d, 6h, 30m) or a number of exposures
     grad_clip: float = 1.0
     seed: int = 0
     max_history: int = 256
@@ -90,8 +97,16 @@ class TrainConfig:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.patience and not self.validation_fraction:
             raise ValueError("early stopping (patience > 0) needs a validation slice: set validation_fraction > 0")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.schedule not in ("epochs", "stream"):
+            raise ValueError(f"schedule must be 'epochs' or 'stream', got {self.schedule!r}")
+        if self.schedule == "stream":
+            parse_window(self.window)
+            if self.epochs or self.validation_fraction:
+                raise ValueError("the stream schedule reads the log once and scores each window before training on "
+                                 "it: epochs and a validation slice do not apply (got epochs="
+                                 f"{self.epochs}, validation_fraction={self.validation_fraction})")
 
 
 def run_settings(train: TrainConfig, dataset: RankingDataset, train_requests: np.ndarray) -> dict:
@@ -135,7 +150,7 @@ def retention(train: TrainConfig, *, validated: bool) -> dict:
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    if train.schedule == "cosine":
+    if train.lr_schedule == "cosine":
         warmup = min(train.warmup_steps, train.steps // 2)
         rate = optax.warmup_cosine_decay_schedule(
             0.0, train.learning_rate, warmup, max(train.steps, warmup + 1), train.learning_rate * 0.05)
@@ -210,6 +225,8 @@ class Trainer:
                                    organization=config.organization, aggregates=config.reads_aggregates)
         self.builder = SampleBuilder(dataset, self.layout)
         fit_requests, self.validation_requests = dataset.train_requests, None
+        if train.schedule == "stream":  # the whole log, in time order
+            fit_requests = stream_order(dataset)
         if train.validation_fraction:
             fit_requests, held = validation_slice(dataset, train.validation_fraction)
             self.validation_requests = usable_requests(self.builder, held, train.min_history)
@@ -228,7 +245,20 @@ class Trainer:
             raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(self.train_requests):,} "
                              "training requests: a batch holds at most every request once")
         self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
-        self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
+        # one entry per stream window: its time span, scored exposures, metrics before training on it, loss
+        self.stream_curve: list[dict] = []
+        if train.schedule == "stream":
+            ids = window_ids(dataset, self.train_requests, parse_window(train.window))
+            self.stream_windows = [self.train_requests[ids == w] for w in range(int(ids.max()) + 1)]
+            self.stream_warmup = warmup_windows(dataset, self.train_requests, ids)
+            # window w's batches: the plan of its requests, shuffled with (seed, w) like an epoch's
+            sizes = [len(plan_batches(self.builder, requests, self.plan, w))
+                     for w, requests in enumerate(self.stream_windows)]
+            self.stream_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+            self.batches_per_epoch = int(self.stream_offsets[-1])
+            train = self.train_config = dataclasses.replace(train, steps=self.batches_per_epoch)
+        else:
+            self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
         if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
             train = self.train_config = dataclasses.replace(train, steps=train.epochs * self.batches_per_epoch)
         self.eval_interval = train.eval_every or self.batches_per_epoch
@@ -293,6 +323,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
         self.validation_curve = list(meta.get("validation_curve", []))  # the best-so-far comes back with it
+        self.stream_curve = list(meta.get("stream_curve", []))  # windows already scored
         self._owns_checkpoints = True
         return self.step
 
@@ -396,7 +427,7 @@ class Trainer:
         return entry
 
     def _checkpoint_extra(self) -> dict:
-        return {"history": self.history, "validation_curve": self.validation_curve}
+        return {"history": self.history, "validation_curve": self.validation_curve, "stream_curve": self.stream_curve}
 
     def restore_best(self) -> dict | None:
         """Put the best validation state back into the trainer (from orbax's best checkpoint when the run
@@ -445,43 +476,103 @@ class Trainer:
             bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         if self.train_config.checkpoint_every:
             self._claim_checkpoints()
+        if self.train_config.schedule == "stream":
+            return self._stream(target, bar, log_every)
         exposures, started = 0, time.perf_counter()
         batches = self._batches_from(self.step)
         while self.step < target and not self.stopped_early:
             batch = next(batches)
-            validate_batch(batch, self.config)
-            with self._mesh_context():
-                new_state, loss, per_task = self._step(self.state, self._on_devices(batch))
-            loss = float(loss)
-            if not math.isfinite(loss):
-                last = self.last_good_checkpoint() if self._owns_checkpoints else None
-                where = (f"; the last good (verified) checkpoint is step {last} in {self.checkpoints.directory}"
-                         if last is not None else "; no verified checkpoint of this run exists")
-                raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
-            self.state = new_state
-            self.step += 1
+            loss = self._train_on(batch)
             exposures += batch.num_exposures()
-            self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
             if self.validation_requests is not None and (
                     self.step % self.eval_interval == 0 or self.step == self.train_config.steps):
                 entry = self.validate()  # saves a checkpoint with the validation AUC when there are checkpoints
                 if bar is not None:
                     bar.write(f"step {self.step} (epoch {entry['epoch']:.1f}): validation AUC {entry['auc']:.4f}"
                               f"{' (best)' if self.best is entry else ''}")
-            if self.checkpoints is not None and self.train_config.checkpoint_every \
-                    and self.step % self.train_config.checkpoint_every == 0 and self.checkpoints.latest_step() != self.step:
-                self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), self._checkpoint_extra())
-            if bar is not None:
-                bar.update(1)
-                if self.step % log_every == 0 or self.step == target:
-                    rate = exposures / max(time.perf_counter() - started, 1e-9)
-                    padding = np.mean([h["padding"] for h in self.history[-log_every:]])
-                    bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}", padding=f"{padding:.0%}")
+            self._save_on_schedule()
+            self._show(bar, loss, exposures, started, log_every, target)
         if bar is not None:
             bar.close()
         if restore_best and self.validation_requests is not None:
             self.restore_best()
         return self.history
+
+    def _train_on(self, batch) -> float:
+        """One optimizer step on `batch`; its loss. A non-finite loss stops the run, state unchanged."""
+        validate_batch(batch, self.config)
+        with self._mesh_context():
+            new_state, loss, per_task = self._step(self.state, self._on_devices(batch))
+        loss = float(loss)
+        if not math.isfinite(loss):
+            last = self.last_good_checkpoint() if self._owns_checkpoints else None
+            where = (f"; the last good (verified) checkpoint is step {last} in {self.checkpoints.directory}"
+                     if last is not None else "; no verified checkpoint of this run exists")
+            raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
+        self.state = new_state
+        self.step += 1
+        self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
+        return loss
+
+    def _save_on_schedule(self) -> None:
+        if self.checkpoints is not None and self.train_config.checkpoint_every \
+                and self.step % self.train_config.checkpoint_every == 0 and self.checkpoints.latest_step() != self.step:
+            self.checkpoints.save(self.step, nnx.to_pure_dict(self.state), self._checkpoint_extra())
+
+    def _show(self, bar, loss: float, exposures: int, started: float, log_every: int, target: int) -> None:
+        if bar is not None:
+            bar.update(1)
+            if self.step % log_every == 0 or self.step == target:
+                rate = exposures / max(time.perf_counter() - started, 1e-9)
+                padding = np.mean([h["padding"] for h in self.history[-log_every:]])
+                bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}", padding=f"{padding:.0%}")
+
+    def _stream(self, target: int, bar, log_every: int) -> list[dict]:
+        """The stream schedule (see `genrank_jax.streaming`): for each window not yet trained on, score
+        it (unless a resumed run already did), then train on it once; stops at `target` steps."""
+        exposures, started = 0, time.perf_counter()
+        names = self.config.features.action_names
+        for w, requests in enumerate(self.stream_windows):
+            begin, end = int(self.stream_offsets[w]), int(self.stream_offsets[w + 1])
+            if self.step >= end:
+                continue
+            if self.step >= target:
+                break
+            if len(self.stream_curve) <= w:  # scored before any step on it: progressive validation
+                labels, logits, users = self.predict(requests)
+                times = self.dataset.interactions.request_times()[requests]
+                self.stream_curve.append({
+                    "window": w, "start_time": float(times.min()), "end_time": float(times.max()),
+                    "requests": int(len(requests)), "exposures": int(len(labels)), "step": self.step,
+                    "warmup": w < self.stream_warmup, "tasks": metrics.task_metrics(labels, logits, users, names)})
+            if self.mesh is None:
+                batches = iterate_batches(self.builder, requests, self.plan, w, self.step - begin)
+            else:
+                batches = sharding.local_batches(self.builder, requests, self.plan, self.rows, w, self.step - begin)
+            for batch in batches:
+                loss = self._train_on(batch)
+                exposures += batch.num_exposures()
+                self._save_on_schedule()
+                self._show(bar, loss, exposures, started, log_every, target)
+                if self.step >= target:
+                    break
+            losses = [h["loss"] for h in self.history if begin < h["step"] <= end]
+            self.stream_curve[w]["train_loss"] = float(np.mean(losses)) if losses else None
+        if bar is not None:
+            bar.close()
+        return self.history
+
+    def stream_summary(self) -> dict:
+        """Per task: the exposure-weighted mean AUC and GAUC over the scored windows after the warm-up
+        (and over all of them), with the window counts."""
+        names = self.config.features.action_names
+        skip = self.stream_warmup
+        return {"windows": len(self.stream_windows), "scored_windows": len(self.stream_curve), "warmup_windows": skip,
+                "window": self.train_config.window,
+                "after_warmup": {t: {k: weighted_mean(self.stream_curve, t, k, skip) for k in ("auc", "gauc")}
+                                 for t in names},
+                "all_windows": {t: {k: weighted_mean(self.stream_curve, t, k) for k in ("auc", "gauc")}
+                                for t in names}}
 
     def predict(self, requests: np.ndarray, batch_size: int | None = None):
         """(labels [E, A], logits [E, A], users [E]) over the candidates of `requests`, in a fixed order."""

@@ -59,7 +59,7 @@ def overfitting_trainer(dataset, output_dir=None, **overrides):
     """A tiny GenRank on 240 train requests at a high constant learning rate: it memorizes within epochs."""
     small = dataclasses.replace(dataset, train_requests=dataset.train_requests[-240:])
     settings = dict(epochs=40, batch_size=32, max_history=12, max_candidates=8, warmup_steps=2, learning_rate=1e-2,
-                    schedule="constant", validation_fraction=0.25, patience=3)
+                    lr_schedule="constant", validation_fraction=0.25, patience=3)
     return Trainer(GenRankConfig.preset("tiny", dataset.spec), TrainConfig(**{**settings, **overrides}), small,
                    output_dir=output_dir)
 
