@@ -119,6 +119,10 @@ def test_sharded_training_equals_one_device_and_restores_on_other_meshes(tmp_pat
     run_worker("restore", tmp_path, "none", devices=1)
 
 
+def test_stream_schedule_on_a_mesh_equals_one_device():
+    run_worker("stream_on_a_mesh_equals_one_device", devices=8)
+
+
 @pytest.mark.parametrize("source", ["simulator", "own log"])
 def test_two_processes_train_like_one(tmp_path, source):
     """Two localhost processes (2 CPU devices each, gloo collectives), each building half of every

@@ -103,6 +103,27 @@ def sharded_training_equals_one_device(out_dir: str):
     assert shard_rows(every_device, "embed/items/item/embedding") == (rows // 8, width)
 
 
+def stream_on_a_mesh_equals_one_device():
+    """The stream schedule on data=4,model=2: the same windows, scores and parameters as one device."""
+    import dataclasses
+
+    from genrank_jax.sharding import make_mesh
+    from genrank_jax.training import Trainer
+
+    dataset, config, train = tiny_run()
+    train = dataclasses.replace(train, schedule="stream", window="6000", checkpoint_every=0)
+    reference = Trainer(config, train, dataset)
+    reference.fit()
+    sharded = Trainer(config, train, dataset, mesh=make_mesh("data=4,model=2"))
+    sharded.fit()
+    assert len(reference.stream_curve) == len(sharded.stream_curve) > 2
+    for a, b in zip(reference.stream_curve, sharded.stream_curve):
+        assert a["exposures"] == b["exposures"]
+        for task, row in a["tasks"].items():
+            np.testing.assert_allclose(b["tasks"][task]["auc"], row["auc"], rtol=1e-5, err_msg=task)
+    assert_same_training(reference, sharded, "stream on data=4,model=2")
+
+
 def restore(out_dir: str, spec: str):
     """Restore the 4x2 checkpoint of `out_dir` on this process's mesh `spec` ("none": one
     device, no mesh): values equal the saved ones exactly and sit in this mesh's layout."""
