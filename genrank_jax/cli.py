@@ -30,7 +30,7 @@ def add_data_quality_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:tests|default|benchmark], movielens:100k|1m|20m|32m|latest-small, kuairand:pure|1k|27k, "
+                        help="synthetic[:tests|default|feed|benchmark], movielens:100k|1m|20m|32m|latest-small, kuairand:pure|1k|27k, "
                              "or log:PATH (your own Parquet/CSV log, with --schema)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
     parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")

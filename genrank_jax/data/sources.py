@@ -1,6 +1,6 @@
 """One entry point for every dataset: `load_dataset("movielens:100k", data_dir=...)`.
 
-Sources: "synthetic" (= "synthetic:default"), "synthetic:tests", "synthetic:benchmark" (the
+Sources: "synthetic" (= "synthetic:default"), "synthetic:tests", "synthetic:feed", "synthetic:benchmark" (the
 simulator, genrank_jax.data.synthetic), "movielens:100k|1m|20m|32m|latest-small" and "kuairand:pure|1k|27k"
 (TFDS builders over files the user downloaded; nothing is fetched), and "log:PATH", a user's own
 Parquet/CSV log described by a schema file (genrank_jax/data/own_log).
@@ -13,7 +13,7 @@ import os
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.errors import GenrankError
 
-SYNTHETIC_PRESETS = ("tests", "default", "benchmark")
+SYNTHETIC_PRESETS = ("tests", "default", "feed", "benchmark")
 REAL_CONFIGS = {"movielens": ("100k", "1m", "20m", "32m", "latest-small"), "kuairand": ("pure", "1k", "27k")}
 KNOWN_SOURCES = ("synthetic", *(f"synthetic:{p}" for p in SYNTHETIC_PRESETS),
                  *(f"{name}:{config}" for name, configs in REAL_CONFIGS.items() for config in configs))

@@ -14,6 +14,28 @@ the user recently clicked (so history carries signal a sequence model can read).
 share happen only after a click, with their own conditional probabilities; the dataset stores the
 unconditional marginals P(click) * P(action | click) as `oracle_probabilities` [E, A].
 
+Feed phenomena, each with a strength (0 = off; the `feed` preset turns all of them on):
+
+  pop_i -> pop_i + trend_strength * b_i(t)   trending: a fraction `trending_fraction` of items has
+                                       a peak time; b_i(t) = exp(-(t - peak_i)/trend_decay_days)
+                                       after it, exp(-(peak_i - t)/trend_rise_days) before; it moves
+                                       the recommender's popularity term and the truth's alike
+  + repeat_strength * [i clicked by u before]   repeat consumption: the recommender also offers the
+                                       user's recent clicks (a quarter of the pool)
+  - fatigue * log1p(n_c)               session context: n_c = exposures of the item's category
+                                       earlier in the same session (a gap over 30 min starts one)
+  items released over time             cold start: `new_item_fraction` of items is released at a
+                                       uniform time over the horizon and never shown before it;
+                                       age_i counts days since release (else the static age bucket)
+  action-conditioned dynamics          the interest state moves towards liked items with
+                                       1 + action_dynamics times the pull of a click, and away from
+                                       skipped ones (shown, not clicked) with action_dynamics / 4:
+                                       what the user did, not only what was shown, drives what next
+  interest drift                       `drift` (above)
+
+Every phenomenon is in the oracle probabilities, so the oracle AUC stays exact. Their random draws
+come from a second generator, so with every strength at 0 a feed is the one the older code made.
+
 Most of the click signal is user-item affinity and item popularity, which a ranker can learn from
 ids and history; the content embedding of an item is a fixed random projection of its factors plus
 noise (`content_noise`), a stand-in for MLLM representations of varying quality.
@@ -85,6 +107,15 @@ class SimulatorConfig:
     history_weight: float = 0.8  # weight of the recent-clicks interest state
     history_decay: float = 0.7  # per request with clicks
     # conditional on click: (bias, affinity weight, popularity weight) per deeper action
+    # feed phenomena (0 = off; see the module docstring)
+    action_dynamics: float = 0.0
+    fatigue: float = 0.0
+    repeat_strength: float = 0.0
+    new_item_fraction: float = 0.0
+    trend_strength: float = 0.0
+    trending_fraction: float = 0.1
+    trend_rise_days: float = 1.0
+    trend_decay_days: float = 2.0
     like_given_click: tuple[float, float, float] = (-2.3, 0.6, 0.2)
     collect_given_click: tuple[float, float, float] = (-3.4, 0.5, 0.3)
     share_given_click: tuple[float, float, float] = (-4.8, 0.4, 0.5)
@@ -103,16 +134,28 @@ class SimulatorConfig:
             raise ValueError(f"need content_noise >= 0 and content_dim >= 0, got {self.content_noise}, {self.content_dim}")
         if self.pool_factor < 1:
             raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
+        for name in ("action_dynamics", "fatigue", "repeat_strength", "trend_strength", "drift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is a strength and must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.new_item_fraction < 1.0 or not 0.0 <= self.trending_fraction <= 1.0:
+            raise ValueError(f"need 0 <= new_item_fraction < 1 and 0 <= trending_fraction <= 1, got "
+                             f"{self.new_item_fraction}, {self.trending_fraction}")
+        if self.trend_rise_days <= 0 or self.trend_decay_days <= 0:
+            raise ValueError("trend_rise_days and trend_decay_days must be positive")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SimulatorConfig":
         """Named sizes: "tests" (~30k exposures, well under 1 s), "default" (the CLI default,
-        ~300k exposures), "benchmark" (~6M exposures), "catalog" (a real catalog's shape: 10^6
+        ~300k exposures), "feed" (the default's size with every feed phenomenon at its default
+        strength: action-conditioned dynamics, session fatigue, repeat consumption, items released
+        over time, trends, drift), "benchmark" (~6M exposures), "catalog" (a real catalog's shape: 10^6
         items, 2 * 10^5 users, 5M exposures, few per user and item; LIS at scale). `overrides`
         replace single fields."""
         presets = {
             "tests": dict(num_users=300, num_items=400, requests_per_user=(5, 20)),
             "default": {},
+            "feed": dict(action_dynamics=1.0, fatigue=0.3, repeat_strength=1.0, new_item_fraction=0.3,
+                         trend_strength=1.5, horizon_days=21.0),
             "benchmark": dict(num_users=25_000, num_items=20_000, latent_dim=16, requests_per_user=(10, 50),
                               num_categories=64, horizon_days=30.0),
             # 200k users x 2.5 requests x 10 exposures = 5.0M; a long-tailed catalog (popularity
@@ -140,6 +183,8 @@ class SimulatedFeed:
     config: SimulatorConfig
     item_popularity: np.ndarray | None = None  # [I] popularity logit pop_i
     user_activity: np.ndarray | None = None  # [U] activity act_u
+    item_release_time: np.ndarray | None = None  # [I] when an item released over time appears (-inf: always there)
+    item_trend_peak: np.ndarray | None = None  # [I] peak time of a trending item (nan: not trending)
 
     def split_rows(self, split: str = "eval") -> np.ndarray:
         """[E_split] exposure rows of a split's requests ("train", "eval" or "all")."""
@@ -198,6 +243,90 @@ def _request_times(config: SimulatorConfig, rng: np.random.Generator, num_reques
     return config.epoch_seconds + times + np.repeat(shift_days * _DAY, num_requests)
 
 
+class FeedPhenomena:
+    """The feed phenomena's state and terms (module docstring); each is a no-op at strength 0.
+
+    Its random draws come from its own generator, so the main one (and so a feed with every
+    strength at 0) is untouched."""
+
+    SESSION_GAP_S = 1800.0
+    RECENT = 8  # clicks remembered per user for repeat consumption
+
+    def __init__(self, config: SimulatorConfig, request_times: np.ndarray, num_requests: np.ndarray,
+                 category: np.ndarray, age_bucket: np.ndarray, num_users: int):
+        rng = np.random.default_rng([config.seed, 1])
+        self.config, self.category = config, category
+        num_items = len(category)
+        t_min, t_max = request_times.min(), request_times.max()
+        self.released_at = np.full(num_items, -np.inf)
+        new = rng.random(num_items) < config.new_item_fraction
+        self.released_at[new] = t_min + rng.random(int(new.sum())) * (t_max - t_min)
+        self.old_items = np.flatnonzero(~new)
+        # a new item's side feature says "new" (bucket 0); its true age grows from its release
+        self.catalog_age_bucket = np.where(new, 0, age_bucket)
+        trending = rng.random(num_items) < config.trending_fraction
+        self.peak = np.where(trending, t_min + rng.random(num_items) * (t_max - t_min), np.nan)
+        first = np.concatenate([[0], np.cumsum(num_requests)[:-1]])
+        gap = np.diff(request_times, prepend=-np.inf)
+        starts_session = gap > self.SESSION_GAP_S
+        starts_session[first] = True
+        self.starts_session = starts_session
+        self.session_counts = np.zeros((num_users, int(category.max()) + 1), np.int32) if config.fatigue else None
+        self.recent = np.full((num_users, self.RECENT), -1, np.int64) if config.repeat_strength else None
+
+    def shape_pool(self, pool: np.ndarray, users: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """The recommender's pool at time `now`: unreleased items swapped for released ones, and a
+        quarter of it the users' recent clicks (repeat consumption)."""
+        if self.config.new_item_fraction:
+            unreleased = self.released_at[pool] > now[:, None]
+            pool = np.where(unreleased, self.old_items[pool % len(self.old_items)], pool)
+        if self.recent is not None:
+            quarter = min(pool.shape[1] // 4, self.RECENT)
+            recent = self.recent[users, :quarter]
+            pool = pool.copy()
+            pool[:, :quarter] = np.where(recent >= 0, recent, pool[:, :quarter])
+        return pool
+
+    def popularity(self, base: np.ndarray, items: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """pop_i(t): the base popularity plus the trend bump of trending items."""
+        if not self.config.trend_strength:
+            return base[items]
+        lag = (now[:, None] - self.peak[items]) / _DAY
+        bump = np.where(lag >= 0, np.exp(-lag / self.config.trend_decay_days),
+                        np.exp(lag / self.config.trend_rise_days))
+        return base[items] + self.config.trend_strength * np.nan_to_num(bump, nan=0.0)
+
+    def age(self, age_bucket: np.ndarray, items: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """The freshness term's age: days since release for released-over-time items (capped like the buckets)."""
+        if not self.config.new_item_fraction:
+            return age_bucket[items]
+        released = self.released_at[items]
+        days = np.minimum((now[:, None] - released) / _DAY, self.config.num_age_buckets - 1)
+        return np.where(np.isfinite(released), days, age_bucket[items])
+
+    def context_logit(self, users: np.ndarray, requests: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[n, K] repeat bonus for the user's recent clicks, minus session fatigue per category."""
+        logit = np.zeros(items.shape)
+        if self.recent is not None:
+            seen = (items[:, :, None] == self.recent[users][:, None, :]).any(-1)
+            logit += self.config.repeat_strength * seen
+        if self.session_counts is not None:
+            self.session_counts[users[self.starts_session[requests]]] = 0
+            counts = np.take_along_axis(self.session_counts[users], self.category[items], axis=1)
+            logit -= self.config.fatigue * np.log1p(counts)
+        return logit
+
+    def after_request(self, users: np.ndarray, requests: np.ndarray, items: np.ndarray, clicked: np.ndarray) -> None:
+        if self.session_counts is not None:
+            for k in range(items.shape[1]):
+                np.add.at(self.session_counts, (users, self.category[items[:, k]]), 1)
+        if self.recent is not None:  # newest clicks first, the oldest fall off
+            for k in range(items.shape[1]):
+                hit = clicked[:, k]
+                rolled = np.concatenate([items[hit, k, None], self.recent[users[hit], :-1]], axis=1)
+                self.recent[users[hit]] = rolled
+
+
 def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
     """Simulate a feed; deterministic per `config` (and its seed)."""
     rng = np.random.default_rng(config.seed)
@@ -229,6 +358,8 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
     first_request = np.concatenate([[0], np.cumsum(num_requests)[:-1]])
     t_min, t_max = request_times.min(), request_times.max()
     time_fraction = (request_times - t_min) / max(t_max - t_min, 1.0)
+    phenomena = FeedPhenomena(config, request_times, num_requests, category, age_bucket, num_users)
+    age_bucket = phenomena.catalog_age_bucket
 
     # exposures, filled request slot by request slot (each depends on the user's earlier clicks)
     exposure_items = np.zeros((total_requests, k), np.int64)
@@ -249,12 +380,15 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
         pool = np.concatenate([np.searchsorted(popular_cdf, rng.random((n, num_popular))),
                                rng.integers(0, num_items, (n, pool_size - num_popular))], axis=1)
         pool = np.minimum(pool, num_items - 1)
+        now = request_times[requests]
+        pool = phenomena.shape_pool(pool, users, now)
         pool.sort(axis=1)
         duplicate = np.zeros(pool.shape, bool)
         duplicate[:, 1:] = pool[:, 1:] == pool[:, :-1]
         # it knows the base taste only (stale: no drift, no recent interests) and is noisy
         estimate = np.einsum("nd,npd->np", user_factors[users], item_factors[pool])
-        score = (config.recommender_affinity * estimate + config.recommender_popularity * popularity[pool]
+        score = (config.recommender_affinity * estimate
+                 + config.recommender_popularity * phenomena.popularity(popularity, pool, now)
                  + config.recommender_noise * rng.gumbel(size=pool.shape))
         score[duplicate] = -np.inf
         top = np.argpartition(-score, k - 1, axis=1)[:, :k]
@@ -264,12 +398,14 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
         taste = (user_factors[users] + config.drift * time_fraction[requests, None] * drift_direction[users]
                  + config.history_weight * interest[users])
         affinity = np.einsum("nd,nkd->nk", taste, item_factors[items])
+        item_popularity = phenomena.popularity(popularity, items, now)
         click_logit = (config.click_bias + config.affinity_weight * affinity
-                       + config.popularity_weight * popularity[items] + config.activity_weight * activity[users, None]
-                       + position_logit - config.freshness_weight * age_bucket[items])
+                       + config.popularity_weight * item_popularity + config.activity_weight * activity[users, None]
+                       + position_logit - config.freshness_weight * phenomena.age(age_bucket, items, now)
+                       + phenomena.context_logit(users, requests, items))
         p_click = _sigmoid(click_logit)
         deeper_logit = (conditional[:, 0] + conditional[:, 1] * affinity[..., None]
-                        + conditional[:, 2] * popularity[items][..., None])
+                        + conditional[:, 2] * item_popularity[..., None])
         p_given_click = _sigmoid(deeper_logit)  # [n, K, 3]
         clicked = rng.random((n, k)) < p_click
         deeper = clicked[..., None] & (rng.random((n, k, 3)) < p_given_click)
@@ -280,11 +416,18 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
         actions[requests, :, 1:] = deeper
 
         # interest state: decayed mean of clicked items' factors, updated only when something was clicked
+        # (with action dynamics: liked items pull harder, skipped ones push away, and a request
+        # without clicks moves it too)
         clicks = clicked.sum(1)
         engaged = clicks > 0
-        clicked_mean = np.einsum("nk,nkd->nd", clicked, item_factors[items]) / np.maximum(clicks, 1)[:, None]
+        weights = clicked.astype(np.float64)
+        if config.action_dynamics:
+            weights = weights * (1 + config.action_dynamics * deeper[..., 0]) - config.action_dynamics / 4 * ~clicked
+            engaged = np.ones_like(engaged)
+        clicked_mean = np.einsum("nk,nkd->nd", weights, item_factors[items]) / np.maximum(clicks, 1)[:, None]
         updated = config.history_decay * interest[users] + (1 - config.history_decay) * clicked_mean
         interest[users] = np.where(engaged[:, None], updated, interest[users])
+        phenomena.after_request(users, requests, items, clicked)
 
     request_users = np.repeat(np.arange(num_users), num_requests)
     # the cutoff is the time before which 1 - eval_fraction of the requests happen; a cut at a fraction
@@ -313,4 +456,5 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
               "config": dataclasses.asdict(config)},
     )
     return SimulatedFeed(dataset=dataset, user_factors=user_factors, item_factors=item_factors, config=config,
-                         item_popularity=popularity, user_activity=activity)
+                         item_popularity=popularity, user_activity=activity,
+                         item_release_time=phenomena.released_at, item_trend_peak=phenomena.peak)
