@@ -66,6 +66,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "time order, each --window scored before it is trained on (progressive validation)")
     parser.add_argument("--window", default="1d",
                         help="--schedule stream: a span of time (1d, 6h, 30m) or a number of exposures per window")
+    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                        help="after early stopping, train a fresh model on all of train (validation slice included) "
+                             "for the best epoch count and report both evaluations (default: on for small data)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=positive_float, default=None)
     parser.add_argument("--weight-decay", type=non_negative_float, default=None)
@@ -175,12 +178,17 @@ def resolve_defaults(args, dataset) -> str:
         if getattr(args, option) is None:
             setattr(args, option, value)
             chosen.append(f"{option}={value:g}" if isinstance(value, float) else f"{option}={value}")
+    if args.refit is None:
+        args.refit = rule.refit and args.schedule == "epochs"
+        if args.refit:
+            chosen.append("refit")
     if args.steps is None and args.epochs is None:
         args.epochs, args.steps = rule.epochs, rule.steps
         chosen.append(f"epochs<={rule.epochs}" if rule.epochs else f"steps={rule.steps}")
     args.epochs, args.steps = args.epochs or 0, args.steps or 1
     if not args.validation_fraction:
         args.patience = 0  # nothing to stop on
+        args.refit = False  # no epoch count was chosen
     args.max_candidates = rule.max_candidates
     args.config_overrides = dict(rule.config)
     chosen += [f"max_candidates={rule.max_candidates}"] + [f"{k}={v:g}" for k, v in rule.config.items()]
@@ -356,6 +364,15 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     }
     import jax
 
+    refitted = None
+    if args.refit and best:
+        from genrank_jax.training import refit
+
+        started = time.perf_counter()
+        refitted = refit(trainer, out / "refit")
+        report["refit"] = {"steps": refitted.step, "epochs": best["epoch"], "seconds": time.perf_counter() - started,
+                           "train_requests": int(len(refitted.train_requests)), "eval": refitted.evaluate("eval"),
+                           "checkpoints": str(out / "refit" / "checkpoints")}
     if jax.process_index() == 0:  # one writer when several processes train together
         (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
         trainer.finish_overwrite()
@@ -371,6 +388,11 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     if warning:
         print(f"genrank-jax train: {warning}", file=sys.stderr)
     print(format_table(results, oracle))
+    if refitted is not None:
+        print(f"refit: a fresh model on all {len(refitted.train_requests):,} train requests for {best['epoch']:g} "
+              f"epochs ({refitted.step} steps, {report['refit']['seconds']:.1f} s; checkpoints in "
+              f"{report['refit']['checkpoints']}); its eval metrics:")
+        print(format_table(report["refit"]["eval"], oracle))
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
     picture = f" and {out / 'training.png'}" if best else ""
     print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}{picture}")

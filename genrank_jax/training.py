@@ -635,3 +635,22 @@ def oracle_metrics(dataset: RankingDataset, requests: np.ndarray, max_candidates
     labels = dataset.interactions.actions[rows]
     return {name: metrics.auc(labels[:, t], dataset.oracle_probabilities[rows, t])
             for t, name in enumerate(dataset.spec.action_names)}
+
+
+def refit(trainer: Trainer, output_dir: str | pathlib.Path | None = None) -> Trainer:
+    """A fresh model trained on all of train (the validation slice included) for the epoch count at
+    which `trainer`'s validation curve peaked: the slice chose how long to train, and the latest
+    requests, nearest the eval period, are then learnt from too. Returns the refitted Trainer."""
+    best = trainer.best
+    if best is None:
+        raise ValueError("refit needs a run with a validation curve (validation_fraction > 0, fitted)")
+    everything = usable_requests(trainer.builder, trainer.dataset.train_requests, trainer.train_config.min_history)
+    per_epoch = len(plan_batches(trainer.builder, everything, trainer.plan, 0))
+    steps = max(1, round(best["epoch"] * per_epoch))
+    train = dataclasses.replace(trainer.train_config, validation_fraction=0.0, patience=0, epochs=0, steps=steps)
+    fitted = Trainer(trainer.config, train, trainer.dataset, output_dir, mesh=trainer.mesh)
+    fitted.fit()
+    if fitted.checkpoints is not None and fitted.checkpoints.latest_step() != fitted.step:
+        fitted._claim_checkpoints()  # the refitted model is what a user exports
+        fitted.checkpoints.save(fitted.step, nnx.to_pure_dict(fitted.state), fitted._checkpoint_extra())
+    return fitted

@@ -124,3 +124,23 @@ def test_resume_with_setting_changes_restores_its_best_at_the_end(dataset, tmp_p
     changed.fit()  # raised SettingsMismatchError restoring the best state before the fix
     assert changed.best == first.best
     assert changed.score_validation()["click"]["auc"] == first.best["auc"]
+
+
+def test_refit_trains_on_all_of_train_for_the_best_epoch_count(tmp_path):
+    from genrank_jax.data.synthetic import SimulatorConfig, simulate
+    from genrank_jax.training import refit
+
+    dataset = simulate(SimulatorConfig.preset("tests", seed=5)).dataset
+    config = GenRankConfig.preset("tiny", dataset.spec)
+    train = TrainConfig(epochs=3, batch_size=64, max_history=24, validation_fraction=0.25, patience=2)
+    trainer = Trainer(config, train, dataset)
+    trainer.fit()
+    again = refit(trainer, tmp_path / "refit")
+    assert again.validation_requests is None
+    assert len(again.train_requests) > len(trainer.train_requests)  # the slice is learnt from too
+    np.testing.assert_array_equal(np.sort(again.train_requests),
+                                  np.sort(np.concatenate([trainer.train_requests, trainer.validation_requests])))
+    assert again.step == round(trainer.best["epoch"] * again.batches_per_epoch)
+    assert again.checkpoints.latest_step() == again.step  # saved, so it can be exported
+    results = again.evaluate()
+    assert results[dataset.spec.action_names[0]]["auc"] > 0.55
