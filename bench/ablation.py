@@ -120,10 +120,15 @@ def parse_overrides(pairs: list[str]) -> dict:
 def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     """Train (early stopping on the validation slice) and evaluate one (model, seed); returns its JSON row."""
     organization = MODELS[name].get("organization", "action")
-    train = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                        weight_decay=args.weight_decay, seed=seed, max_history=args.max_history,
-                        max_candidates=args.max_candidates, validation_fraction=args.validation_fraction,
-                        patience=args.patience)
+    if args.schedule == "stream":  # one pass in time order, progressive validation; no slice, no epochs
+        train = TrainConfig(schedule="stream", window=args.window, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=seed,
+                            max_history=args.max_history, max_candidates=args.max_candidates)
+    else:
+        train = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                            weight_decay=args.weight_decay, seed=seed, max_history=args.max_history,
+                            max_candidates=args.max_candidates, validation_fraction=args.validation_fraction,
+                            patience=args.patience)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, block=args.block, **{**args.config_overrides, **MODELS[name]},
         max_tokens=padded_max_tokens(organization, args.max_history, args.max_candidates))
@@ -133,12 +138,24 @@ def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     started = time.perf_counter()
     trainer.fit()
     train_s = time.perf_counter() - started - trainer.validation_seconds
-    groups = served_groups(trainer, trainer.step)
+    groups = ([np.concatenate(trainer.stream_windows)] if args.schedule == "stream"  # each request once
+              else served_groups(trainer, trainer.step))
     exposures = int(sum(np.minimum(trainer.builder.candidate_count[g], args.max_candidates).sum() for g in groups))
     epoch_exposures = int(np.minimum(trainer.builder.candidate_count[trainer.train_requests], args.max_candidates).sum())
     started = time.perf_counter()
-    results = trainer.evaluate("eval")  # the best validation state: fit restored it
     rate = exposures / train_s
+    if args.schedule == "stream":
+        # the figure is progressive: each eval-period window scored before the model trained on it
+        summary = trainer.stream_summary()
+        results = {task: {**row, "logloss": float("nan")} for task, row in summary["after_warmup"].items()}
+        first = dataset.spec.action_names[0]
+        return dict(model=name, seed=seed, steps=trainer.step, epochs=1.0, best_step=trainer.step, best_epoch=1.0,
+                    validation_auc=summary["all_windows"][first]["auc"], stopped_early=False,
+                    train_exposures=exposures, compile_s=compile_s, train_s=train_s, validation_s=0.0,
+                    exposures_per_s=rate, epoch_s=epoch_exposures / rate, eval_s=0.0,
+                    final_loss=trainer.history[-1]["loss"], eval=results, validation_curve=[],
+                    stream=summary, stream_curve=trainer.stream_curve, config=config.to_json())
+    results = trainer.evaluate("eval")  # the best validation state: fit restored it
     best = trainer.best
     return dict(model=name, seed=seed, steps=trainer.step, epochs=trainer.step / trainer.batches_per_epoch,
                 best_step=best["step"], best_epoch=best["epoch"], validation_auc=best["auc"],
@@ -186,7 +203,10 @@ def markdown(summary: dict, tasks: tuple[str, ...], header: dict, command: str, 
              f"(patience {meta['patience']} epochs on the validation slice, the latest "
              f"{meta['validation_fraction']:.0%} of train by time), seeds {meta['seeds']}. Eval AUC/GAUC of each "
              "run's best validation state: mean ± std over seeds; best epoch per seed; speed: median over "
-             "seeds, compile and validation excluded.", "",
+             "seeds, compile and validation excluded." if meta.get("schedule", "epochs") == "epochs" else
+             f"STREAM schedule: the whole log once in time order in windows of {meta['window']}, each window "
+             "scored before it is trained on; AUC/GAUC: the exposure-weighted mean over the windows of the eval "
+             "period (progressive validation), mean ± std over seeds; 'val' column: the same over all windows.", "",
              f"| model | {' | '.join(cols)} | val {first} AUC | best epoch | Δ {first} AUC vs item | "
              "exposures/s | s/epoch | speed vs item |",
              "| --- |" + " --- |" * (2 * len(tasks) + 6)]
@@ -273,12 +293,13 @@ def save(rows: list[dict], args, dataset, header: dict, command: str, trainer: T
                 batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                 max_epochs=args.max_epochs, patience=args.patience, validation_fraction=args.validation_fraction,
                 seeds=len({r["seed"] for r in complete}) or len(seeds), train_requests=len(trainer.train_requests),
-                validation_requests=len(trainer.validation_requests), eval_requests=len(trainer.eval_requests))
+                validation_requests=len(trainer.validation_requests) if trainer.validation_requests is not None else 0,
+                eval_requests=len(trainer.eval_requests), schedule=args.schedule, window=args.window)
     tasks = dataset.spec.action_names
     table = markdown(summarize(complete or rows, tasks), tasks, header, command, meta)
     if not args.out:
         return table, None
-    stem = f"ablation_{data_tag(args.data)}"
+    stem = f"ablation_{data_tag(args.data)}" + ("_stream" if args.schedule == "stream" else "")
     base = RESULTS / stem if args.out == "auto" else pathlib.Path(args.out)
     base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".md").write_text(table)
@@ -308,6 +329,10 @@ def main(argv=None):
                         help="a GenRankConfig field for every model, e.g. --set alibi_max_bias=4 (repeatable; "
                              "added to the defaults' slopes)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--schedule", default="epochs", choices=["epochs", "stream"],
+                        help="epochs: early stopping on the validation slice, eval split scored; stream: the log once "
+                             "in time order, progressive-validation AUC over the eval period's windows")
+    parser.add_argument("--window", default="1d", help="--schedule stream: window span (1d, 6h) or exposures")
     parser.add_argument("--out", default="auto",
                         help="'auto': bench/results/ablation_<data>.md + JSON; a path stem: <stem>.md/.json")
     parser.add_argument("--from-json", nargs="+", default=None,

@@ -63,6 +63,7 @@ class GenRankConfig:
     use_user_embedding: bool = True
     use_aggregates: bool = False
     aggregates_wide: bool = True  # with use_aggregates: a linear path from them to the logits too
+    zero_deep_head: bool = False  # with the wide path: the sequence part's logits start at 0
     features_hidden: int = 0  # the features ranker's hidden units (0: logistic regression)
     task_weights: tuple[float, ...] | None = None
     attention_impl: str | None = None

@@ -17,9 +17,10 @@ from genrank_jax.typing import TaskLogits
 class TaskHeads(nnx.Module):
     """One logit per action type from each token's final state."""
 
-    def __init__(self, width: int, num_actions: int, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, num_actions: int, *, rngs: nnx.Rngs, zero: bool = False):
         self.norm = nnx.RMSNorm(width, rngs=rngs)
-        self.logits = nnx.Linear(width, num_actions, rngs=rngs)
+        init = nnx.initializers.zeros if zero else nnx.initializers.lecun_normal()
+        self.logits = nnx.Linear(width, num_actions, kernel_init=init, rngs=rngs)
 
     def __call__(self, x):
         return self.logits(self.norm(x))
@@ -39,7 +40,10 @@ class GenRank(nnx.Module):
         self.config = config
         self.embed = TokenEmbedding(config, rngs=rngs)
         self.blocks = nnx.List([BLOCKS[config.block](config, rngs=rngs) for _ in range(config.num_blocks)])
-        self.heads = TaskHeads(config.width, config.features.num_actions, rngs=rngs)
+        # a zero_deep_head model starts as the wide path alone (a logistic regression on the
+        # aggregates) and the sequence part earns its say: a random head would start as noise
+        self.heads = TaskHeads(config.width, config.features.num_actions, rngs=rngs,
+                               zero=config.use_aggregates and config.aggregates_wide and config.zero_deep_head)
         # with aggregates, also a linear "wide" path from them straight to the logits (Wide & Deep):
         # the features baseline is then a special case the sequence model only has to improve on
         self.wide = (nnx.Linear(num_aggregates(config.features), config.features.num_actions, use_bias=False,
