@@ -39,8 +39,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", default="genrank", choices=list(ARCHITECTURES),
                         help="genrank; din; logistic (user + item bias); features (the production baseline: a "
                              "logistic regression on aggregate features of earlier requests)")
-    parser.add_argument("--aggregates", action="store_true",
-                        help="GenRank also reads the features baseline's aggregate features (one projection per token)")
+    parser.add_argument("--aggregates", action=argparse.BooleanOptionalAction, default=None,
+                        help="GenRank also reads the features baseline's aggregate features: a projection on each "
+                             "token and a linear path to the logits (default: on, genrank_jax/defaults.py; "
+                             "--no-aggregates for a model genrank-jax export can serve)")
     parser.add_argument("--features-hidden", type=non_negative_int, default=0,
                         help="--architecture features: hidden units of an MLP (0: logistic regression)")
     parser.add_argument("--organization", default="action", choices=["action", "item"])
@@ -191,7 +193,10 @@ def resolve_defaults(args, dataset) -> str:
         args.refit = False  # no epoch count was chosen
     args.max_candidates = rule.max_candidates
     args.config_overrides = dict(rule.config)
-    chosen += [f"max_candidates={rule.max_candidates}"] + [f"{k}={v:g}" for k, v in rule.config.items()]
+    if args.aggregates is not None:  # an explicit choice wins over the rule
+        args.config_overrides["use_aggregates"] = args.aggregates
+    chosen += [f"max_candidates={rule.max_candidates}"] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                       for k, v in args.config_overrides.items()]
     return (f"defaults for {rule.name} ({train_exposures(dataset):,} train exposures; genrank_jax/defaults.py): "
             + ", ".join(chosen))
 
@@ -295,7 +300,7 @@ def run_train(args) -> int:
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,
         attention_impl=args.attention_impl, embedding_row_multiple=args.embedding_row_multiple,
-        use_aggregates=args.aggregates, features_hidden=args.features_hidden, **args.config_overrides,
+        features_hidden=args.features_hidden, **args.config_overrides,
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )

@@ -115,8 +115,9 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
         raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
     if model.config.use_aggregates:
         # serving would need the aggregates of the history and the candidates from a feature store
-        raise GenrankError("GenRank models that read aggregate features (use_aggregates, --aggregates) are not "
-                           "exported for serving yet: the scorer takes ids, not a feature store's aggregates")
+        raise GenrankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
+                           "serving yet: the scorer takes ids, not a feature store's aggregates; train with "
+                           "--no-aggregates for a model export can serve")
     check_free(out, overwrite=overwrite)
     with written_whole(out, overwrite=overwrite) as folder:
         _write_export(model, folder, platforms, vocabulary)

@@ -132,7 +132,7 @@ def test_refit_trains_on_all_of_train_for_the_best_epoch_count(tmp_path):
 
     dataset = simulate(SimulatorConfig.preset("tests", seed=5)).dataset
     config = GenRankConfig.preset("tiny", dataset.spec)
-    train = TrainConfig(epochs=3, batch_size=64, max_history=24, validation_fraction=0.25, patience=2)
+    train = TrainConfig(epochs=2, batch_size=64, max_history=24, validation_fraction=0.25, patience=2)
     trainer = Trainer(config, train, dataset)
     trainer.fit()
     again = refit(trainer, tmp_path / "refit")

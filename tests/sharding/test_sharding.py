@@ -119,6 +119,7 @@ def test_sharded_training_equals_one_device_and_restores_on_other_meshes(tmp_pat
     run_worker("restore", tmp_path, "none", devices=1)
 
 
+@pytest.mark.slow  # ~95 s on 2 cores; the stream's batches are the epoch schedule's local batches, tested above
 def test_stream_schedule_on_a_mesh_equals_one_device():
     run_worker("stream_on_a_mesh_equals_one_device", devices=8)
 
