@@ -84,6 +84,14 @@ class DeviceSampleBuilder:
     def build(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None,
               candidate_slots: int | None = None) -> TokenBatch:
         """`SampleBuilder.build` on the device: a TokenBatch of jax arrays [batch_size, seq_len, ...]."""
+        padded, candidate_slots = self.request_indices(requests, seq_len, batch_size, candidate_slots)
+        return _build(self.columns, jax.device_put(padded, self.device), layout=self.layout, seq_len=seq_len,
+                      candidate_slots=candidate_slots)
+
+    def request_indices(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None,
+                        candidate_slots: int | None = None) -> tuple[np.ndarray, int]:
+        """The host's part of `build`: its checks, then ([batch_size] int32 request indices, -1 on
+        padding rows; the candidate slots, defaulted as SampleBuilder.build does)."""
         builder = self.builder
         requests = np.asarray(requests, np.int64)
         batch_size = batch_size or len(requests)
@@ -101,8 +109,7 @@ class DeviceSampleBuilder:
             raise ValueError(f"a sample has {most} candidates but candidate_slots is {candidate_slots}")
         padded = np.full(batch_size, PADDING_REQUEST, np.int32)
         padded[:len(requests)] = requests
-        return _build(self.columns, jax.device_put(padded, self.device), layout=self.layout, seq_len=seq_len,
-                      candidate_slots=candidate_slots)
+        return padded, candidate_slots
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "seq_len", "candidate_slots"))
