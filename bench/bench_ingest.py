@@ -23,8 +23,11 @@ as the pipeline stage (and, with --batch-sizes, larger ones): exposures/s of the
 device builder end to end from planned groups (jitted and warmed per shape; a queue of 8 batches
 in flight, as a training loop would hold; median of 3 passes) and of the numpy builder in the same
 run, each beside the H100 figure. Every timed batch is then compared with the numpy one (ints and
-0/1 exact, timestamps in float32 ulps). --sim-users N: the benchmark simulator with N users
-(~240 exposures each) instead of --source, built in memory.
+0/1 exact, timestamps in float32 ulps). Then Trainer.fit itself (its per-step loss check
+included) with host and with device batches: --fit-steps steps after --fit-warmup steps, timed on
+a second run over the same steps (every shape compiled), at each of --fit-batch-sizes.
+--sim-users N: the benchmark simulator with N users (~240 exposures each) instead of --source,
+built in memory (no TFDS: a lent GPU machine has none).
 """
 
 from __future__ import annotations
@@ -316,7 +319,8 @@ def timestamp_ulps(host, device) -> float:
     return float((np.abs(got - want) / np.spacing(np.abs(want).astype(np.float32))).max(initial=0.0))
 
 
-def device_rows(source: str, batches: int, warmup: int, batch_sizes: list[int], sim_users: int | None) -> list[dict]:
+def device_rows(source: str, batches: int, warmup: int, batch_sizes: list[int], sim_users: int | None,
+                fit_sizes: list[int], fit_warmup: int, fit_steps: int) -> list[dict]:
     import dataclasses
 
     import jax
@@ -420,6 +424,39 @@ def device_rows(source: str, batches: int, warmup: int, batch_sizes: list[int], 
         print(f"batch {size:>5}  device / host builder: {device_rate / host_rate:.2f}x; device batches identical "
               f"to numpy's: {identical} (ints, 0/1), timestamps within {worst_ulps:g} float32 ulps", flush=True)
         rows += size_rows
+    for size in fit_sizes:
+        rows += fit_rows(trainer, size, fit_warmup, fit_steps, context)
+    return rows
+
+
+def fit_rows(trainer, size: int, warmup: int, steps: int, context: dict) -> list[dict]:
+    """Exposures/s of Trainer.fit with host and with device batches of `size` (steps after `warmup`)."""
+    import dataclasses
+
+    from genrank_jax.data.batching import plan_batches
+    from genrank_jax.training import Trainer
+
+    rows, rates = [], {}
+    for mode in ("host", "device"):
+        train = dataclasses.replace(trainer.train_config, batch_size=size, batch_building=mode, warmup_steps=10)
+        fitted = Trainer(trainer.config, train, trainer.dataset)
+        groups = plan_batches(fitted.builder, fitted.train_requests, fitted.plan)[warmup:warmup + steps]
+        if len(groups) < steps:
+            raise SystemExit(f"fewer than --fit-warmup + --fit-steps batches of {size} in an epoch")
+        exposures = int(sum(np.minimum(fitted.builder.candidate_count[g], fitted.layout.max_candidates).sum()
+                            for g in groups))
+        # every shape of the timed window compiled first: the window once untimed, then again (the
+        # batches of a step are a function of the step alone, so rewinding serves the same ones)
+        fitted.fit(steps=warmup + steps)
+        fitted.step = warmup
+        started = time.perf_counter()
+        fitted.fit(steps=warmup + steps)
+        rates[mode] = exposures / (time.perf_counter() - started)
+        rows.append(dict(context, batch_size=size, measure=f"Trainer.fit, {mode} batches", steps=steps,
+                         exposures_per_s=round(rates[mode]), final_loss=fitted.history[-1]["loss"]))
+        print(f"batch {size:>5}  Trainer.fit with {mode} batches: {rates[mode]:>14,.0f} exposures/s "
+              f"({steps} steps after {warmup})", flush=True)
+    rows[-1]["ratio_to_host_batches"] = round(rates["device"] / rates["host"], 2)
     return rows
 
 
@@ -434,6 +471,10 @@ def main():
     parser.add_argument("--sim-users", type=int, default=None,
                         help="--stage device: the benchmark simulator with this many users (~240 exposures each)")
     parser.add_argument("--batch-sizes", default="64", help="--stage device: batch sizes (64 is the pipeline stage's)")
+    parser.add_argument("--fit-batch-sizes", default="64", help="--stage device: batch sizes of the Trainer.fit rows "
+                                                                "('' for none)")
+    parser.add_argument("--fit-steps", type=int, default=30, help="--stage device: Trainer.fit steps timed")
+    parser.add_argument("--fit-warmup", type=int, default=10, help="--stage device: Trainer.fit steps first, untimed")
     parser.add_argument("--batches", type=int, default=300, help="batches timed (median of 3 passes)")
     parser.add_argument("--warmup", type=int, default=200, help="batches built first, untimed")
     parser.add_argument("--steps", type=int, default=30)
@@ -450,7 +491,9 @@ def main():
         rows = pipeline_rows(args.source, args.batches, args.steps, args.workers, args.warmup)
     else:
         sizes = [int(size) for size in args.batch_sizes.split(",")]
-        rows = device_rows(args.source, args.batches, args.warmup, sizes, args.sim_users)
+        fit_sizes = [int(size) for size in args.fit_batch_sizes.split(",") if size]
+        rows = device_rows(args.source, args.batches, args.warmup, sizes, args.sim_users, fit_sizes, args.fit_warmup,
+                           args.fit_steps)
     header["load_average_end"] = os.getloadavg()
     # this process's CPU seconds beside its wall seconds (CPU > wall: several threads were busy)
     header["wall_s"], header["cpu_s"] = round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)

@@ -24,7 +24,6 @@ from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.training import TrainConfig, Trainer, resolve_batch_building, run_settings
 from tests.data import fixtures
 from tests.data.test_samples import random_dataset
-from tests.test_cli import FAST, assert_one_line_error, run_cli
 
 @pytest.fixture(scope="module")
 def simulated():
@@ -34,6 +33,7 @@ def simulated():
 @pytest.fixture(scope="module")
 def movielens(tmp_path_factory):
     """The fixture MovieLens log in GroupLens 100k files, loaded by the real builder (no content)."""
+    pytest.importorskip("tensorflow_datasets")  # absent on a lent GPU machine (bench/device_batches.sh)
     folder = tmp_path_factory.mktemp("ml")
     fixtures.write_grouplens_100k(folder / "raw", fixtures.movielens_log(seed=3))
     return sources.load_dataset("movielens:100k", data_dir=folder / "raw", tfds_dir=folder / "tfds",
@@ -214,6 +214,8 @@ def test_device_batches_check_what_validate_batch_would(simulated):
 
 
 def test_cli_batch_building(tmp_path, capsys):
+    from tests.test_cli import FAST, assert_one_line_error, run_cli  # here: test_cli needs hypothesis
+
     code, _, err = run_cli(["train", "--data", "synthetic:tests", "--out", str(tmp_path / "mesh"), "--mesh", "data=1",
                             "--batch-building", "device", *FAST], capsys)
     line = assert_one_line_error(code, err, "train")
