@@ -3,7 +3,8 @@
 Int and 0/1 fields must be bit-identical (values, dtype, shape); timestamps agree to about a
 float32 ulp (the device subtracts float32 hi/lo pairs, the host float64 times). Datasets: the
 simulator (side features, content), a MovieLens log loaded through its TFDS builder (side features;
-with and without a content table), and a jagged random log with shared model user rows. Then the
+with and without a content table), and a jagged random log with shared model user rows; with and
+without the aggregate features. Then the
 Trainer: the same losses with device batches, the option's resolution and its CLI flag.
 """
 
@@ -56,6 +57,9 @@ def with_user_rows(dataset, seed=0):
 def assert_same_batch(host, device):
     for field in dataclasses.fields(host):
         want, got = getattr(host, field.name), getattr(device, field.name)
+        if want is None:  # aggregates, when the layout builds none
+            assert got is None, field.name
+            continue
         assert isinstance(got, jax.Array), field.name
         got = np.asarray(got)
         assert got.dtype == want.dtype and got.shape == want.shape, (field.name, got.dtype, want.dtype)
@@ -82,6 +86,7 @@ def hard_requests(builder, rng, count):
 def check_builders(dataset, organization, seed, **layout):
     rng = np.random.default_rng(seed)
     builder = SampleBuilder(dataset, SampleLayout(organization=organization, num_gap_buckets=8, **layout))
+    assert (builder.aggregates is not None) == layout.get("aggregates", False)
     device = DeviceSampleBuilder(builder)
     requests = rng.permutation(hard_requests(builder, rng, 10))
     seq_len = int(builder.token_counts(requests).max()) + 5
@@ -103,7 +108,7 @@ def check_builders(dataset, organization, seed, **layout):
 def test_simulator_batches_match(simulated, organization):
     # the simulator's histories run to hundreds of exposures and its requests hold 8: both are cut
     check_builders(simulated, organization, seed=1, max_history=20, max_candidates=5, num_request_slots=4,
-                   num_slots=3)
+                   num_slots=3, aggregates=organization == "action")
 
 
 @pytest.mark.parametrize("content", [False, True])
@@ -112,7 +117,7 @@ def test_movielens_batches_match(movielens, organization, content):
     dataset = with_content(movielens, seed=2) if content else movielens
     assert dataset.spec.side_vocab_sizes and dataset.spec.content_dim == (5 if content else 0)
     check_builders(dataset, organization, seed=2, max_history=4, max_candidates=2, num_request_slots=2,
-                   num_slots=2)
+                   num_slots=2, aggregates=content)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -165,15 +170,17 @@ def test_planned_figures_equal_the_batch(simulated):
         assert planned_figures(builder, group, seq_len, 16) == (batch.num_exposures(), batch.padding_ratio())
 
 
-def make_trainer(dataset, batch_building, steps=6, **train):
-    config = GenRankConfig.preset("tiny", dataset.spec)
+def make_trainer(dataset, batch_building, steps=6, config=None, **train):
+    config = config or GenRankConfig.preset("tiny", dataset.spec)
     settings = TrainConfig(steps=steps, batch_size=16, max_history=24, warmup_steps=2, batch_building=batch_building,
                            **train)
     return Trainer(config, settings, dataset)
 
 
-def test_training_on_device_batches_gives_the_host_losses(simulated):
-    host, device = make_trainer(simulated, "host"), make_trainer(simulated, "device")
+@pytest.mark.parametrize("aggregates", [False, True])
+def test_training_on_device_batches_gives_the_host_losses(simulated, aggregates):
+    config = GenRankConfig.preset("tiny", simulated.spec, use_aggregates=aggregates)
+    host, device = make_trainer(simulated, "host", config=config), make_trainer(simulated, "device", config=config)
     assert (host.batch_building, host.device_builder) == ("host", None) and device.batch_building == "device"
     want, got = host.fit(), device.fit()
     assert [h["step"] for h in got] == [h["step"] for h in want]

@@ -10,6 +10,7 @@ Columns on the device (E exposures, R requests, I items; int32 because jax runs 
   request_of_row [E], item_ids [E]: int32      actions [E, A]: uint8
   time_hi, time_lo [E]: float32, t - t0 = time_hi + time_lo (see `DeviceSampleBuilder.__init__`)
   side [I, F]: int32                           content [I, C]: float32, or None when C = 0
+  aggregates [E, K]: float32 (SampleBuilder.aggregates), or None when the layout builds none
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class DeviceColumns(NamedTuple):
     time_lo: jax.Array
     side: jax.Array
     content: jax.Array | None
+    aggregates: jax.Array | None
 
 
 class DeviceSampleBuilder:
@@ -59,6 +61,8 @@ class DeviceSampleBuilder:
         content = data.catalog.content if data.spec.content_dim else None
         if content is not None and not np.isfinite(content).all():
             raise ValueError("catalog.content must be finite")
+        if builder.aggregates is not None and not np.isfinite(builder.aggregates).all():
+            raise ValueError("the aggregate features must be finite")
         self.builder, self.layout = builder, builder.layout
         self.device = device or jax.devices()[0]
         # Absolute times are float64 (~1.7e9 s: a float32 ulp there is 128 s). Relative to t0 and
@@ -78,7 +82,8 @@ class DeviceSampleBuilder:
             request_of_row=builder.request_of_row.astype(np.int32), item_ids=log.item_ids.astype(np.int32),
             actions=log.actions.astype(np.uint8, copy=False), time_hi=hi, time_lo=lo,
             side=data.catalog.side_features.astype(np.int32, copy=False),
-            content=None if content is None else content.astype(np.float32, copy=False))
+            content=None if content is None else content.astype(np.float32, copy=False),
+            aggregates=None if builder.aggregates is None else builder.aggregates.astype(np.float32, copy=False))
         self.columns = jax.device_put(host, self.device)
 
     def build(self, requests: np.ndarray, seq_len: int, batch_size: int | None = None,
@@ -164,10 +169,11 @@ def _build(c: DeviceColumns, requests: jax.Array, *, layout: SampleLayout, seq_l
     slot_of_candidate = jnp.arange(candidate_slots, dtype=jnp.int32)[None, :]
     candidate_index = jnp.where(slot_of_candidate < m[:, None], (lengths - m)[:, None] + slot_of_candidate, seq_len)
     user_ids = jnp.where(real, c.model_user[request], 0)
+    aggregates = None if c.aggregates is None else jnp.where(has_item[..., None], c.aggregates[safe_rows], 0.0)
     i32 = lambda x: x.astype(jnp.int32)
     return TokenBatch(
         user_ids=i32(user_ids), item_ids=i32(jnp.where(has_item, items, NO_ITEM)), kinds=kinds, actions=actions,
         side=i32(side), content=content, positions=i32(positions), request_index=i32(request_index),
         gap_bucket=i32(gap_bucket), slot=i32(slot), timestamps=timestamps, labels=labels, lengths=i32(lengths),
-        num_candidates=i32(m), candidate_index=i32(candidate_index),
+        num_candidates=i32(m), candidate_index=i32(candidate_index), aggregates=aggregates,
     )
