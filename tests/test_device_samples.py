@@ -177,12 +177,14 @@ def make_trainer(dataset, batch_building, steps=6, config=None, **train):
     return Trainer(config, settings, dataset)
 
 
-@pytest.mark.parametrize("aggregates", [False, True])
-def test_training_on_device_batches_gives_the_host_losses(simulated, aggregates):
+@pytest.mark.parametrize("aggregates, schedule", [(False, "epochs"), (True, "epochs"), (False, "stream")])
+def test_training_on_device_batches_gives_the_host_losses(simulated, aggregates, schedule):
     config = GenRankConfig.preset("tiny", simulated.spec, use_aggregates=aggregates)
-    host, device = make_trainer(simulated, "host", config=config), make_trainer(simulated, "device", config=config)
+    stream = dict(schedule="stream", window="3000") if schedule == "stream" else {}
+    host, device = (make_trainer(simulated, choice, config=config, **stream) for choice in ("host", "device"))
     assert (host.batch_building, host.device_builder) == ("host", None) and device.batch_building == "device"
-    want, got = host.fit(), device.fit()
+    want, got = host.fit(steps=6), device.fit(steps=6)
+    assert len(want) == 6
     assert [h["step"] for h in got] == [h["step"] for h in want]
     np.testing.assert_allclose([h["loss"] for h in got], [h["loss"] for h in want], rtol=1e-5)
     assert [h["padding"] for h in got] == [h["padding"] for h in want]  # from the plan, not the batch
