@@ -86,6 +86,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "(warns; damaged steps are moved to checkpoints.corrupt/)")
     parser.add_argument("--allow-setting-changes", action="store_true",
                         help="with --resume: accept training settings that differ from the saved run's")
+    parser.add_argument("--batch-building", default="auto", choices=["host", "device", "auto"],
+                        help="build training batches with numpy on the host, or on the accelerator from columns put "
+                             "there once (the host sends request indices only); auto: device on a GPU/TPU without "
+                             "--mesh, host otherwise")
     parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--no-progress", action="store_true")
     sharded = parser.add_argument_group("several devices and hosts (genrank_jax.sharding)")
@@ -145,6 +149,9 @@ def check_train_options(args) -> None:
     if args.steps is not None and args.epochs is not None:
         raise GenrankError(f"--steps {args.steps} and --epochs {args.epochs} both set the length of the run: give "
                            "one (--epochs N: at most N passes, stopped early on validation; --steps N: N steps)")
+    if args.batch_building == "device" and args.mesh is not None:
+        raise GenrankError(f"--batch-building device builds each batch on one device, not over --mesh {args.mesh}: "
+                           "use --batch-building host (or auto) with a mesh")
 
 
 def eval_size_lines(dataset, requests, max_candidates: int) -> tuple[str, str | None]:
@@ -295,7 +302,7 @@ def run_train(args) -> int:
                         max_history=args.max_history, max_candidates=args.max_candidates,
                         checkpoint_every=args.checkpoint_every, validation_fraction=args.validation_fraction,
                         eval_every=args.eval_every, patience=args.patience, schedule=args.schedule,
-                        window=args.window)
+                        window=args.window, batch_building=args.batch_building)
     config = GenRankConfig.preset(
         args.preset, dataset.spec, architecture=args.architecture, organization=args.organization,
         block=args.block, use_alibi=not args.no_alibi, use_time_bias=not args.no_time_bias,

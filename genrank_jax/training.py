@@ -30,13 +30,14 @@ from genrank_jax import metrics, sharding
 from genrank_jax.baselines import build_model
 from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
 from genrank_jax.config import GenRankConfig
-from genrank_jax.data.batching import BatchPlan, iterate_batches, plan_batches
+from genrank_jax.data.batching import BatchPlan, batch_shape, iterate_batches, plan_batches, planned_figures
+from genrank_jax.data.device_samples import DeviceSampleBuilder
 from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.losses import candidate_bce
 from genrank_jax.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
-from genrank_jax.validation import validate_batch
+from genrank_jax.validation import BatchError, validate_batch
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,6 +62,10 @@ class TrainConfig:
     eval_every: steps between validation evaluations (0: once per epoch; the last step always).
     patience: stop after this many evaluations without a new best (0: never stop early).
     keep_best: best checkpoints kept on disk (by validation AUC) beside the latest ones.
+    batch_building: where training batches are built: "host" (numpy, SampleBuilder), "device" (jnp
+      on the default device, DeviceSampleBuilder: the host sends request indices only) or "auto"
+      (device when jax's default backend is not the CPU and no mesh is used; host otherwise). Both
+      build the same batches (timestamps to about a float32 ulp); evaluation batches are host-built.
     """
 
     steps: int = 500
@@ -83,9 +88,10 @@ class TrainConfig:
     eval_every: int = 0
     patience: int = 0
     keep_best: int = 1
+    batch_building: Literal["host", "device", "auto"] = "auto"
 
     # settings a resumed run may change without changing what it computes
-    RESUME_FREE_FIELDS = ("checkpoint_every", "keep_checkpoints")
+    RESUME_FREE_FIELDS = ("checkpoint_every", "keep_checkpoints", "batch_building")
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -101,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.schedule not in ("epochs", "stream"):
             raise ValueError(f"schedule must be 'epochs' or 'stream', got {self.schedule!r}")
+        if self.batch_building not in ("host", "device", "auto"):
+            raise ValueError(f"batch_building must be 'host', 'device' or 'auto', got {self.batch_building!r}")
         if self.schedule == "stream":
             parse_window(self.window)
             if self.epochs or self.validation_fraction:
@@ -158,6 +166,16 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
         rate = optax.linear_schedule(0.0, train.learning_rate, max(1, min(train.warmup_steps, train.steps)))
     return optax.chain(optax.clip_by_global_norm(train.grad_clip),
                        optax.adamw(rate, weight_decay=train.weight_decay))
+
+
+def resolve_batch_building(choice: str, mesh) -> str:
+    """"host" or "device" for TrainConfig.batch_building `choice` (see there) on `mesh` (None: one device)."""
+    if choice == "device" and mesh is not None:
+        raise ValueError("batch_building='device' builds each batch on one device, not over a mesh: use "
+                         "batch_building='host' (or 'auto') with a mesh")
+    if choice == "auto":
+        return "device" if mesh is None and jax.default_backend() != "cpu" else "host"
+    return choice
 
 
 def usable_requests(builder: SampleBuilder, requests: np.ndarray, min_history: int) -> np.ndarray:
@@ -278,6 +296,9 @@ class Trainer:
             self.graphdef, self.state, state_shardings = sharding.init_sharded(
                 make, mesh, sharding_options or sharding.ShardingOptions())
             shardings = state_shardings, sharding.batch_sharding(mesh)
+        # resolved here, before the first step: "device" on a mesh is refused before any compilation
+        self.batch_building = resolve_batch_building(train.batch_building, mesh)
+        self.device_builder = DeviceSampleBuilder(self.builder) if self.batch_building == "device" else None
         self._step = train_step_fn(self.graphdef, config.task_weights, shardings)
         self._predict = predict_fn(self.graphdef, shardings)
         self.step = 0
@@ -374,14 +395,44 @@ class Trainer:
         return self.checkpoints.latest_good_step(self._abstract_state())
 
     def _batches_from(self, step: int):
-        """This process's batches (all of each batch without a mesh, its rows with one)."""
+        """(batch, exposures, padding ratio) of the epochs' batches from `step` on (see `_batches_of`)."""
         epoch, skip = divmod(step, self.batches_per_epoch)
         while True:
-            if self.mesh is None:
-                yield from iterate_batches(self.builder, self.train_requests, self.plan, epoch, skip)
-            else:
-                yield from sharding.local_batches(self.builder, self.train_requests, self.plan, self.rows, epoch, skip)
+            yield from self._batches_of(self.train_requests, epoch, skip)
             epoch, skip = epoch + 1, 0
+
+    def _batches_of(self, requests: np.ndarray, epoch: int, skip: int = 0):
+        """(batch, exposures, padding ratio) of this process's training batches of `requests` (all of
+        each batch without a mesh, its rows with one), in the plan's order for `epoch`, from batch
+        `skip`. Host batches are checked by validate_batch; device batches come with their plan's figures."""
+        if self.device_builder is not None:
+            yield from self._device_batches(requests, epoch, skip)
+            return
+        batches = (iterate_batches(self.builder, requests, self.plan, epoch, skip) if self.mesh is None
+                   else sharding.local_batches(self.builder, requests, self.plan, self.rows, epoch, skip))
+        for batch in batches:
+            validate_batch(batch, self.config)
+            yield batch, batch.num_exposures(), batch.padding_ratio()
+
+    def _device_batches(self, requests: np.ndarray, epoch: int, skip: int):
+        """Batches built on the device. validate_batch is skipped: it would pull each batch back to the
+        host, which is what building on the device avoids. What it checks holds by construction: the
+        dataset was validated when the SampleBuilder was made (ids, side values, finite times) and the
+        DeviceSampleBuilder checked the rest (0/1 actions, finite content and aggregates); request
+        slots and gap buckets are capped by the layout made from this config. The two checks left
+        that depend on the batch are made here from the plan: the padded length against max_tokens,
+        empty histories."""
+        size = self.plan.batch_size
+        for group in plan_batches(self.builder, requests, self.plan, epoch)[skip:]:
+            seq_len, slots = batch_shape(self.builder, group)
+            if seq_len > self.config.max_tokens:
+                raise BatchError(f"sequences of {seq_len} tokens exceed the model's max_tokens={self.config.max_tokens}")
+            empty = np.flatnonzero(np.minimum(self.builder.history_count[group], self.layout.max_history) == 0)
+            if len(empty):
+                raise BatchError(f"row {int(empty[0])} has an empty history: GenRank ranks from behaviour; drop "
+                                 "first requests (min_history=1) or give the user some history")
+            batch = self.device_builder.build(group, seq_len, size, candidate_slots=slots)
+            yield (batch, *planned_figures(self.builder, group, seq_len, size))
 
     @property
     def best(self) -> dict | None:
@@ -481,9 +532,9 @@ class Trainer:
         exposures, started = 0, time.perf_counter()
         batches = self._batches_from(self.step)
         while self.step < target and not self.stopped_early:
-            batch = next(batches)
-            loss = self._train_on(batch)
-            exposures += batch.num_exposures()
+            batch, batch_exposures, padding = next(batches)
+            loss = self._train_on(batch, padding)
+            exposures += batch_exposures
             if self.validation_requests is not None and (
                     self.step % self.eval_interval == 0 or self.step == self.train_config.steps):
                 entry = self.validate()  # saves a checkpoint with the validation AUC when there are checkpoints
@@ -498,9 +549,9 @@ class Trainer:
             self.restore_best()
         return self.history
 
-    def _train_on(self, batch) -> float:
-        """One optimizer step on `batch`; its loss. A non-finite loss stops the run, state unchanged."""
-        validate_batch(batch, self.config)
+    def _train_on(self, batch, padding: float) -> float:
+        """One optimizer step on `batch` (checked by `_batches_of`); its loss. A non-finite loss stops
+        the run, state unchanged. padding: the batch's padding ratio, for the history."""
         with self._mesh_context():
             new_state, loss, per_task = self._step(self.state, self._on_devices(batch))
         loss = float(loss)
@@ -511,7 +562,7 @@ class Trainer:
             raise NonFiniteLossError(f"loss became {loss} at step {self.step + 1}{where}")
         self.state = new_state
         self.step += 1
-        self.history.append({"step": self.step, "loss": loss, "padding": batch.padding_ratio()})
+        self.history.append({"step": self.step, "loss": loss, "padding": padding})
         return loss
 
     def _save_on_schedule(self) -> None:
@@ -545,13 +596,9 @@ class Trainer:
                     "window": w, "start_time": float(times.min()), "end_time": float(times.max()),
                     "requests": int(len(requests)), "exposures": int(len(labels)), "step": self.step,
                     "warmup": w < self.stream_warmup, "tasks": metrics.task_metrics(labels, logits, users, names)})
-            if self.mesh is None:
-                batches = iterate_batches(self.builder, requests, self.plan, w, self.step - begin)
-            else:
-                batches = sharding.local_batches(self.builder, requests, self.plan, self.rows, w, self.step - begin)
-            for batch in batches:
-                loss = self._train_on(batch)
-                exposures += batch.num_exposures()
+            for batch, batch_exposures, padding in self._batches_of(requests, w, self.step - begin):
+                loss = self._train_on(batch, padding)
+                exposures += batch_exposures
                 self._save_on_schedule()
                 self._show(bar, loss, exposures, started, log_every, target)
                 if self.step >= target:

@@ -96,7 +96,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
 
 def test_validate_batch_names_the_problem(dataset):
     trainer = make_trainer(dataset)
-    batch = next(iter(trainer._batches_from(0)))
+    batch, _, _ = next(iter(trainer._batches_from(0)))  # (batch, exposures, padding)
     validate_batch(batch, trainer.config)
     items = np.array(batch.item_ids)
     items[0, 0] = dataset.spec.num_items + 3

@@ -73,6 +73,14 @@ def batch_shape(builder: SampleBuilder, group: np.ndarray) -> tuple[int, int]:
     return seq_len, bucket_length(most_candidates, 8)
 
 
+def planned_figures(builder: SampleBuilder, group: np.ndarray, seq_len: int, batch_size: int) -> tuple[int, float]:
+    """(exposures, padding ratio) of the batch of `group` padded to [batch_size, seq_len]: what its
+    TokenBatch.num_exposures() and padding_ratio() say, from the plan alone (for batches that stay
+    on a device)."""
+    exposures = int(np.minimum(builder.candidate_count[group], builder.layout.max_candidates).sum())
+    return exposures, 1.0 - float(builder.token_counts(group).sum()) / max(1, batch_size * seq_len)
+
+
 def iterate_batches(builder: SampleBuilder, requests: np.ndarray, plan: BatchPlan, epoch: int = 0,
                     skip: int = 0) -> Iterator[TokenBatch]:
     """Yield padded batches; `skip` resumes after that many batches of the same epoch."""

@@ -266,5 +266,8 @@ def test_build_is_bit_identical_to_the_loop_reference(seed, organization):
             want = reference_build(builder, requests, seq_len, batch_size, candidate_slots=slots)
             for field in dataclasses.fields(want):
                 a, b = getattr(got, field.name), getattr(want, field.name)
+                if b is None:  # aggregates: the loop predates them, and this layout builds none
+                    assert a is None, field.name
+                    continue
                 assert a.dtype == b.dtype and a.shape == b.shape, field.name
                 np.testing.assert_array_equal(a, b, err_msg=field.name)
