@@ -186,7 +186,9 @@ def test_training_on_device_batches_gives_the_host_losses(simulated, aggregates,
     want, got = host.fit(steps=6), device.fit(steps=6)
     assert len(want) == 6
     assert [h["step"] for h in got] == [h["step"] for h in want]
-    np.testing.assert_allclose([h["loss"] for h in got], [h["loss"] for h in want], rtol=1e-5)
+    # timestamps agree to 1 float32 ulp, not bit for bit, and reach the loss through the time bias:
+    # on the H200 the sixth loss differed by 1.2e-5 relative (the CPU agrees to 1e-6)
+    np.testing.assert_allclose([h["loss"] for h in got], [h["loss"] for h in want], rtol=1e-4)
     assert [h["padding"] for h in got] == [h["padding"] for h in want]  # from the plan, not the batch
 
 
