@@ -16,7 +16,7 @@ have two tokens per exposure), the candidates of a request share position = the 
 count, and timestamps are seconds on one clock shared by the history and `request_time`.
 
 HSTU blocks: their SiLU attention divides by the sample's whole token count (history + the
-request's candidates; see DESIGN's attention op), so the history states of an HSTU model depend on
+request's candidates; see docs/design.md, "The attention op"), so the history states of an HSTU model depend on
 how many candidates the request has. `encode_history` takes that count (`num_candidates`) and the
 cache keeps the divisor; the candidates of that request must then number exactly that many, and
 `append` (which would change the divisor of every cached state) raises.

@@ -1,6 +1,6 @@
 """The public attention op: validation, defaults and backend dispatch.
 
-Every backend computes the contract of DESIGN.md ("The attention op"); see `reference.py` for the
+Every backend computes the contract of docs/design.md ("The attention op"); see `reference.py` for the
 plain statement. `impl=None` resolves once per call from the default device's platform; a named
 backend that cannot run raises `NotImplementedError` and is never silently replaced.
 """

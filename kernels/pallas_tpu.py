@@ -1,6 +1,6 @@
 """Mosaic TPU backend of the attention op: flash attention with the jagged mask and ALiBi bias per tile.
 
-The contract is DESIGN.md's "The attention op" (stated plainly in `reference.py`). Three kernels, all
+The contract is docs/design.md's "The attention op" (stated plainly in `reference.py`). Three kernels, all
 on the grid (batch, heads, outer token blocks, inner token blocks) with the inner axis "arbitrary":
 the forward (online softmax, or the HSTU silu sum), the dq kernel (kv blocks inner) and the dk/dv
 kernel (q blocks inner). `lengths` and `num_candidates` are scalar-prefetched, so the index maps

@@ -1,4 +1,4 @@
-"""The jnp reference of the attention op: the contract of DESIGN.md, written plainly.
+"""The jnp reference of the attention op: the contract of docs/design.md, written plainly.
 
 This is `impl="xla"` and the oracle for every Pallas backend. It materializes [B, H, S, S]
 logits, so its memory grows as S^2: fine for tests and short sequences, not for long ones.

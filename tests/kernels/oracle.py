@@ -1,6 +1,6 @@
 """A second statement of the attention contract: plain loops over (b, h, i, j) in float64 numpy.
 
-Written from DESIGN.md alone. The reference and every Pallas kernel share `masking.valid_pairs`
+Written from docs/design.md alone. The reference and every Pallas kernel share `masking.valid_pairs`
 and `masking.relative_bias`, so a mistake there would pass every parity test; nothing here uses
 them. Padding (token index >= length) is never read, so NaN or Inf there cannot leak in.
 """
