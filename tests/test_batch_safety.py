@@ -34,7 +34,7 @@ def dataset():
 
 def make_batch(dataset, organization="action", count=6, rng=None):
     builder = SampleBuilder(dataset, SampleLayout(max_history=20, organization=organization))
-    rng = rng or np.random.default_rng()
+    rng = rng or np.random.default_rng(10)
     requests = rng.choice(usable_requests(builder, dataset.train_requests, 1), count, replace=False)
     return builder.build(requests, int(builder.token_counts(requests).max()) + 3)
 
@@ -81,7 +81,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("field,kind,value,message", BAD_INPUTS,
                          ids=[f"{f}-{i}" for i, (f, *_) in enumerate(BAD_INPUTS)])
 def test_validate_batch_names_each_bad_field_and_row(dataset, field, kind, value, message):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(11)
     config = config_for(dataset)
     batch = make_batch(dataset, rng=rng)
     validate_batch(batch, config)
@@ -110,7 +110,7 @@ def spoil_ids(batch, config, rng, item_id, huge):
 
 @pytest.mark.parametrize("architecture,organization,block", VARIANTS)
 def test_model_lookups_are_safe_without_validation(dataset, architecture, organization, block):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(12)
     config = config_for(dataset, architecture, organization, block)
     model = build_model(config, rngs=nnx.Rngs(int(rng.integers(1 << 30))))
     batch = make_batch(dataset, organization, rng=rng)
@@ -128,7 +128,7 @@ def test_model_lookups_are_safe_without_validation(dataset, architecture, organi
 
 
 def test_gradients_stay_finite_with_out_of_vocabulary_ids(dataset):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(13)
     config = config_for(dataset)
     model = build_model(config, rngs=nnx.Rngs(0))
     batch = spoil_ids(make_batch(dataset, rng=rng), config, rng, 5 * config.features.num_items, huge=77)

@@ -66,7 +66,7 @@ def test_written_files_hold_every_value_with_its_type(tmp_path):
     arrays value for value, in time order, with the types the schema file promises."""
     import pyarrow as pa
 
-    seed = int(np.random.default_rng().integers(1000))
+    seed = 417  # fixed: a failure reproduces
     print(f"simulator seed {seed}")  # shown by pytest on a failure
     dataset = simulate(SimulatorConfig.preset("tests", seed=seed)).dataset
     folder = tmp_path / "feed"

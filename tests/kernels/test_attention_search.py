@@ -1,35 +1,23 @@
 """A small randomized search: every Pallas backend against the reference, in interpret mode.
 
 Hypothesis draws shapes, lengths, candidate counts, bias terms, kinds and dtypes; `check_parity`
-draws the inputs. Derandomized, so CI sees the same examples on every run. A backend whose module
-does not exist yet is skipped with a message; once the file exists, it must import and run here.
+draws the inputs. Derandomized, so CI sees the same examples on every run. Every backend must
+import and run here in interpret mode.
 """
-
-import importlib
-import pathlib
 
 import jax.numpy as jnp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import genrank_jax.kernels
 from genrank_jax.kernels import unavailable_reason
 from tests.kernels.parity import Case, check_parity
 
 BACKENDS = ("pallas_triton", "pallas_mosaic_gpu", "pallas_tpu")
-KERNELS_DIR = pathlib.Path(genrank_jax.kernels.__file__).parent
 
 
 def require_backend(impl):
-    """Skip only while `impl`'s module file is absent; any other import failure is an error."""
-    if not (KERNELS_DIR / f"{impl}.py").exists():
-        try:
-            importlib.import_module(f"genrank_jax.kernels.{impl}")
-        except ModuleNotFoundError as error:
-            if error.name == f"genrank_jax.kernels.{impl}":
-                pytest.skip(f"genrank_jax.kernels.{impl} is not written yet")
-            raise
+    """Every backend is written: one that cannot run in interpret mode is a failure, never a skip."""
     reason = unavailable_reason(impl, interpret=True)
     assert reason is None, f"{impl} exists but cannot run in interpret mode: {reason}"
 
