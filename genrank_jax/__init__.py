@@ -6,7 +6,10 @@ Public API:
   RankingDataset, FeatureSpec, load_dataset            data (simulator, MovieLens, KuaiRand)
   candidate_bce, make_optimizer, Trainer, TrainConfig  training
   validate_batch, metrics                              checks and AUC / GAUC
-  GenrankError                                         base of the errors a user can fix (one CLI line)
+  GenrankError, BatchError, NonFiniteLossError         errors a user can fix (one CLI line)
+  simulate, SimulatorConfig                            the feed simulator (the embedded default data)
+  split_batch, requests_from                           a token batch as serving inputs / Scorer requests
+  attention                                            the fused jagged attention op
   History, Candidates, HistoryCache, Scorer, Request   serving: encode a history once, score candidates
   genrank_jax.kernels.attention                        the fused jagged attention op
   genrank_jax.leakage                                  LIS / AIS with probe rankers
@@ -23,9 +26,11 @@ from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
 from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank
-from genrank_jax.scorer import Request, Scorer
-from genrank_jax.serving import Candidates, History, HistoryCache, ServingError
-from genrank_jax.training import TrainConfig, Trainer, make_optimizer
+from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.kernels import attention
+from genrank_jax.scorer import Request, Scorer, requests_from
+from genrank_jax.serving import Candidates, History, HistoryCache, ServingError, split_batch
+from genrank_jax.training import NonFiniteLossError, TrainConfig, Trainer, make_optimizer
 from genrank_jax.validation import BatchError, validate_batch
 
 __version__ = "0.1.0"
@@ -36,4 +41,10 @@ __all__ = [
     "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
     "make_optimizer", "Request", "Scorer", "Candidates", "History", "HistoryCache", "ServingError", "BatchError", "validate_batch",
 ]
-__all__ += ["GenrankError"]
+__all__ += ["GenrankError", "NonFiniteLossError", "SimulatorConfig", "simulate", "attention", "requests_from",
+            "split_batch", "__version__"]
+
+
+def __dir__() -> list[str]:
+    # the public names only: submodules (config, model, data, ...) stay importable, not listed
+    return sorted(__all__)

@@ -269,7 +269,8 @@ def join_processes(args) -> None:
     except (ValueError, RuntimeError) as error:
         if "coordinator_address" in str(error):
             raise GenrankError(NO_CLUSTER) from None
-        raise
+        # the cluster, not this code: a user-fixable error whichever kind jax raised
+        raise GenrankError(f"joining the other processes failed: {error}") from error
 
 
 def mesh_from_args(args):

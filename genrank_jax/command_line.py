@@ -2,7 +2,7 @@
 
 - `CommandLineParser`: argparse whose usage errors are that one line too (exit code 2);
   `parse_arguments` has an unknown option reported by the subcommand it was given to.
-- `run_reporting_errors`: runs a subcommand; a library error (`genrank_jax.errors.USER_ERRORS`)
+- `run_reporting_errors`: runs a subcommand; a library error (`genrank_jax.errors.is_user_error`)
   becomes the line and exit code 2; anything else is a defect: the line names its type and exit
   code is 1. `--debug` (added to every subcommand by `add_debug_flags`) re-raises instead, so the
   traceback shows.
@@ -17,7 +17,7 @@ import math
 import sys
 from collections.abc import Callable
 
-from genrank_jax.errors import USER_ERRORS
+from genrank_jax.errors import is_user_error
 
 USAGE_ERROR = 2
 DEFECT = 1
@@ -83,7 +83,7 @@ def run_reporting_errors(prog: str, command: Callable[[], int], *, debug: bool =
     except Exception as error:  # noqa: BLE001 - this is the one place that turns errors into exit codes
         if debug:
             raise
-        if isinstance(error, USER_ERRORS):
+        if is_user_error(error):
             print(f"{prog}: {error_message(error)}", file=sys.stderr)
             return USAGE_ERROR
         print(f"{prog}: internal error {type(error).__name__}: {error_message(error)} "

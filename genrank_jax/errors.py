@@ -4,10 +4,12 @@ A `GenrankError` may carry a hint saying how to get past it; the hint names an o
 caller writes it: a Python keyword (`skip_bad_rows=True`) in `str(error)`, a command-line flag
 (`--skip-bad-rows`) in `error.command_line_message()`, which the CLI prints.
 
-Errors the CLI reports as one line (exit code 2) are `USER_ERRORS`: besides `GenrankError`, the
-built-in kinds the library raises for bad input (ValueError for a bad value, OSError for a file,
-ArithmeticError for a non-finite loss, RuntimeError for a checkpoint that cannot be used,
-NotImplementedError for a backend that cannot run here). Anything else is a defect.
+Errors the CLI reports as one line (exit code 2) are those `is_user_error` accepts: a
+`GenrankError`, an OSError (a file), or one of the built-in kinds the library raises for bad input
+(ValueError for a bad value, ArithmeticError, RuntimeError for a checkpoint that cannot be used,
+NotImplementedError for a backend that cannot run here) *raised by the library's own code*. The
+same kinds raised inside jax, numpy or another dependency are defects (exit 1): a bug in how the
+library calls them is not something the user can fix by changing their input.
 """
 
 from __future__ import annotations
@@ -35,3 +37,21 @@ class GenrankError(Exception):
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     GenrankError, ValueError, OSError, ArithmeticError, RuntimeError, NotImplementedError)
+_OWN_CODE_ONLY = (ValueError, ArithmeticError, RuntimeError, NotImplementedError)
+
+
+def raised_by_library(error: BaseException) -> bool:
+    """Whether the innermost frame that raised `error` is genrank_jax's own code (its kernels and
+    leakage packages included), not a dependency's."""
+    traceback, module = error.__traceback__, None
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        traceback = traceback.tb_next
+    return module is not None and (module == "genrank_jax" or module.startswith("genrank_jax."))
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A problem with the user's input, files or settings (see the module docstring), not a defect."""
+    if isinstance(error, (GenrankError, OSError)):
+        return True
+    return isinstance(error, _OWN_CODE_ONLY) and raised_by_library(error)

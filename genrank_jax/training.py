@@ -35,12 +35,13 @@ from genrank_jax.data.device_samples import DeviceSampleBuilder
 from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
+from genrank_jax.errors import GenrankError
 from genrank_jax.losses import candidate_bce
 from genrank_jax.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
 from genrank_jax.validation import BatchError, validate_batch
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(GenrankError, FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from genrank_jax.config import GenRankConfig
+from genrank_jax.errors import GenrankError
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 
 
-class BatchError(ValueError):
+class BatchError(GenrankError, ValueError):
     """A batch a model cannot take; the message names the field and the offending row."""
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from genrank_jax.errors import GenrankError
 from genrank_jax import cli
 
 # tiny and short: these check the plumbing, not the model
@@ -173,7 +174,7 @@ def test_library_error_is_one_line_and_debug_shows_the_traceback(shared_data, tm
     from genrank_jax.config import GenRankConfig
 
     def stop(*args, **kwargs):
-        raise ValueError("stopped after loading")
+        raise GenrankError("stopped after loading")
 
     monkeypatch.setattr(GenRankConfig, "preset", stop)
     code, out, err = run_cli(argv + ["--skip-bad-rows"], capsys)

@@ -43,7 +43,7 @@ assert not [m for m in sys.modules if m.startswith("genrank_jax")], "the loader 
 
 def test_exported_scorer_in_a_jax_only_process_equals_library_score(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST]) == 0
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST, "--no-aggregates"]) == 0
     scorer = tmp_path / "scorer"
     assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(scorer),
                      "--platforms", "cpu,cuda"]) == 0
@@ -99,7 +99,7 @@ def two_exports(tmp_path_factory):
     """Exports of steps 2 and 4 of one run (same shapes, other values)."""
     folder = tmp_path_factory.mktemp("exports")
     run = folder / "run"
-    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST[:-2], "--steps", "4",
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST[:-2], "--steps", "4", "--no-aggregates",
                      "--checkpoint-every", "2"]) == 0
     for step in (2, 4):
         assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--step", str(step),

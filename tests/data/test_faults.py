@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genrank_jax.errors import GenrankError
 from genrank_jax import cli
 from genrank_jax.data import sources
 from genrank_jax.data.builders.rows import DataError, MalformedRowError
@@ -146,7 +147,7 @@ def test_every_row_twice_is_reported_by_the_cli(ml100k, tmp_path, capsys, monkey
     from genrank_jax.config import GenRankConfig
 
     def stop(*args, **kwargs):
-        raise ValueError("stopped after loading")
+        raise GenrankError("stopped after loading")
 
     monkeypatch.setattr(GenRankConfig, "preset", stop)  # the report is under test, not training
     for flags, fate in (([], "kept (--drop-duplicates drops them)"), (["--drop-duplicates"], "dropped")):
@@ -212,11 +213,13 @@ def test_headerless_file_with_the_wrong_delimiter(tmp_path):
 
 def test_another_configs_file_is_refused(tmp_path, capsys):
     fixtures.write_grouplens_csv(tmp_path / "raw", fixtures.movielens_log(seed=5))  # ml-20m's ratings.csv
-    with pytest.raises(DataError, match=r"ratings\.csv is the ratings file of movielens:20m or movielens:32m, "
+    names = "movielens:20m or movielens:32m or movielens:latest-small"
+    with pytest.raises(DataError, match=rf"ratings\.csv is the ratings file of {names}, "
                                         r"not of movielens:100k \(which reads u\.data, u\.item, u\.user or "
-                                        r"ml-100k\.inter\) \(load movielens:20m or movielens:32m instead\)"):
+                                        rf"ml-100k\.inter\) \(load {names} instead\)"):
         load(tmp_path / "raw")
-    assert "(use --data movielens:20m or --data movielens:32m)" in cli_error(tmp_path / "raw", capsys)
+    assert ("(use --data movielens:20m or --data movielens:32m or --data movielens:latest-small)"
+            in cli_error(tmp_path / "raw", capsys))
 
 
 def test_more_ratings_than_the_config_is_refused(shared_data_module, ml100k, tmp_path):
