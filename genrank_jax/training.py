@@ -189,6 +189,65 @@ def predict_fn(graphdef, shardings=None):
                    out_shardings=batch_sharding.update(spec=jax.sharding.PartitionSpec()))
 
 
+def model_and_optimizer(config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
+                        train_requests: np.ndarray):
+    """A run's fresh (model, optimizer). numpy only outside the model: it also runs traced (sharded
+    init, and nnx.eval_shape for `genrank-jax train --dry-run`)."""
+    model = build_model(config, rngs=nnx.Rngs(train.seed))
+    if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
+        rows = candidate_rows(dataset, train_requests, train.max_candidates)
+        model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
+    return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestPlan:
+    """What a run trains, validates and evaluates on (`plan_requests`); train_config has the run's
+    step count fixed (epochs x batches_per_epoch when it counts epochs)."""
+
+    layout: SampleLayout
+    builder: SampleBuilder
+    plan: BatchPlan
+    train_requests: np.ndarray
+    validation_requests: np.ndarray | None
+    eval_requests: np.ndarray
+    batches_per_epoch: int
+    train_config: TrainConfig
+
+
+def plan_requests(config: GenRankConfig, train: TrainConfig, dataset: RankingDataset) -> RequestPlan:
+    """The requests and batches of a run, checked (ValueError for a run that cannot work) before any
+    model exists: what `Trainer` starts from, and what `genrank-jax train --dry-run` reports."""
+    layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
+                          num_gap_buckets=config.num_gap_buckets, num_request_slots=config.num_request_slots,
+                          num_slots=config.num_slots, organization=config.organization)
+    builder = SampleBuilder(dataset, layout)
+    fit_requests, validation_requests = dataset.train_requests, None
+    if train.validation_fraction:
+        fit_requests, held = validation_slice(dataset, train.validation_fraction)
+        validation_requests = usable_requests(builder, held, train.min_history)
+        if not len(validation_requests):
+            raise ValueError(f"no validation request has at least {train.min_history} history exposures")
+    train_requests = usable_requests(builder, fit_requests, train.min_history)
+    eval_requests = usable_requests(builder, dataset.eval_requests, train.min_history)
+    if not len(train_requests):
+        raise ValueError(f"no training request has at least {train.min_history} history exposures")
+    longest = int(builder.token_counts(train_requests).max())
+    if longest > config.max_tokens:
+        raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
+                         "lower max_history or raise max_tokens")
+    if train.batch_size > len(train_requests):
+        # a batch is allocated whole ([batch, tokens] per field): 10^9 rows is a MemoryError
+        raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(train_requests):,} "
+                         "training requests: a batch holds at most every request once")
+    plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
+    batches_per_epoch = len(plan_batches(builder, train_requests, plan, 0))
+    if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
+        train = dataclasses.replace(train, steps=train.epochs * batches_per_epoch)
+    return RequestPlan(layout, builder, plan, train_requests, validation_requests, eval_requests,
+                       batches_per_epoch, train)
+
+
 class Trainer:
     """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`.
 
@@ -203,42 +262,16 @@ class Trainer:
                  sharding_options: sharding.ShardingOptions | None = None):
         if config.features != dataset.spec:
             raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
-        self.config, self.train_config, self.dataset = config, train, dataset
-        self.layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
-                                   num_gap_buckets=config.num_gap_buckets,
-                                   num_request_slots=config.num_request_slots, num_slots=config.num_slots,
-                                   organization=config.organization)
-        self.builder = SampleBuilder(dataset, self.layout)
-        fit_requests, self.validation_requests = dataset.train_requests, None
-        if train.validation_fraction:
-            fit_requests, held = validation_slice(dataset, train.validation_fraction)
-            self.validation_requests = usable_requests(self.builder, held, train.min_history)
-            if not len(self.validation_requests):
-                raise ValueError(f"no validation request has at least {train.min_history} history exposures")
-        self.train_requests = usable_requests(self.builder, fit_requests, train.min_history)
-        self.eval_requests = usable_requests(self.builder, dataset.eval_requests, train.min_history)
-        if not len(self.train_requests):
-            raise ValueError(f"no training request has at least {train.min_history} history exposures")
-        longest = int(self.builder.token_counts(self.train_requests).max())
-        if longest > config.max_tokens:
-            raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
-                             "lower max_history or raise max_tokens")
-        if train.batch_size > len(self.train_requests):
-            # a batch is allocated whole ([batch, tokens] per field): 10^9 rows is a MemoryError
-            raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(self.train_requests):,} "
-                             "training requests: a batch holds at most every request once")
-        self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
-        self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
-        if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
-            train = self.train_config = dataclasses.replace(train, steps=train.epochs * self.batches_per_epoch)
+        self.config, self.dataset = config, dataset
+        requests = plan_requests(config, train, dataset)
+        self.layout, self.builder, self.plan = requests.layout, requests.builder, requests.plan
+        self.train_requests, self.validation_requests = requests.train_requests, requests.validation_requests
+        self.eval_requests, self.batches_per_epoch = requests.eval_requests, requests.batches_per_epoch
+        train = self.train_config = requests.train_config
         self.eval_interval = train.eval_every or self.batches_per_epoch
 
-        def make():  # numpy only outside the model: it also runs traced (sharded init)
-            model = build_model(config, rngs=nnx.Rngs(train.seed))
-            if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
-                rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
-                model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
-            return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+        def make():
+            return model_and_optimizer(config, train, dataset, self.train_requests)
 
         self.mesh, shardings = mesh, None
         if mesh is None:
