@@ -476,26 +476,97 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint folder of a training run (genrank-jax train --checkpoint-every N writes "
                              "<out>/checkpoints)")
-    parser.add_argument("--out", required=True, help="folder for encode/score .jaxexport, params.npz, manifest.json")
+    parser.add_argument("--out", default=None, help="folder for encode/score .jaxexport, params.npz, manifest.json "
+                                                    "(default: the next free runs/export-N)")
     parser.add_argument("--platforms", default="cpu", help="comma-separated targets: cpu, cuda, tpu")
     parser.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--overwrite", action="store_true", help="replace the export another run left in --out")
+    add_dry_run_flag(parser)
+
+
+def written_folder(args, command: str, created) -> pathlib.Path:
+    """--out, or the next free runs/<command>-N (reserved now, unless --dry-run); printed first."""
+    from genrank_jax import output_folder
+
+    if args.out is not None:
+        out = pathlib.Path(args.out)
+        print(f"output folder: {out}")
+        return out
+    out = output_folder.next_run(command) if args.dry_run else output_folder.reserve_run(command, created)
+    print(f"output folder: {out} ({output_folder.default_out_note(command)})")
+    args.out = str(out)
+    return out
 
 
 def run_export(args) -> int:
-    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model, load_checkpoint_vocabulary
+    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+
+    created = CreatedFolders()
+    out = written_folder(args, "export", created)
+    # an export that fails leaves no folder behind that it created
+    with removed_unless_saved(created, lambda: holds_files(out)):
+        return _run_export(args, out)
+
+
+def _run_export(args, out: pathlib.Path) -> int:
+    import jax
+    import numpy as np
+
+    from genrank_jax.export import (check_exportable, check_platforms, export_scorer, load_checkpoint_model,
+                                    load_checkpoint_vocabulary)
+    from genrank_jax.output_folder import check_free
 
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
+    check_free(out, overwrite=args.overwrite)  # before the checkpoint is read
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
-    out = export_scorer(model, args.out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
-    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
-          f"score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)" if vocabulary else ""))
+    files = "encode.jaxexport, score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)"
+                                                                              if vocabulary else "")
+    if args.dry_run:
+        from flax import nnx
+
+        from genrank_jax.dry_run import NOTHING_WRITTEN
+
+        check_exportable(model)
+        params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
+              f"{model.config.organization}/{model.config.block} with {params:,} parameters"
+              + (", trained on a user's own log (its vocabulary verified)" if vocabulary else ""))
+        print(f"would export encode and score for {', '.join(platforms)} (compiled through jax.export; seconds on "
+              f"a CPU for the presets here) and write {out}: {files}")
+        print(NOTHING_WRITTEN)
+        return 0
+    out = export_scorer(model, out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
+    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: {files}")
     return 0
+
+
+def version_line() -> str:
+    """`genrank-jax --version`: the package, jax, flax and the backend jax picks here."""
+    import flax
+    import jax
+
+    import genrank_jax
+
+    devices = jax.devices()
+    kinds = sorted({device.device_kind for device in devices})
+    return (f"genrank-jax {genrank_jax.__version__} (jax {jax.__version__}, flax {flax.__version__}, backend "
+            f"{jax.default_backend()}: {len(devices)} x {', '.join(kinds)})")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="genrank-jax", description=__doc__)
+    parser.add_argument("--version", action=_Version, help="print the version of genrank-jax, jax and flax, and "
+                                                           "the backend, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train GenRank or a baseline and evaluate it")
     add_train_arguments(train)

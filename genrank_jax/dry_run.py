@@ -55,6 +55,8 @@ def expected_time(args, steps: int) -> str:
     import jax
 
     platform = jax.default_backend()
+    if steps == 0:
+        return "no step left to train: the run would only evaluate"
     for run in MEASURED:
         if (run.preset, run.architecture, run.organization, run.block, run.max_history, run.max_candidates,
                 run.batch_size, run.platform) == (args.preset, args.architecture, args.organization, args.block,

@@ -35,6 +35,11 @@ def _size(paths: list[pathlib.Path]) -> str:
     return f"{total / 2**20:,.1f} MiB" if total >= 2**20 else f"{total / 2**10:,.1f} KiB"
 
 
+def _prepared(builder) -> bool:
+    """builder.is_prepared(), without TFDS's warning about a folder that does not exist yet."""
+    return (pathlib.Path(str(builder.data_path)) / "dataset_info.json").is_file() and builder.is_prepared()
+
+
 def describe(dataset: RankingDataset) -> str:
     spec = dataset.spec
     return (f"{dataset.interactions.num_exposures:,} exposures, {spec.num_users:,} users, {spec.num_items:,} items, "
@@ -68,7 +73,7 @@ def preview_source(source: str, *, data_dir: str | os.PathLike | None = None, sc
     builder = cached_builder(builder_cls, config, manual_dir, skip_bad_rows=skip_bad_rows,
                              drop_duplicates=drop_duplicates)  # MissingFileError as the run gives it
     files = builder_cls.input_files(config, manual_dir)
-    if builder.is_prepared():
+    if _prepared(builder):
         dataset = load_prepared(builder, name=source, split=split)
         return SourcePreview(dataset, [f"data: {source}, prepared in {builder.data_dir}: {describe(dataset)}"])
     for path in files:
@@ -98,7 +103,7 @@ def _preview_log(path: str, schema, *, split: str, skip_bad_rows: bool, drop_dup
              f"first batch: {len(first):,} rows read and checked against the schema"
              + (f" ({skipped:,} malformed rows skipped)" if skipped else "")]
     builder = log_builder(path, schema, skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates)
-    if builder.is_prepared():
+    if _prepared(builder):
         folder = loaded_folder(builder, schema, load_options(path, split=split))
         dataset = memory_mapped.load(folder)
         if dataset is not None:
