@@ -206,10 +206,11 @@ def check_distributed_flags(args) -> None:
         raise GenrankError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
 
 
-# Set while jax.distributed.initialize runs in its thread: a process that stops waiting (Ctrl-C,
-# the time-out) must leave with os._exit, as jax's C++ client would otherwise hold the exit for its
-# own deadline and then abort with a stack trace (see `main`).
-_JOINING: list = []
+# Holds the jax.distributed.initialize thread of a join that did not complete (Ctrl-C, the time-out,
+# an error). Such a process leaves with os._exit (see `main`): jax's client, still blocked in C++ or
+# shutting its coordination service down at exit, would otherwise hold the exit for seconds, or
+# until its own deadline and then abort with a C++ stack trace.
+_UNFINISHED_JOIN: list = []
 
 
 def join_processes(args) -> None:
@@ -255,7 +256,7 @@ def join_processes(args) -> None:
     print(f"joining {args.num_processes or 'the'} processes{where} (at most {args.distributed_timeout:g} s; "
           "Ctrl-C stops)", flush=True)
     thread = threading.Thread(target=initialize, name="jax.distributed.initialize", daemon=True)
-    _JOINING.append(thread)
+    _UNFINISHED_JOIN.append(thread)
     thread.start()
     deadline = time.monotonic() + args.distributed_timeout
     while thread.is_alive():
@@ -264,9 +265,9 @@ def join_processes(args) -> None:
             raise GenrankError(f"the processes did not all join within {args.distributed_timeout:g} s"
                                + (f" at {args.coordinator}" if args.coordinator else "")
                                + ": are all of them started, with the same --coordinator and --num-processes?")
-    _JOINING.remove(thread)
     error = outcome.get("error")
     if error is None:
+        _UNFINISHED_JOIN.remove(thread)
         return
     if isinstance(error, (ValueError, RuntimeError)) and "coordinator_address" in str(error):
         raise GenrankError(NO_CLUSTER) from None
@@ -601,12 +602,12 @@ def main(argv=None) -> int:
     args = parse_arguments(build_parser(), argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
     code = run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
-    if any(thread.is_alive() for thread in _JOINING):  # stopped waiting for jax.distributed (Ctrl-C, time-out)
+    if argv is None and _UNFINISHED_JOIN:  # the program itself (not a caller in Python) after a failed join
         import os
 
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)  # jax's client, still blocked in C++, would hold the exit until its deadline, then abort
+        os._exit(code)  # see _UNFINISHED_JOIN: now, not when jax's client lets go
     return code
 
 
