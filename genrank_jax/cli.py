@@ -533,8 +533,11 @@ def _run_export(args, out: pathlib.Path) -> int:
         print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
               f"{model.config.organization}/{model.config.block} with {params:,} parameters"
               + (", trained on a user's own log (its vocabulary verified)" if vocabulary else ""))
-        print(f"would export encode and score for {', '.join(platforms)} (compiled through jax.export; seconds on "
-              f"a CPU for the presets here) and write {out}: {files}")
+        print(f"would export encode and score for {', '.join(platforms)} (each compiled through jax.export) and "
+              f"write {out}: {files}")
+        print("expected time: " + ("under a minute (14 s for cpu, 19 s for cpu,cuda measured for a 241,476-parameter "
+                                   "model on a 2-core CPU)" if params <= 10**6 else
+                                   "not measured for a model of this size (the compile time grows with it)"))
         print(NOTHING_WRITTEN)
         return 0
     out = export_scorer(model, out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)

@@ -165,12 +165,15 @@ def _quoted(word: str) -> str:
 
 def user_command(words: list[str], *, cwd=None, home=None) -> str:
     """`words` (a program, its subcommand and arguments) joined as a shell line, with every
-    absolute path, alone or after `=` (`--out=/x`, `name=/x.npy`), written by `user_path`. A path
-    after `=` keeps `~` only where the shell expands it (after a NAME=, not after --out=)."""
+    absolute path, alone or after `=` (`--out=/x`, `name=/x.npy`) or `log:`, written by `user_path`.
+    A path after `=` keeps `~` only where the shell expands it (after a NAME=, not after --out=)."""
     import re
 
     shown = []
     for word in words:
+        if word.startswith("log:/"):  # --data log:PATH
+            shown.append("log:" + _quoted(user_path(word[4:], cwd=cwd, home=home, tilde=False)))
+            continue
         head, sep, tail = word.partition("=")
         if sep and tail.startswith("/") and not word.startswith("/"):
             tilde = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head) is not None

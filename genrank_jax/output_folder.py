@@ -115,19 +115,23 @@ def _number(folder: pathlib.Path, command: str) -> int | None:
     return int(suffix) if folder.name.startswith(prefix) and suffix.isdigit() else None
 
 
-def numbered_runs(command: str, root: str | pathlib.Path = RUNS) -> list[pathlib.Path]:
-    """The `<root>/<command>-N` folders that exist, by N (oldest first)."""
+def _numbered(command: str, root: str | pathlib.Path) -> list[tuple[int, pathlib.Path]]:
     root = pathlib.Path(root)
     if not root.is_dir():
         return []
-    found = [(n, p) for p in root.iterdir() if p.is_dir() and (n := _number(p, command)) is not None]
-    return [p for _, p in sorted(found)]
+    return sorted((n, p) for p in root.iterdir() if (n := _number(p, command)) is not None)
+
+
+def numbered_runs(command: str, root: str | pathlib.Path = RUNS) -> list[pathlib.Path]:
+    """The `<root>/<command>-N` folders that exist, by N (oldest first)."""
+    return [p for _, p in _numbered(command, root) if p.is_dir()]
 
 
 def next_run(command: str, root: str | pathlib.Path = RUNS) -> pathlib.Path:
-    """`<root>/<command>-N` for the N after the highest one there (1 when there is none); not created."""
-    runs = numbered_runs(command, root)
-    return pathlib.Path(root) / f"{command}-{_number(runs[-1], command) + 1 if runs else 1}"
+    """`<root>/<command>-N` for the N after the highest one taken there, by a folder or anything
+    else (1 when there is none); not created."""
+    taken = _numbered(command, root)
+    return pathlib.Path(root) / f"{command}-{taken[-1][0] + 1 if taken else 1}"
 
 
 def reserve_run(command: str, created: CreatedFolders, root: str | pathlib.Path = RUNS) -> pathlib.Path:
