@@ -136,7 +136,12 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
+    import os
+    import time
+
     from genrank_jax.data.sources import data_report, load_dataset
+
+    started, load_start = time.perf_counter(), _load_average()
 
     horizons = [h.strip() for h in args.horizon.split(",") if h.strip()]
     for horizon in horizons:
@@ -183,12 +188,26 @@ def _run(args) -> int:
         report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
                                 bound=args.bound, placebo=not args.no_placebo, progress=progress)
+    from genrank_jax.cli import machine
+
+    # the command as typed (no absolute paths of this machine), and what ran it
     metadata = {**report.metadata, "data": args.data, "horizons": horizons,
-                "command": user_command(["genrank-jax", "lis", *getattr(args, "argv", [])])}
+                "command": user_command(["genrank-jax", "lis", *getattr(args, "argv", [])]), **machine(),
+                "seconds_total": time.perf_counter() - started, "load_average": [load_start, _load_average()], "cpu_cores": os.cpu_count()}
     print(report.to_markdown())  # first: the table is on screen whatever happens to the files
     out = _write_report(report, metadata, args)
     print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
     return 0
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other jobs on the machine stretch the wall times), if known."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _checked_against_data(args, dataset, given_features: dict):
