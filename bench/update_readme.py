@@ -9,7 +9,8 @@ ones), the organization benchmark (organization_*.json), a `genrank-jax train` r
 (train_ml-100k*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 (kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
-(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), lis_movielens.md and the
+(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), the README's `genrank-jax lis`
+run (lis_movielens.md and .json, copies of its lis.md and lis.json, kept by bench/lis_movielens.py), the
 sharding benchmark (scaling_*.json) and the own-log ingest benchmark (ingest_prepare_*.json,
 ingest_pipeline_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.

@@ -90,8 +90,12 @@ def train(args, out: pathlib.Path) -> int:
     from genrank_jax.sharding.rules import check_divisible
     from genrank_jax.training import model_and_optimizer, plan_requests
 
+    # the checks in the order the run makes them, so that the first refusal is the run's
     cli.check_train_folder(args, out)
-    check_unlocked(out)
+    preview = preview_source(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
+                             skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
+    dataset = preview.dataset
+    settings = cli.train_settings(args, dataset) if dataset is not None else None
     distributed = args.distributed or args.coordinator is not None
     mesh = None
     if distributed:
@@ -100,24 +104,22 @@ def train(args, out: pathlib.Path) -> int:
         # the device count is only known once the processes joined; alone, the mesh must fit this machine
         mesh = (_SizedMesh(sharding.parse_mesh_spec(args.mesh)) if distributed
                 else sharding.make_mesh(args.mesh))
-    preview = preview_source(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
-                             skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
+    check_unlocked(out)
     for line in preview.lines:
         print(line)
     if distributed:
         print(_joining(args))
     would_write = (f"would write: {out / 'metrics.json'}, {out / 'training.png'}"
                    + (f", checkpoints in {out / 'checkpoints'}" if args.checkpoint_every or args.resume else ""))
-    if preview.dataset is None:
+    if dataset is None:
         print("model size, steps and the defaults the data's size picks (genrank_jax/defaults.py): known once the "
               "data is prepared; the first run prepares it, and a --dry-run after that reports them")
         print(would_write)
         print(NOTHING_WRITTEN)
         return 0
-    dataset = preview.dataset
     for line in data_report(dataset):
         print(line)
-    train_config, config, defaults_line = cli.train_settings(args, dataset)
+    train_config, config, defaults_line = settings
     print(defaults_line)
     requests = plan_requests(config, train_config, dataset)  # the Trainer's own checks
     train_config = requests.train_config
@@ -127,12 +129,12 @@ def train(args, out: pathlib.Path) -> int:
     params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(model_state))
     param_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(model_state))
     state_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract))
-    if mesh is not None:
+    if mesh is not None:  # the Trainer checks the batch, then the parameters' layout
+        sharding.check_batch_size(mesh, train_config.batch_size)
         pure = nnx.to_pure_dict(abstract)
         table_axes = tuple(args.table_axes.split(",")) if "," in args.table_axes else args.table_axes
         options = sharding.ShardingOptions(table_axes=table_axes, transformer=args.transformer)
         check_divisible(pure, sharding.state_specs(pure, options), mesh)
-        sharding.check_batch_size(mesh, train_config.batch_size)
     resumed_at, resumed = (_check_resume(args, out, config, train_config, dataset, requests, abstract) if args.resume
                            else (0, None))
     print(f"model: {config.architecture}/{config.organization}/{config.block}, preset {args.preset}: {params:,} "
