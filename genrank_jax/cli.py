@@ -521,8 +521,9 @@ def _run_export(args, out: pathlib.Path) -> int:
     check_free(out, overwrite=args.overwrite)  # before the checkpoint is read
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
-    files = "encode.jaxexport, score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)"
-                                                                              if vocabulary else "")
+    names = ["encode.jaxexport", "score.jaxexport", "params.npz", "manifest.json"] + (["vocabulary.npz"]
+                                                                                      if vocabulary else [])
+    files = ", ".join(names) + (" (vocabulary.npz: raw ids)" if vocabulary else "")
     if args.dry_run:
         from flax import nnx
 
@@ -533,8 +534,8 @@ def _run_export(args, out: pathlib.Path) -> int:
         print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
               f"{model.config.organization}/{model.config.block} with {params:,} parameters"
               + (", trained on a user's own log (its vocabulary verified)" if vocabulary else ""))
-        print(f"would export encode and score for {', '.join(platforms)} (each compiled through jax.export) and "
-              f"write {out}: {files}")
+        print(f"would export encode and score for {', '.join(platforms)}, each compiled through jax.export")
+        print("would write: " + ", ".join(str(out / name) for name in names))
         print("expected time: " + ("under a minute (14 s for cpu, 19 s for cpu,cuda measured for a 241,476-parameter "
                                    "model on a 2-core CPU)" if params <= 10**6 else
                                    "not measured for a model of this size (the compile time grows with it)"))

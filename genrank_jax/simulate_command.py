@@ -49,7 +49,8 @@ def _run(args, out) -> int:
     if args.dry_run:
         from genrank_jax.dry_run import NOTHING_WRITTEN
 
-        print(f"would write {what} to {out / 'log.parquet'}, with {out / 'items.parquet'} and {out / 'schema.toml'}")
+        print(f"log: {what}")
+        print(f"would write: {out / 'log.parquet'}, {out / 'items.parquet'}, {out / 'schema.toml'}")
         seconds = MEASURED_SECONDS.get(args.preset)
         print(f"expected time: about {seconds} s (measured on a 2-core CPU)" if seconds else
               "expected time: not measured for this preset")

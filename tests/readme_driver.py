@@ -8,10 +8,13 @@ plan.json: {"commands": [{"argv": [...], "cluster": bool, "producer": bool}], "r
    nothing).
 2. With `real_under_s`, a command whose dry run expects under that many seconds runs for real,
    as written.
-3. Otherwise a `producer` (a later command reads what it writes) runs for real, shortened:
+3. A `producer` (a later command reads what it writes) runs for real, shortened:
    `simulate` with the test preset, `train` interrupted (Ctrl-C, as a user would) right after its
    first checkpoint, saved at step 1, so a later `--resume` or `export` finds a checkpoint of
    exactly that command without training it to the end.
+4. Any other command leaves what its dry run says it "would write" as empty files, so the next
+   command finds the folders the ones before it would have filled: two commands that write to one
+   folder (as every `train` example did, to the one default `--out`) are caught.
 One process for every command: jax starts once, with the device count the caller's XLA_FLAGS give
 (a `--mesh` example finds its devices). `cluster`: the command is meant for a machine inside a
 cluster (a TPU slice): the cluster detection answers yes, as it would there.
@@ -28,6 +31,7 @@ import re
 import sys
 
 EXPECTED = re.compile(r"^expected time: (?:about (\d+) s\b|(under a minute))", re.M)
+WOULD_WRITE = re.compile(r"^would write: (.*)$", re.M)
 
 
 def run(argv: list[str], *, cluster: bool = False, stop_after_first_checkpoint: bool = False) -> dict:
@@ -104,6 +108,19 @@ def walk(plan: dict, results_file: str) -> None:
                                        stop_after_first_checkpoint=True))
             else:
                 record("producer", run(argv))
+        else:
+            stand_in(dry["out"])
+
+
+def stand_in(dry_run_output: str) -> None:
+    """Empty files where the dry run says the command would write (its folder then holds files)."""
+    match = WOULD_WRITE.search(dry_run_output)
+    assert match, f"no 'would write:' line in\n{dry_run_output}"
+    for item in match.group(1).split(", "):
+        if " " not in item:  # a file; "checkpoints in FOLDER" is written as the run goes
+            path = pathlib.Path(item)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ def test_every_readme_command_passes_its_dry_run_in_order(tmp_path):
     check(results)
     dry = [r for r in results if r["kind"] == "dry-run"]
     assert len(dry) == len(plan(tmp_path / "home")), "the walk stopped early"
+    # each command found its own folder, though the ones before it had filled theirs (the README's
+    # examples all wrote to one default --out, so the second was refused)
+    folders = [r["out"].splitlines()[0].split(": ", 1)[1].split(" (")[0] for r in dry if "--resume" not in r["argv"]]
+    assert len(folders) == len(set(folders)), folders
     # the train run that `--resume` continues was interrupted after its first checkpoint, kept and resumed
     resume = next(r for r in dry if r["argv"][:2] == ["train", "--resume"])
     assert "resume: from step 1 (verified" in resume["out"], resume["out"]
