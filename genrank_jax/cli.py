@@ -216,9 +216,10 @@ _UNFINISHED_JOIN: list = []
 def join_processes(args) -> None:
     """jax.distributed.initialize with one-line errors: missing flags are named; a process that is
     not the coordinator waits for its address at most --distributed-timeout seconds (jax's own wait
-    is 5 minutes, then a C++ abort); jax's wait for the other processes gets the same bound. Both
-    waits end within a second on Ctrl-C: jax's runs in a thread (it blocks in C++, where Python
-    never sees the signal) while this one waits for it in short slices."""
+    is 5 minutes, then a C++ abort), and for the other processes to join as long again. Both waits
+    end within a second on Ctrl-C: jax's runs in a thread (it blocks in C++, where Python never sees
+    the signal) while this thread waits for it in short slices and ends it at the time-out itself
+    (jax's own bound, 10 s later, would abort with a C++ stack trace)."""
     import inspect
     import math
     import socket

@@ -36,13 +36,14 @@ class MeasuredRun:
     source: str
 
 
-# Whole `train` runs divided by their steps (compilation and validation included), from the
-# README's results section: the defaults on each kind of data.
+# The README's two `train` runs (bench/results/train_*.json), training time over steps (compilation
+# and validation included; loading the data and the final evaluation add ~15 s), the defaults on
+# each kind of data, measured with other jobs on the same 2 cores (load average 6 to 7.6).
 MEASURED = (
-    MeasuredRun("small", "genrank", "action", "transformer", 56, 128, 64, "cpu", 2, 0.164,
-                "genrank-jax train: 1000 steps in 164 s, bench/results/train_default.json"),
-    MeasuredRun("tiny", "genrank", "action", "transformer", 128, 64, 64, "cpu", 2, 1.82,
-                "genrank-jax train --data movielens:100k: 224 steps in 407 s, bench/results/train_ml-100k.json"),
+    MeasuredRun("small", "genrank", "action", "transformer", 56, 128, 64, "cpu", 2, 0.132,
+                "genrank-jax train: 1000 steps in 132 s, bench/results/train_default.json"),
+    MeasuredRun("tiny", "genrank", "action", "transformer", 128, 64, 64, "cpu", 2, 0.45,
+                "genrank-jax train --data movielens:100k: 224 steps in 101 s, bench/results/train_ml-100k.json"),
 )
 
 
