@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchlib import RESULTS, run_header, write_rows
+from genrank_jax.command_line import user_command
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import batch_shape, padded_max_tokens, plan_batches
 from genrank_jax.data.sources import load_dataset
@@ -345,7 +345,7 @@ def main(argv=None):
     unknown = set(names) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
-    command = "python bench/ablation.py " + " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+    command = user_command(["python", "bench/ablation.py", *(sys.argv[1:] if argv is None else argv)])
     dataset = load_dataset(args.data, data_dir=args.data_dir)
     split = "temporal"
     defaults = defaults_for(dataset)

@@ -6,13 +6,13 @@ import json
 import os
 import pathlib
 import statistics
-import shlex
 import sys
 import time
 
 import jax
 
 from genrank_jax.cli import machine
+from genrank_jax.command_line import user_command
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -37,7 +37,8 @@ def run_header() -> dict:
     """Device kind, platform, jax version, git commit and command line of this run."""
     script = pathlib.Path(sys.argv[0])
     script = f"bench/{script.name}" if script.parent.name == "bench" else str(script)
-    return dict(machine(), command=shlex.join(["python", script, *sys.argv[1:]]))
+    # as typed, without the absolute paths of this machine (genrank_jax.command_line.user_command)
+    return dict(machine(), command=user_command(["python", script, *sys.argv[1:]]))
 
 
 def write_rows(name: str, header: dict, rows: list[dict], out: str | None) -> pathlib.Path | None:

@@ -9,7 +9,8 @@ ones), the organization benchmark (organization_*.json), a `genrank-jax train` r
 (train_ml-100k*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 (kernel_ops_*.json, with the ratios of the oldest run beside the newest), the serving benchmark
-(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), lis_movielens.md and the
+(serving_*.json), the LIS table at a catalog's size (lis_scale_*.json), the README's `genrank-jax lis`
+run (lis_movielens.md and .json, copies of its lis.md and lis.json, kept by bench/lis_movielens.py), the
 sharding benchmark (scaling_*.json) and the own-log ingest benchmark (ingest_prepare_*.json,
 ingest_pipeline_*.json). Every table names the machine, jax version, git commit and command behind it;
 a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
@@ -348,17 +349,36 @@ def serving_section(results: pathlib.Path) -> list[str]:
             "", f"_Source: `{relative(path)}`._"]
 
 
+def _load_text(meta: dict) -> str:
+    load = meta.get("load_average") or []
+    if len(load) != 2 or None in load:
+        return ""
+    cores = f" on {meta['cpu_cores']} cores" if meta.get("cpu_cores") else ""
+    return f"; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end{cores}"
+
+
 def lis_section(results: pathlib.Path) -> list[str]:
-    path = results / "lis_movielens.md"
+    """The README's `genrank-jax lis` run (bench/lis_movielens.py keeps its lis.md and lis.json)."""
+    path, twin = results / "lis_movielens.md", results / "lis_movielens.json"
     title = "### LIS / AIS on MovieLens-100K"
-    if not path.is_file():
-        return [title, "", "_No LIS results yet (`bench/results/lis_movielens.md` is absent)._"]
-    lines = path.read_text().rstrip().splitlines()
-    # the markdown states its own run; its JSON twin, when present, names the machine and command
-    twin = path.with_suffix(".json")
-    meta = json.loads(twin.read_text()).get("metadata", {}) if twin.is_file() else {}
-    where = [f"Machine: {machine(meta)}. Command: `{meta.get('command', 'not recorded')}`.", ""] if meta else []
-    return [title, "", *where, *lines, "", f"_Source: `{relative(path)}`._"]
+    if not path.is_file() or not twin.is_file():
+        return [title, "", "_No LIS results yet (run `python bench/lis_movielens.py`)._"]
+    meta = json.loads(twin.read_text()).get("metadata", {})
+    probe = meta.get("probe", {})
+    tasks = ", ".join(f"`{task}`" for task in meta.get("tasks", []))
+    import datetime
+
+    cutoff = datetime.datetime.fromtimestamp(meta.get("cutoff", 0), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"Task {tasks}, cutoff {cutoff}: {meta.get('train_rows', 0):,} "
+            f"train / {meta.get('eval_rows', 0):,} eval rows, {meta.get('seeds')} seeds, probe dim {probe.get('dim')}, "
+            f"MLP {tuple(probe.get('hidden', ()))}, {probe.get('epochs')} epochs; {meta.get('probes')} probes, "
+            f"{meta.get('placebo_probes')} of them placebos; {meta.get('seconds_total', 0):.0f} s end to end "
+            f"({meta.get('seconds', 0):.0f} s of probes{_load_text(meta)}). Δ (LIS / AIS) is the mean paired AUC gain over the "
+            "placebo probe of the same seed (a random feature of the same kind and width, the row named in \"vs\"); "
+            "raw Δ is the gain over the no-feature baseline. AIS / LIS divides by the largest LIS.")
+    return [title, "", f"Machine: {machine(meta)}. Command: `{meta.get('command', 'not recorded')}` (the README's, "
+                       "run by `bench/lis_movielens.py`).", "", text, "", *path.read_text().rstrip().splitlines(),
+            "", f"_Source: `{relative(path)}`, `{relative(twin)}`._"]
 
 
 def scaling_section(results: pathlib.Path) -> list[str]:

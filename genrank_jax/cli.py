@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import pathlib
-import shlex
 import sys
 import time
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from genrank_jax.command_line import (CommandLineParser, add_debug_flags, fraction, non_negative_float,
                                       non_negative_int, parse_arguments, positive_float, positive_int,
-                                      run_reporting_errors)
+                                      add_dry_run_flag, run_reporting_errors, user_command)
 from genrank_jax.config import ARCHITECTURES
 from genrank_jax.errors import GenrankError
 
@@ -90,8 +89,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build training batches with numpy on the host, or on the accelerator from columns put "
                              "there once (the host sends request indices only); auto: device on a GPU/TPU without "
                              "--mesh, host otherwise")
-    parser.add_argument("--out", default="runs/genrank", help="output folder (metrics.json, checkpoints)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (metrics.json, checkpoints); default: the next free runs/train-N, or with "
+                             "--resume the newest one")
     parser.add_argument("--no-progress", action="store_true")
+    add_dry_run_flag(parser)
     sharded = parser.add_argument_group("several devices and hosts (genrank_jax.sharding)")
     sharded.add_argument("--mesh", default=None, help="train on a device mesh, e.g. data=4,model=2 (sizes multiply "
                          "to the device count of all processes): batch over data, table rows over model")
@@ -228,31 +230,51 @@ def _cluster_around() -> bool:
     return any(not getattr(kind, "opt_in_only_method", False) and kind.is_env_present() for kind in kinds)
 
 
-def join_processes(args) -> None:
-    """jax.distributed.initialize with one-line errors: missing flags are named, and a process
-    that is not the coordinator waits for its address at most --distributed-timeout seconds
-    (jax's own wait is 5 minutes, then a C++ abort), interruptible by Ctrl-C; jax's wait for the
-    other processes gets the same bound."""
-    import inspect
-    import math
-    import socket
-
-    import jax
-
+def check_distributed_flags(args) -> None:
+    """The --distributed flags' own errors (no cluster and no --coordinator, some of the three flags
+    without the others, a --coordinator that is not host:port), before anything waits."""
     if args.coordinator is None and not _cluster_around():
         raise GenrankError(NO_CLUSTER)
     given = [args.coordinator, args.num_processes, args.process_id]
     if any(v is not None for v in given) and not all(v is not None for v in given):
         missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if v is None]
         raise GenrankError(f"--distributed with some of its flags needs all three: missing {', '.join(missing)}")
-    if args.coordinator is not None and args.process_id != 0:
+    if args.coordinator is not None:
         host, _, port = args.coordinator.rpartition(":")
         if not host or not port.isdigit():
             raise GenrankError(f"--coordinator {args.coordinator!r} must be host:port")
+    if args.process_id is not None and args.num_processes is not None and args.process_id >= args.num_processes:
+        raise GenrankError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
+
+
+# Holds the jax.distributed.initialize thread of a join that did not complete (Ctrl-C, the time-out,
+# an error). Such a process leaves with os._exit (see `main`): jax's client, still blocked in C++ or
+# shutting its coordination service down at exit, would otherwise hold the exit for seconds, or
+# until its own deadline and then abort with a C++ stack trace.
+_UNFINISHED_JOIN: list = []
+
+
+def join_processes(args) -> None:
+    """jax.distributed.initialize with one-line errors: missing flags are named; a process that is
+    not the coordinator waits for its address at most --distributed-timeout seconds (jax's own wait
+    is 5 minutes, then a C++ abort), and for the other processes to join as long again. Both waits
+    end within a second on Ctrl-C: jax's runs in a thread (it blocks in C++, where Python never sees
+    the signal) while this thread waits for it in short slices and ends it at the time-out itself
+    (jax's own bound, 10 s later, would abort with a C++ stack trace)."""
+    import inspect
+    import math
+    import socket
+    import threading
+
+    import jax
+
+    check_distributed_flags(args)
+    if args.coordinator is not None and args.process_id != 0:
+        host, _, port = args.coordinator.rpartition(":")
         deadline = time.monotonic() + args.distributed_timeout
         while True:
             try:
-                socket.create_connection((host, int(port)), timeout=1.0).close()
+                socket.create_connection((host, int(port)), timeout=0.5).close()
                 break
             except OSError as error:
                 if time.monotonic() > deadline:
@@ -260,17 +282,39 @@ def join_processes(args) -> None:
                                        f"{args.distributed_timeout:g} s ({error.strerror or error}): is process 0 "
                                        "running, and is the address reachable from here?") from None
                 time.sleep(0.2)
-    # the same bound on jax's own wait for the other processes, where this jax takes one
+    # jax's own bound on its wait for the other processes, a little past ours so that ours speaks first
     timeout = {}
     if "initialization_timeout" in inspect.signature(jax.distributed.initialize).parameters:
-        timeout["initialization_timeout"] = max(1, math.ceil(args.distributed_timeout))
-    try:
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id, **timeout)
-    except (ValueError, RuntimeError) as error:
-        if "coordinator_address" in str(error):
-            raise GenrankError(NO_CLUSTER) from None
-        # the cluster, not this code: a user-fixable error whichever kind jax raised
-        raise GenrankError(f"joining the other processes failed: {error}") from error
+        timeout["initialization_timeout"] = max(1, math.ceil(args.distributed_timeout)) + 10
+    outcome: dict = {}
+
+    def initialize():
+        try:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id, **timeout)
+        except BaseException as error:  # handed to the waiting thread
+            outcome["error"] = error
+
+    where = f" at {args.coordinator}" if args.coordinator else ""
+    print(f"joining {args.num_processes or 'the'} processes{where} (at most {args.distributed_timeout:g} s; "
+          "Ctrl-C stops)", flush=True)
+    thread = threading.Thread(target=initialize, name="jax.distributed.initialize", daemon=True)
+    _UNFINISHED_JOIN.append(thread)
+    thread.start()
+    deadline = time.monotonic() + args.distributed_timeout
+    while thread.is_alive():
+        thread.join(0.05)
+        if thread.is_alive() and time.monotonic() > deadline:
+            raise GenrankError(f"the processes did not all join within {args.distributed_timeout:g} s"
+                               + (f" at {args.coordinator}" if args.coordinator else "")
+                               + ": are all of them started, with the same --coordinator and --num-processes?")
+    error = outcome.get("error")
+    if error is None:
+        _UNFINISHED_JOIN.remove(thread)
+        return
+    if isinstance(error, (ValueError, RuntimeError)) and "coordinator_address" in str(error):
+        raise GenrankError(NO_CLUSTER) from None
+    # the cluster, not this code: a user-fixable error whichever kind jax raised
+    raise GenrankError(f"joining the other processes failed: {error}") from error
 
 
 def mesh_from_args(args):
@@ -285,18 +329,13 @@ def mesh_from_args(args):
     return sharding.make_mesh(args.mesh), sharding.ShardingOptions(table_axes=table_axes, transformer=args.transformer)
 
 
-def run_train(args) -> int:
+def train_settings(args, dataset):
+    """(TrainConfig, GenRankConfig, the defaults line) of the options, the defaults the data's size
+    picks filled in: the same for a run and its --dry-run."""
     from genrank_jax.config import GenRankConfig
-    from genrank_jax.curves import plot_training_curve
     from genrank_jax.data.batching import padded_max_tokens
-    from genrank_jax.data.sources import data_report, load_dataset
-    from genrank_jax.training import OutputInUseError, TrainConfig, Trainer, check_output_folder, oracle_metrics
+    from genrank_jax.training import TrainConfig
 
-    check_train_options(args)
-    dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
-                           skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
-    for line in data_report(dataset):
-        print(line)
     defaults_line = resolve_defaults(args, dataset)
     train = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                         learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
@@ -312,19 +351,97 @@ def run_train(args) -> int:
         max_tokens=max(GenRankConfig.preset(args.preset, dataset.spec).max_tokens,
                        padded_max_tokens(args.organization, args.max_history, train.max_candidates)),
     )
-    out = pathlib.Path(args.out)
+    return train, config, defaults_line
+
+
+def check_train_folder(args, out: pathlib.Path) -> None:
+    """Refuse an --out the run cannot use (a file; another run's results; --resume of nothing)."""
+    from genrank_jax.training import OutputInUseError, check_output_folder
+
     if out.exists() and not out.is_dir():
         raise OutputInUseError(f"--out {out} is a file, not a folder")
     if args.resume and not out.exists():
         raise OutputInUseError(f"--resume: {out} does not exist, so there is no run to resume (a mistyped --out?)",
                                cli_hint="drop --resume to start a new run there")
     check_output_folder(out, resume=args.resume, overwrite=args.overwrite)
-    saved = out / "checkpoints"
-    if args.resume and not (saved.is_dir() and any(p.name.isdigit() for p in saved.iterdir())):
+    if args.resume and not checkpoint_steps(out):
         # a run from step 0 printed as "resumed" hid a mistyped --out (or one that never saved)
-        raise OutputInUseError(f"--resume: {out} holds no checkpoint to resume (none in {saved})",
+        raise OutputInUseError(f"--resume: {out} holds no checkpoint to resume (none in {out / 'checkpoints'})",
                                cli_hint="drop --resume to start a new run there, or name the run's folder")
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def checkpoint_steps(out: pathlib.Path) -> list[int]:
+    """The saved steps in a train run's folder (finished checkpoints: orbax renames them into place)."""
+    folder = pathlib.Path(out) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def train_saved(out: pathlib.Path) -> bool:
+    """Whether a train run saved anything in `out` (a checkpoint or its metrics.json)."""
+    return bool(checkpoint_steps(out)) or (pathlib.Path(out) / "metrics.json").exists()
+
+
+def train_folder(args, created) -> pathlib.Path:
+    """The run's folder: --out; without it the next free runs/train-N (reserved now, unless --dry-run),
+    or with --resume the newest runs/train-N. Prints it as the first line of output."""
+    from genrank_jax import output_folder
+    from genrank_jax.training import OutputInUseError
+
+    if args.out is not None:
+        out = pathlib.Path(args.out)
+        print(f"run folder: {out}")
+        return out
+    if args.resume:
+        runs = output_folder.numbered_runs("train")
+        if not runs:
+            raise OutputInUseError(f"--resume without --out resumes the newest {output_folder.RUNS}/train-N, and "
+                                   f"there is none in {output_folder.RUNS.resolve()}",
+                                   cli_hint="name the run's folder with --out")
+        newest = runs[-1]
+        if not checkpoint_steps(newest):
+            resumable = [f"{run} (step {checkpoint_steps(run)[-1]})" for run in reversed(runs) if checkpoint_steps(run)]
+            choices = (f"runs with checkpoints: {', '.join(resumable)}" if resumable else
+                       f"none of {', '.join(str(r) for r in runs)} holds one (trained without --checkpoint-every?)")
+            raise OutputInUseError(f"--resume without --out resumes the newest run, {newest}, which holds no "
+                                   f"checkpoint; {choices}", cli_hint="name the run to resume with --out")
+        others = f"; other runs: {', '.join(str(r) for r in reversed(runs[:-1]))}" if len(runs) > 1 else ""
+        print(f"run folder: {newest} (the newest {output_folder.RUNS}/train-N, resumed; --out names another{others})")
+        args.out = str(newest)
+        return newest
+    if args.dry_run:
+        out = output_folder.next_run("train")
+        print(f"run folder: {out} ({output_folder.default_out_note('train')})")
+    else:
+        out = output_folder.reserve_run("train", created)
+        print(f"run folder: {out} ({output_folder.default_out_note('train')})")
+    args.out = str(out)
+    return out
+
+
+def run_train(args) -> int:
+    from genrank_jax.output_folder import CreatedFolders, removed_unless_saved
+
+    check_train_options(args)
+    created = CreatedFolders()
+    out = train_folder(args, created)
+    if args.dry_run:
+        from genrank_jax import dry_run
+        return dry_run.train(args, out)
+    # a run that fails before it saved anything leaves no folder behind that it created
+    with removed_unless_saved(created, lambda: train_saved(out)):
+        return _run_train(args, out, created)
+
+
+def _run_train(args, out: pathlib.Path, created) -> int:
+    from genrank_jax.data.sources import data_report, load_dataset
+
+    check_train_folder(args, out)  # before the data loads: that can take minutes
+    dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
+                           skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
+    for line in data_report(dataset):
+        print(line)
+    train, config, defaults_line = train_settings(args, dataset)
+    created.make(out)
     mesh, sharding_options = mesh_from_args(args)
     import jax
 
@@ -343,9 +460,10 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     if args.overwrite and (moved := trainer.overwrite_checkpoints()):
         print(f"--overwrite: moved the checkpoints at steps {moved} aside from {trainer.checkpoints.directory}; "
               "they are deleted once this run saves its first checkpoint")
+    resumed_at = None
     if args.resume:  # run_train refused a folder without checkpoints
-        step = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
-        print(f"resumed at step {step}")
+        resumed_at = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
+        print(f"resumed at step {resumed_at}")
     validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
     print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
@@ -365,7 +483,7 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     best = trainer.best
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
     report = {
-        "data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
+        "data": args.data, "command": user_command(["genrank-jax", "train", *args.argv]), "machine": machine(),
         "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
         "eval_state": "best validation" if best else "last",
@@ -408,7 +526,10 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
         print(format_table(report["refit"]["eval"], oracle))
     padding = f", {report['padding_ratio']:.1%} padding" if report["padding_ratio"] is not None else ""
     picture = f" and {out / 'training.png'}" if best else ""
-    print(f"trained {trainer.step} steps in {train_seconds:.1f} s{padding}; metrics in {out / 'metrics.json'}{picture}")
+    trained = (f"resumed at step {resumed_at}; trained {trainer.step - resumed_at} more steps in {train_seconds:.1f} s "
+               f"(step {trainer.step} now)" if resumed_at is not None
+               else f"trained {trainer.step} steps in {train_seconds:.1f} s")
+    print(f"{trained}{padding}; metrics in {out / 'metrics.json'}{picture}")
     return 0
 
 
@@ -447,26 +568,101 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint folder of a training run (genrank-jax train --checkpoint-every N writes "
                              "<out>/checkpoints)")
-    parser.add_argument("--out", required=True, help="folder for encode/score .jaxexport, params.npz, manifest.json")
+    parser.add_argument("--out", default=None, help="folder for encode/score .jaxexport, params.npz, manifest.json "
+                                                    "(default: the next free runs/export-N)")
     parser.add_argument("--platforms", default="cpu", help="comma-separated targets: cpu, cuda, tpu")
     parser.add_argument("--step", type=non_negative_int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--overwrite", action="store_true", help="replace the export another run left in --out")
+    add_dry_run_flag(parser)
+
+
+def written_folder(args, command: str, created) -> pathlib.Path:
+    """--out, or the next free runs/<command>-N (reserved now, unless --dry-run); printed first."""
+    from genrank_jax import output_folder
+
+    if args.out is not None:
+        out = pathlib.Path(args.out)
+        print(f"output folder: {out}")
+        return out
+    out = output_folder.next_run(command) if args.dry_run else output_folder.reserve_run(command, created)
+    print(f"output folder: {out} ({output_folder.default_out_note(command)})")
+    args.out = str(out)
+    return out
 
 
 def run_export(args) -> int:
-    from genrank_jax.export import check_platforms, export_scorer, load_checkpoint_model, load_checkpoint_vocabulary
+    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+
+    created = CreatedFolders()
+    out = written_folder(args, "export", created)
+    # an export that fails leaves no folder behind that it created
+    with removed_unless_saved(created, lambda: holds_files(out)):
+        return _run_export(args, out)
+
+
+def _run_export(args, out: pathlib.Path) -> int:
+    import jax
+    import numpy as np
+
+    from genrank_jax.export import (check_exportable, check_platforms, export_scorer, load_checkpoint_model,
+                                    load_checkpoint_vocabulary)
+    from genrank_jax.output_folder import check_free
 
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
+    check_free(out, overwrite=args.overwrite)  # before the checkpoint is read
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
-    out = export_scorer(model, args.out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
-    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: encode.jaxexport, "
-          f"score.jaxexport, params.npz, manifest.json" + (", vocabulary.npz (raw ids)" if vocabulary else ""))
+    names = ["encode.jaxexport", "score.jaxexport", "params.npz", "manifest.json"] + (["vocabulary.npz"]
+                                                                                      if vocabulary else [])
+    files = ", ".join(names) + (" (vocabulary.npz: raw ids)" if vocabulary else "")
+    if args.dry_run:
+        from flax import nnx
+
+        from genrank_jax.dry_run import NOTHING_WRITTEN
+
+        check_exportable(model)
+        params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
+              f"{model.config.organization}/{model.config.block} with {params:,} parameters"
+              + (", trained on a user's own log (its vocabulary verified)" if vocabulary else ""))
+        print(f"would export encode and score for {', '.join(platforms)}, each compiled through jax.export")
+        print("would write: " + ", ".join(str(out / name) for name in names))
+        print("expected time: " + ("under a minute (14 s for cpu, 19 s for cpu,cuda measured for a 241,476-parameter "
+                                   "model on a 2-core CPU)" if params <= 10**6 else
+                                   "not measured for a model of this size (the compile time grows with it)"))
+        print(NOTHING_WRITTEN)
+        return 0
+    out = export_scorer(model, out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
+    print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: {files}")
     return 0
+
+
+def version_line() -> str:
+    """`genrank-jax --version`: the package, jax, flax and the backend jax picks here."""
+    import flax
+    import jax
+
+    import genrank_jax
+
+    devices = jax.devices()
+    kinds = sorted({device.device_kind for device in devices})
+    return (f"genrank-jax {genrank_jax.__version__} (jax {jax.__version__}, flax {flax.__version__}, backend "
+            f"{jax.default_backend()}: {len(devices)} x {', '.join(kinds)})")
+
+
+class _Version(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandLineParser(prog="genrank-jax", description=__doc__)
+    parser.add_argument("--version", action=_Version, help="print the version of genrank-jax, jax and flax, and "
+                                                           "the backend, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train GenRank or a baseline and evaluate it")
     add_train_arguments(train)
@@ -500,7 +696,14 @@ def main(argv=None) -> int:
     """Run a subcommand; any error it raises is reported as one line (see genrank_jax/command_line.py)."""
     args = parse_arguments(build_parser(), argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
-    return run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
+    code = run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)
+    if argv is None and _UNFINISHED_JOIN:  # the program itself (not a caller in Python) after a failed join
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # see _UNFINISHED_JOIN: now, not when jax's client lets go
+    return code
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@
   traceback shows.
 - Option types that validate numbers (`positive_int`, `non_negative_int`, `positive_float`,
   `non_negative_float`, `fraction`).
+- `user_command`: the command line as a user would type it, for reports (no absolute paths of the
+  machine that ran it).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import pathlib
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -55,6 +60,14 @@ def add_debug_flags(parser: argparse.ArgumentParser) -> None:
                     # SUPPRESS: a subcommand's default must not undo `genrank-jax --debug <command>`
                     sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                      help="show the traceback of an error")
+
+
+def add_dry_run_flag(parser: argparse.ArgumentParser) -> None:
+    """`--dry-run`: check everything the command would use, say what it would do, write nothing."""
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every option, the data, the output folder and any checkpoint, print what the "
+                             "run would do, and stop without writing anything (exit 0, or 2 with the error the run "
+                             "would give)")
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -123,3 +136,49 @@ def fraction(text: str) -> float:
     if value >= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
     return value
+
+
+def user_path(text: str, *, cwd: str | os.PathLike | None = None, home: str | os.PathLike | None = None,
+              tilde: bool = True) -> str:
+    """An absolute path as a user would type it: relative to `cwd` (the folder the command ran in)
+    when inside it, else `~/...` under the home folder (`tilde`), else relative to `cwd`. Anything
+    that is not an absolute path is returned unchanged."""
+    if not text.startswith("/"):
+        return text
+    path = pathlib.PurePath(os.path.normpath(text))
+    home = pathlib.PurePath(home if home is not None else os.path.expanduser("~"))
+    cwd = pathlib.PurePath(cwd if cwd is not None else os.getcwd())
+    if path == cwd or cwd in path.parents:
+        return os.path.relpath(path, cwd)
+    if tilde and str(home) != "/" and (path == home or home in path.parents):
+        return "~" if path == home else f"~/{path.relative_to(home)}"
+    return os.path.relpath(path, cwd)
+
+
+def _quoted(word: str) -> str:
+    """shlex.quote, leaving a leading `~/` outside the quotes (so the shell still expands it)."""
+    if word == "~" or word.startswith("~/"):
+        rest = word[2:]
+        return "~/" + (shlex.quote(rest) if rest else "") if word != "~" else "~"
+    return shlex.quote(word)
+
+
+def user_command(words: list[str], *, cwd=None, home=None) -> str:
+    """`words` (a program, its subcommand and arguments) joined as a shell line, with every
+    absolute path, alone or after `=` (`--out=/x`, `name=/x.npy`) or `log:`, written by `user_path`.
+    A path after `=` keeps `~` only where the shell expands it (after a NAME=, not after --out=)."""
+    import re
+
+    shown = []
+    for word in words:
+        if word.startswith("log:/"):  # --data log:PATH
+            shown.append("log:" + _quoted(user_path(word[4:], cwd=cwd, home=home, tilde=False)))
+            continue
+        head, sep, tail = word.partition("=")
+        if sep and tail.startswith("/") and not word.startswith("/"):
+            tilde = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head) is not None
+            path = user_path(tail, cwd=cwd, home=home, tilde=tilde)
+            shown.append(shlex.quote(head + sep) + _quoted(path) if path.startswith("~") else shlex.quote(head + sep + path))
+        else:
+            shown.append(_quoted(user_path(word, cwd=cwd, home=home)))
+    return " ".join(shown)

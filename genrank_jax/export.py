@@ -101,6 +101,17 @@ def check_platforms(platforms) -> tuple[str, ...]:
     return platforms
 
 
+def check_exportable(model) -> None:
+    """GenrankError unless `model` is one `export_scorer` can export (a GenRank model)."""
+    if model.config.architecture != "genrank":
+        raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
+    if model.config.use_aggregates:
+        # serving would need the aggregates of the history and the candidates from a feature store
+        raise GenrankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
+                           "serving yet: the scorer takes ids, not a feature store's aggregates; train with "
+                           "--no-aggregates for a model export can serve")
+
+
 def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite: bool = False) -> pathlib.Path:
     """Write encode/score artifacts, parameters and manifest of `model` into folder `out`
     (and `vocabulary`, the Vocabulary of a model trained on a user's own log).
@@ -111,13 +122,7 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
     from genrank_jax.output_folder import check_free, written_whole
 
     platforms = check_platforms(platforms)
-    if model.config.architecture != "genrank":
-        raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
-    if model.config.use_aggregates:
-        # serving would need the aggregates of the history and the candidates from a feature store
-        raise GenrankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
-                           "serving yet: the scorer takes ids, not a feature store's aggregates; train with "
-                           "--no-aggregates for a model export can serve")
+    check_exportable(model)
     check_free(out, overwrite=overwrite)
     with written_whole(out, overwrite=overwrite) as folder:
         _write_export(model, folder, platforms, vocabulary)

@@ -223,6 +223,81 @@ def predict_fn(graphdef, shardings=None):
                    out_shardings=batch_sharding.update(spec=jax.sharding.PartitionSpec()))
 
 
+def model_and_optimizer(config: GenRankConfig, train: TrainConfig, dataset: RankingDataset,
+                        train_requests: np.ndarray):
+    """A run's fresh (model, optimizer). numpy only outside the model: it also runs traced (sharded
+    init, and nnx.eval_shape for `genrank-jax train --dry-run`)."""
+    model = build_model(config, rngs=nnx.Rngs(train.seed))
+    if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
+        rows = candidate_rows(dataset, train_requests, train.max_candidates)
+        model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
+    return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestPlan:
+    """What a run trains, validates and evaluates on (`plan_requests`); train_config has the run's
+    step count fixed (epochs x batches_per_epoch when it counts epochs)."""
+
+    layout: SampleLayout
+    builder: SampleBuilder
+    plan: BatchPlan
+    train_requests: np.ndarray
+    validation_requests: np.ndarray | None
+    eval_requests: np.ndarray
+    batches_per_epoch: int
+    train_config: TrainConfig
+    # the stream schedule's windows (request indices per window), warm-up count and step offsets
+    stream_windows: list[np.ndarray] | None = None
+    stream_warmup: int = 0
+    stream_offsets: np.ndarray | None = None
+
+
+def plan_requests(config: GenRankConfig, train: TrainConfig, dataset: RankingDataset) -> RequestPlan:
+    """The requests and batches of a run, checked (ValueError for a run that cannot work) before any
+    model exists: what `Trainer` starts from, and what `genrank-jax train --dry-run` reports."""
+    layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
+                          num_gap_buckets=config.num_gap_buckets, num_request_slots=config.num_request_slots,
+                          num_slots=config.num_slots, organization=config.organization,
+                          aggregates=config.reads_aggregates)
+    builder = SampleBuilder(dataset, layout)
+    fit_requests, validation_requests = dataset.train_requests, None
+    if train.schedule == "stream":  # the whole log, in time order
+        fit_requests = stream_order(dataset)
+    if train.validation_fraction:
+        fit_requests, held = validation_slice(dataset, train.validation_fraction)
+        validation_requests = usable_requests(builder, held, train.min_history)
+        if not len(validation_requests):
+            raise ValueError(f"no validation request has at least {train.min_history} history exposures")
+    train_requests = usable_requests(builder, fit_requests, train.min_history)
+    eval_requests = usable_requests(builder, dataset.eval_requests, train.min_history)
+    if not len(train_requests):
+        raise ValueError(f"no training request has at least {train.min_history} history exposures")
+    longest = int(builder.token_counts(train_requests).max())
+    if longest > config.max_tokens:
+        raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
+                         "lower max_history or raise max_tokens")
+    if train.batch_size > len(train_requests):
+        # a batch is allocated whole ([batch, tokens] per field): 10^9 rows is a MemoryError
+        raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(train_requests):,} "
+                         "training requests: a batch holds at most every request once")
+    plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
+    if train.schedule == "stream":
+        ids = window_ids(dataset, train_requests, parse_window(train.window))
+        windows = [train_requests[ids == w] for w in range(int(ids.max()) + 1)]
+        # window w's batches: the plan of its requests, shuffled with (seed, w) like an epoch's
+        sizes = [len(plan_batches(builder, requests, plan, w)) for w, requests in enumerate(windows)]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        train = dataclasses.replace(train, steps=int(offsets[-1]))
+        return RequestPlan(layout, builder, plan, train_requests, validation_requests, eval_requests,
+                           int(offsets[-1]), train, windows, warmup_windows(dataset, train_requests, ids), offsets)
+    batches_per_epoch = len(plan_batches(builder, train_requests, plan, 0))
+    if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
+        train = dataclasses.replace(train, steps=train.epochs * batches_per_epoch)
+    return RequestPlan(layout, builder, plan, train_requests, validation_requests, eval_requests,
+                       batches_per_epoch, train)
+
+
 class Trainer:
     """Trains one model config on one dataset; evaluates; checkpoints under `output_dir`.
 
@@ -237,57 +312,20 @@ class Trainer:
                  sharding_options: sharding.ShardingOptions | None = None):
         if config.features != dataset.spec:
             raise ValueError(f"config.features {config.features} do not match the dataset's {dataset.spec}")
-        self.config, self.train_config, self.dataset = config, train, dataset
-        self.layout = SampleLayout(max_history=train.max_history, max_candidates=train.max_candidates,
-                                   num_gap_buckets=config.num_gap_buckets,
-                                   num_request_slots=config.num_request_slots, num_slots=config.num_slots,
-                                   organization=config.organization, aggregates=config.reads_aggregates)
-        self.builder = SampleBuilder(dataset, self.layout)
-        fit_requests, self.validation_requests = dataset.train_requests, None
-        if train.schedule == "stream":  # the whole log, in time order
-            fit_requests = stream_order(dataset)
-        if train.validation_fraction:
-            fit_requests, held = validation_slice(dataset, train.validation_fraction)
-            self.validation_requests = usable_requests(self.builder, held, train.min_history)
-            if not len(self.validation_requests):
-                raise ValueError(f"no validation request has at least {train.min_history} history exposures")
-        self.train_requests = usable_requests(self.builder, fit_requests, train.min_history)
-        self.eval_requests = usable_requests(self.builder, dataset.eval_requests, train.min_history)
-        if not len(self.train_requests):
-            raise ValueError(f"no training request has at least {train.min_history} history exposures")
-        longest = int(self.builder.token_counts(self.train_requests).max())
-        if longest > config.max_tokens:
-            raise ValueError(f"samples need up to {longest} tokens but max_tokens={config.max_tokens}; "
-                             "lower max_history or raise max_tokens")
-        if train.batch_size > len(self.train_requests):
-            # a batch is allocated whole ([batch, tokens] per field): 10^9 rows is a MemoryError
-            raise ValueError(f"batch_size {train.batch_size:,} is larger than the {len(self.train_requests):,} "
-                             "training requests: a batch holds at most every request once")
-        self.plan = BatchPlan(batch_size=train.batch_size, seed=train.seed)
+        self.config, self.dataset = config, dataset
+        requests = plan_requests(config, train, dataset)
+        self.layout, self.builder, self.plan = requests.layout, requests.builder, requests.plan
+        self.train_requests, self.validation_requests = requests.train_requests, requests.validation_requests
+        self.eval_requests, self.batches_per_epoch = requests.eval_requests, requests.batches_per_epoch
+        self.stream_windows, self.stream_warmup = requests.stream_windows, requests.stream_warmup
+        self.stream_offsets = requests.stream_offsets
         # one entry per stream window: its time span, scored exposures, metrics before training on it, loss
         self.stream_curve: list[dict] = []
-        if train.schedule == "stream":
-            ids = window_ids(dataset, self.train_requests, parse_window(train.window))
-            self.stream_windows = [self.train_requests[ids == w] for w in range(int(ids.max()) + 1)]
-            self.stream_warmup = warmup_windows(dataset, self.train_requests, ids)
-            # window w's batches: the plan of its requests, shuffled with (seed, w) like an epoch's
-            sizes = [len(plan_batches(self.builder, requests, self.plan, w))
-                     for w, requests in enumerate(self.stream_windows)]
-            self.stream_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-            self.batches_per_epoch = int(self.stream_offsets[-1])
-            train = self.train_config = dataclasses.replace(train, steps=self.batches_per_epoch)
-        else:
-            self.batches_per_epoch = len(plan_batches(self.builder, self.train_requests, self.plan, 0))
-        if train.epochs:  # the schedule decays over the whole run, so steps are fixed before the optimizer
-            train = self.train_config = dataclasses.replace(train, steps=train.epochs * self.batches_per_epoch)
+        train = self.train_config = requests.train_config
         self.eval_interval = train.eval_every or self.batches_per_epoch
 
-        def make():  # numpy only outside the model: it also runs traced (sharded init)
-            model = build_model(config, rngs=nnx.Rngs(train.seed))
-            if hasattr(model, "set_prior"):  # models that start from the base rates (see LogisticBias)
-                rows = candidate_rows(dataset, self.train_requests, train.max_candidates)
-                model.set_prior(dataset.interactions.actions[rows].mean(axis=0))
-            return model, nnx.Optimizer(model, make_optimizer(train), wrt=nnx.Param)
+        def make():
+            return model_and_optimizer(config, train, dataset, self.train_requests)
 
         self.mesh, shardings = mesh, None
         if mesh is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +26,8 @@ from genrank_jax.leakage.devices import use_every_cpu_core
 from genrank_jax.leakage.impact import leakage_impact
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, positive_int, run_reporting_errors)
+from genrank_jax.command_line import (CommandLineParser, add_debug_flags, add_dry_run_flag, positive_int,
+                                      run_reporting_errors, user_command)
 from genrank_jax.leakage.times import format_time, parse_cutoff, parse_duration, parse_time
 
 
@@ -48,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leaks", default=",".join(leak_builders.BUILDERS),
                         help=f"comma-separated leak kinds among {', '.join(leak_builders.BUILDERS)} (empty: none)")
     parser.add_argument("--features", nargs="*", default=[], metavar="NAME=PATH.npy",
-                        help="representation features (AIS): [num_items, d] or [N, d] arrays in .npy files")
+                        help="representation features (AIS): [num_items, d] or [N, d] arrays in .npy files, or "
+                             "NAME=side:COLUMN[+COLUMN...], the one-hot codes of the data's own item side features "
+                             "(MovieLens: genre_set, year_bucket)")
     parser.add_argument("--bound", default=None, help="leak row that AIS is divided by (default: largest LIS)")
     parser.add_argument("--seeds", type=positive_int, default=8)
     parser.add_argument("--epochs", type=positive_int, default=None)
@@ -62,9 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
     parser.add_argument("--no-placebo", action="store_true",
                         help="no placebo probes: LIS / AIS against the no-feature baseline only (fewer probes)")
-    parser.add_argument("--out", default="lis_out", help="output folder (refused if it holds files, unless --overwrite)")
+    parser.add_argument("--out", default=None, help="output folder (refused if it holds files, unless --overwrite); "
+                                                    "default: the next free runs/lis-N")
     parser.add_argument("--overwrite", action="store_true", help="replace the report another run left in --out")
     parser.add_argument("--no-progress", action="store_true")
+    add_dry_run_flag(parser)
 
 
 def _probe_config(args) -> ProbeConfig:
@@ -72,12 +78,25 @@ def _probe_config(args) -> ProbeConfig:
     return ProbeConfig(model=args.probe_model, table_optimizer=args.table_optimizer, **overrides)
 
 
-def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
+SIDE = "side:"
+
+
+def _load_features(specs: list[str]) -> dict[str, np.ndarray | tuple[str, ...]]:
+    """NAME -> the .npy array, or the side-feature columns of a NAME=side:A+B entry (resolved by
+    `_side_features` once the data is loaded)."""
     features = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--features takes NAME=PATH.npy, got {spec!r}")
+            raise ValueError(f"--features takes NAME=PATH.npy or NAME=side:COLUMN, got {spec!r}")
+        if name in features:
+            raise ValueError(f"--features names {name!r} twice")
+        if path.startswith(SIDE):
+            columns = tuple(c.strip() for c in path[len(SIDE):].split("+"))
+            if not all(columns):
+                raise ValueError(f"--features {name}: {path!r} names no side feature (side:COLUMN[+COLUMN...])")
+            features[name] = columns
+            continue
         try:
             values = np.load(path, allow_pickle=False)
         except FileNotFoundError:
@@ -91,8 +110,38 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray]:
     return features
 
 
+def _out_folder(args, created) -> pathlib.Path:
+    """--out, or the next free runs/lis-N (reserved now, unless --dry-run); printed first."""
+    from genrank_jax import output_folder
+
+    if args.out is not None:
+        out = pathlib.Path(args.out)
+        print(f"report folder: {out}")
+        return out
+    out = (output_folder.next_run("lis") if args.dry_run
+           else output_folder.reserve_run("lis", created))
+    print(f"report folder: {out} ({output_folder.default_out_note('lis')})")
+    args.out = str(out)
+    return out
+
+
 def run(args) -> int:
+    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+
+    created = CreatedFolders()
+    out = _out_folder(args, created)
+    # a run that fails before its report is written leaves no folder behind that it created
+    with removed_unless_saved(created, lambda: holds_files(out)):
+        return _run(args)
+
+
+def _run(args) -> int:
+    import os
+    import time
+
     from genrank_jax.data.sources import data_report, load_dataset
+
+    started, load_start = time.perf_counter(), _load_average()
 
     horizons = [h.strip() for h in args.horizon.split(",") if h.strip()]
     for horizon in horizons:
@@ -106,20 +155,15 @@ def run(args) -> int:
     taken = sorted(set(given_features) & {f"{kind}@{horizon}" for horizon in horizons for kind in kinds})
     if taken:
         raise ValueError(f"feature name {taken[0]!r} is taken by a leak; name the --features entry otherwise")
+    if args.dry_run:
+        return _dry_run(args, kinds, horizons, given_features)
     if not args.sequential:
         use_every_cpu_core()  # the bank runs a slice of its probes per core (see leakage/devices.py)
     dataset = load_dataset(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
                            drop_duplicates=args.drop_duplicates)
     for line in data_report(dataset):
         print(line)
-    log = InteractionLog.from_dataset(dataset, task=args.task)
-    cutoff = parse_cutoff(args.cutoff, log.timestamp)
-    eval_end = None
-    if args.eval_end:
-        eval_end = parse_time(args.eval_end, log.timestamp)
-        if not eval_end > cutoff:
-            raise ValueError(f"--eval-end {args.eval_end} is read as {format_time(eval_end)}, not after --cutoff "
-                             f"{args.cutoff} ({format_time(cutoff)})")
+    log, cutoff, eval_end, given_features = _checked_against_data(args, dataset, given_features)
     config = _probe_config(args)
     features, feature_kinds = {}, {}
     quiet = args.no_progress
@@ -144,11 +188,98 @@ def run(args) -> int:
         report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
                                 bound=args.bound, placebo=not args.no_placebo, progress=progress)
-    metadata = {**report.metadata, "data": args.data, "horizons": horizons}
+    from genrank_jax.cli import machine
+
+    # the command as typed (no absolute paths of this machine), and what ran it
+    metadata = {**report.metadata, "data": args.data, "horizons": horizons,
+                "command": user_command(["genrank-jax", "lis", *getattr(args, "argv", [])]), **machine(),
+                "seconds_total": time.perf_counter() - started, "load_average": [load_start, _load_average()], "cpu_cores": os.cpu_count()}
     print(report.to_markdown())  # first: the table is on screen whatever happens to the files
     out = _write_report(report, metadata, args)
     print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
     return 0
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other jobs on the machine stretch the wall times), if known."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _checked_against_data(args, dataset, given_features: dict):
+    """(InteractionLog, cutoff, eval_end, features) of the data: the task, the times and the
+    features that need the data (side:), checked."""
+    log = InteractionLog.from_dataset(dataset, task=args.task)
+    cutoff = parse_cutoff(args.cutoff, log.timestamp)
+    eval_end = None
+    if args.eval_end:
+        eval_end = parse_time(args.eval_end, log.timestamp)
+        if not eval_end > cutoff:
+            raise ValueError(f"--eval-end {args.eval_end} is read as {format_time(eval_end)}, not after --cutoff "
+                             f"{args.cutoff} ({format_time(cutoff)})")
+    features = {name: _side_features(dataset, name, value) if isinstance(value, tuple) else value
+                for name, value in given_features.items()}
+    return log, cutoff, eval_end, features
+
+
+def _side_features(dataset, name: str, columns: tuple[str, ...]) -> np.ndarray:
+    """[num_items, sum of vocabularies] float32: the one-hot codes of the item side-feature `columns`."""
+    names = list(dataset.info.get("side_feature_names", ()))
+    missing = [c for c in columns if c not in names]
+    if missing:
+        have = ", ".join(names) if names else "none"
+        raise ValueError(f"--features {name}: {args_text(columns)} names side features the data does not have "
+                         f"({', '.join(missing)}); {dataset.name} has: {have}")
+    side, sizes = dataset.catalog.side_features, dataset.spec.side_vocab_sizes
+    blocks = [np.eye(sizes[names.index(c)], dtype=np.float32)[side[:, names.index(c)]] for c in columns]
+    return np.concatenate(blocks, axis=1)
+
+
+def args_text(columns: tuple[str, ...]) -> str:
+    return SIDE + "+".join(columns)
+
+
+def _dry_run(args, kinds: list[str], horizons: list[str], given_features: dict) -> int:
+    """`genrank-jax lis --dry-run`: the data previewed (nothing prepared), the task, the times and
+    the features checked against it when it loads without writing; what would be trained."""
+    from genrank_jax.data.preview import preview_source
+    from genrank_jax.data.sources import data_report
+    from genrank_jax.dry_run import NOTHING_WRITTEN
+
+    preview = preview_source(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
+                             drop_duplicates=args.drop_duplicates)
+    for line in preview.lines:
+        print(line)
+    config = _probe_config(args)
+    leaks = [f"{kind}@{horizon}" for horizon in horizons for kind in kinds]
+    features = len(leaks) + len(given_features)
+    print(f"probes: {features + 1} x {args.seeds} seeds ({len(leaks)} leaks: {', '.join(leaks) or 'none'}; "
+          f"{len(given_features)} features: {', '.join(given_features) or 'none'}; and the baseline)"
+          + ("" if args.no_placebo else ", plus one placebo per distinct feature shape and seed")
+          + f"; {config.model} probes, {config.epochs} epochs, "
+          + ("one at a time" if args.sequential else "trained together"))
+    if preview.dataset is not None:
+        for line in data_report(preview.dataset):
+            print(line)
+        log, cutoff, eval_end, _ = _checked_against_data(args, preview.dataset, given_features)
+        train_rows = int((log.timestamp < cutoff).sum())
+        print(f"task: {', '.join(log.task_names)}; cutoff {format_time(cutoff)}: {train_rows:,} train rows, "
+              f"{log.num_rows - train_rows:,} after it" + (f" (evaluated up to {format_time(eval_end)})" if eval_end else ""))
+    else:
+        print("the task, --cutoff and side: features are checked against the data once it is prepared (the first "
+              "run prepares it)")
+    out = pathlib.Path(args.out)
+    print(f"expected time: not measured for these settings (for scale: {MEASURED_LIS})")
+    print(f"would write: {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'}")
+    print(NOTHING_WRITTEN)
+    return 0
+
+
+MEASURED_LIS = "71 to 92 s for the README's 128 probes on MovieLens-100K on a 2-core CPU"
 
 
 def _write_report(report, metadata: dict, args) -> pathlib.Path:
@@ -197,6 +328,7 @@ def main(argv=None) -> int:
     add_arguments(parser)
     add_debug_flags(parser)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in lis.json
     return run_reporting_errors("genrank-jax lis", lambda: run(args), debug=args.debug)
 
 

@@ -14,6 +14,31 @@ def test_readme_results_match_bench_results():
     assert update_readme.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
 
 
+def test_readme_results_show_commands_as_typed_without_this_machine_s_paths():
+    """A result's command is shown as a user types it: no absolute path of the machine that ran it
+    (it used to carry `--data-dir /work/shared/...` and `--out /tmp/...`)."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split(update_readme.START, 1)[1].split(update_readme.END, 1)[0]
+    commands = re.findall(r"[Cc]ommand:? `([^`]+)`", section)
+    assert len(commands) >= 10
+    for command in commands:
+        absolute = [word for word in command.split() if re.match(r"(\S*[=:])?/", word)]
+        assert not absolute, f"{command!r} shows {absolute}"
+
+
+def test_readme_lis_command_is_the_command_that_made_its_table():
+    """`genrank-jax lis` without --task scores every task, while the README's table is for `like`
+    alone: the README's command now is, word for word, the one whose report the table is."""
+    import lis_movielens
+
+    recorded = json.loads((ROOT / "bench" / "results" / "lis_movielens.json").read_text())["metadata"]["command"]
+    assert recorded == lis_movielens.readme_command()
+    assert "--task like" in recorded
+    table = (ROOT / "bench" / "results" / "lis_movielens.md").read_text().strip()
+    assert table in (ROOT / "README.md").read_text()  # the output shown is that run's output
+
+
 def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float, cpu_devices: int | None = None) -> pathlib.Path:
     rows = [{"kind": "matmul_peak", "gflops": 200.0},
             {"kind": "bank_vs_loop", "probes": 8, "chunk": 8, "bank_epoch_s": bank_epoch, "loop_epoch_s": 0.75,

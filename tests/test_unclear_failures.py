@@ -156,4 +156,56 @@ def test_distributed_timeout_bounds_jax_own_wait(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", initialize)
     assert main(["train", *FAST, "--distributed", "--coordinator", "localhost:1", "--num-processes", "2",
                  "--process-id", "0", "--distributed-timeout", "6.5", "--out", str(tmp_path / "run")]) == 2
-    assert calls == [7]
+    # jax's own bound lies 10 s past ours: the thread waiting for jax ends the wait first (with one
+    # line, test_distributed_wait_ends_on_time_and_on_ctrl_c), jax's C++ abort never comes
+    assert calls == [17]
+    assert not (tmp_path / "run").exists()  # nothing saved: the folder the run made is gone
+
+
+def _train_waiting_for_a_second_process(tmp_path, timeout: float):
+    """A `genrank-jax train` process 0 of 2 whose second process never starts, and its first line."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genrank_jax", "train", *FAST, "--distributed", "--coordinator", f"127.0.0.1:{port}",
+         "--num-processes", "2", "--process-id", "0", "--distributed-timeout", str(timeout),
+         "--out", str(tmp_path / "run")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    lines = []
+    for line in process.stdout:  # wait until it waits
+        lines.append(line)
+        if line.startswith("joining"):
+            break
+    assert lines and lines[-1].startswith("joining 2 processes"), "".join(lines) + process.stderr.read()
+    return process
+
+
+def test_distributed_wait_ends_on_time_and_on_ctrl_c(tmp_path):
+    """jax.distributed.initialize blocks in C++, where Python never sees Ctrl-C: it used to ignore it
+    until its own deadline, then abort with a C++ stack trace. Both ends are now one line, at once."""
+    import signal
+    import time
+
+    process = _train_waiting_for_a_second_process(tmp_path, timeout=120)
+    time.sleep(1.0)  # inside jax's wait
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 1.0, err
+    assert process.returncode == 130 and err.strip() == "genrank-jax train: interrupted", err
+    assert not (tmp_path / "run").exists()  # it saved nothing: the folder it made is gone
+
+    process = _train_waiting_for_a_second_process(tmp_path, timeout=2)
+    started = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - started < 10, err
+    assert process.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "the processes did not all join within 2 s" in err

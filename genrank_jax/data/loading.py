@@ -46,15 +46,25 @@ def fingerprint(builder_cls: type[LogBuilder], config: str, manual_dir: pathlib.
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def cached_builder(builder_cls: type[LogBuilder], config: str, manual_dir: str | os.PathLike, *,
+                   tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False,
+                   drop_duplicates: bool = False) -> LogBuilder:
+    """The builder whose cache folder is keyed by the raw files, nothing written yet (`prepare`
+    writes; `builder.is_prepared()` says whether an earlier run did). MissingFileError first."""
+    manual_dir = pathlib.Path(manual_dir).expanduser()
+    key = fingerprint(builder_cls, config, manual_dir, skip_bad_rows, drop_duplicates)  # MissingFileError first
+    data_dir = tfds_root(tfds_dir) / f"{builder_cls.name}-{config}-{key}"
+    return builder_cls(config=config, data_dir=str(data_dir), manual_dir=manual_dir, skip_bad_rows=skip_bad_rows,
+                       drop_duplicates=drop_duplicates)
+
+
 def prepare(builder_cls: type[LogBuilder], config: str, manual_dir: str | os.PathLike, *,
             tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False,
             drop_duplicates: bool = False) -> LogBuilder:
     """The builder with its array_record files written (reused when the raw files are unchanged)."""
+    builder = cached_builder(builder_cls, config, manual_dir, tfds_dir=tfds_dir, skip_bad_rows=skip_bad_rows,
+                             drop_duplicates=drop_duplicates)
     manual_dir = pathlib.Path(manual_dir).expanduser()
-    key = fingerprint(builder_cls, config, manual_dir, skip_bad_rows, drop_duplicates)  # MissingFileError first
-    data_dir = tfds_root(tfds_dir) / f"{builder_cls.name}-{config}-{key}"
-    builder = builder_cls(config=config, data_dir=str(data_dir), manual_dir=manual_dir, skip_bad_rows=skip_bad_rows,
-                          drop_duplicates=drop_duplicates)
     with _without_tfds_progress_bars():
         builder.download_and_prepare(file_format="array_record",
                                      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))

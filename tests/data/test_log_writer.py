@@ -108,11 +108,12 @@ def test_written_files_hold_every_value_with_its_type(tmp_path):
     assert set(schema["item_features"].values()) | {schema["content"]["column"]} <= set(items.column_names)
 
 
-def test_simulate_command_prints_one_line_naming_what_it_wrote(tmp_path, capsys):
+def test_simulate_command_names_its_folder_then_what_it_wrote(tmp_path, capsys):
     out = tmp_path / "feed"
     assert main(["simulate", "--preset", "tests", "--seed", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     dataset = simulate(SimulatorConfig.preset("tests", seed=2)).dataset
-    assert len(printed) == 1 and f"{dataset.interactions.num_exposures:,} exposures" in printed[0]
-    assert all(str(out / name) in printed[0] for name in ("log.parquet", "items.parquet", "schema.toml"))
+    assert len(printed) == 2 and printed[0] == f"output folder: {out}"
+    assert f"{dataset.interactions.num_exposures:,} exposures" in printed[1]
+    assert all(str(out / name) in printed[1] for name in ("log.parquet", "items.parquet", "schema.toml"))
     assert sorted(p.name for p in out.iterdir()) == ["items.parquet", "log.parquet", "schema.toml"]

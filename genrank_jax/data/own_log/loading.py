@@ -55,6 +55,18 @@ def as_schema(schema: LogSchema | str | os.PathLike | None) -> LogSchema:
     return schema if isinstance(schema, LogSchema) else load_schema(schema)
 
 
+def log_builder(path: str | os.PathLike, schema: LogSchema | str | os.PathLike, *,
+                tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False,
+                drop_duplicates: bool = False, beam: bool = False) -> GenrankOwnLog:
+    """The log's builder, its cache folder keyed by the files and schema; nothing written yet
+    (`prepare_log` writes; `builder.is_prepared()` says whether an earlier run did)."""
+    schema = as_schema(schema)
+    files = log_files(path)
+    key = prepare_key(files, schema, skip_bad_rows, drop_duplicates)
+    return GenrankOwnLog(schema=schema, log_path=path, data_dir=str(tfds_root(tfds_dir) / f"log-{key}"),
+                         skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates, beam=beam)
+
+
 def prepare_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike, *,
                 tfds_dir: str | os.PathLike | None = None, skip_bad_rows: bool = False,
                 drop_duplicates: bool = False, beam_runner=None, beam_options=None) -> GenrankOwnLog:
@@ -65,11 +77,8 @@ def prepare_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike, 
     """
     import tensorflow_datasets as tfds
 
-    schema = as_schema(schema)
-    files = log_files(path)
-    key = prepare_key(files, schema, skip_bad_rows, drop_duplicates)
-    builder = GenrankOwnLog(schema=schema, log_path=path, data_dir=str(tfds_root(tfds_dir) / f"log-{key}"),
-                            skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates, beam=beam_runner is not None)
+    builder = log_builder(path, schema, tfds_dir=tfds_dir, skip_bad_rows=skip_bad_rows,
+                          drop_duplicates=drop_duplicates, beam=beam_runner is not None)
     config = tfds.download.DownloadConfig(manual_dir=str(builder._manual_dir), beam_runner=beam_runner,
                                           beam_options=beam_options)
     with _without_tfds_progress_bars():
@@ -143,9 +152,9 @@ def load_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike | No
         raise ValueError(f"split must be 'temporal' or 'last_request', got {split!r}")
     schema = as_schema(schema)
     builder = prepare_log(path, schema, tfds_dir=tfds_dir, skip_bad_rows=skip_bad_rows, drop_duplicates=drop_duplicates)
-    options = dict(split=split, cutoff=cutoff, train_fraction=train_fraction, request_gap_seconds=request_gap_seconds,
-                   max_request_size=max_request_size, name=name, path=str(path))
-    folder = pathlib.Path(builder.data_dir).parents[1] / f"loaded-{load_key(schema, options)}"
+    options = load_options(path, split=split, cutoff=cutoff, train_fraction=train_fraction,
+                           request_gap_seconds=request_gap_seconds, max_request_size=max_request_size, name=name)
+    folder = loaded_folder(builder, schema, options)
     dataset = memory_mapped.load(folder)
     if dataset is None:
         memory_mapped.save(_build_dataset(builder, schema, path, **{k: v for k, v in options.items() if k != "path"},
@@ -153,6 +162,19 @@ def load_log(path: str | os.PathLike, schema: LogSchema | str | os.PathLike | No
         dataset = memory_mapped.load(folder)
     dataset.validate()
     return dataset
+
+
+def loaded_folder(builder: GenrankOwnLog, schema: LogSchema, options: dict) -> pathlib.Path:
+    """Where the first load with `options` saves the dataset's arrays for later loads to map."""
+    return pathlib.Path(builder.data_dir).parents[1] / f"loaded-{load_key(schema, options)}"
+
+
+def load_options(path, *, split: Split = "temporal", cutoff: float | None = None, train_fraction: float = 0.8,
+                 request_gap_seconds: float | None = None, max_request_size: int | None = None,
+                 name: str | None = None) -> dict:
+    """The load options `load_log` keys its saved arrays by (its own defaults)."""
+    return dict(split=split, cutoff=cutoff, train_fraction=train_fraction, request_gap_seconds=request_gap_seconds,
+                max_request_size=max_request_size, name=name, path=str(path))
 
 
 def load_key(schema: LogSchema, options: dict) -> str:
