@@ -541,7 +541,7 @@ def _report_stream(args, trainer, config, out, train_seconds) -> int:
     from genrank_jax.curves import plot_stream_curve
 
     summary = trainer.stream_summary()
-    report = {"data": args.data, "command": "genrank-jax train " + shlex.join(args.argv), "machine": machine(),
+    report = {"data": args.data, "command": user_command(["genrank-jax", "train", *args.argv]), "machine": machine(),
               "config": json.loads(config.to_json()),
               "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
               "steps": trainer.step, "train_seconds": train_seconds, "stream": summary,
@@ -675,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
         leakage_cli.add_arguments(lis)
         lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
-        lis.set_defaults(run=lambda args: _unavailable("lis", error))
+        lis.set_defaults(run=lambda args, error=error: _unavailable("lis", error))
     from genrank_jax import simulate_command
     simulate = commands.add_parser("simulate", help="write the feed simulator's log as Parquet with its schema file",
                                    description=simulate_command.__doc__)

@@ -1,7 +1,6 @@
 """The stream schedule: the log once in time order, every exposure scored before it is trained on,
 and a resumed stream equal to an uninterrupted one."""
 
-import dataclasses
 
 import numpy as np
 import pytest
