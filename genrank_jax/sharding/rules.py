@@ -43,6 +43,10 @@ RULES: tuple[tuple[str, str], ...] = (
     (r"(embed/)?(position|request|gap|slot)/embedding", "replicated"),
     (r"(embed/)?(action_vectors|exposure_vector|mask_action)", "replicated"),
     (r"(embed/)?items/content/kernel", "replicated"),
+    # the aggregate features' projections: GenRank's token projection and linear path, the features ranker
+    (r"embed/aggregates/kernel", "replicated"),
+    (r"wide/kernel", "replicated"),
+    (r"hidden/(kernel|bias)", "replicated"),
     # transformer / HSTU blocks (Megatron-style when split: column-split in, row-split out)
     (r"blocks/\d+/(qkv|uvqk|mlp_in)/kernel", "columns"),
     (r"blocks/\d+/(uvqk|mlp_in)/bias", "vector"),
