@@ -90,7 +90,7 @@ def test_a_failed_run_removes_the_folders_it_made_and_only_those(tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["train-1"]
 
     # the other commands: lis (a task the data lacks), export (no checkpoint), simulate (no preset)
-    for argv in (["lis", "--task", "nope", "--no-progress"], ["export", "--checkpoint", "absent"],
+    for argv in (["lis", "--task", "nope", "--no-progress", "--sequential"], ["export", "--checkpoint", "absent"],
                  ["simulate", "--preset", "nope"]):
         code, out, err = run(argv, capsys)
         assert code == 2 and f"runs/{argv[0]}-1 (the next free" in out.splitlines()[0], (argv, out, err)
