@@ -137,3 +137,20 @@ def test_gradients_stay_finite_with_out_of_vocabulary_ids(dataset):
     loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(model)
     assert np.isfinite(float(loss))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_positions_past_the_table_take_its_last_row(dataset):
+    """Token embeddings clip a position past `max_tokens` to the table's last row (the position
+    table is the one lookup spoil_ids cannot spoil: a position also moves the ALiBi distances)."""
+    rng = np.random.default_rng(14)
+    config = config_for(dataset)
+    model = build_model(config, rngs=nnx.Rngs(0))
+    batch = make_batch(dataset, rng=rng)
+    where = pick(batch, TokenKind.EXPOSURE, rng)
+    last = replaced(batch, "positions", where, config.max_tokens - 1)
+    past = replaced(batch, "positions", where, config.max_tokens + 1000)
+    embed = nnx.jit(lambda m, b: m.embed(b))
+    want = np.asarray(embed(model, jax.tree.map(jnp.asarray, last)))
+    got = np.asarray(embed(model, jax.tree.map(jnp.asarray, past)))
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got, want)
