@@ -20,6 +20,13 @@ from genrank_jax.embeddings import ItemEmbedding, clipped, lookup, user_rows
 from genrank_jax.typing import TaskLogits
 
 
+def prior_log_odds(positive_rates):
+    """[A] log-odds of each task's positive rate, clipped to (1e-6, 1 - 1e-6): a bias that starts
+    a model at the base rates (see LogisticBias)."""
+    rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
+    return jnp.log(rates) - jnp.log1p(-rates)
+
+
 class DINRanker(nnx.Module):
     """score(candidate) = MLP([user, candidate, sum_j a(candidate, h_j) h_j, mean history]).
 
@@ -90,9 +97,8 @@ class LogisticBias(nnx.Module):
         self.item = nnx.Embed(config.table_rows(config.features.num_items), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
 
     def set_prior(self, positive_rates) -> None:
-        """Set the global bias to the log-odds of each task's positive rate [A] (clipped to (1e-6, 1 - 1e-6))."""
-        rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
-        self.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
+        """Set the global bias to the log-odds of each task's positive rate [A]."""
+        self.bias[...] = prior_log_odds(positive_rates)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
         user = lookup(self.user, user_rows(self.config, batch.user_ids))[:, None, :]
@@ -111,8 +117,7 @@ class FeaturesRanker(nnx.Module):
         self.out = nnx.Linear(hidden or inputs, actions, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
 
     def set_prior(self, positive_rates) -> None:
-        rates = jnp.clip(jnp.asarray(positive_rates, jnp.float32), 1e-6, 1 - 1e-6)
-        self.out.bias[...] = jnp.log(rates) - jnp.log1p(-rates)
+        self.out.bias[...] = prior_log_odds(positive_rates)
 
     def __call__(self, batch: TokenBatch) -> TaskLogits:
         if batch.aggregates is None:

@@ -7,20 +7,8 @@ import pathlib
 
 import pytest
 
-from genrank_jax.cli import main
 from tests.data import own_log_files
-
-FAST = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "1", "--batch-size", "8", "--max-history", "16",
-        "--validation-fraction", "0", "--no-progress"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli_runs import FAST, run
 
 
 def files_under(*roots: pathlib.Path) -> dict[str, tuple]:

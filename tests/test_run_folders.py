@@ -10,20 +10,7 @@ import shutil
 import pytest
 
 from genrank_jax import output_folder
-from genrank_jax.cli import main
-
-# tiny and short: the folders are under test, not the model
-FAST = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "1", "--batch-size", "8", "--max-history", "16",
-        "--validation-fraction", "0", "--no-progress"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli_runs import FAST, run
 
 
 def test_numbered_runs_never_reuse_a_taken_name(tmp_path):
