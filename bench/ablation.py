@@ -2,7 +2,7 @@
 
     python bench/ablation.py --data movielens:100k --data-dir ../shared/data/ml-100k --seeds 3
 
-Six models, trained on the same temporal split with the same hyperparameters, `--seeds` seeds each:
+Eight models, trained on the same temporal split with the same hyperparameters, `--seeds` seeds each:
   genrank         action-oriented tokens (N + M), ALiBi position and time biases (the paper's model)
   genrank-nobias  the same without the two biases
   item-oriented   HSTU-style interleaved item/action tokens (2N + M), same block, width and biases
@@ -10,6 +10,8 @@ Six models, trained on the same temporal split with the same hyperparameters, `-
   logistic        per-task user bias + item bias (no features, no sequence)
   features        the production baseline: a logistic regression on aggregate features of earlier
                   requests (item, user and user-on-genre action rates, counts, recency)
+  genrank-fullhistory  the paper's ablation: history tokens see the whole history (no causal mask)
+  genrank-historyloss  the paper's ablation: loss at history positions too
 Every model stops the same way, so the comparison is fair by construction: it is fitted on the
 train split minus its validation slice (the latest 15% of train requests by time,
 genrank_jax.data.holdout), scored on the slice after every epoch, stopped after `--patience`
@@ -57,6 +59,9 @@ MODELS = {
     "din": dict(architecture="din"),
     "logistic": dict(architecture="logistic"),
     "features": dict(architecture="features"),
+    # the paper's "why it works" ablations (genrank_jax.history_variants)
+    "genrank-fullhistory": dict(architecture="genrank", organization="action", history_mask="full"),
+    "genrank-historyloss": dict(architecture="genrank", organization="action", history_loss=True),
 }
 # two-sided 95% Student t quantiles by degrees of freedom (seeds - 1), for intervals paired by seed
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}

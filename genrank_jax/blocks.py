@@ -8,6 +8,7 @@ from flax import nnx
 
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch
+from genrank_jax.history_variants import ExplicitMask, masked_attention
 from genrank_jax.kernels import alibi_slopes, cached_attention
 from genrank_jax.kernels.sharded import attention  # per device block under a mesh
 
@@ -28,8 +29,17 @@ class RelativeAttention(nnx.Module):
         self.alibi = tuple(slopes) if config.use_alibi else None
         self.time = tuple(s * config.time_bias_scale for s in slopes) if config.use_time_bias else None
 
-    def __call__(self, q, k, v, batch: TokenBatch):
-        """q, k: [B, S, H, D], v: [B, S, H, Dv] -> [B, S, H, Dv]."""
+    def __call__(self, q, k, v, batch: TokenBatch, mask: ExplicitMask | None = None):
+        """q, k: [B, S, H, D], v: [B, S, H, Dv] -> [B, S, H, Dv].
+
+        mask: the research variants' explicit mask (`genrank_jax.history_variants`) instead of the
+        op's contract; a plain jnp attention then.
+        """
+        if mask is not None:
+            return masked_attention(
+                q, k, v, mask, kind=self.kind,
+                alibi_slopes=None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32),
+                time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32))
         return attention(
             q, k, v, lengths=batch.lengths, num_candidates=batch.num_candidates,
             positions=batch.positions, timestamps=batch.timestamps if self.time is not None else None,
@@ -85,9 +95,9 @@ class TransformerBlock(nnx.Module):
         x = x + self.out(attended.reshape(x.shape))
         return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
 
-    def __call__(self, x, batch: TokenBatch):
+    def __call__(self, x, batch: TokenBatch, mask: ExplicitMask | None = None):
         q, k, v, carry = self.project(x)
-        return self.finish(x, self.attention(q, k, v, batch), carry)
+        return self.finish(x, self.attention(q, k, v, batch, mask), carry)
 
 
 class HSTUBlock(nnx.Module):
@@ -111,9 +121,9 @@ class HSTUBlock(nnx.Module):
     def finish(self, x, attended, u):
         return x + self.out(u * self.output_norm(attended.reshape(x.shape)))
 
-    def __call__(self, x, batch: TokenBatch):
+    def __call__(self, x, batch: TokenBatch, mask: ExplicitMask | None = None):
         q, k, v, u = self.project(x)
-        return self.finish(x, self.attention(q, k, v, batch), u)
+        return self.finish(x, self.attention(q, k, v, batch, mask), u)
 
 
 BLOCKS = {"transformer": TransformerBlock, "hstu": HSTUBlock}

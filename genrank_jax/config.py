@@ -38,6 +38,10 @@ class GenRankConfig:
     task_weights: one loss weight per action type (None: all 1).
     attention_impl: backend of `genrank_jax.kernels.attention` (None: fastest for the device).
     attention_interpret: run that Pallas backend in interpret mode (how CPU CI tests the kernels).
+    history_mask: "causal" (the paper's model) or "full" (history tokens see the whole history: the
+      paper's ablation; `genrank_jax.history_variants`).
+    history_loss: also score every history exposure from the history before it and add its loss
+      (the paper's other ablation; training only, scoring is unchanged).
     embedding_row_multiple: the item, user and side-feature tables get their rows rounded up to a
       multiple of this (the padded rows are never read), so they split evenly over a mesh axis
       (`genrank_jax.sharding`); 1: no padding.
@@ -70,6 +74,8 @@ class GenRankConfig:
     attention_interpret: bool = False  # run a Pallas backend in interpret mode (CPU tests)
     dtype: str = "float32"  # activations/compute dtype; parameters stay float32
     embedding_row_multiple: int = 1
+    history_mask: Literal["causal", "full"] = "causal"
+    history_loss: bool = False
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -82,6 +88,15 @@ class GenRankConfig:
             raise ValueError(f"block must be 'transformer' or 'hstu', got {self.block!r}")
         if self.width % self.num_heads:
             raise ValueError(f"width={self.width} must be a multiple of num_heads={self.num_heads}")
+        if self.history_mask not in ("causal", "full"):
+            raise ValueError(f"history_mask must be 'causal' or 'full', got {self.history_mask!r}")
+        if self.history_loss and (self.architecture != "genrank" or self.organization != "action"
+                                  or self.history_mask != "causal"):
+            # item-oriented history has no exposure token to score; a fully visible history would
+            # show each history exposure's own actions to the token that predicts them
+            raise ValueError("history_loss needs architecture='genrank', organization='action' and "
+                             f"history_mask='causal', got {self.architecture!r}, {self.organization!r}, "
+                             f"{self.history_mask!r}")
         if self.embedding_row_multiple < 1:
             raise ValueError(f"embedding_row_multiple must be positive, got {self.embedding_row_multiple}")
         if self.task_weights is not None and len(self.task_weights) != self.features.num_actions:

@@ -10,7 +10,7 @@ from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch
 from genrank_jax.embeddings import TokenEmbedding
-from genrank_jax import serving
+from genrank_jax import history_variants, serving
 from genrank_jax.typing import TaskLogits
 
 
@@ -55,11 +55,32 @@ class GenRank(nnx.Module):
 
         extra_embeddings: optional [B, S, W] added to the token embeddings (see `TokenEmbedding`).
         """
-        x = self.embed(batch, extra_embeddings).astype(jnp.dtype(self.config.dtype))
+        x = self.embed(batch, extra_embeddings)
+        mask = (history_variants.explicit_mask(batch, full_history=True, shadows=False)
+                if self.config.history_mask == "full" else None)
+        return self._logits(self._blocks(x, batch, mask), batch.aggregates)
+
+    def logits_with_history(self, batch: TokenBatch) -> tuple[TaskLogits, TaskLogits]:
+        """([B, S, A] as `__call__`, [B, S, A] logits of each history exposure scored as a candidate
+        from the history before it): the `history_loss` ablation's training pass
+        (`genrank_jax.history_variants`). The first is equal to `__call__`'s."""
+        seq_len = batch.kinds.shape[1]
+        shadows = history_variants.shadow_batch(batch)
+        x = jnp.concatenate([self.embed(batch), self.embed(shadows)], axis=1)
+        mask = history_variants.explicit_mask(batch, full_history=self.config.history_mask == "full", shadows=True)
+        aggregates = None if batch.aggregates is None else jnp.concatenate([batch.aggregates] * 2, axis=1)
+        logits = self._logits(self._blocks(x, batch, mask), aggregates)
+        return logits[:, :seq_len], logits[:, seq_len:]
+
+    def _blocks(self, x, batch: TokenBatch, mask):
+        x = x.astype(jnp.dtype(self.config.dtype))
         for block in self.blocks:
-            x = block(x, batch)
+            x = block(x, batch, mask)
+        return x
+
+    def _logits(self, x, aggregates) -> TaskLogits:
         logits = self.heads(x).astype(jnp.float32)
-        return logits if self.wide is None else logits + self.wide(batch.aggregates)
+        return logits if self.wide is None else logits + self.wide(aggregates)
 
     def encode_history(self, history: serving.History, *, num_candidates=None,
                        capacity: int | None = None) -> serving.HistoryCache:

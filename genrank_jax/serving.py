@@ -324,6 +324,11 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
     num_candidates: [B] the request's candidate count, needed by HSTU blocks (module doc).
     """
     config = model.config
+    if config.history_mask != "causal":
+        # the cache holds each history token as the causal prefix left it; a fully visible history
+        # changes every earlier token when one arrives, so no cache can serve it
+        raise ServingError(f"a model with history_mask={config.history_mask!r} (a research ablation) cannot be "
+                           "served from a history cache: only the causal history can")
     batch, width = history.item_ids.shape
     capacity = width if capacity is None else int(capacity)
     _check_history(config, history, capacity)

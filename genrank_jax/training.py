@@ -36,7 +36,7 @@ from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.errors import GenrankError
-from genrank_jax.losses import candidate_bce
+from genrank_jax.losses import candidate_and_history_bce, candidate_bce
 from genrank_jax.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
 from genrank_jax.validation import BatchError, validate_batch
 
@@ -193,6 +193,8 @@ def train_step_fn(graphdef, task_weights, shardings=None, donate: bool = False):
     guard, a loop that needs the memory does not)."""
 
     def loss_of(model, batch):
+        if getattr(model, "config", None) is not None and getattr(model.config, "history_loss", False):
+            return candidate_and_history_bce(*model.logits_with_history(batch), batch, task_weights)
         return candidate_bce(model(batch), batch, task_weights)
 
     def step(state, batch):
