@@ -122,15 +122,31 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def simulator_overrides(pairs: list[str]) -> dict:
+    """{"fatigue": 0.3, ...} from ["fatigue=0.3", ...], typed like SimulatorConfig's defaults."""
+    from genrank_jax.data.synthetic import SimulatorConfig
+
+    defaults = {field.name: field.default for field in dataclasses.fields(SimulatorConfig)}
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in defaults or not isinstance(defaults[name], (int, float)):
+            raise SystemExit(f"--sim takes FIELD=VALUE with a numeric SimulatorConfig field, got {pair!r}")
+        overrides[name] = type(defaults[name])(value)
+    return overrides
+
+
 def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     """Train (early stopping on the validation slice) and evaluate one (model, seed); returns its JSON row."""
     organization = MODELS[name].get("organization", "action")
     if args.schedule == "stream":  # one pass in time order, progressive validation; no slice, no epochs
         train = TrainConfig(schedule="stream", window=args.window, batch_size=args.batch_size,
+                            batch_building=args.batch_building,
                             learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=seed,
                             max_history=args.max_history, max_candidates=args.max_candidates)
     else:
         train = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                            batch_building=args.batch_building,
                             weight_decay=args.weight_decay, seed=seed, max_history=args.max_history,
                             max_candidates=args.max_candidates, validation_fraction=args.validation_fraction,
                             patience=args.patience)
@@ -316,6 +332,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="movielens:100k")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--prepared", default=None, metavar="FILE",
+                        help="read the dataset from a bench/prepared_data.py file (a machine without TFDS); "
+                             "--data still names it")
+    parser.add_argument("--sim", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a SimulatorConfig field for a synthetic source, e.g. --sim fatigue=0.3 (repeatable)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed .. first-seed + seeds - 1 (split a long run over processes; "
@@ -337,6 +358,8 @@ def main(argv=None):
     parser.add_argument("--schedule", default="epochs", choices=["epochs", "stream"],
                         help="epochs: early stopping on the validation slice, eval split scored; stream: the log once "
                              "in time order, progressive-validation AUC over the eval period's windows")
+    parser.add_argument("--batch-building", default="host", choices=["host", "device", "auto"],
+                        help="TrainConfig.batch_building (host: the numpy builder the warm-up compiles for)")
     parser.add_argument("--window", default="1d", help="--schedule stream: window span (1d, 6h) or exposures")
     parser.add_argument("--out", default="auto",
                         help="'auto': bench/results/ablation_<data>.md + JSON; a path stem: <stem>.md/.json")
@@ -351,7 +374,11 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"unknown models {sorted(unknown)}; choose from {list(MODELS)}")
     command = user_command(["python", "bench/ablation.py", *(sys.argv[1:] if argv is None else argv)])
-    dataset = load_dataset(args.data, data_dir=args.data_dir)
+    if args.prepared:
+        from prepared_data import load as load_prepared
+        dataset = load_prepared(args.prepared)
+    else:
+        dataset = load_dataset(args.data, data_dir=args.data_dir, **simulator_overrides(args.sim))
     split = "temporal"
     defaults = defaults_for(dataset)
     for option, value in (("max_epochs", defaults.epochs or 20), ("patience", defaults.patience),
