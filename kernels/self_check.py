@@ -66,12 +66,13 @@ def _compare(backend, reference, inputs: dict[str, np.ndarray], arguments: dict[
     """What differs between `backend` on `dtype` inputs and the reference on the same values in f32."""
     rounded = {name: jnp.asarray(x, dtype) for name, x in inputs.items()}  # the values both see
     exact = {name: x.astype(jnp.float32) for name, x in rounded.items()}
-    cotangent = np.random.default_rng(SEED + 1).normal(size=inputs["v"].shape)
+    cotangent = jnp.asarray(np.random.default_rng(SEED + 1).normal(size=inputs["v"].shape), dtype)
 
     def run(op, values):
-        def forward(*differentiated):
-            return op(*differentiated, **{k: v for k, v in values.items() if k not in ("q", "k", "v")},
-                      **arguments, interpret=False, block_sizes=None)
+        constants = {name: x for name, x in values.items() if name not in ("q", "k", "v")}  # caches
+
+        def forward(q, k, v):
+            return op(q, k, v, **constants, **arguments, interpret=False, block_sizes=None)
         primals = (values["q"], values["k"], values["v"])
         if not backend.differentiable:
             return forward(*primals), ()
