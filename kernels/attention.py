@@ -1,60 +1,43 @@
 """The public attention op: validation, defaults and backend dispatch.
 
 Every backend computes the contract of docs/design.md ("The attention op"); see `reference.py` for the
-plain statement. `impl=None` resolves once per call from the default device's platform; a named
-backend that cannot run raises `NotImplementedError` and is never silently replaced.
+plain statement. `impl=None` resolves per call from the default device (`selection.py`: the
+platform's preferred backend, self-checked once per process); a named backend (`backends.py` holds
+them) that cannot run raises `NotImplementedError` and is never silently replaced.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrank_jax.kernels.reference import attention_reference
+from genrank_jax.kernels import backends, selection
 from genrank_jax.typing import AttentionOut, HeadSlopes, Keys, Lengths, Queries, TokenPositions, TokenTimes, Values
 
 Impl = Literal["xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu"]
 Kind = Literal["softmax", "silu"]
 
-IMPLEMENTATIONS: tuple[str, ...] = ("xla", "pallas_triton", "pallas_mosaic_gpu", "pallas_tpu")
-# Each Pallas backend is the module genrank_jax.kernels.<impl>, exposing
-# `attention(q, k, v, *, lengths, num_candidates, positions, timestamps, alibi_slopes,
-#  time_slopes, kind, scale, interpret, block_sizes)` and `unavailable_reason(interpret) -> str | None`.
-_PALLAS_BACKENDS = IMPLEMENTATIONS[1:]
-
-
-def _backend_module(impl: str):
-    return importlib.import_module(f"genrank_jax.kernels.{impl}")
+IMPLEMENTATIONS: tuple[str, ...] = backends.names("attention")
 
 
 def unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
     """None when `impl` can run here, else a sentence saying why not."""
-    if impl == "xla":
-        return None
-    if impl not in _PALLAS_BACKENDS:
-        return f"unknown impl {impl!r}; expected one of {IMPLEMENTATIONS} or None"
-    try:
-        module = _backend_module(impl)
-    except ImportError as error:  # backends report a missing jax API themselves; this is a broken install
-        return f"{impl} cannot be imported with jax {jax.__version__}: {error}"
-    return module.unavailable_reason(interpret)
+    backend = backends.lookup("attention", impl)
+    if backend is None:
+        return f"unknown impl {impl!r}; expected one of {backends.names('attention')} or None"
+    return backend.unavailable_reason(interpret)
 
 
 def default_impl(dtype=None) -> str:
-    """The fastest backend for the default device and `dtype` (the jnp reference on CPU)."""
-    platform = jax.devices()[0].platform
-    preferences = {"gpu": ("pallas_mosaic_gpu", "pallas_triton"), "tpu": ("pallas_tpu",)}
-    for impl in preferences.get(platform, ()):
-        # Hopper's WGMMA would run f32 as TF32, so the Mosaic GPU backend takes 16-bit inputs only
-        if impl == "pallas_mosaic_gpu" and dtype is not None and jnp.dtype(dtype).itemsize != 2:
-            continue
-        if unavailable_reason(impl) is None:
-            return impl
-    return "xla"
+    """The backend `impl=None` uses on the default device for `dtype` inputs (the jnp reference on CPU).
+
+    On a GPU or TPU the preferred backend is self-checked against the reference the first time
+    (`selection.py`); one that fails is passed over with a warning.
+    """
+    return selection.choose("attention", dtype)
 
 
 def _check(name, array, shape, dtypes):
@@ -159,11 +142,8 @@ def attention(
 
     if impl is None:
         impl = default_impl(q.dtype)
-    if impl == "xla":
-        return attention_reference(q, k, v, **arguments)
     reason = unavailable_reason(impl, interpret=interpret)
     if reason is not None:
         raise NotImplementedError(reason)
-    return _backend_module(impl).attention(
-        q, k, v, **arguments, interpret=interpret, block_sizes=block_sizes
-    )
+    backend = backends.lookup("attention", impl)
+    return backend(q, k, v, **arguments, interpret=interpret, block_sizes=block_sizes)

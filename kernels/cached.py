@@ -18,35 +18,35 @@ with `lengths = cache_lengths + num_candidates` (tested). Shapes:
     of the whole request when its candidates are scored in several micro-batches.
 
 Candidate rows m >= num_candidates[b] are zero. `impl`: None (the fastest for the device: the jnp
-reference on CPU), "xla" (the reference, differentiable) or "pallas_triton" (a flash-style Pallas
-kernel, `pallas_cached.py`; inference only: differentiating it raises). A named backend that cannot
-run raises NotImplementedError; none is swapped in silently.
+reference on CPU; on a GPU the Pallas kernel once it passed its self-check, see `selection.py`),
+"xla" (the reference, differentiable) or "pallas_triton" (a flash-style Pallas kernel,
+`pallas_cached.py`; inference only: differentiating it raises). A named backend that cannot run
+raises NotImplementedError; none is swapped in silently.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from genrank_jax.kernels import backends, selection
 from genrank_jax.kernels.attention import _check  # the full op's shape/dtype check, same messages
-from genrank_jax.kernels.attention import unavailable_reason as _full_op_unavailable
-from genrank_jax.kernels.cached_reference import cached_attention_reference
 
-CACHED_IMPLEMENTATIONS: tuple[str, ...] = ("xla", "pallas_triton")
+CACHED_IMPLEMENTATIONS: tuple[str, ...] = backends.names("cached")
 
 
 def cached_unavailable_reason(impl: str, *, interpret: bool = False) -> str | None:
     """None when the cached op's backend `impl` can run here, else a sentence saying why not."""
-    if impl not in CACHED_IMPLEMENTATIONS:
-        return f"the cached attention op has no backend {impl!r}; expected one of {CACHED_IMPLEMENTATIONS} or None"
-    return _full_op_unavailable(impl, interpret=interpret)
+    backend = backends.lookup("cached", impl)
+    if backend is None:
+        return (f"the cached attention op has no backend {impl!r}; expected one of "
+                f"{backends.names('cached')} or None")
+    return backend.unavailable_reason(interpret)
 
 
-def default_cached_impl() -> str:
-    """pallas_triton on a GPU that runs it, else the jnp reference."""
-    if jax.devices()[0].platform == "gpu" and cached_unavailable_reason("pallas_triton") is None:
-        return "pallas_triton"
-    return "xla"
+def default_cached_impl(dtype=None) -> str:
+    """The backend `impl=None` uses for `dtype` inputs: pallas_triton on a GPU where it runs and
+    passes its self-check (forward only: it is inference only), else the jnp reference."""
+    return selection.choose("cached", dtype)
 
 
 def cached_attention(
@@ -109,12 +109,9 @@ def cached_attention(
         normalizer=normalizer.astype(jnp.int32),
     )
     if impl is None:
-        impl = default_cached_impl()
+        impl = default_cached_impl(q.dtype)
     reason = cached_unavailable_reason(impl, interpret=interpret)
     if reason is not None:
         raise NotImplementedError(reason)
-    if impl == "xla":
-        return cached_attention_reference(q, k, v, **arguments)
-    from genrank_jax.kernels import pallas_cached
-
-    return pallas_cached.cached_attention(q, k, v, **arguments, interpret=interpret, block_sizes=block_sizes)
+    backend = backends.lookup("cached", impl)
+    return backend(q, k, v, **arguments, interpret=interpret, block_sizes=block_sizes)
