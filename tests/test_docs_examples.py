@@ -131,3 +131,10 @@ def test_every_python_block_is_run_or_says_why():
                if block["mark"] is not None and block["mark"][0] not in ("cpu-devices", "tested-by", "no-run")]
     assert not unknown, unknown
     assert set(CHECKS) | set(PRINTS) <= {page_id(page) for page in runnable_pages()}, set(CHECKS) | set(PRINTS)
+
+
+def test_every_page_is_in_the_site_nav():
+    """mkdocs only notes a page left out of mkdocs.yml's nav, even in strict mode: a page nobody can reach."""
+    nav = set(re.findall(r":\s*(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M))
+    on_disk = {str(page.relative_to(ROOT / "docs")) for page in pages()}
+    assert nav == on_disk, (on_disk - nav, nav - on_disk)
