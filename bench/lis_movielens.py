@@ -1,6 +1,6 @@
-"""The README's LIS table: runs the README's own `genrank-jax lis` command, exactly as written, and
-keeps its report as bench/results/lis_movielens.md and lis_movielens.json (the README's results
-section is rendered from them by bench/update_readme.py).
+"""The LIS table of the results: runs the README's own `genrank-jax lis` command, exactly as written,
+and keeps its report as bench/results/lis_movielens.md and lis_movielens.json (the results page,
+docs/results.md, and the README's headline are rendered from them by bench/update_readme.py).
 
 The command (README, "Command line"): LIS of the three leak kinds at 7 and 30 days on
 MovieLens-100K for the `like` task (rating >= 4), probes trained before the 80% time quantile and

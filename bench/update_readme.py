@@ -1,10 +1,11 @@
-"""Fill README.md's results section from the files in bench/results/ (nothing there is typed by hand).
+"""Fill the results page (docs/results.md) and the README's headline results from the files in
+bench/results/ (nothing there is typed by hand).
 
-    python bench/update_readme.py [--readme README.md] [--results bench/results] [--check]
+    python bench/update_readme.py [--page docs/results.md] [--readme README.md] [--results bench/results] [--check]
 
-Between `<!-- results:start -->` and `<!-- results:end -->` it writes, each from the newest file
-of its kind (by modification time): the ablation markdown (ablation_*.md, not the _validation
-ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
+In docs/results.md, between `<!-- results:start -->` and `<!-- results:end -->`, it writes, each from
+the newest file of its kind (by modification time): the ablation markdown (ablation_*.md, not the
+_validation ones), the organization benchmark (organization_*.json), a `genrank-jax train` run
 (train_default*.json, a copy of its metrics.json), the README's ml-100k `genrank-jax train` run
 (train_ml-100k*.json, a copy of its metrics.json), the attention benchmark (attention_*.json),
 the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
@@ -13,7 +14,11 @@ the probe-bank benchmark (leakage_*.json), the attention kernels' work per tile
 run (lis_movielens.md and .json, copies of its lis.md and lis.json, kept by bench/lis_movielens.py), the
 sharding benchmark (scaling_*.json) and the own-log ingest benchmark (ingest_prepare_*.json,
 ingest_pipeline_*.json). Every table names the machine, jax version, git commit and command behind it;
-a kind whose file is absent gets a one-line note instead. --check exits 1 if README.md is stale.
+a kind whose file is absent gets a one-line note instead.
+
+In README.md, between `<!-- headline:start -->` and `<!-- headline:end -->`, it writes a few
+headline figures from the same files (and the H200 attention run, device_h200/attention_headline.json),
+each linking to the results page. --check exits 1 if either file is stale.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+RESULTS_PAGE = "docs/results.md"  # the README links to it by this path
 
 
 def run_time(path: pathlib.Path):
@@ -475,29 +482,110 @@ def render(results: pathlib.Path) -> str:
     return "\n".join(body).rstrip() + "\n"
 
 
-def fill(readme_text: str, body: str) -> str:
-    if START not in readme_text or END not in readme_text:
-        raise SystemExit(f"README.md lacks the {START} ... {END} markers")
-    head, rest = readme_text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{body}{END}{tail}"
+def headline(results: pathlib.Path) -> str:
+    """The README's headline results: one line each, from the same files as the results page (a kind
+    whose file is absent is left out), each ending with a link to the page."""
+    link = f"([results]({RESULTS_PAGE}))"
+    lines = []
+    path = newest(results, "train_default*.json")
+    if path is not None:
+        report = json.loads(path.read_text())
+        first, values = next(iter(report["eval"].items()))
+        oracle = (report.get("oracle_auc") or {}).get(first)
+        lines.append(f"- `{report.get('command', 'genrank-jax train')}` on the simulator: {first} AUC {values['auc']:.4f}"
+                     + (f" (the simulator's oracle: {oracle:.4f})" if oracle is not None else "")
+                     + f", {report.get('steps')} steps in {report.get('train_seconds', 0):.0f} s of training on a "
+                       f"{report.get('machine', {}).get('platform', '?').upper()} {link}.")
+    path = newest(results, "train_ml-100k*.json")
+    if path is not None:
+        report = json.loads(path.read_text())
+        first, values = next(iter(report["eval"].items()))
+        lines.append(f"- `{report.get('command', 'genrank-jax train')}`: {first} AUC {values['auc']:.4f}, GAUC "
+                     f"{values['gauc']:.4f} {link}.")
+    path = newest(results, "ablation_*.md", exclude="_validation")
+    if path is not None:
+        found = [line for line in path.read_text().splitlines() if line.startswith("Organization: ")]
+        if found:
+            data = path.read_text().splitlines()[0].removeprefix("### ").strip()
+            lines.append(f"- {data}: {found[0].removeprefix('Organization: ').rstrip('.')} {link}.")
+    run = newest_run(results, "organization")
+    if run is not None:
+        _, header, rows = run
+        faster = [f"{row['speedup_vs_item']:.2f}x the exposures/s at history {row['history']}" for row in rows
+                  if row.get("organization") == "action" and row.get("speedup_vs_item")]
+        if faster:
+            lines.append(f"- A training step with one token per exposure (GenRank) instead of item and action tokens: "
+                         f"{', '.join(faster)} (on a {header.get('platform', '?').upper()}) {link}.")
+    device = results / "device_h200" / "attention_headline.json"
+    if device.is_file():
+        rows = {row["impl"]: row for row in json.loads(device.read_text())["rows"]}
+        best, dpa = rows.get("pallas_mosaic_gpu"), rows.get("dpa")
+        if best and dpa:
+            lines.append(f"- Attention on an {best['device_kind'].removeprefix('NVIDIA ')} (softmax, both biases, bf16, "
+                         f"S = {best['seq_len']}, D = {best['head_dim']}): the Mosaic GPU kernel "
+                         f"{best['fwd_tflops']:.0f} TFLOP/s forward, {best['fwd_bwd_tflops']:.0f} forward+backward; "
+                         f"cuDNN with a materialized bias {dpa['fwd_tflops']:.0f} / {dpa['fwd_bwd_tflops']:.0f} "
+                         f"([kernels guide](docs/guides/kernels.md)).")
+    run = newest_run(results, "serving")
+    if run is not None:
+        _, header, rows = run
+        cached = [row for row in rows if row.get("mode") == "cached" and row.get("ratio_vs_full")]
+        if cached:
+            top = max(cached, key=lambda row: row["ratio_vs_full"])
+            lines.append(f"- Serving from a cached history: up to {top['ratio_vs_full']:.2f}x the full recompute's "
+                         f"candidates/s (history {top['history']}, {top['candidates']} candidates, "
+                         f"on a {header.get('platform', '?').upper()}) {link}.")
+    twin = results / "lis_movielens.json"
+    if twin.is_file():
+        rows = json.loads(twin.read_text())["rows"]
+        leaks = [row for row in rows if row["kind"] == "leak"]
+        shown = [row for row in rows if row["kind"] == "representation" and row.get("fraction_of_bound") is not None]
+        if leaks:
+            top = max(leaks, key=lambda row: row["delta"])
+            text = (f"- LIS on MovieLens-100K (`like`): largest leak `{top['name']}` Δ AUC {top['delta']:+.4f} "
+                    f"[{top['ci_low']:+.4f}, {top['ci_high']:+.4f}]")
+            if shown:
+                best = max(shown, key=lambda row: row["fraction_of_bound"])
+                text += f"; the best item feature, `{best['name']}`, reaches AIS / LIS {best['fraction_of_bound']:.2f}"
+            lines.append(text + f" {link}.")
+    run = newest_run(results, "lis_scale")
+    if run is not None:
+        _, header, (row, *_) = run
+        lines.append(f"- LIS at {row['items']:,} items, {row['exposures']:,} exposures: {row['probes']} probes in "
+                     f"{row['total_wall_s']:.0f} s on {row['cores']} CPU cores, {row['peak_rss_gb']:.1f} GB peak {link}.")
+    return "\n".join(lines) + "\n"
+
+
+def fill(readme_text: str, body: str, start: str = START, end: str = END, name: str = "README.md") -> str:
+    if start not in readme_text or end not in readme_text:
+        raise SystemExit(f"{name} lacks the {start} ... {end} markers")
+    head, rest = readme_text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}{end}{tail}"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--page", default=str(ROOT / RESULTS_PAGE), help="the results page")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="the README (headline results)")
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the page or the README is not up to date")
     args = parser.parse_args(argv)
-    readme = pathlib.Path(args.readme)
-    text = readme.read_text()
-    updated = fill(text, render(pathlib.Path(args.results)))
-    if args.check:
-        print("README.md is up to date" if updated == text else "README.md is stale: run bench/update_readme.py")
-        return 0 if updated == text else 1
-    readme.write_text(updated)
-    print(f"updated {readme}")
-    return 0
+    results = pathlib.Path(args.results)
+    stale = []
+    for path, start, end, body in ((pathlib.Path(args.page), START, END, render(results)),
+                                   (pathlib.Path(args.readme), HEADLINE_START, HEADLINE_END, headline(results))):
+        text = path.read_text()
+        updated = fill(text, body, start, end, relative(path))
+        if updated == text:
+            print(f"{relative(path)} is up to date")
+        elif args.check:
+            stale.append(path)
+            print(f"{relative(path)} is stale: run python bench/update_readme.py")
+        else:
+            path.write_text(updated)
+            print(f"updated {relative(path)}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

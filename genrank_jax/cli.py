@@ -32,7 +32,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="synthetic[:tests|default|feed|benchmark], movielens:100k|1m|20m|32m|latest-small, kuairand:pure|1k|27k, "
                              "or log:PATH (your own Parquet/CSV log, with --schema)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
-    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")
+    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
     add_data_quality_arguments(parser)
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
     parser.add_argument("--architecture", default="genrank", choices=list(ARCHITECTURES),

@@ -1,7 +1,7 @@
 """`genrank-jax simulate`: write the feed simulator's log as Parquet with its schema file.
 
-The log a newcomer can train on with `--data log:PATH` before they have their own (README,
-"Your own log"): `<out>/log.parquet`, `<out>/items.parquet`, `<out>/schema.toml`.
+The log a newcomer can train on with `--data log:PATH` before they have their own
+(docs/guides/own-log.md, "Your own log"): `<out>/log.parquet`, `<out>/items.parquet`, `<out>/schema.toml`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic:tests",
                         help="dataset source for genrank_jax.data.sources.load_dataset (default synthetic:tests)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
-    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (README, 'Your own log')")
+    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip (and count) malformed rows of the raw files instead of stopping at the first")
     parser.add_argument("--drop-duplicates", action="store_true",

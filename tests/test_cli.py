@@ -151,8 +151,8 @@ def test_lis_cutoff_forms_are_documented(capsys):
     code, out, _ = run_cli(["lis", "--help"], capsys)
     assert code == 0
     assert "strictly between 0 and 1" in out and "ISO date" in out and "Unix seconds" in out
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "quantile" in readme and "Unix seconds" in readme and "--cutoff 2.0" in readme
+    guide = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "cli.md").read_text()
+    assert "quantile" in guide and "Unix seconds" in guide and "--cutoff 2.0" in guide
 
 
 def test_library_error_is_one_line_and_debug_shows_the_traceback(shared_data, tmp_path, capsys, monkeypatch):

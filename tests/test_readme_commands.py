@@ -1,5 +1,5 @@
-"""Every `genrank-jax` command of the README (and of docs/*.md), in order, in one fresh folder, as a
-new user copies them: each one's `--dry-run` must pass and write nothing.
+"""Every `genrank-jax` command of the README and of each docs page, in order, in a fresh folder of the
+page's own, as a new user copies them: each one's `--dry-run` must pass and write nothing.
 
 The commands are the lines of the ```bash blocks that start with `genrank-jax` (a set-up line's
 `... && genrank-jax train` included; `\\` continues a line; `$i`, a process index, is tried as 0
@@ -27,7 +27,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def documents() -> list[pathlib.Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+    """The README and the docs pages that show `genrank-jax` commands (each walked on its own)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+    return [page for page in pages if command_lines(page.read_text())]
+
+
+def document_id(page: pathlib.Path) -> str:
+    return str(page.relative_to(ROOT))
 
 
 def command_lines(text: str) -> list[list[str]]:
@@ -72,9 +78,8 @@ def option(words: list[str], name: str) -> str | None:
     return None
 
 
-def plan(home: pathlib.Path) -> list[dict]:
-    commands = [argv for document in documents() for words in command_lines(document.read_text())
-                for argv in expanded(words, home)]
+def plan(document: pathlib.Path, home: pathlib.Path) -> list[dict]:
+    commands = [argv for words in command_lines(document.read_text()) for argv in expanded(words, home)]
     steps = [{"argv": argv, "producer": False,
               # meant for a machine in a cluster (a TPU slice): jax finds the processes there
               "cluster": "--distributed" in argv and option(argv, "--coordinator") is None}
@@ -93,18 +98,19 @@ def plan(home: pathlib.Path) -> list[dict]:
     return steps
 
 
-def walk(tmp_path: pathlib.Path, real_under_s: float | None) -> list[dict]:
+def walk(tmp_path: pathlib.Path, document: pathlib.Path, real_under_s: float | None) -> list[dict]:
+    """The commands of one document, in order, in a fresh folder with a fresh home."""
     from tests.data import fixtures
 
     home, work, cache = tmp_path / "home", tmp_path / "work", tmp_path / "tfds"
     work.mkdir()
     fixtures.write_grouplens_100k(home / "data" / "ml-100k", fixtures.movielens_log(seed=1))
-    steps = plan(home)
-    assert len(steps) >= 10 and steps[0]["argv"] == ["train"], [s["argv"] for s in steps]
+    steps = plan(document, home)
+    assert steps, f"{document_id(document)} shows no genrank-jax command"
     (tmp_path / "plan.json").write_text(json.dumps({"commands": steps, "real_under_s": real_under_s,
                                                      "roots": [str(work), str(home), str(cache)]}))
     env = {**os.environ, "HOME": str(home), "GENRANK_TFDS_DIR": str(cache),
-           # the README's --mesh examples ask for 8 devices: a CPU simulates them
+           # the --mesh examples ask for 8 devices: a CPU simulates them
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "readme_driver.py"), str(tmp_path / "plan.json"),
@@ -131,26 +137,41 @@ def check(results: list[dict], steps_expected: int | None = None) -> None:
             assert result["code"] == 0, f"{line}\n{result['err']}"
 
 
-def test_every_readme_command_passes_its_dry_run_in_order(tmp_path):
-    results = walk(tmp_path, real_under_s=None)
+@pytest.mark.parametrize("document", documents(), ids=document_id)
+def test_every_command_passes_its_dry_run_in_order(tmp_path, document):
+    results = walk(tmp_path, document, real_under_s=None)
     check(results)
     dry = [r for r in results if r["kind"] == "dry-run"]
-    assert len(dry) == len(plan(tmp_path / "home")), "the walk stopped early"
+    assert len(dry) == len(plan(document, tmp_path / "home")), "the walk stopped early"
     # each command found its own folder, though the ones before it had filled theirs (the README's
     # examples all wrote to one default --out, so the second was refused)
     folders = [r["out"].splitlines()[0].split(": ", 1)[1].split(" (")[0] for r in dry if "--resume" not in r["argv"]]
     assert len(folders) == len(set(folders)), folders
-    # the train run that `--resume` continues was interrupted after its first checkpoint, kept and resumed
-    resume = next(r for r in dry if r["argv"][:2] == ["train", "--resume"])
-    assert "resume: from step 1 (verified" in resume["out"], resume["out"]
+    # a train run that `--resume` continues was interrupted after its first checkpoint, kept and resumed
+    for resume in [r for r in dry if r["argv"][:2] == ["train", "--resume"]]:
+        assert "resume: from step 1 (verified" in resume["out"], resume["out"]
+
+
+def test_the_readme_starts_with_its_set_up_command_and_the_cli_guide_resumes_a_run():
+    """The README's first command is the set-up line's `genrank-jax train`; the CLI guide shows every
+    `train` example, `--resume` among them (the walk above checks that it resumes)."""
+    readme = plan(ROOT / "README.md", pathlib.Path("home"))
+    assert readme[0]["argv"] == ["train"], [s["argv"] for s in readme]
+    cli = [s["argv"] for s in plan(ROOT / "docs" / "guides" / "cli.md", pathlib.Path("home"))]
+    assert len(cli) >= 10 and ["train", "--resume"] in cli, cli
+    walked = {document_id(page) for page in documents()}
+    assert {"README.md", "docs/guides/cli.md", "docs/guides/own-log.md", "docs/guides/serving.md",
+            "docs/guides/multi-host.md", "docs/guides/lis.md"} <= walked, walked
 
 
 @pytest.mark.slow
-def test_readme_commands_under_a_minute_run_for_real(tmp_path):
-    results = walk(tmp_path, real_under_s=60)
+@pytest.mark.parametrize("document", documents(), ids=document_id)
+def test_commands_under_a_minute_run_for_real(tmp_path, document):
+    results = walk(tmp_path, document, real_under_s=60)
     check(results)
-    real = [r for r in results if r["kind"] == "real"]
-    assert {r["argv"][0] for r in real} >= {"simulate", "export"}, [r["argv"] for r in real]
+    if document.name == "own-log.md":
+        real = [r for r in results if r["kind"] == "real"]
+        assert {r["argv"][0] for r in real} >= {"simulate", "export"}, [r["argv"] for r in real]
 
 
 def test_command_lines_are_found_with_their_continuations():

@@ -1,5 +1,6 @@
-"""The README's "Your own log" walkthrough runs as written, in order, in a fresh folder (shorter:
-the test simulator preset and a two-step run)."""
+"""The "Your own log" walkthrough of docs/guides/own-log.md runs as written, in order, in a fresh
+folder (shorter: the test simulator preset and a two-step run), then the page's Python block, which
+reads the export the commands made (tests/test_docs_examples.py leaves that block to this test)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from genrank_jax.cli import main
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+PAGE = "docs/guides/own-log.md"
+
+
 def section() -> str:
-    return (ROOT / "README.md").read_text().split("## Your own log", 1)[1].split("\n## ", 1)[0]
+    return (ROOT / PAGE).read_text().split("## Your own log", 1)[1].split("\n## ", 1)[0]
 
 
 def test_walkthrough_runs_in_a_fresh_folder(tmp_path, monkeypatch, capsys):
@@ -30,7 +34,7 @@ def test_walkthrough_runs_in_a_fresh_folder(tmp_path, monkeypatch, capsys):
         argv = [("2" if a == "200" else a) for a in argv] + faster[argv[0]]
         assert main(argv) == 0, line
     (code,) = re.findall(r"```python\n(.*?)```", section(), re.S)
-    exec(compile(code, "README own-log example", "exec"), {})
+    exec(compile(code, f"{PAGE} example", "exec"), {})
     printed = capsys.readouterr().out.strip().splitlines()[-2:]
     assert re.fullmatch(r"\[\s*\d+\s+\d+\s+\d+\]", printed[0]) and re.fullmatch(r"\[\s*\d+\]", printed[1])
 

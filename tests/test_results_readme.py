@@ -1,4 +1,5 @@
-"""The README's results section is rendered from bench/results, never typed by hand."""
+"""The results page (docs/results.md) and the README's headline results are rendered from
+bench/results, never typed by hand."""
 
 import json
 import os
@@ -10,8 +11,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 import update_readme  # noqa: E402
 
 
+RESULTS_PAGE = ROOT / update_readme.RESULTS_PAGE
+
+
 def test_readme_results_match_bench_results():
-    assert update_readme.main(["--check"]) == 0, "README.md is stale: run python bench/update_readme.py"
+    assert update_readme.main(["--check"]) == 0, "docs/results.md or README.md is stale: run python bench/update_readme.py"
+
+
+def test_readme_headline_links_to_the_results_page():
+    readme = (ROOT / "README.md").read_text()
+    headline = readme.split(update_readme.HEADLINE_START, 1)[1].split(update_readme.HEADLINE_END, 1)[0]
+    assert len(headline.splitlines()) >= 6 and "(docs/results.md)" in headline and RESULTS_PAGE.is_file()
+    assert update_readme.START not in readme  # the tables themselves are on the results page only
 
 
 def test_readme_results_show_commands_as_typed_without_this_machine_s_paths():
@@ -19,7 +30,7 @@ def test_readme_results_show_commands_as_typed_without_this_machine_s_paths():
     (it used to carry `--data-dir /work/shared/...` and `--out /tmp/...`)."""
     import re
 
-    section = (ROOT / "README.md").read_text().split(update_readme.START, 1)[1].split(update_readme.END, 1)[0]
+    section = RESULTS_PAGE.read_text().split(update_readme.START, 1)[1].split(update_readme.END, 1)[0]
     commands = re.findall(r"[Cc]ommand:? `([^`]+)`", section)
     assert len(commands) >= 10
     for command in commands:
@@ -36,7 +47,7 @@ def test_readme_lis_command_is_the_command_that_made_its_table():
     assert recorded == lis_movielens.readme_command()
     assert "--task like" in recorded
     table = (ROOT / "bench" / "results" / "lis_movielens.md").read_text().strip()
-    assert table in (ROOT / "README.md").read_text()  # the output shown is that run's output
+    assert table in RESULTS_PAGE.read_text()  # the output shown is that run's output
 
 
 def _leakage_file(folder: pathlib.Path, stamp: int, bank_epoch: float, cpu_devices: int | None = None) -> pathlib.Path:

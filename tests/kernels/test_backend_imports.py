@@ -1,6 +1,6 @@
 """Every backend module imports on every supported jax, and a missing jax API is reported, not raised.
 
-CI runs this file on each leg of the version matrix (README, "Supported versions"): a backend
+CI runs this file on each leg of the version matrix (docs/index.md, "Supported versions"): a backend
 whose jax lacks something must still import and say why through `unavailable_reason`.
 """
 

@@ -2,7 +2,7 @@
 
 Read with `tomllib`; every key is checked (a key that does not exist, a missing one, a wrong
 type or a column named for two roles is a `SchemaError` naming the file and the key). Relative
-paths in the file are relative to the schema file's folder. The README's "Your own log" section
+paths in the file are relative to the schema file's folder. docs/guides/own-log.md ("Your own log")
 documents every key; `LogSchema.describe()` is what the preparation cache is keyed on.
 """
 
@@ -48,7 +48,7 @@ class ContentSource:
 
 @dataclasses.dataclass(frozen=True)
 class LogSchema:
-    """What each column of the log means (see the module docstring and the README)."""
+    """What each column of the log means (see the module docstring and docs/guides/own-log.md)."""
 
     path: pathlib.Path | None
     user: str
