@@ -33,6 +33,6 @@ timeout -k 5 60 "$PYTHON" bench/from_checkout.py -c \
     'import jax, sys, numpy; print(sys.version); print("jax", jax.__version__, "numpy", numpy.__version__); print(jax.devices())' \
     > "$RESULTS/env.txt" 2>&1
 cat "$RESULTS/env.txt"
-(cd bench && "$PYTHON" table_jobs.py "${jobs_args[@]}") > "$RESULTS/jobs.tsv" || exit 1
+"$PYTHON" bench/from_checkout.py bench/table_jobs.py "${jobs_args[@]}" > "$RESULTS/jobs.tsv" || exit 1
 "$PYTHON" bench/job_queue.py "$RESULTS/jobs.tsv" --out "$WORK/runs" --archive "$RESULTS/results.tar.gz" \
     --parallel "$parallel" --deadline-s "$deadline" --python "$PYTHON"
