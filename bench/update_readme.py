@@ -80,6 +80,27 @@ def ablation_section(results: pathlib.Path) -> list[str]:
     return [*path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
 
 
+def streaming_section(results: pathlib.Path) -> list[str]:
+    """Issue 22's tables (bench/feed_tables.py) and their plot, copied beside this page."""
+    path = results / "issue22" / "tables.md"
+    if not path.is_file():
+        return ["### Streaming against epochs", "", "_No streaming tables yet (run `bench/feed_tables.py`)._"]
+    lines = ["### Streaming against epochs, on the `feed` simulator and ml-100k", "",
+             *path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
+    if (ROOT / "docs" / "img" / "stream_auc.png").is_file():
+        lines += ["", "![next-window AUC over time per model](img/stream_auc.png)"]
+    return lines
+
+
+def across_datasets_section(results: pathlib.Path) -> list[str]:
+    """Issue 26's table: every model against the features baseline on three datasets."""
+    path = results / "issue26" / "table.md"
+    if not path.is_file():
+        return ["### Across datasets", "", "_No across-datasets table yet (run `bench/across_datasets.py`)._"]
+    return ["### Across datasets: every model against the features baseline (epochs)", "",
+            *path.read_text().rstrip().splitlines(), "", f"_Source: `{relative(path)}`._"]
+
+
 def runs(results: pathlib.Path, kind: str):
     """(path, header, rows) of the benchlib files `<kind>_*.json`, newest first."""
     for path in sorted(results.glob(f"{kind}_*.json"), key=run_time, reverse=True):
@@ -473,7 +494,7 @@ def ingest_section(results: pathlib.Path) -> list[str]:
 
 
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, train_movielens_section, organization_section, train_section, attention_section,
+    sections = [ablation_section, streaming_section, across_datasets_section, train_movielens_section, organization_section, train_section, attention_section,
                 kernel_ops_section, leakage_section, serving_section, scale_section, lis_section,
                 scaling_section, ingest_section]
     body = []
@@ -502,6 +523,13 @@ def headline(results: pathlib.Path) -> str:
         first, values = next(iter(report["eval"].items()))
         lines.append(f"- `{report.get('command', 'genrank-jax train')}`: {first} AUC {values['auc']:.4f}, GAUC "
                      f"{values['gauc']:.4f} {link}.")
+    streaming = results / "issue22" / "tables.md"
+    if streaming.is_file():
+        found = [line for line in streaming.read_text().splitlines() if line.startswith("- GenRank − DIN: ")]
+        if found:
+            lines.append(f"- On the `feed` simulator, trained as feeds train (one pass in time order, each day scored "
+                         f"before it is learnt): GenRank − DIN next-day click AUC "
+                         f"{found[0].removeprefix('- GenRank − DIN: ')} {link}.")
     path = newest(results, "ablation_*.md", exclude="_validation")
     if path is not None:
         found = [line for line in path.read_text().splitlines() if line.startswith("Organization: ")]
