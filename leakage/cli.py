@@ -273,13 +273,38 @@ def _dry_run(args, kinds: list[str], horizons: list[str], given_features: dict) 
         print("the task, --cutoff and side: features are checked against the data once it is prepared (the first "
               "run prepares it)")
     out = pathlib.Path(args.out)
-    print(f"expected time: not measured for these settings (for scale: {MEASURED_LIS})")
+    probes = (features + 1) * args.seeds + (0 if args.no_placebo else features * args.seeds)  # placebos: at most
+    train_rows = train_rows if preview.dataset is not None else None
+    print(f"expected time: {lis_expected_time(config, probes, train_rows, sequential=args.sequential)}")
     print(f"would write: {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'}")
     print(NOTHING_WRITTEN)
     return 0
 
 
 MEASURED_LIS = "71 to 92 s for the README's 128 probes on MovieLens-100K on a 2-core CPU"
+# The README's `genrank-jax lis` run (bench/results/lis_movielens.json): 128 probes (mlp, dim 16,
+# 2 epochs) trained together on 79,999 train rows in 81 s on a 2-core CPU (load average 6 to 8).
+MEASURED_LIS_RUN = dict(model="mlp", dim=16, epochs=2, probes=128, train_rows=79_999, seconds=81.2, cores=2)
+
+
+def lis_expected_time(config, probes: int, train_rows: int | None, *, sequential: bool = False) -> str:
+    """'about N s ...' scaled from the measured run (probes x train rows x epochs), or why not."""
+    import jax
+
+    from genrank_jax.dry_run import _duration, cores
+
+    run = MEASURED_LIS_RUN
+    if train_rows is None:
+        return f"not known before the data is prepared (for scale: {MEASURED_LIS})"
+    if (config.model, config.dim, jax.default_backend(), sequential) != (run["model"], run["dim"], "cpu", False):
+        return (f"not measured for {config.model} probes of dim {config.dim} "
+                f"{'one at a time ' if sequential else ''}on {jax.default_backend()} (for scale: {MEASURED_LIS})")
+    # the work grows with probes x rows x epochs; fixed costs (data, compiling) make small runs slower than this
+    seconds = run["seconds"] * (probes / run["probes"]) * (train_rows / run["train_rows"]) * (config.epochs / run["epochs"])
+    here = "" if cores() == run["cores"] else f"; this machine has {cores()} cores"
+    return (f"about {_duration(seconds)} for at most {probes} probes on {train_rows:,} train rows "
+            f"({config.epochs} epochs), scaled from the README's run ({run['probes']} probes, {run['train_rows']:,} "
+            f"rows, {run['epochs']} epochs in {run['seconds']:.0f} s on a {run['cores']}-core CPU){here}")
 
 
 def _write_report(report, metadata: dict, args) -> pathlib.Path:

@@ -117,3 +117,19 @@ def test_dry_run_of_a_resume_and_an_export_opens_the_checkpoint(fresh, capsys):
     assert code == 0, err
     assert "checkpoint: step 1 of r/checkpoints (verified: checksums, finite)" in out and "runs/export-1" in out
     assert sorted(p.name for p in fresh.iterdir()) == ["r"]  # no runs/export-1
+
+
+def test_a_lis_dry_run_estimates_its_time_from_the_measured_run():
+    from genrank_jax.leakage.cli import MEASURED_LIS_RUN, lis_expected_time
+    from genrank_jax.leakage.probe import ProbeConfig
+
+    run = MEASURED_LIS_RUN
+    same = lis_expected_time(ProbeConfig(model="mlp"), run["probes"], run["train_rows"])
+    assert same.startswith(f"about {run['seconds']:.0f} s for at most {run['probes']} probes"), same
+    # twice the probes on half the rows: the same work; twice the epochs: twice the time
+    half = lis_expected_time(ProbeConfig(model="mlp"), 2 * run["probes"], run["train_rows"] / 2)
+    assert half.startswith(f"about {run['seconds']:.0f} s"), half
+    doubled = lis_expected_time(ProbeConfig(model="mlp", epochs=4), run["probes"], run["train_rows"])
+    assert doubled.startswith(f"about {2 * run['seconds'] / 60:.1f} min"), doubled
+    assert lis_expected_time(ProbeConfig(model="mlp"), 10, None).startswith("not known before the data is prepared")
+    assert "not measured for" in lis_expected_time(ProbeConfig(model="mlp"), 10, 1000, sequential=True)
