@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -149,13 +150,12 @@ def _kv_issue(sample, kv_refs, kv_smem, kv_ready, k_meta, block_kv, n_first, sec
     """`issue(step, slot)` for `_producer` in the kernels that stream key tiles (forward, dq): the
     K and V tiles of kv step `step` and the keys' position / time rows into ring slot `slot`."""
     (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready) = kv_refs, kv_smem, kv_ready
-    k_sources, kpos_smem, ktime_smem, kmeta_ready = k_meta
 
     def issue(step, slot):
         k_start = tiles.kv_block(step, n_first, second_start) * block_kv
         rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
         plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-        _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem, kmeta_ready, slot)
+        k_meta.copy(k_start, block_kv, slot)
         plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
     return issue
 
@@ -276,172 +276,420 @@ def _zero_rows_past(ref, start, length):
         plgpu.commit_smem()
 
 
-def _meta_vectors(sources, pos_smem, time_smem, index, layout):
-    """(position, time) vectors of slot `index` in `layout` (None where `sources` has none)."""
-    pos_ref, time_ref = sources
-    pos = _load(pos_smem.at[index], layout) if pos_ref is not None else None
-    time = _load(time_smem.at[index], layout) if time_ref is not None else None
-    return pos, time
+@dataclasses.dataclass(frozen=True)
+class _TokenMeta:
+    """One tile side's per-token bias rows in SMEM: where they come from and where they land.
+
+    `sources` are the (position, time) GMEM rows [S] of `_Sample.sources` (None: a term this call
+    has not, so nothing is copied or waited for); `pos_smem` / `time_smem` are [n, size] f32 buffers
+    and `ready` their barriers, one per buffer row (a warpgroup's resident tile or a ring slot).
+    """
+    sources: tuple
+    pos_smem: object
+    time_smem: object
+    ready: tuple
+
+    def copy(self, start, size: int, index) -> None:
+        """TMA tokens start..start+size of each present term into buffer row `index`."""
+        for row, smem, barrier in zip(self.sources, (self.pos_smem, self.time_smem), self.ready):
+            if row is not None:
+                plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[index], barrier.at[index])
+
+    def read(self, index, layout):
+        """(position, time) vectors of buffer row `index` in `layout`, once their TMAs landed."""
+        for row, barrier in zip(self.sources, self.ready):
+            if row is not None:
+                plgpu.barrier_wait(barrier.at[index])
+        pos_row, time_row = self.sources
+        pos = _load(self.pos_smem.at[index], layout) if pos_row is not None else None
+        time = _load(self.time_smem.at[index], layout) if time_row is not None else None
+        return pos, time
 
 
-def _copy_meta(sources, start, size, pos_smem, time_smem, barriers, slot):
-    for row, smem, barrier in zip(sources, (pos_smem, time_smem), barriers):
-        if row is not None:
-            plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[slot], barrier.at[slot])
+def _store(outputs) -> None:
+    """The epilogue's write-out: each (value, SMEM buffer, GMEM window) staged in SMEM (cast to the
+    buffer's dtype), then all TMA'd out together; waits, as the CTA's SMEM dies with it."""
+    for value, smem, _ in outputs:
+        smem[...] = value.astype(smem.dtype)
+    plgpu.commit_smem()
+    for _, smem, gmem in outputs:
+        plgpu.copy_smem_to_gmem(smem, gmem)
+    plgpu.wait_smem_to_gmem(0)
 
 
-def _wait_meta(sources, barriers, slot):
-    for ref, barrier in zip(sources, barriers):
-        if ref is not None:
-            plgpu.barrier_wait(barrier.at[slot])
+def _claim_compute_registers(wgs: int) -> None:
+    """Compute warpgroups take the registers the memory warpgroup gives up (`_producer`)."""
+    plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
 
 
 def _num_meta(static):
     return 4 + static.has_alibi + static.has_time + static.ordered_path * (2 + static.has_alibi)
 
 
+# ---------------------------------------------------------------- what the three kernels share
+
+@dataclasses.dataclass(frozen=True)
+class _Dims:
+    """Trace-time sizes of one kernel launch."""
+    batch: int
+    seq_len: int
+    heads: int
+    head_dim: int
+    value_dim: int
+    dtype: jnp.dtype
+    block_q: int  # query rows of a tile
+    block_kv: int  # key rows of a tile
+    stages: int  # depth of the TMA ring
+    wgs: int  # compute warpgroups; warpgroup number `wgs` is the memory warpgroup
+
+    @classmethod
+    def of(cls, tiling: HopperTiling, q, v, backward: bool) -> _Dims:
+        batch, seq_len, heads, head_dim = q.shape
+        block_q, block_kv = ((tiling.block_q_bwd, tiling.block_kv_bwd) if backward
+                             else (tiling.block_q, tiling.block_kv))
+        return cls(batch, seq_len, heads, head_dim, v.shape[-1], q.dtype, block_q, block_kv,
+                   tiling.stages, tiling.compute_wgs)
+
+
+def _tiles_smem(count: int, rows: int, dim: int, dtype):
+    """`count` swizzled [rows, dim] 16-bit tiles (WGMMA operands)."""
+    return plgpu.SMEM((count, rows, dim), dtype, transforms=_SWIZZLE)
+
+
+def _rows_smem(count: int, rows: int, present: bool = True):
+    """`count` f32 vectors of `rows` (metadata, softmax statistics); None for an absent term."""
+    return plgpu.SMEM((count, rows), jnp.float32) if present else None
+
+
+def _launch(kernel, dims: _Dims, tiling: HopperTiling, out_type, scratch, grid_axis: str):
+    """plgpu.kernel over (heads, CTAs along the sequence, batch), `dims.wgs` compute warpgroups
+    and one memory warpgroup per CTA. The kernel is named after `kernel` (keep it `kernel`)."""
+    cta_rows = dims.wgs * (dims.block_kv if grid_axis == "kv_seq" else dims.block_q)
+    return plgpu.kernel(
+        kernel, out_type=out_type, scratch_types=scratch,
+        grid=(dims.heads, dims.seq_len // cta_rows, dims.batch),
+        grid_names=("heads", grid_axis, "batch"),
+        num_threads=dims.wgs + 1, thread_name="wg",
+        compiler_params=_compiler_params(tiling),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Path:
+    """One of the two tile maths a sample may take (`_Sample.run`): `ordered` or the general one,
+    and the query / key metadata that path reads (`_Sample.sources`)."""
+    ordered: bool
+    queries: _TokenMeta
+    keys: _TokenMeta
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cta:
+    """What every helper of a kernel reads: trace-time sizes and flags, the sample's scalars, this
+    thread's warpgroup and the kernel's refs (each kernel's `_*Gmem`, `_*Smem`, `_*Barriers`)."""
+    static: object  # _gpu_blocked.Static
+    dims: _Dims
+    sample: _Sample
+    wg: object  # this warpgroup's index (traced); `dims.wgs`: the memory warpgroup
+    gmem: tuple
+    smem: tuple
+    barriers: tuple
+
+    def run(self, body) -> None:
+        """`body(path)` on the tile math the sample's flag picks at run time (both are compiled)."""
+        def on_path(ordered: bool):
+            sample, smem, barriers = self.sample, self.smem, self.barriers
+            queries = _TokenMeta(sample.sources(queries=True, ordered=ordered),
+                                 smem.q_pos, smem.q_time, barriers.q_meta_ready)
+            keys = _TokenMeta(sample.sources(queries=False, ordered=ordered),
+                              smem.k_pos, smem.k_time, barriers.k_meta_ready)
+            body(_Path(ordered, queries, keys))
+        self.sample.run(on_path)
+
+    def split_roles(self, compute, memory) -> None:
+        """Warpgroups 0..wgs-1 run `compute()`, warpgroup `wgs` runs `memory()`."""
+        pl.when(self.wg < self.dims.wgs)(compute)
+        pl.when(self.wg == self.dims.wgs)(memory)
+
+
+class _KeySteps(NamedTuple):
+    """The key tiles a query CTA visits (`_gpu_tiles.kv_steps`), in `count` steps: `n_first` from
+    key tile 0 on, then the rest from key tile `second_start` on."""
+    n_first: jax.Array
+    second_start: jax.Array
+    count: jax.Array
+
+    def key_start(self, step, block_kv: int):
+        return tiles.kv_block(step, self.n_first, self.second_start) * block_kv
+
+
+def _plan_query_cta(cta: _Cta) -> tuple[jax.Array, _KeySteps]:
+    """(first query row, key steps) of a forward or dq CTA. The last query tiles see the most keys,
+    so they launch first (fewer stragglers at the end)."""
+    dims, sample = cta.dims, cta.sample
+    cta_rows = dims.wgs * dims.block_q
+    cta_start = (dims.seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
+    return cta_start, _KeySteps(*tiles.kv_steps(cta_start, cta_rows, dims.block_kv, sample.length,
+                                                sample.num_candidates))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ResidentTile:
+    """A compute warpgroup's own tile, loaded once: its SMEM buffer, first row and metadata
+    vectors (queries in the forward and dq kernels, keys in the dk/dv kernel)."""
+    smem: object
+    start: jax.Array
+    meta: tuple
+
+
+def _load_resident(copies, meta: _TokenMeta, start, size: int, wg) -> None:
+    """TMA a compute warpgroup's resident tiles, `copies` of (GMEM window, SMEM buffer, barrier
+    array), and its metadata rows into buffer row `wg`; wait for the tiles (the metadata is
+    waited for where it is read, `_TokenMeta.read`)."""
+    for source, target, ready in copies:
+        plgpu.copy_gmem_to_smem(source, target, ready.at[wg])
+    meta.copy(start, size, wg)
+    for _, _, ready in copies:
+        plgpu.barrier_wait(ready.at[wg])
+
+
+def _slot(step, stages: int):
+    """The ring slot of step `step` (the memory warpgroup fills them in step order)."""
+    return lax.rem(step, jnp.int32(stages))
+
+
+def _await_tile(ring, ready, slot, start, length, clean: bool):
+    """Ring slot `slot` once its TMA landed; on a masked step, where the tile may cross the length,
+    cleaned of padding first (`_zero_rows_past`)."""
+    plgpu.barrier_wait(ready.at[slot])
+    tile = ring.at[slot]
+    if clean:
+        _zero_rows_past(tile, start, length)
+    return tile
+
+
+def _run_steps(step_fn, ranges, carry):
+    """`step_fn(step, carry, masked=...)` over consecutive step ranges (lo, hi, masked): interior
+    tiles, every pair valid, skip the mask."""
+    for lo, hi, masked in ranges:
+        carry = lax.fori_loop(lo, hi, functools.partial(step_fn, masked=masked), carry)
+    return carry
+
+
+def _stream_key_tiles(cta: _Cta, keys: _TokenMeta, steps: _KeySteps) -> None:
+    """The memory warpgroup of the forward and dq kernels: per key step, the K tile, the keys'
+    metadata and the V tile into the step's ring slot (K first: it is needed first)."""
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+
+    def issue(step, slot):
+        k_start = steps.key_start(step, dims.block_kv)
+        rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
+        plgpu.copy_gmem_to_smem(cta.gmem.k.at[rows], smem.k.at[slot], barriers.k_ready.at[slot])
+        keys.copy(k_start, dims.block_kv, slot)
+        plgpu.copy_gmem_to_smem(cta.gmem.v.at[rows], smem.v.at[slot], barriers.v_ready.at[slot])
+    _producer(steps.count, dims.stages, barriers.consumed, issue)
+
+
 # ---------------------------------------------------------------- forward
+
+class _ForwardGmem(NamedTuple):
+    """The forward kernel's GMEM refs after the metadata: inputs, then outputs."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    out: object  # [B, S, H, Dv]
+    lse: object  # [B, H, S] f32, base 2
+
+
+class _ForwardSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    q: object  # [wgs, block_q, D] query tiles
+    o: object  # [wgs, block_q, Dv] output staging; None when Dv == D: staged in `q`
+    k: object  # [stages, block_kv, D] key ring
+    v: object  # [stages, block_kv, Dv] value ring
+    q_pos: object  # [wgs, block_q] f32 query position (or ALiBi) rows; None without ALiBi
+    q_time: object  # [wgs, block_q] f32 query times; None without a time bias
+    k_pos: object  # [stages, block_kv] f32 key position (or ALiBi) rows
+    k_time: object  # [stages, block_kv] f32 key times
+    lse: object  # [wgs, block_q] f32 lse2 staging
+
+
+class _ForwardBarriers(NamedTuple):
+    q_ready: object  # [wgs]: the warpgroup's query tile landed
+    q_meta_ready: object  # ([wgs], [wgs]): its position, time rows landed
+    k_ready: object  # [stages]: the slot's key tile landed
+    v_ready: object  # [stages]: the slot's value tile landed
+    k_meta_ready: object  # ([stages], [stages]): the slot's key position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+    schedule: object  # wgs arrivals: the ping-pong of two compute warpgroups (`_PingPong`)
+
+
+def _forward_scratch(static, dims: _Dims) -> tuple[_ForwardSmem, _ForwardBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _ForwardSmem(
+        q=_tiles_smem(wgs, block_q, dims.head_dim, dims.dtype),
+        o=(None if dims.value_dim == dims.head_dim
+           else _tiles_smem(wgs, block_q, dims.value_dim, dims.dtype)),
+        k=_tiles_smem(stages, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(stages, block_kv, dims.value_dim, dims.dtype),
+        q_pos=_rows_smem(wgs, block_q, static.has_alibi),
+        q_time=_rows_smem(wgs, block_q, static.has_time),
+        k_pos=_rows_smem(stages, block_kv, static.has_alibi),
+        k_time=_rows_smem(stages, block_kv, static.has_time),
+        lse=_rows_smem(wgs, block_q))
+    barriers = _ForwardBarriers(
+        q_ready=plgpu.Barrier(num_barriers=wgs),
+        q_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_ready=plgpu.Barrier(num_barriers=stages),
+        v_ready=plgpu.Barrier(num_barriers=stages),
+        k_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+        schedule=plgpu.Barrier(num_arrivals=wgs))
+    return smem, barriers
+
 
 def forward(static, q, k, v, meta):
     """(out [B, S, H, Dv], lse2 [B, H, S]) on padded 16-bit inputs; see `_gpu_blocked.forward`."""
     _ensure_log1p_lowering()
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = tiling.block_q, tiling.block_kv, tiling.stages, tiling.compute_wgs
-    cta_rows = wgs * block_q
-    has_alibi, has_time = static.has_alibi, static.has_time
+    dims = _Dims.of(static.tiling, q, v, backward=False)
     split = _num_meta(static)
-    share_qo = value_dim == head_dim
 
     def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, out_ref, lse_ref = refs[split:split + 5]
-        (q_smem2, o_smem2, k_smem, v_smem, qpos_smem, qtime_smem, kpos_smem, ktime_smem,
-         lse_smem2), barriers = refs[split + 5:]
-        (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed, schedule) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
-        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
-        n_first, second_start, n_steps = tiles.kv_steps(
-            cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
+        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
+                   _ForwardGmem(*refs[split:split + 5]), *refs[split + 5:])
+        _forward_cta(cta)
 
-        def schedule_sync():
-            if wgs == 2:
-                plgpu.barrier_arrive(schedule)
-                plgpu.barrier_wait(schedule)
+    out_type = (jax.ShapeDtypeStruct((dims.batch, dims.seq_len, dims.heads, dims.value_dim),
+                                     dims.dtype),
+                jax.ShapeDtypeStruct((dims.batch, dims.heads, dims.seq_len), jnp.float32))
+    return _launch(kernel, dims, static.tiling, out_type, _forward_scratch(static, dims),
+                   "q_seq")(*_meta_args(meta), q, k, v)
 
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                q_smem, lse_smem = q_smem2.at[wg], lse_smem2.at[wg]
-                o_smem = q_smem if share_qo else o_smem2.at[wg]
-                q_start = cta_start + wg * block_q
-                plgpu.copy_gmem_to_smem(q_ref.at[sample.batch, pl.ds(q_start, block_q), sample.head],
-                                        q_smem, q_ready.at[wg])
-                _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                           qmeta_ready, wg)
-                plgpu.barrier_wait(q_ready.at[wg])
-                _wait_meta(q_sources, qmeta_ready, wg)
-                q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, wg, _ROW)
 
-                def step_fn(step, carry, masked):
-                    acc, m, l = carry
-                    slot = lax.rem(step, jnp.int32(stages))
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    plgpu.barrier_wait(k_ready.at[slot])
+@dataclasses.dataclass(frozen=True)
+class _PingPong:
+    """FA3's ping-pong of two compute warpgroups on the `schedule` barrier: one runs its softmax
+    while the other's WGMMAs hold the tensor cores. With one compute warpgroup, no-ops."""
+    schedule: object
+    active: bool
 
-                    def scores(acc_ref):
-                        plgpu.wgmma(acc_ref, q_smem, _transposed(k_smem.at[slot]))
-                        schedule_sync()  # let the other warpgroup's softmax run under this WGMMA
-                        return acc_ref[...]
-                    qk = pl.run_scoped(scores, plgpu.ACC((block_q, block_kv), jnp.float32))
-                    _wait_meta(k_sources, kmeta_ready, slot)
-                    k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, slot, _COL)
-                    logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, ordered=ordered)
-                    if static.kind == "softmax":
-                        p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
-                        acc = acc * lax.broadcast_in_dim(correction, acc.shape, (0,))
-                    else:
-                        p = tiles.silu_weights(logits, mask)
-                    if wgs == 2:
-                        plgpu.barrier_arrive(schedule)
-                    plgpu.barrier_wait(v_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(v_smem.at[slot], k_start, sample.length)
-                    if wgs == 2:
-                        plgpu.barrier_wait(schedule)
-                    acc = _matmul(p.astype(dtype), v_smem.at[slot], None, accumulate=acc)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return acc, m, l
+    def arrive(self) -> None:
+        if self.active:
+            plgpu.barrier_arrive(self.schedule)
 
-                init = (_acc((block_q, value_dim)),
-                        plgpu.layout_cast(jnp.full((block_q,), tiles.M_INIT, jnp.float32), _ROW),
-                        plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW))
-                # interior key tiles (every pair valid) first, without a mask; then the rest
-                n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
-                                                     sample.num_candidates, n_first)
-                pl.when(wg == 1)(schedule_sync)
-                carry = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False), init)
-                acc, m, l = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True),
-                                          carry)
-                pl.when(wg == 0)(schedule_sync)
-                row_valid = sample.row_valid(q_start, block_q)
-                if static.kind == "softmax":
-                    out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
-                else:
-                    out = tiles.zero_rows(acc * sample.inverse_length(), row_valid)
-                    lse2 = plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW)
-                o_smem[...] = out.astype(dtype)
-                lse_smem[...] = lse2
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem, out_ref.at[sample.batch, pl.ds(q_start, block_q),
-                                                            sample.head])
-                plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[sample.batch, sample.head,
-                                                             pl.ds(q_start, block_q)])
-                plgpu.wait_smem_to_gmem(0)
+    def wait(self) -> None:
+        if self.active:
+            plgpu.barrier_wait(self.schedule)
 
-            @pl.when(wg == wgs)
-            def _memory():
-                _producer(n_steps, stages, consumed, _kv_issue(
-                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
-                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
+    def sync(self) -> None:
+        """Hand the turn over and take it back: the other warpgroup runs in between."""
+        self.arrive()
+        self.wait()
 
-        sample.run(body)
 
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         None if share_qo else smem((wgs, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q), jnp.float32) if has_alibi else None,
-         smem((wgs, block_q), jnp.float32) if has_time else None,
-         smem((stages, block_kv), jnp.float32) if has_alibi else None,
-         smem((stages, block_kv), jnp.float32) if has_time else None,
-         smem((wgs, block_q), jnp.float32)),
-        (plgpu.Barrier(num_barriers=wgs),
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
-         plgpu.Barrier(num_arrivals=wgs)),
-    )
-    out_type = (jax.ShapeDtypeStruct((batch, seq_len, heads, value_dim), dtype),
-                jax.ShapeDtypeStruct((batch, heads, seq_len), jnp.float32))
-    return plgpu.kernel(
-        kernel, out_type=out_type, scratch_types=scratch,
-        grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v)
+def _forward_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` query tiles against the key tiles they see, streamed by the memory
+    warpgroup through the ring."""
+    cta_start, steps = _plan_query_cta(cta)
+    pingpong = _PingPong(cta.barriers.schedule, cta.dims.wgs == 2)
+
+    def body(path: _Path):
+        cta.split_roles(lambda: _forward_compute(cta, path, cta_start, steps, pingpong),
+                        lambda: _stream_key_tiles(cta, path.keys, steps))
+    cta.run(body)
+
+
+def _forward_compute(cta: _Cta, path: _Path, cta_start, steps: _KeySteps,
+                     pingpong: _PingPong) -> None:
+    """A compute warpgroup: load its query tile, run it over the key steps (interior tiles first,
+    without a mask), normalise and store."""
+    dims, sample, smem = cta.dims, cta.sample, cta.smem
+    _claim_compute_registers(dims.wgs)
+    q_smem = smem.q.at[cta.wg]
+    q_start = cta_start + cta.wg * dims.block_q
+    _load_resident(((cta.gmem.q.at[sample.batch, pl.ds(q_start, dims.block_q), sample.head],
+                     q_smem, cta.barriers.q_ready),),
+                   path.queries, q_start, dims.block_q, cta.wg)
+    tile = _ResidentTile(q_smem, q_start, path.queries.read(cta.wg, _ROW))
+
+    init = (_acc((dims.block_q, dims.value_dim)),
+            plgpu.layout_cast(jnp.full((dims.block_q,), tiles.M_INIT, jnp.float32), _ROW),
+            plgpu.layout_cast(jnp.zeros((dims.block_q,), jnp.float32), _ROW))
+    n_interior = tiles.interior_kv_steps(q_start, dims.block_kv, sample.length,
+                                         sample.num_candidates, steps.n_first)
+    # warpgroup 1 starts half a step behind: its QK^T waits for warpgroup 0's to be issued
+    pl.when(cta.wg == 1)(pingpong.sync)
+    step = functools.partial(_forward_step, cta, path, tile, steps, pingpong)
+    acc, m, l = _run_steps(step, ((0, n_interior, False), (n_interior, steps.count, True)), init)
+    pl.when(cta.wg == 0)(pingpong.sync)  # the last turn warpgroup 1 waits for
+    _forward_epilogue(cta, q_start, acc, m, l)
+
+
+def _forward_step(cta: _Cta, path: _Path, tile: _ResidentTile, steps: _KeySteps,
+                  pingpong: _PingPong, step, carry, masked: bool):
+    """Key step `step`: the scores of the query tile against the slot's key tile, their softmax
+    (or SiLU) weights P, acc += P V; then the slot is released to the memory warpgroup."""
+    acc, m, l = carry
+    slot = _slot(step, cta.dims.stages)
+    k_start = steps.key_start(step, cta.dims.block_kv)
+    logits, mask = _forward_scores(cta, path, tile, pingpong, slot, k_start, masked)
+    p, acc, m, l = _online_weights(cta.static.kind, logits, mask, acc, m, l)
+    acc = _accumulate_pv(cta, pingpong, p, slot, k_start, masked, acc)
+    plgpu.barrier_arrive(cta.barriers.consumed.at[slot])
+    return acc, m, l
+
+
+def _forward_scores(cta: _Cta, path: _Path, tile: _ResidentTile, pingpong: _PingPong, slot,
+                    k_start, masked: bool):
+    """(logits, mask or None) of the query tile against the key tile in `slot`: the Q K^T WGMMA,
+    under which the other warpgroup runs its softmax, then bias and mask (`_Sample.scores`)."""
+    dims = cta.dims
+    plgpu.barrier_wait(cta.barriers.k_ready.at[slot])
+
+    def scores(acc_ref):
+        plgpu.wgmma(acc_ref, tile.smem, _transposed(cta.smem.k.at[slot]))
+        pingpong.sync()  # let the other warpgroup's softmax run under this WGMMA
+        return acc_ref[...]
+    qk = pl.run_scoped(scores, plgpu.ACC((dims.block_q, dims.block_kv), jnp.float32))
+    k_meta = path.keys.read(slot, _COL)
+    return cta.sample.scores(qk, tile.start, k_start, tile.meta, k_meta, cta.static.kind, masked,
+                             ordered=path.ordered)
+
+
+def _online_weights(kind: str, logits, mask, acc, m, l):
+    """(p, acc, m, l): softmax weights against the running row max m and sum l, with acc rescaled
+    to the new max; SiLU's weights need no running state (m, l pass through)."""
+    if kind == "softmax":
+        p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
+        acc = acc * lax.broadcast_in_dim(correction, acc.shape, (0,))
+    else:
+        p = tiles.silu_weights(logits, mask)
+    return p, acc, m, l
+
+
+def _accumulate_pv(cta: _Cta, pingpong: _PingPong, p, slot, k_start, masked: bool, acc):
+    """acc + P V with the value tile in `slot`, once the tensor cores are this warpgroup's."""
+    pingpong.arrive()  # softmax done: the other warpgroup may issue its WGMMAs
+    v_tile = _await_tile(cta.smem.v, cta.barriers.v_ready, slot, k_start, cta.sample.length,
+                         clean=masked)
+    pingpong.wait()
+    return _matmul(p.astype(cta.dims.dtype), v_tile, None, accumulate=acc)
+
+
+def _forward_epilogue(cta: _Cta, q_start, acc, m, l) -> None:
+    """Normalise (softmax: by l, giving lse2 too; SiLU: by the length), zero the rows past the
+    length, and store out and lse2. When Dv == D, out is staged in the query tile's buffer."""
+    dims, sample, smem, gmem = cta.dims, cta.sample, cta.smem, cta.gmem
+    row_valid = sample.row_valid(q_start, dims.block_q)
+    if cta.static.kind == "softmax":
+        out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
+    else:
+        out = tiles.zero_rows(acc * sample.inverse_length(), row_valid)
+        lse2 = plgpu.layout_cast(jnp.zeros((dims.block_q,), jnp.float32), _ROW)
+    o_smem = (smem.q if smem.o is None else smem.o).at[cta.wg]
+    rows = pl.ds(q_start, dims.block_q)
+    _store(((out, o_smem, gmem.out.at[sample.batch, rows, sample.head]),
+            (lse2, smem.lse.at[cta.wg], gmem.lse.at[sample.batch, sample.head, rows])))
 
 
 def _meta_args(meta):
@@ -481,6 +729,8 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
         def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
             q_sources = sample.sources(queries=True, ordered=ordered)
             k_sources = sample.sources(queries=False, ordered=ordered)
+            queries = _TokenMeta(q_sources, qpos_smem, qtime_smem, qmeta_ready)
+            keys = _TokenMeta(k_sources, kpos_smem, ktime_smem, kmeta_ready)
             @pl.when(wg < wgs)
             def _compute():
                 plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
@@ -492,12 +742,10 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
                 plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem, q_ready[1].at[wg])
                 plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem2.at[wg], q_ready[2].at[wg])
                 plgpu.copy_gmem_to_smem(delta_ref.at[stat], delta_smem2.at[wg], q_ready[3].at[wg])
-                _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                           qmeta_ready, wg)
+                queries.copy(q_start, block_q, wg)
                 for barrier in q_ready:
                     plgpu.barrier_wait(barrier.at[wg])
-                _wait_meta(q_sources, qmeta_ready, wg)
-                q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, wg, _ROW)
+                q_meta = queries.read(wg, _ROW)
                 lse2 = _load(lse_smem2.at[wg], _ROW)
                 delta = _load(delta_smem2.at[wg], _ROW)
 
@@ -508,8 +756,7 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
                     if masked:
                         _zero_rows_past(k_smem.at[slot], k_start, sample.length)
                     qk = _matmul(q_smem, _transposed(k_smem.at[slot]), (block_q, block_kv))
-                    _wait_meta(k_sources, kmeta_ready, slot)
-                    k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, slot, _COL)
+                    k_meta = keys.read(slot, _COL)
                     logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
                                                  masked, ordered=ordered)
                     plgpu.barrier_wait(v_ready.at[slot])
@@ -542,7 +789,7 @@ def _dq(static, q, k, v, meta, dout, lse2, delta):
             def _memory():
                 _producer(n_steps, stages, consumed, _kv_issue(
                     sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
-                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
+                    keys, block_kv, n_first, second_start))
 
         sample.run(body)
 
@@ -599,6 +846,8 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
         def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
             q_sources = sample.sources(queries=True, ordered=ordered)
             k_sources = sample.sources(queries=False, ordered=ordered)
+            queries = _TokenMeta(q_sources, qpos_smem, qtime_smem, qmeta_ready)
+            keys = _TokenMeta(k_sources, kpos_smem, ktime_smem, kmeta_ready)
             @pl.when(wg < wgs)
             def _compute():
                 plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
@@ -607,15 +856,13 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                 rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
                 plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem, k_ready[0].at[wg])
                 plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem, k_ready[1].at[wg])
-                _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem,
-                           kmeta_ready, wg)
+                keys.copy(k_start, block_kv, wg)
                 for barrier in k_ready:
                     plgpu.barrier_wait(barrier.at[wg])
                 _zero_rows_past(k_smem, k_start, sample.length)
                 _zero_rows_past(v_smem, k_start, sample.length)
-                _wait_meta(k_sources, kmeta_ready, wg)
                 # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
-                k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, wg, _ROW)
+                k_meta = keys.read(wg, _ROW)
 
                 def step_fn(step, carry, masked):
                     dk, dv = carry
@@ -625,8 +872,7 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                     if masked:
                         _zero_rows_past(q_smem.at[slot], q_start, sample.length)
                     qk_t = _matmul(k_smem, _transposed(q_smem.at[slot]), (block_kv, block_q))
-                    _wait_meta(q_sources, qmeta_ready, slot)
-                    q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, slot, _COL)
+                    q_meta = queries.read(slot, _COL)
                     logits, mask = sample.scores(qk_t, q_start, k_start, q_meta, k_meta, static.kind,
                                                  masked, transposed=True, ordered=ordered)
                     if static.kind == "softmax":
@@ -676,8 +922,7 @@ def _dkv(static, q, k, v, meta, dout, lse2, delta):
                     rows = (sample.batch, pl.ds(q_start, block_q), sample.head)
                     stat = (sample.batch, sample.head, pl.ds(q_start, block_q))
                     plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], q_ready.at[slot])
-                    _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                               qmeta_ready, slot)
+                    queries.copy(q_start, block_q, slot)
                     plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], do_ready.at[slot])
                     if static.kind == "softmax":
                         plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem.at[slot],
