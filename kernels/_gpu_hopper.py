@@ -146,20 +146,6 @@ def _dv_and_dp(p_t, v_smem, do_smem, dv):
     return pl.run_state(both)((plgpu.ACC.init(dv), plgpu.ACC.init(_acc(p_t.shape))))
 
 
-def _kv_issue(sample, kv_refs, kv_smem, kv_ready, k_meta, block_kv, n_first, second_start):
-    """`issue(step, slot)` for `_producer` in the kernels that stream key tiles (forward, dq): the
-    K and V tiles of kv step `step` and the keys' position / time rows into ring slot `slot`."""
-    (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready) = kv_refs, kv_smem, kv_ready
-
-    def issue(step, slot):
-        k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-        rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-        plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-        k_meta.copy(k_start, block_kv, slot)
-        plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
-    return issue
-
-
 def _producer(n_steps, stages: int, consumed, issue):
     """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
     plgpu.set_max_registers(40, action="decrease")
@@ -702,121 +688,146 @@ def _meta_args(meta):
 
 # ---------------------------------------------------------------- backward
 
+class _DqGmem(NamedTuple):
+    """The dq kernel's GMEM refs after the metadata: inputs, then the output."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    do: object  # [B, S, H, Dv] dout
+    lse: object  # [B, H, S] f32 lse2 (the forward's, base 2)
+    delta: object  # [B, H, S] f32 rowsum(out * dout)
+    dq: object  # [B, S, H, D]
+
+
+class _DqSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    q: object  # [wgs, block_q, D] query tiles; dq is staged here at the end
+    do: object  # [wgs, block_q, Dv] dout tiles
+    lse: object  # [wgs, block_q] f32 lse2 rows
+    delta: object  # [wgs, block_q] f32 delta rows
+    q_pos: object  # [wgs, block_q] f32 query position (or ALiBi) rows; None without ALiBi
+    q_time: object  # [wgs, block_q] f32 query times; None without a time bias
+    k: object  # [stages, block_kv, D] key ring
+    v: object  # [stages, block_kv, Dv] value ring
+    k_pos: object  # [stages, block_kv] f32 key position (or ALiBi) rows
+    k_time: object  # [stages, block_kv] f32 key times
+
+
+class _DqBarriers(NamedTuple):
+    q_ready: object  # ([wgs],) * 4: the warpgroup's q, dout, lse2, delta landed
+    q_meta_ready: object  # ([wgs], [wgs]): its position, time rows landed
+    k_ready: object  # [stages]: the slot's key tile landed
+    v_ready: object  # [stages]: the slot's value tile landed
+    k_meta_ready: object  # ([stages], [stages]): the slot's key position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+
+
+def _dq_scratch(static, dims: _Dims) -> tuple[_DqSmem, _DqBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _DqSmem(
+        q=_tiles_smem(wgs, block_q, dims.head_dim, dims.dtype),
+        do=_tiles_smem(wgs, block_q, dims.value_dim, dims.dtype),
+        lse=_rows_smem(wgs, block_q),
+        delta=_rows_smem(wgs, block_q),
+        q_pos=_rows_smem(wgs, block_q, static.has_alibi),
+        q_time=_rows_smem(wgs, block_q, static.has_time),
+        k=_tiles_smem(stages, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(stages, block_kv, dims.value_dim, dims.dtype),
+        k_pos=_rows_smem(stages, block_kv, static.has_alibi),
+        k_time=_rows_smem(stages, block_kv, static.has_time))
+    barriers = _DqBarriers(
+        q_ready=(plgpu.Barrier(num_barriers=wgs),) * 4,
+        q_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_ready=plgpu.Barrier(num_barriers=stages),
+        v_ready=plgpu.Barrier(num_barriers=stages),
+        k_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages))
+    return smem, barriers
+
+
 def _dq(static, q, k, v, meta, dout, lse2, delta):
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = (tiling.block_q_bwd, tiling.block_kv_bwd, tiling.stages,
-                                      tiling.compute_wgs)
-    cta_rows = wgs * block_q
-    has_alibi, has_time = static.has_alibi, static.has_time
+    dims = _Dims.of(static.tiling, q, v, backward=True)
     split = _num_meta(static)
 
     def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[split:split + 7]
-        (q_smem2, do_smem2, lse_smem2, delta_smem2, qpos_smem, qtime_smem, k_smem, v_smem,
-         kpos_smem, ktime_smem), barriers = refs[split + 7:]
-        (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
-        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
-        n_first, second_start, n_steps = tiles.kv_steps(
-            cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
+        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
+                   _DqGmem(*refs[split:split + 7]), *refs[split + 7:])
+        _dq_cta(cta)
 
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            queries = _TokenMeta(q_sources, qpos_smem, qtime_smem, qmeta_ready)
-            keys = _TokenMeta(k_sources, kpos_smem, ktime_smem, kmeta_ready)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
-                q_start = cta_start + wg * block_q
-                rows = (sample.batch, pl.ds(q_start, block_q), sample.head)
-                stat = (sample.batch, sample.head, pl.ds(q_start, block_q))
-                plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem, q_ready[0].at[wg])
-                plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem, q_ready[1].at[wg])
-                plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem2.at[wg], q_ready[2].at[wg])
-                plgpu.copy_gmem_to_smem(delta_ref.at[stat], delta_smem2.at[wg], q_ready[3].at[wg])
-                queries.copy(q_start, block_q, wg)
-                for barrier in q_ready:
-                    plgpu.barrier_wait(barrier.at[wg])
-                q_meta = queries.read(wg, _ROW)
-                lse2 = _load(lse_smem2.at[wg], _ROW)
-                delta = _load(delta_smem2.at[wg], _ROW)
+    return _launch(kernel, dims, static.tiling, jax.ShapeDtypeStruct(q.shape, dims.dtype),
+                   _dq_scratch(static, dims), "q_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
-                def step_fn(step, dq, masked):
-                    slot = lax.rem(step, jnp.int32(stages))
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    plgpu.barrier_wait(k_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(k_smem.at[slot], k_start, sample.length)
-                    qk = _matmul(q_smem, _transposed(k_smem.at[slot]), (block_q, block_kv))
-                    k_meta = keys.read(slot, _COL)
-                    logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, ordered=ordered)
-                    plgpu.barrier_wait(v_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(v_smem.at[slot], k_start, sample.length)
-                    dp = _matmul(do_smem, _transposed(v_smem.at[slot]), (block_q, block_kv))
-                    if static.kind == "softmax":
-                        _, dlogits = tiles.softmax_grads(logits, mask, lse2, delta, dp)
-                    else:
-                        _, dlogits = tiles.silu_grads(logits, mask, dp)
-                    dq = _matmul(dlogits.astype(dtype), k_smem.at[slot], None, accumulate=dq)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dq
 
-                n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
-                                                     sample.num_candidates, n_first)
-                dq = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False),
-                                   _acc((block_q, head_dim)))
-                dq = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True), dq)
-                # rows past the length ran through unmasked interior tiles: drop what they gathered
-                dq = tiles.zero_rows(dq, sample.row_valid(q_start, block_q)) * static.scale
-                if static.kind == "silu":
-                    dq = dq * sample.inverse_length()
-                q_smem[...] = dq.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
-                plgpu.wait_smem_to_gmem(0)
+def _dq_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` query tiles, each gathering dq over the key tiles it sees (the forward's
+    schedule), streamed by the memory warpgroup through the ring."""
+    cta_start, steps = _plan_query_cta(cta)
 
-            @pl.when(wg == wgs)
-            def _memory():
-                _producer(n_steps, stages, consumed, _kv_issue(
-                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
-                    keys, block_kv, n_first, second_start))
+    def body(path: _Path):
+        cta.split_roles(lambda: _dq_compute(cta, path, cta_start, steps),
+                        lambda: _stream_key_tiles(cta, path.keys, steps))
+    cta.run(body)
 
-        sample.run(body)
 
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q), jnp.float32), smem((wgs, block_q), jnp.float32),
-         smem((wgs, block_q), jnp.float32) if has_alibi else None,
-         smem((wgs, block_q), jnp.float32) if has_time else None,
-         smem((stages, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv), jnp.float32) if has_alibi else None,
-         smem((stages, block_kv), jnp.float32) if has_time else None),
-        ((plgpu.Barrier(num_barriers=wgs),) * 4,
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages)),
-    )
-    return plgpu.kernel(
-        kernel, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
-        grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v, dout, lse2, delta)
+def _dq_compute(cta: _Cta, path: _Path, cta_start, steps: _KeySteps) -> None:
+    """A compute warpgroup: load its query, dout, lse2 and delta rows, gather dq over the key
+    steps (interior tiles first, without a mask), scale and store."""
+    dims, sample, smem, gmem, wg = cta.dims, cta.sample, cta.smem, cta.gmem, cta.wg
+    _claim_compute_registers(dims.wgs)
+    q_start = cta_start + wg * dims.block_q
+    rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+    stat = (sample.batch, sample.head, pl.ds(q_start, dims.block_q))
+    q_ready, do_ready, lse_ready, delta_ready = cta.barriers.q_ready
+    _load_resident(((gmem.q.at[rows], smem.q.at[wg], q_ready),
+                    (gmem.do.at[rows], smem.do.at[wg], do_ready),
+                    (gmem.lse.at[stat], smem.lse.at[wg], lse_ready),
+                    (gmem.delta.at[stat], smem.delta.at[wg], delta_ready)),
+                   path.queries, q_start, dims.block_q, wg)
+    tile = _ResidentTile(smem.q.at[wg], q_start, path.queries.read(wg, _ROW))
+    stats = (_load(smem.lse.at[wg], _ROW), _load(smem.delta.at[wg], _ROW))  # (lse2, delta)
+
+    n_interior = tiles.interior_kv_steps(q_start, dims.block_kv, sample.length,
+                                         sample.num_candidates, steps.n_first)
+    step = functools.partial(_dq_step, cta, path, tile, smem.do.at[wg], stats, steps)
+    dq = _run_steps(step, ((0, n_interior, False), (n_interior, steps.count, True)),
+                    _acc((dims.block_q, dims.head_dim)))
+    _dq_epilogue(cta, q_start, dq)
+
+
+def _dq_step(cta: _Cta, path: _Path, tile: _ResidentTile, do_smem, stats, steps: _KeySteps,
+             step, dq, masked: bool):
+    """Key step `step`: the query tile's scores against the slot's key tile, dP = dO V^T, the
+    logits' gradient dS, dq += dS K; then the slot is released to the memory warpgroup."""
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+    slot = _slot(step, dims.stages)
+    k_start = steps.key_start(step, dims.block_kv)
+    k_tile = _await_tile(smem.k, barriers.k_ready, slot, k_start, sample.length, clean=masked)
+    qk = _matmul(tile.smem, _transposed(k_tile), (dims.block_q, dims.block_kv))
+    k_meta = path.keys.read(slot, _COL)
+    logits, mask = sample.scores(qk, tile.start, k_start, tile.meta, k_meta, cta.static.kind,
+                                 masked, ordered=path.ordered)
+    v_tile = _await_tile(smem.v, barriers.v_ready, slot, k_start, sample.length, clean=masked)
+    dp = _matmul(do_smem, _transposed(v_tile), (dims.block_q, dims.block_kv))
+    if cta.static.kind == "softmax":
+        lse2, delta = stats
+        _, dlogits = tiles.softmax_grads(logits, mask, lse2, delta, dp)
+    else:
+        _, dlogits = tiles.silu_grads(logits, mask, dp)
+    dq = _matmul(dlogits.astype(dims.dtype), k_tile, None, accumulate=dq)
+    plgpu.barrier_arrive(barriers.consumed.at[slot])
+    return dq
+
+
+def _dq_epilogue(cta: _Cta, q_start, dq) -> None:
+    """Scale dq (SiLU: also by 1 / length), zero the rows past the length and store it, staged in
+    the query tile's buffer (Q is no longer read)."""
+    dims, sample = cta.dims, cta.sample
+    # rows past the length ran through unmasked interior tiles: drop what they gathered
+    dq = tiles.zero_rows(dq, sample.row_valid(q_start, dims.block_q)) * cta.static.scale
+    if cta.static.kind == "silu":
+        dq = dq * sample.inverse_length()
+    rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+    _store(((dq, cta.smem.q.at[cta.wg], cta.gmem.dq.at[rows]),))
 
 
 def _dkv(static, q, k, v, meta, dout, lse2, delta):
