@@ -830,146 +830,211 @@ def _dq_epilogue(cta: _Cta, q_start, dq) -> None:
     _store(((dq, cta.smem.q.at[cta.wg], cta.gmem.dq.at[rows]),))
 
 
+class _DkvGmem(NamedTuple):
+    """The dk/dv kernel's GMEM refs after the metadata: inputs, then outputs."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    do: object  # [B, S, H, Dv] dout
+    lse: object  # [B, H, S] f32 lse2 (the forward's, base 2)
+    delta: object  # [B, H, S] f32 rowsum(out * dout)
+    dk: object  # [B, S, H, D]
+    dv: object  # [B, S, H, Dv]
+
+
+class _DkvSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    k: object  # [wgs, block_kv, D] key tiles; dk is staged here at the end
+    v: object  # [wgs, block_kv, Dv] value tiles; dv is staged here at the end
+    k_pos: object  # [wgs, block_kv] f32 key position (or ALiBi) rows; None without ALiBi
+    k_time: object  # [wgs, block_kv] f32 key times; None without a time bias
+    q: object  # [stages, block_q, D] query ring
+    do: object  # [stages, block_q, Dv] dout ring
+    lse: object  # [stages, block_q] f32 lse2 rows (softmax only)
+    delta: object  # [stages, block_q] f32 delta rows (softmax only)
+    q_pos: object  # [stages, block_q] f32 query position (or ALiBi) rows
+    q_time: object  # [stages, block_q] f32 query times
+
+
+class _DkvBarriers(NamedTuple):
+    kv_ready: object  # ([wgs], [wgs]): the warpgroup's K, V tiles landed
+    k_meta_ready: object  # ([wgs], [wgs]): its key position, time rows landed
+    q_ready: object  # [stages]: the slot's query tile landed
+    do_ready: object  # [stages]: the slot's dout tile landed
+    stat_ready: object  # ([stages], [stages]): the slot's lse2, delta rows landed
+    q_meta_ready: object  # ([stages], [stages]): the slot's query position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+
+
+def _dkv_scratch(static, dims: _Dims) -> tuple[_DkvSmem, _DkvBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _DkvSmem(
+        k=_tiles_smem(wgs, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(wgs, block_kv, dims.value_dim, dims.dtype),
+        k_pos=_rows_smem(wgs, block_kv, static.has_alibi),
+        k_time=_rows_smem(wgs, block_kv, static.has_time),
+        q=_tiles_smem(stages, block_q, dims.head_dim, dims.dtype),
+        do=_tiles_smem(stages, block_q, dims.value_dim, dims.dtype),
+        lse=_rows_smem(stages, block_q),
+        delta=_rows_smem(stages, block_q),
+        q_pos=_rows_smem(stages, block_q, static.has_alibi),
+        q_time=_rows_smem(stages, block_q, static.has_time))
+    barriers = _DkvBarriers(
+        kv_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        q_ready=plgpu.Barrier(num_barriers=stages),
+        do_ready=plgpu.Barrier(num_barriers=stages),
+        stat_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        q_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages))
+    return smem, barriers
+
+
 def _dkv(static, q, k, v, meta, dout, lse2, delta):
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = (tiling.block_q_bwd, tiling.block_kv_bwd, tiling.stages,
-                                      tiling.compute_wgs)
-    cta_keys = wgs * block_kv
-    has_alibi, has_time = static.has_alibi, static.has_time
+    dims = _Dims.of(static.tiling, q, v, backward=True)
     split = _num_meta(static)
 
     def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[split:split + 8]
-        (k_smem2, v_smem2, kpos_smem, ktime_smem, q_smem, do_smem, lse_smem, delta_smem,
-         qpos_smem, qtime_smem), barriers = refs[split + 8:]
-        (k_ready, kmeta_ready, q_ready, do_ready, stat_ready, qmeta_ready, consumed) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        cta_start = lax.axis_index("kv_seq") * cta_keys
-        first, end = tiles.q_blocks(cta_start, cta_keys, block_q, sample.length,
-                                    sample.num_candidates)
-        n_steps = end - first
+        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
+                   _DkvGmem(*refs[split:split + 8]), *refs[split + 8:])
+        _dkv_cta(cta)
 
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            queries = _TokenMeta(q_sources, qpos_smem, qtime_smem, qmeta_ready)
-            keys = _TokenMeta(k_sources, kpos_smem, ktime_smem, kmeta_ready)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-                k_start = cta_start + wg * block_kv
-                rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-                plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem, k_ready[0].at[wg])
-                plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem, k_ready[1].at[wg])
-                keys.copy(k_start, block_kv, wg)
-                for barrier in k_ready:
-                    plgpu.barrier_wait(barrier.at[wg])
-                _zero_rows_past(k_smem, k_start, sample.length)
-                _zero_rows_past(v_smem, k_start, sample.length)
-                # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
-                k_meta = keys.read(wg, _ROW)
+    out_type = (jax.ShapeDtypeStruct(k.shape, dims.dtype), jax.ShapeDtypeStruct(v.shape, dims.dtype))
+    return _launch(kernel, dims, static.tiling, out_type, _dkv_scratch(static, dims),
+                   "kv_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
-                def step_fn(step, carry, masked):
-                    dk, dv = carry
-                    slot = lax.rem(step, jnp.int32(stages))
-                    q_start = (first + step) * block_q
-                    plgpu.barrier_wait(q_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(q_smem.at[slot], q_start, sample.length)
-                    qk_t = _matmul(k_smem, _transposed(q_smem.at[slot]), (block_kv, block_q))
-                    q_meta = queries.read(slot, _COL)
-                    logits, mask = sample.scores(qk_t, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, transposed=True, ordered=ordered)
-                    if static.kind == "softmax":
-                        plgpu.barrier_wait(stat_ready[0].at[slot])
-                        lse2 = _load(lse_smem.at[slot], _COL)
-                        p_t = tiles.softmax_probs(logits, mask, lse2, query_axis=1)
-                    else:
-                        p_t, slope_t = tiles.silu_parts(logits, mask)
-                    plgpu.barrier_wait(do_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(do_smem.at[slot], q_start, sample.length)
-                    # dV += P^T dO and dP^T = V dO^T both read the dO tile: issued back to back,
-                    # one wait for both (FA3's order), instead of dP^T, wait, ..., dV, wait
-                    dv, dp_t = _dv_and_dp(p_t.astype(dtype), v_smem, do_smem.at[slot], dv)
-                    if static.kind == "softmax":
-                        plgpu.barrier_wait(stat_ready[1].at[slot])
-                        delta = _load(delta_smem.at[slot], _COL)
-                        dlogits_t = tiles.softmax_dlogits(p_t, dp_t, delta, query_axis=1)
-                    else:
-                        dlogits_t = tiles.silu_dlogits(slope_t, mask, dp_t)
-                    dk = _matmul(dlogits_t.astype(dtype), q_smem.at[slot], None, accumulate=dk)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dk, dv
 
-                # query tiles whose pairs with these keys are all valid run without a mask
-                a, b = tiles.interior_q_blocks(k_start, block_kv, block_q, sample.length,
-                                               sample.num_candidates, first, end)
-                carry = (_acc((block_kv, head_dim)), _acc((block_kv, value_dim)))
-                for lo, hi, masked in ((0, a - first, True), (a - first, b - first, False),
-                                       (b - first, n_steps, True)):
-                    carry = lax.fori_loop(lo, hi, functools.partial(step_fn, masked=masked), carry)
-                dk, dv = carry
-                dk = dk * static.scale
-                if static.kind == "silu":
-                    dk, dv = dk * sample.inverse_length(), dv * sample.inverse_length()
-                k_smem[...] = dk.astype(dtype)
-                v_smem[...] = dv.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[rows])
-                plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[rows])
-                plgpu.wait_smem_to_gmem(0)
+class _QuerySteps(NamedTuple):
+    """The query tiles a key CTA visits (`_gpu_tiles.q_blocks`): tiles first..end-1, in `count`
+    steps."""
+    first: jax.Array
+    end: jax.Array
+    count: jax.Array
 
-            @pl.when(wg == wgs)
-            def _memory():
-                def issue(step, slot):
-                    q_start = (first + step) * block_q
-                    rows = (sample.batch, pl.ds(q_start, block_q), sample.head)
-                    stat = (sample.batch, sample.head, pl.ds(q_start, block_q))
-                    plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], q_ready.at[slot])
-                    queries.copy(q_start, block_q, slot)
-                    plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], do_ready.at[slot])
-                    if static.kind == "softmax":
-                        plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem.at[slot],
-                                                stat_ready[0].at[slot])
-                        plgpu.copy_gmem_to_smem(delta_ref.at[stat], delta_smem.at[slot],
-                                                stat_ready[1].at[slot])
-                _producer(n_steps, stages, consumed, issue)
+    def query_start(self, step, block_q: int):
+        return (self.first + step) * block_q
 
-        sample.run(body)
 
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_kv), jnp.float32) if has_alibi else None,
-         smem((wgs, block_kv), jnp.float32) if has_time else None,
-         smem((stages, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_q), jnp.float32), smem((stages, block_q), jnp.float32),
-         smem((stages, block_q), jnp.float32) if has_alibi else None,
-         smem((stages, block_q), jnp.float32) if has_time else None),
-        ((plgpu.Barrier(num_barriers=wgs),) * 2,
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages)),
-    )
-    return plgpu.kernel(
-        kernel, out_type=(jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype)),
-        scratch_types=scratch,
-        grid=(heads, seq_len // cta_keys, batch), grid_names=("heads", "kv_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v, dout, lse2, delta)
+def _plan_key_cta(cta: _Cta) -> tuple[jax.Array, _QuerySteps]:
+    """(first key row, query steps) of a dk/dv CTA."""
+    dims, sample = cta.dims, cta.sample
+    cta_keys = dims.wgs * dims.block_kv
+    cta_start = lax.axis_index("kv_seq") * cta_keys
+    first, end = tiles.q_blocks(cta_start, cta_keys, dims.block_q, sample.length,
+                                sample.num_candidates)
+    return cta_start, _QuerySteps(first, end, end - first)
+
+
+def _dkv_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` key tiles, each gathering dk and dv over the query tiles that see them,
+    streamed by the memory warpgroup through the ring."""
+    cta_start, steps = _plan_key_cta(cta)
+
+    def body(path: _Path):
+        cta.split_roles(lambda: _dkv_compute(cta, path, cta_start, steps),
+                        lambda: _stream_query_tiles(cta, path.queries, steps))
+    cta.run(body)
+
+
+def _stream_query_tiles(cta: _Cta, queries: _TokenMeta, steps: _QuerySteps) -> None:
+    """The memory warpgroup of the dk/dv kernel: per query step, the Q tile, the queries'
+    metadata, the dO tile and (softmax) the rows' lse2 and delta into the step's ring slot."""
+    dims, sample, smem, barriers, gmem = cta.dims, cta.sample, cta.smem, cta.barriers, cta.gmem
+
+    def issue(step, slot):
+        q_start = steps.query_start(step, dims.block_q)
+        rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+        stat = (sample.batch, sample.head, pl.ds(q_start, dims.block_q))
+        plgpu.copy_gmem_to_smem(gmem.q.at[rows], smem.q.at[slot], barriers.q_ready.at[slot])
+        queries.copy(q_start, dims.block_q, slot)
+        plgpu.copy_gmem_to_smem(gmem.do.at[rows], smem.do.at[slot], barriers.do_ready.at[slot])
+        if cta.static.kind == "softmax":  # SiLU's gradients read neither
+            lse_ready, delta_ready = barriers.stat_ready
+            plgpu.copy_gmem_to_smem(gmem.lse.at[stat], smem.lse.at[slot], lse_ready.at[slot])
+            plgpu.copy_gmem_to_smem(gmem.delta.at[stat], smem.delta.at[slot], delta_ready.at[slot])
+    _producer(steps.count, dims.stages, barriers.consumed, issue)
+
+
+def _dkv_compute(cta: _Cta, path: _Path, cta_start, steps: _QuerySteps) -> None:
+    """A compute warpgroup: load its K and V tiles, gather dk and dv over the query steps (the
+    interior ones, whose pairs with these keys are all valid, without a mask), scale and store."""
+    dims, sample, smem, gmem, wg = cta.dims, cta.sample, cta.smem, cta.gmem, cta.wg
+    _claim_compute_registers(dims.wgs)
+    k_smem, v_smem = smem.k.at[wg], smem.v.at[wg]
+    k_start = cta_start + wg * dims.block_kv
+    rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
+    k_ready, v_ready = cta.barriers.kv_ready
+    _load_resident(((gmem.k.at[rows], k_smem, k_ready), (gmem.v.at[rows], v_smem, v_ready)),
+                   path.keys, k_start, dims.block_kv, wg)
+    # resident for every step: cleaned once here, where the ring tiles are cleaned per masked step
+    _zero_rows_past(k_smem, k_start, sample.length)
+    _zero_rows_past(v_smem, k_start, sample.length)
+    # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
+    tile = _ResidentTile(k_smem, k_start, path.keys.read(wg, _ROW))
+
+    a, b = tiles.interior_q_blocks(k_start, dims.block_kv, dims.block_q, sample.length,
+                                   sample.num_candidates, steps.first, steps.end)
+    carry = (_acc((dims.block_kv, dims.head_dim)), _acc((dims.block_kv, dims.value_dim)))
+    first = steps.first
+    step = functools.partial(_dkv_step, cta, path, tile, v_smem, steps)
+    dk, dv = _run_steps(step, ((0, a - first, True), (a - first, b - first, False),
+                               (b - first, steps.count, True)), carry)
+    _dkv_epilogue(cta, rows, dk, dv)
+
+
+def _dkv_step(cta: _Cta, path: _Path, tile: _ResidentTile, v_smem, steps: _QuerySteps, step,
+              carry, masked: bool):
+    """Query step `step`, in transposed tiles ([keys, queries]): P^T of the key tile against the
+    slot's query tile, dV += P^T dO and dP^T = V dO^T, the logits' gradient dS^T, dK += dS^T Q;
+    then the slot is released to the memory warpgroup."""
+    dk, dv = carry
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+    slot = _slot(step, dims.stages)
+    q_start = steps.query_start(step, dims.block_q)
+    q_tile = _await_tile(smem.q, barriers.q_ready, slot, q_start, sample.length, clean=masked)
+    qk_t = _matmul(tile.smem, _transposed(q_tile), (dims.block_kv, dims.block_q))
+    q_meta = path.queries.read(slot, _COL)
+    logits, mask = sample.scores(qk_t, q_start, tile.start, q_meta, tile.meta, cta.static.kind,
+                                 masked, transposed=True, ordered=path.ordered)
+    p_t, slope_t = _transposed_weights(cta, logits, mask, slot)
+    do_tile = _await_tile(smem.do, barriers.do_ready, slot, q_start, sample.length, clean=masked)
+    # dV += P^T dO and dP^T = V dO^T both read the dO tile: issued back to back, one wait for both
+    # (FA3's order), instead of dP^T, wait, ..., dV, wait
+    dv, dp_t = _dv_and_dp(p_t.astype(dims.dtype), v_smem, do_tile, dv)
+    dlogits_t = _transposed_dlogits(cta, p_t, slope_t, mask, dp_t, slot)
+    dk = _matmul(dlogits_t.astype(dims.dtype), q_tile, None, accumulate=dk)
+    plgpu.barrier_arrive(barriers.consumed.at[slot])
+    return dk, dv
+
+
+def _transposed_weights(cta: _Cta, logits, mask, slot):
+    """(P^T, SiLU's slope or None): softmax against the slot's lse2 rows (waited for only now),
+    or SiLU's weights and the slope its gradient needs."""
+    if cta.static.kind == "softmax":
+        plgpu.barrier_wait(cta.barriers.stat_ready[0].at[slot])
+        lse2 = _load(cta.smem.lse.at[slot], _COL)
+        return tiles.softmax_probs(logits, mask, lse2, query_axis=1), None
+    return tiles.silu_parts(logits, mask)
+
+
+def _transposed_dlogits(cta: _Cta, p_t, slope_t, mask, dp_t, slot):
+    """dS^T from dP^T: softmax with the slot's delta rows (waited for only now), or SiLU's."""
+    if cta.static.kind == "softmax":
+        plgpu.barrier_wait(cta.barriers.stat_ready[1].at[slot])
+        delta = _load(cta.smem.delta.at[slot], _COL)
+        return tiles.softmax_dlogits(p_t, dp_t, delta, query_axis=1)
+    return tiles.silu_dlogits(slope_t, mask, dp_t)
+
+
+def _dkv_epilogue(cta: _Cta, rows, dk, dv) -> None:
+    """Scale dk (SiLU: dk and dv also by 1 / length) and store both, staged in the K and V
+    buffers (no longer read). Rows of keys past the length need no zeroing, unlike dq's: such
+    keys are never in an unmasked step (`interior_q_blocks`), so all their pairs were masked."""
+    dk = dk * cta.static.scale
+    if cta.static.kind == "silu":
+        dk, dv = dk * cta.sample.inverse_length(), dv * cta.sample.inverse_length()
+    smem, gmem = cta.smem, cta.gmem
+    _store(((dk, smem.k.at[cta.wg], gmem.dk.at[rows]), (dv, smem.v.at[cta.wg], gmem.dv.at[rows])))
 
 
 def backward(static, q, k, v, meta, out, lse2, dout):
