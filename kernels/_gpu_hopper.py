@@ -24,6 +24,36 @@ issues the dV and dP^T WGMMAs together on the dO tile, with one wait (`_dv_and_d
 Inputs are padded by the caller: S a multiple of compute_wgs * block and of the key block, head
 dims multiples of 64 (128-byte swizzle of 16-bit rows), positions as f32 (exact below 2^24).
 Only 16-bit inputs: WGMMA has no f32 x f32 -> f32 mode (f32 would run as TF32).
+
+Reading map. Each kernel (`forward`; `backward` runs `_dq`, then `_dkv`) is one `_launch`: a grid
+of CTAs over (heads, sequence tiles, batch) with `wgs` compute warpgroups and one memory
+warpgroup each (the "wg" axis). A CTA, in order:
+
+  _plan_query_cta / _plan_key_cta  its steps: the tiles of the other side that it sees
+  _Cta.run                         the sample's flag picks the tile math (`_Path`)
+  _Cta.split_roles                 warpgroup `wgs` produces, warpgroups 0..wgs-1 consume
+  producer   `_producer` with `_stream_key_tiles` (forward, dq) or `_stream_query_tiles` (dk/dv):
+             step s lands in ring slot s % stages, refilled when consumed[slot] has wgs arrivals
+  consumers  `_load_resident`: the warpgroup's own tile, TMA'd once into buffer row `wg`;
+             `_run_steps` over the steps (interior ones without a mask), one step being
+               forward  `_forward_step`: `_forward_scores` (Q K^T, `_PingPong`) ->
+                        `_online_weights` (softmax / SiLU) -> `_accumulate_pv` (acc += P V)
+               dq       `_dq_step`: Q K^T -> dP = dO V^T -> dS -> dq += dS K
+               dk/dv    `_dkv_step`: K Q^T -> `_transposed_weights` -> `_dv_and_dp` ->
+                        `_transposed_dlogits` -> dk += dS^T Q
+             and ending in barrier_arrive(consumed[slot]); then `_forward_epilogue`,
+             `_dq_epilogue` or `_dkv_epilogue`: normalise or scale, `_store` (via SMEM, TMA)
+
+Shared memory (`_ForwardSmem`, `_DqSmem`, `_DkvSmem`; the `_*Barriers` tuples beside them):
+             resident, [wgs, ...] per warpgroup          ring, [stages, ...] per slot
+  forward    q (out staged in q or o), lse, q meta       k, v, k meta
+  dq         q (dq staged in q), do, lse, delta, q meta  k, v, k meta
+  dk/dv      k, v (dk, dv staged there), k meta          q, do, lse and delta (softmax), q meta
+A resident tile's `*_ready[wg]` barrier is armed and waited for by its own warpgroup; a ring
+tile's `*_ready[slot]` is armed by the memory warpgroup and waited for by every compute
+warpgroup, which then arrives on `consumed[slot]`; `schedule` (forward, two compute warpgroups)
+alternates their turns on the tensor cores. Metadata rows (position, time) travel with their
+tile under barriers of their own (`_TokenMeta`).
 """
 
 from __future__ import annotations
@@ -115,6 +145,8 @@ def _ensure_log1p_lowering():
             table[lax.log1p_p] = lower_fun(_log1p_as_log)
 
 
+# ---------------------------------------------------------------- WGMMA tiles and products
+
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per tile row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per tile column
 _SWIZZLE = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -146,20 +178,22 @@ def _dv_and_dp(p_t, v_smem, do_smem, dv):
     return pl.run_state(both)((plgpu.ACC.init(dv), plgpu.ACC.init(_acc(p_t.shape))))
 
 
-def _producer(n_steps, stages: int, consumed, issue):
-    """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
-    plgpu.set_max_registers(40, action="decrease")
-    for slot in range(stages):
-        @pl.when(slot < n_steps)
-        def _prologue():
-            issue(jnp.int32(slot), slot)
+def _zero_rows_past(ref, start, length):
+    """Rows start + r >= length of a swizzled [rows, D] 16-bit SMEM tile set to 0.
 
-    @pl.loop(0, jnp.maximum(n_steps - stages, 0))
-    def _refill(step):
-        slot = lax.rem(step, jnp.int32(stages))
-        plgpu.barrier_wait(consumed.at[slot])
-        issue(step + stages, slot)
+    Padding may hold NaN or Inf and 0 * NaN is NaN inside a WGMMA, so a tile that crosses the
+    length is cleaned in shared memory before its product (once per CTA: only one tile crosses).
+    Both compute warpgroups may clean the same ring slot; they write identical values.
+    """
+    @pl.when(start + ref.shape[0] > length)
+    def _clean():
+        tile = _load(ref, plgpu.Layout.WGMMA)
+        index = start + plgpu.broadcasted_iota(jnp.int32, tile.shape, 0, layout=plgpu.Layout.WGMMA)
+        ref[...] = jnp.where(index < length, tile, jnp.zeros((), tile.dtype))
+        plgpu.commit_smem()
 
+
+# ---------------------------------------------------------------- a sample and its metadata
 
 class _Sample:
     """Scalars of one (batch, head) read from GMEM, and the row/col metadata tiles."""
@@ -247,21 +281,6 @@ class _Sample:
         return 1.0 / jnp.maximum(self.length, 1).astype(jnp.float32)
 
 
-def _zero_rows_past(ref, start, length):
-    """Rows start + r >= length of a swizzled [rows, D] 16-bit SMEM tile set to 0.
-
-    Padding may hold NaN or Inf and 0 * NaN is NaN inside a WGMMA, so a tile that crosses the
-    length is cleaned in shared memory before its product (once per CTA: only one tile crosses).
-    Both compute warpgroups may clean the same ring slot; they write identical values.
-    """
-    @pl.when(start + ref.shape[0] > length)
-    def _clean():
-        tile = _load(ref, plgpu.Layout.WGMMA)
-        index = start + plgpu.broadcasted_iota(jnp.int32, tile.shape, 0, layout=plgpu.Layout.WGMMA)
-        ref[...] = jnp.where(index < length, tile, jnp.zeros((), tile.dtype))
-        plgpu.commit_smem()
-
-
 @dataclasses.dataclass(frozen=True)
 class _TokenMeta:
     """One tile side's per-token bias rows in SMEM: where they come from and where they land.
@@ -279,7 +298,8 @@ class _TokenMeta:
         """TMA tokens start..start+size of each present term into buffer row `index`."""
         for row, smem, barrier in zip(self.sources, (self.pos_smem, self.time_smem), self.ready):
             if row is not None:
-                plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[index], barrier.at[index])
+                plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[index],
+                                        barrier.at[index])
 
     def read(self, index, layout):
         """(position, time) vectors of buffer row `index` in `layout`, once their TMAs landed."""
@@ -292,27 +312,19 @@ class _TokenMeta:
         return pos, time
 
 
-def _store(outputs) -> None:
-    """The epilogue's write-out: each (value, SMEM buffer, GMEM window) staged in SMEM (cast to the
-    buffer's dtype), then all TMA'd out together; waits, as the CTA's SMEM dies with it."""
-    for value, smem, _ in outputs:
-        smem[...] = value.astype(smem.dtype)
-    plgpu.commit_smem()
-    for _, smem, gmem in outputs:
-        plgpu.copy_smem_to_gmem(smem, gmem)
-    plgpu.wait_smem_to_gmem(0)
-
-
-def _claim_compute_registers(wgs: int) -> None:
-    """Compute warpgroups take the registers the memory warpgroup gives up (`_producer`)."""
-    plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-
-
 def _num_meta(static):
     return 4 + static.has_alibi + static.has_time + static.ordered_path * (2 + static.has_alibi)
 
 
-# ---------------------------------------------------------------- what the three kernels share
+def _meta_args(meta):
+    """The metadata arrays in the kernels' order, absent terms (None) left out."""
+    lengths, candidates, positions, *rest = meta
+    # TMA'd next to the f32 times; exact below 2^24 (positions come shifted: the sample's span)
+    positions = positions.astype(jnp.float32)
+    return [x for x in (lengths, candidates, positions, *rest) if x is not None]
+
+
+# ---------------------------------------------------------------- a launch and its CTAs
 
 @dataclasses.dataclass(frozen=True)
 class _Dims:
@@ -347,16 +359,25 @@ def _rows_smem(count: int, rows: int, present: bool = True):
     return plgpu.SMEM((count, rows), jnp.float32) if present else None
 
 
-def _launch(kernel, dims: _Dims, tiling: HopperTiling, out_type, scratch, grid_axis: str):
-    """plgpu.kernel over (heads, CTAs along the sequence, batch), `dims.wgs` compute warpgroups
-    and one memory warpgroup per CTA. The kernel is named after `kernel` (keep it `kernel`)."""
+def _launch(static, dims: _Dims, cta_body, gmem_type, out_type, scratch, grid_axis: str):
+    """plgpu.kernel running `cta_body(cta)` on a grid of CTAs over (heads, `grid_axis`: the
+    sequence in CTA tiles of `dims.wgs` blocks, batch), each with `dims.wgs` compute warpgroups
+    and one memory warpgroup. The kernel's refs are the metadata (`_meta_args`), the GMEM
+    operands and results (`gmem_type`), then the `scratch` SMEM and barriers."""
+    split = _num_meta(static)
+    n_gmem = len(gmem_type._fields)
+
+    def kernel(*refs):  # plgpu.kernel names the kernel after this function
+        cta_body(_Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
+                      gmem_type(*refs[split:split + n_gmem]), *refs[split + n_gmem:]))
+
     cta_rows = dims.wgs * (dims.block_kv if grid_axis == "kv_seq" else dims.block_q)
     return plgpu.kernel(
         kernel, out_type=out_type, scratch_types=scratch,
         grid=(dims.heads, dims.seq_len // cta_rows, dims.batch),
         grid_names=("heads", grid_axis, "batch"),
         num_threads=dims.wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
+        compiler_params=_compiler_params(static.tiling),
     )
 
 
@@ -419,6 +440,47 @@ def _plan_query_cta(cta: _Cta) -> tuple[jax.Array, _KeySteps]:
                                                 sample.num_candidates))
 
 
+# ---------------------------------------------------------------- the pipeline: producer, consumers
+
+def _slot(step, stages: int):
+    """The ring slot of step `step` (the memory warpgroup fills them in step order)."""
+    return lax.rem(step, jnp.int32(stages))
+
+
+def _producer(n_steps, stages: int, consumed, issue):
+    """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
+    plgpu.set_max_registers(40, action="decrease")
+    for slot in range(stages):
+        @pl.when(slot < n_steps)
+        def _prologue():
+            issue(jnp.int32(slot), slot)
+
+    @pl.loop(0, jnp.maximum(n_steps - stages, 0))
+    def _refill(step):
+        slot = _slot(step, stages)
+        plgpu.barrier_wait(consumed.at[slot])
+        issue(step + stages, slot)
+
+
+def _stream_key_tiles(cta: _Cta, keys: _TokenMeta, steps: _KeySteps) -> None:
+    """The memory warpgroup of the forward and dq kernels: per key step, the K tile, the keys'
+    metadata and the V tile into the step's ring slot (K first: it is needed first)."""
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+
+    def issue(step, slot):
+        k_start = steps.key_start(step, dims.block_kv)
+        rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
+        plgpu.copy_gmem_to_smem(cta.gmem.k.at[rows], smem.k.at[slot], barriers.k_ready.at[slot])
+        keys.copy(k_start, dims.block_kv, slot)
+        plgpu.copy_gmem_to_smem(cta.gmem.v.at[rows], smem.v.at[slot], barriers.v_ready.at[slot])
+    _producer(steps.count, dims.stages, barriers.consumed, issue)
+
+
+def _claim_compute_registers(wgs: int) -> None:
+    """Compute warpgroups take the registers the memory warpgroup gives up (`_producer`)."""
+    plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+
+
 @dataclasses.dataclass(frozen=True)
 class _ResidentTile:
     """A compute warpgroup's own tile, loaded once: its SMEM buffer, first row and metadata
@@ -439,11 +501,6 @@ def _load_resident(copies, meta: _TokenMeta, start, size: int, wg) -> None:
         plgpu.barrier_wait(ready.at[wg])
 
 
-def _slot(step, stages: int):
-    """The ring slot of step `step` (the memory warpgroup fills them in step order)."""
-    return lax.rem(step, jnp.int32(stages))
-
-
 def _await_tile(ring, ready, slot, start, length, clean: bool):
     """Ring slot `slot` once its TMA landed; on a masked step, where the tile may cross the length,
     cleaned of padding first (`_zero_rows_past`)."""
@@ -462,18 +519,15 @@ def _run_steps(step_fn, ranges, carry):
     return carry
 
 
-def _stream_key_tiles(cta: _Cta, keys: _TokenMeta, steps: _KeySteps) -> None:
-    """The memory warpgroup of the forward and dq kernels: per key step, the K tile, the keys'
-    metadata and the V tile into the step's ring slot (K first: it is needed first)."""
-    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
-
-    def issue(step, slot):
-        k_start = steps.key_start(step, dims.block_kv)
-        rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
-        plgpu.copy_gmem_to_smem(cta.gmem.k.at[rows], smem.k.at[slot], barriers.k_ready.at[slot])
-        keys.copy(k_start, dims.block_kv, slot)
-        plgpu.copy_gmem_to_smem(cta.gmem.v.at[rows], smem.v.at[slot], barriers.v_ready.at[slot])
-    _producer(steps.count, dims.stages, barriers.consumed, issue)
+def _store(outputs) -> None:
+    """The epilogue's write-out: each (value, SMEM buffer, GMEM window) staged in SMEM (cast to the
+    buffer's dtype), then all TMA'd out together; waits, as the CTA's SMEM dies with it."""
+    for value, smem, _ in outputs:
+        smem[...] = value.astype(smem.dtype)
+    plgpu.commit_smem()
+    for _, smem, gmem in outputs:
+        plgpu.copy_smem_to_gmem(smem, gmem)
+    plgpu.wait_smem_to_gmem(0)
 
 
 # ---------------------------------------------------------------- forward
@@ -510,6 +564,27 @@ class _ForwardBarriers(NamedTuple):
     schedule: object  # wgs arrivals: the ping-pong of two compute warpgroups (`_PingPong`)
 
 
+@dataclasses.dataclass(frozen=True)
+class _PingPong:
+    """FA3's ping-pong of two compute warpgroups on the `schedule` barrier: one runs its softmax
+    while the other's WGMMAs hold the tensor cores. With one compute warpgroup, no-ops."""
+    schedule: object
+    active: bool
+
+    def arrive(self) -> None:
+        if self.active:
+            plgpu.barrier_arrive(self.schedule)
+
+    def wait(self) -> None:
+        if self.active:
+            plgpu.barrier_wait(self.schedule)
+
+    def sync(self) -> None:
+        """Hand the turn over and take it back: the other warpgroup runs in between."""
+        self.arrive()
+        self.wait()
+
+
 def _forward_scratch(static, dims: _Dims) -> tuple[_ForwardSmem, _ForwardBarriers]:
     wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
     smem = _ForwardSmem(
@@ -538,39 +613,11 @@ def forward(static, q, k, v, meta):
     """(out [B, S, H, Dv], lse2 [B, H, S]) on padded 16-bit inputs; see `_gpu_blocked.forward`."""
     _ensure_log1p_lowering()
     dims = _Dims.of(static.tiling, q, v, backward=False)
-    split = _num_meta(static)
-
-    def kernel(*refs):
-        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
-                   _ForwardGmem(*refs[split:split + 5]), *refs[split + 5:])
-        _forward_cta(cta)
-
     out_type = (jax.ShapeDtypeStruct((dims.batch, dims.seq_len, dims.heads, dims.value_dim),
                                      dims.dtype),
                 jax.ShapeDtypeStruct((dims.batch, dims.heads, dims.seq_len), jnp.float32))
-    return _launch(kernel, dims, static.tiling, out_type, _forward_scratch(static, dims),
-                   "q_seq")(*_meta_args(meta), q, k, v)
-
-
-@dataclasses.dataclass(frozen=True)
-class _PingPong:
-    """FA3's ping-pong of two compute warpgroups on the `schedule` barrier: one runs its softmax
-    while the other's WGMMAs hold the tensor cores. With one compute warpgroup, no-ops."""
-    schedule: object
-    active: bool
-
-    def arrive(self) -> None:
-        if self.active:
-            plgpu.barrier_arrive(self.schedule)
-
-    def wait(self) -> None:
-        if self.active:
-            plgpu.barrier_wait(self.schedule)
-
-    def sync(self) -> None:
-        """Hand the turn over and take it back: the other warpgroup runs in between."""
-        self.arrive()
-        self.wait()
+    return _launch(static, dims, _forward_cta, _ForwardGmem, out_type,
+                   _forward_scratch(static, dims), "q_seq")(*_meta_args(meta), q, k, v)
 
 
 def _forward_cta(cta: _Cta) -> None:
@@ -603,11 +650,11 @@ def _forward_compute(cta: _Cta, path: _Path, cta_start, steps: _KeySteps,
             plgpu.layout_cast(jnp.zeros((dims.block_q,), jnp.float32), _ROW))
     n_interior = tiles.interior_kv_steps(q_start, dims.block_kv, sample.length,
                                          sample.num_candidates, steps.n_first)
-    # warpgroup 1 starts half a step behind: its QK^T waits for warpgroup 0's to be issued
+    # warpgroup 1 starts half a turn behind: its first Q K^T waits until warpgroup 0 issued its own
     pl.when(cta.wg == 1)(pingpong.sync)
     step = functools.partial(_forward_step, cta, path, tile, steps, pingpong)
     acc, m, l = _run_steps(step, ((0, n_interior, False), (n_interior, steps.count, True)), init)
-    pl.when(cta.wg == 0)(pingpong.sync)  # the last turn warpgroup 1 waits for
+    pl.when(cta.wg == 0)(pingpong.sync)  # the arrival warpgroup 1's last wait needs
     _forward_epilogue(cta, q_start, acc, m, l)
 
 
@@ -658,7 +705,7 @@ def _accumulate_pv(cta: _Cta, pingpong: _PingPong, p, slot, k_start, masked: boo
     pingpong.arrive()  # softmax done: the other warpgroup may issue its WGMMAs
     v_tile = _await_tile(cta.smem.v, cta.barriers.v_ready, slot, k_start, cta.sample.length,
                          clean=masked)
-    pingpong.wait()
+    pingpong.wait()  # the tensor cores are this warpgroup's again
     return _matmul(p.astype(cta.dims.dtype), v_tile, None, accumulate=acc)
 
 
@@ -678,15 +725,20 @@ def _forward_epilogue(cta: _Cta, q_start, acc, m, l) -> None:
             (lse2, smem.lse.at[cta.wg], gmem.lse.at[sample.batch, sample.head, rows])))
 
 
-def _meta_args(meta):
-    """The metadata arrays in the kernels' order, absent terms (None) left out."""
-    lengths, candidates, positions, *rest = meta
-    # TMA'd next to the f32 times; exact below 2^24 (positions come shifted: the sample's span)
-    positions = positions.astype(jnp.float32)
-    return [x for x in (lengths, candidates, positions, *rest) if x is not None]
+# ---------------------------------------------------------------- backward: dq
 
+def backward(static, q, k, v, meta, out, lse2, dout):
+    """(dq, dk, dv) on padded 16-bit inputs; delta = rowsum(out * dout) is one fused XLA op."""
+    _ensure_log1p_lowering()
+    dout = dout.astype(q.dtype)
+    if static.kind == "softmax":
+        delta = jnp.einsum("bshd,bshd->bhs", out.astype(jnp.float32), dout.astype(jnp.float32))
+    else:
+        delta = jnp.zeros_like(lse2)
+    dq = _dq(static, q, k, v, meta, dout, lse2, delta)
+    dk, dv = _dkv(static, q, k, v, meta, dout, lse2, delta)
+    return dq, dk, dv
 
-# ---------------------------------------------------------------- backward
 
 class _DqGmem(NamedTuple):
     """The dq kernel's GMEM refs after the metadata: inputs, then the output."""
@@ -747,15 +799,9 @@ def _dq_scratch(static, dims: _Dims) -> tuple[_DqSmem, _DqBarriers]:
 
 def _dq(static, q, k, v, meta, dout, lse2, delta):
     dims = _Dims.of(static.tiling, q, v, backward=True)
-    split = _num_meta(static)
-
-    def kernel(*refs):
-        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
-                   _DqGmem(*refs[split:split + 7]), *refs[split + 7:])
-        _dq_cta(cta)
-
-    return _launch(kernel, dims, static.tiling, jax.ShapeDtypeStruct(q.shape, dims.dtype),
-                   _dq_scratch(static, dims), "q_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
+    out_type = jax.ShapeDtypeStruct(q.shape, dims.dtype)
+    return _launch(static, dims, _dq_cta, _DqGmem, out_type, _dq_scratch(static, dims),
+                   "q_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
 
 def _dq_cta(cta: _Cta) -> None:
@@ -830,6 +876,8 @@ def _dq_epilogue(cta: _Cta, q_start, dq) -> None:
     _store(((dq, cta.smem.q.at[cta.wg], cta.gmem.dq.at[rows]),))
 
 
+# ---------------------------------------------------------------- backward: dk, dv
+
 class _DkvGmem(NamedTuple):
     """The dk/dv kernel's GMEM refs after the metadata: inputs, then outputs."""
     q: object  # [B, S, H, D]
@@ -892,15 +940,9 @@ def _dkv_scratch(static, dims: _Dims) -> tuple[_DkvSmem, _DkvBarriers]:
 
 def _dkv(static, q, k, v, meta, dout, lse2, delta):
     dims = _Dims.of(static.tiling, q, v, backward=True)
-    split = _num_meta(static)
-
-    def kernel(*refs):
-        cta = _Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
-                   _DkvGmem(*refs[split:split + 8]), *refs[split + 8:])
-        _dkv_cta(cta)
-
-    out_type = (jax.ShapeDtypeStruct(k.shape, dims.dtype), jax.ShapeDtypeStruct(v.shape, dims.dtype))
-    return _launch(kernel, dims, static.tiling, out_type, _dkv_scratch(static, dims),
+    out_type = (jax.ShapeDtypeStruct(k.shape, dims.dtype),
+                jax.ShapeDtypeStruct(v.shape, dims.dtype))
+    return _launch(static, dims, _dkv_cta, _DkvGmem, out_type, _dkv_scratch(static, dims),
                    "kv_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
 
@@ -1035,16 +1077,3 @@ def _dkv_epilogue(cta: _Cta, rows, dk, dv) -> None:
         dk, dv = dk * cta.sample.inverse_length(), dv * cta.sample.inverse_length()
     smem, gmem = cta.smem, cta.gmem
     _store(((dk, smem.k.at[cta.wg], gmem.dk.at[rows]), (dv, smem.v.at[cta.wg], gmem.dv.at[rows])))
-
-
-def backward(static, q, k, v, meta, out, lse2, dout):
-    """(dq, dk, dv) on padded 16-bit inputs; delta = rowsum(out * dout) is one fused XLA op."""
-    _ensure_log1p_lowering()
-    dout = dout.astype(q.dtype)
-    if static.kind == "softmax":
-        delta = jnp.einsum("bshd,bshd->bhs", out.astype(jnp.float32), dout.astype(jnp.float32))
-    else:
-        delta = jnp.zeros_like(lse2)
-    dq = _dq(static, q, k, v, meta, dout, lse2, delta)
-    dk, dv = _dkv(static, q, k, v, meta, dout, lse2, delta)
-    return dq, dk, dv
