@@ -24,6 +24,36 @@ issues the dV and dP^T WGMMAs together on the dO tile, with one wait (`_dv_and_d
 Inputs are padded by the caller: S a multiple of compute_wgs * block and of the key block, head
 dims multiples of 64 (128-byte swizzle of 16-bit rows), positions as f32 (exact below 2^24).
 Only 16-bit inputs: WGMMA has no f32 x f32 -> f32 mode (f32 would run as TF32).
+
+Reading map. Each kernel (`forward`; `backward` runs `_dq`, then `_dkv`) is one `_launch`: a grid
+of CTAs over (heads, sequence tiles, batch) with `wgs` compute warpgroups and one memory
+warpgroup each (the "wg" axis). A CTA, in order:
+
+  _plan_query_cta / _plan_key_cta  its steps: the tiles of the other side that it sees
+  _Cta.run                         the sample's flag picks the tile math (`_Path`)
+  _Cta.split_roles                 warpgroup `wgs` produces, warpgroups 0..wgs-1 consume
+  producer   `_producer` with `_stream_key_tiles` (forward, dq) or `_stream_query_tiles` (dk/dv):
+             step s lands in ring slot s % stages, refilled when consumed[slot] has wgs arrivals
+  consumers  `_load_resident`: the warpgroup's own tile, TMA'd once into buffer row `wg`;
+             `_run_steps` over the steps (interior ones without a mask), one step being
+               forward  `_forward_step`: `_forward_scores` (Q K^T, `_PingPong`) ->
+                        `_online_weights` (softmax / SiLU) -> `_accumulate_pv` (acc += P V)
+               dq       `_dq_step`: Q K^T -> dP = dO V^T -> dS -> dq += dS K
+               dk/dv    `_dkv_step`: K Q^T -> `_transposed_weights` -> `_dv_and_dp` ->
+                        `_transposed_dlogits` -> dk += dS^T Q
+             and ending in barrier_arrive(consumed[slot]); then `_forward_epilogue`,
+             `_dq_epilogue` or `_dkv_epilogue`: normalise or scale, `_store` (via SMEM, TMA)
+
+Shared memory (`_ForwardSmem`, `_DqSmem`, `_DkvSmem`; the `_*Barriers` tuples beside them):
+             resident, [wgs, ...] per warpgroup          ring, [stages, ...] per slot
+  forward    q (out staged in q or o), lse, q meta       k, v, k meta
+  dq         q (dq staged in q), do, lse, delta, q meta  k, v, k meta
+  dk/dv      k, v (dk, dv staged there), k meta          q, do, lse and delta (softmax), q meta
+A resident tile's `*_ready[wg]` barrier is armed and waited for by its own warpgroup; a ring
+tile's `*_ready[slot]` is armed by the memory warpgroup and waited for by every compute
+warpgroup, which then arrives on `consumed[slot]`; `schedule` (forward, two compute warpgroups)
+alternates their turns on the tensor cores. Metadata rows (position, time) travel with their
+tile under barriers of their own (`_TokenMeta`).
 """
 
 from __future__ import annotations
@@ -31,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +145,8 @@ def _ensure_log1p_lowering():
             table[lax.log1p_p] = lower_fun(_log1p_as_log)
 
 
+# ---------------------------------------------------------------- WGMMA tiles and products
+
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per tile row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per tile column
 _SWIZZLE = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
@@ -145,35 +178,22 @@ def _dv_and_dp(p_t, v_smem, do_smem, dv):
     return pl.run_state(both)((plgpu.ACC.init(dv), plgpu.ACC.init(_acc(p_t.shape))))
 
 
-def _kv_issue(sample, kv_refs, kv_smem, kv_ready, k_meta, block_kv, n_first, second_start):
-    """`issue(step, slot)` for `_producer` in the kernels that stream key tiles (forward, dq): the
-    K and V tiles of kv step `step` and the keys' position / time rows into ring slot `slot`."""
-    (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready) = kv_refs, kv_smem, kv_ready
-    k_sources, kpos_smem, ktime_smem, kmeta_ready = k_meta
+def _zero_rows_past(ref, start, length):
+    """Rows start + r >= length of a swizzled [rows, D] 16-bit SMEM tile set to 0.
 
-    def issue(step, slot):
-        k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-        rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-        plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-        _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem, kmeta_ready, slot)
-        plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
-    return issue
+    Padding may hold NaN or Inf and 0 * NaN is NaN inside a WGMMA, so a tile that crosses the
+    length is cleaned in shared memory before its product (once per CTA: only one tile crosses).
+    Both compute warpgroups may clean the same ring slot; they write identical values.
+    """
+    @pl.when(start + ref.shape[0] > length)
+    def _clean():
+        tile = _load(ref, plgpu.Layout.WGMMA)
+        index = start + plgpu.broadcasted_iota(jnp.int32, tile.shape, 0, layout=plgpu.Layout.WGMMA)
+        ref[...] = jnp.where(index < length, tile, jnp.zeros((), tile.dtype))
+        plgpu.commit_smem()
 
 
-def _producer(n_steps, stages: int, consumed, issue):
-    """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
-    plgpu.set_max_registers(40, action="decrease")
-    for slot in range(stages):
-        @pl.when(slot < n_steps)
-        def _prologue():
-            issue(jnp.int32(slot), slot)
-
-    @pl.loop(0, jnp.maximum(n_steps - stages, 0))
-    def _refill(step):
-        slot = lax.rem(step, jnp.int32(stages))
-        plgpu.barrier_wait(consumed.at[slot])
-        issue(step + stages, slot)
-
+# ---------------------------------------------------------------- a sample and its metadata
 
 class _Sample:
     """Scalars of one (batch, head) read from GMEM, and the row/col metadata tiles."""
@@ -261,187 +281,39 @@ class _Sample:
         return 1.0 / jnp.maximum(self.length, 1).astype(jnp.float32)
 
 
-def _zero_rows_past(ref, start, length):
-    """Rows start + r >= length of a swizzled [rows, D] 16-bit SMEM tile set to 0.
+@dataclasses.dataclass(frozen=True)
+class _TokenMeta:
+    """One tile side's per-token bias rows in SMEM: where they come from and where they land.
 
-    Padding may hold NaN or Inf and 0 * NaN is NaN inside a WGMMA, so a tile that crosses the
-    length is cleaned in shared memory before its product (once per CTA: only one tile crosses).
-    Both compute warpgroups may clean the same ring slot; they write identical values.
+    `sources` are the (position, time) GMEM rows [S] of `_Sample.sources` (None: a term this call
+    has not, so nothing is copied or waited for); `pos_smem` / `time_smem` are [n, size] f32 buffers
+    and `ready` their barriers, one per buffer row (a warpgroup's resident tile or a ring slot).
     """
-    @pl.when(start + ref.shape[0] > length)
-    def _clean():
-        tile = _load(ref, plgpu.Layout.WGMMA)
-        index = start + plgpu.broadcasted_iota(jnp.int32, tile.shape, 0, layout=plgpu.Layout.WGMMA)
-        ref[...] = jnp.where(index < length, tile, jnp.zeros((), tile.dtype))
-        plgpu.commit_smem()
+    sources: tuple
+    pos_smem: object
+    time_smem: object
+    ready: tuple
 
+    def copy(self, start, size: int, index) -> None:
+        """TMA tokens start..start+size of each present term into buffer row `index`."""
+        for row, smem, barrier in zip(self.sources, (self.pos_smem, self.time_smem), self.ready):
+            if row is not None:
+                plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[index],
+                                        barrier.at[index])
 
-def _meta_vectors(sources, pos_smem, time_smem, index, layout):
-    """(position, time) vectors of slot `index` in `layout` (None where `sources` has none)."""
-    pos_ref, time_ref = sources
-    pos = _load(pos_smem.at[index], layout) if pos_ref is not None else None
-    time = _load(time_smem.at[index], layout) if time_ref is not None else None
-    return pos, time
-
-
-def _copy_meta(sources, start, size, pos_smem, time_smem, barriers, slot):
-    for row, smem, barrier in zip(sources, (pos_smem, time_smem), barriers):
-        if row is not None:
-            plgpu.copy_gmem_to_smem(row.at[pl.ds(start, size)], smem.at[slot], barrier.at[slot])
-
-
-def _wait_meta(sources, barriers, slot):
-    for ref, barrier in zip(sources, barriers):
-        if ref is not None:
-            plgpu.barrier_wait(barrier.at[slot])
+    def read(self, index, layout):
+        """(position, time) vectors of buffer row `index` in `layout`, once their TMAs landed."""
+        for row, barrier in zip(self.sources, self.ready):
+            if row is not None:
+                plgpu.barrier_wait(barrier.at[index])
+        pos_row, time_row = self.sources
+        pos = _load(self.pos_smem.at[index], layout) if pos_row is not None else None
+        time = _load(self.time_smem.at[index], layout) if time_row is not None else None
+        return pos, time
 
 
 def _num_meta(static):
     return 4 + static.has_alibi + static.has_time + static.ordered_path * (2 + static.has_alibi)
-
-
-# ---------------------------------------------------------------- forward
-
-def forward(static, q, k, v, meta):
-    """(out [B, S, H, Dv], lse2 [B, H, S]) on padded 16-bit inputs; see `_gpu_blocked.forward`."""
-    _ensure_log1p_lowering()
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = tiling.block_q, tiling.block_kv, tiling.stages, tiling.compute_wgs
-    cta_rows = wgs * block_q
-    has_alibi, has_time = static.has_alibi, static.has_time
-    split = _num_meta(static)
-    share_qo = value_dim == head_dim
-
-    def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, out_ref, lse_ref = refs[split:split + 5]
-        (q_smem2, o_smem2, k_smem, v_smem, qpos_smem, qtime_smem, kpos_smem, ktime_smem,
-         lse_smem2), barriers = refs[split + 5:]
-        (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed, schedule) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
-        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
-        n_first, second_start, n_steps = tiles.kv_steps(
-            cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
-
-        def schedule_sync():
-            if wgs == 2:
-                plgpu.barrier_arrive(schedule)
-                plgpu.barrier_wait(schedule)
-
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                q_smem, lse_smem = q_smem2.at[wg], lse_smem2.at[wg]
-                o_smem = q_smem if share_qo else o_smem2.at[wg]
-                q_start = cta_start + wg * block_q
-                plgpu.copy_gmem_to_smem(q_ref.at[sample.batch, pl.ds(q_start, block_q), sample.head],
-                                        q_smem, q_ready.at[wg])
-                _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                           qmeta_ready, wg)
-                plgpu.barrier_wait(q_ready.at[wg])
-                _wait_meta(q_sources, qmeta_ready, wg)
-                q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, wg, _ROW)
-
-                def step_fn(step, carry, masked):
-                    acc, m, l = carry
-                    slot = lax.rem(step, jnp.int32(stages))
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    plgpu.barrier_wait(k_ready.at[slot])
-
-                    def scores(acc_ref):
-                        plgpu.wgmma(acc_ref, q_smem, _transposed(k_smem.at[slot]))
-                        schedule_sync()  # let the other warpgroup's softmax run under this WGMMA
-                        return acc_ref[...]
-                    qk = pl.run_scoped(scores, plgpu.ACC((block_q, block_kv), jnp.float32))
-                    _wait_meta(k_sources, kmeta_ready, slot)
-                    k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, slot, _COL)
-                    logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, ordered=ordered)
-                    if static.kind == "softmax":
-                        p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
-                        acc = acc * lax.broadcast_in_dim(correction, acc.shape, (0,))
-                    else:
-                        p = tiles.silu_weights(logits, mask)
-                    if wgs == 2:
-                        plgpu.barrier_arrive(schedule)
-                    plgpu.barrier_wait(v_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(v_smem.at[slot], k_start, sample.length)
-                    if wgs == 2:
-                        plgpu.barrier_wait(schedule)
-                    acc = _matmul(p.astype(dtype), v_smem.at[slot], None, accumulate=acc)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return acc, m, l
-
-                init = (_acc((block_q, value_dim)),
-                        plgpu.layout_cast(jnp.full((block_q,), tiles.M_INIT, jnp.float32), _ROW),
-                        plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW))
-                # interior key tiles (every pair valid) first, without a mask; then the rest
-                n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
-                                                     sample.num_candidates, n_first)
-                pl.when(wg == 1)(schedule_sync)
-                carry = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False), init)
-                acc, m, l = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True),
-                                          carry)
-                pl.when(wg == 0)(schedule_sync)
-                row_valid = sample.row_valid(q_start, block_q)
-                if static.kind == "softmax":
-                    out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
-                else:
-                    out = tiles.zero_rows(acc * sample.inverse_length(), row_valid)
-                    lse2 = plgpu.layout_cast(jnp.zeros((block_q,), jnp.float32), _ROW)
-                o_smem[...] = out.astype(dtype)
-                lse_smem[...] = lse2
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(o_smem, out_ref.at[sample.batch, pl.ds(q_start, block_q),
-                                                            sample.head])
-                plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[sample.batch, sample.head,
-                                                             pl.ds(q_start, block_q)])
-                plgpu.wait_smem_to_gmem(0)
-
-            @pl.when(wg == wgs)
-            def _memory():
-                _producer(n_steps, stages, consumed, _kv_issue(
-                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
-                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
-
-        sample.run(body)
-
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         None if share_qo else smem((wgs, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q), jnp.float32) if has_alibi else None,
-         smem((wgs, block_q), jnp.float32) if has_time else None,
-         smem((stages, block_kv), jnp.float32) if has_alibi else None,
-         smem((stages, block_kv), jnp.float32) if has_time else None,
-         smem((wgs, block_q), jnp.float32)),
-        (plgpu.Barrier(num_barriers=wgs),
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
-         plgpu.Barrier(num_arrivals=wgs)),
-    )
-    out_type = (jax.ShapeDtypeStruct((batch, seq_len, heads, value_dim), dtype),
-                jax.ShapeDtypeStruct((batch, heads, seq_len), jnp.float32))
-    return plgpu.kernel(
-        kernel, out_type=out_type, scratch_types=scratch,
-        grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v)
 
 
 def _meta_args(meta):
@@ -452,269 +324,408 @@ def _meta_args(meta):
     return [x for x in (lengths, candidates, positions, *rest) if x is not None]
 
 
-# ---------------------------------------------------------------- backward
+# ---------------------------------------------------------------- a launch and its CTAs
 
-def _dq(static, q, k, v, meta, dout, lse2, delta):
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = (tiling.block_q_bwd, tiling.block_kv_bwd, tiling.stages,
-                                      tiling.compute_wgs)
-    cta_rows = wgs * block_q
-    has_alibi, has_time = static.has_alibi, static.has_time
+@dataclasses.dataclass(frozen=True)
+class _Dims:
+    """Trace-time sizes of one kernel launch."""
+    batch: int
+    seq_len: int
+    heads: int
+    head_dim: int
+    value_dim: int
+    dtype: jnp.dtype
+    block_q: int  # query rows of a tile
+    block_kv: int  # key rows of a tile
+    stages: int  # depth of the TMA ring
+    wgs: int  # compute warpgroups; warpgroup number `wgs` is the memory warpgroup
+
+    @classmethod
+    def of(cls, tiling: HopperTiling, q, v, backward: bool) -> _Dims:
+        batch, seq_len, heads, head_dim = q.shape
+        block_q, block_kv = ((tiling.block_q_bwd, tiling.block_kv_bwd) if backward
+                             else (tiling.block_q, tiling.block_kv))
+        return cls(batch, seq_len, heads, head_dim, v.shape[-1], q.dtype, block_q, block_kv,
+                   tiling.stages, tiling.compute_wgs)
+
+
+def _tiles_smem(count: int, rows: int, dim: int, dtype):
+    """`count` swizzled [rows, dim] 16-bit tiles (WGMMA operands)."""
+    return plgpu.SMEM((count, rows, dim), dtype, transforms=_SWIZZLE)
+
+
+def _rows_smem(count: int, rows: int, present: bool = True):
+    """`count` f32 vectors of `rows` (metadata, softmax statistics); None for an absent term."""
+    return plgpu.SMEM((count, rows), jnp.float32) if present else None
+
+
+def _launch(static, dims: _Dims, cta_body, gmem_type, out_type, scratch, grid_axis: str):
+    """plgpu.kernel running `cta_body(cta)` on a grid of CTAs over (heads, `grid_axis`: the
+    sequence in CTA tiles of `dims.wgs` blocks, batch), each with `dims.wgs` compute warpgroups
+    and one memory warpgroup. The kernel's refs are the metadata (`_meta_args`), the GMEM
+    operands and results (`gmem_type`), then the `scratch` SMEM and barriers."""
     split = _num_meta(static)
+    n_gmem = len(gmem_type._fields)
 
-    def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs[split:split + 7]
-        (q_smem2, do_smem2, lse_smem2, delta_smem2, qpos_smem, qtime_smem, k_smem, v_smem,
-         kpos_smem, ktime_smem), barriers = refs[split + 7:]
-        (q_ready, qmeta_ready, k_ready, v_ready, kmeta_ready, consumed) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        # the last query tiles see the most keys: launch them first (fewer stragglers at the end)
-        cta_start = (seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
-        n_first, second_start, n_steps = tiles.kv_steps(
-            cta_start, cta_rows, block_kv, sample.length, sample.num_candidates)
+    def kernel(*refs):  # plgpu.kernel names the kernel after this function
+        cta_body(_Cta(static, dims, _Sample(refs[:split], static), lax.axis_index("wg"),
+                      gmem_type(*refs[split:split + n_gmem]), *refs[split + n_gmem:]))
 
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
-                q_start = cta_start + wg * block_q
-                rows = (sample.batch, pl.ds(q_start, block_q), sample.head)
-                stat = (sample.batch, sample.head, pl.ds(q_start, block_q))
-                plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem, q_ready[0].at[wg])
-                plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem, q_ready[1].at[wg])
-                plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem2.at[wg], q_ready[2].at[wg])
-                plgpu.copy_gmem_to_smem(delta_ref.at[stat], delta_smem2.at[wg], q_ready[3].at[wg])
-                _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                           qmeta_ready, wg)
-                for barrier in q_ready:
-                    plgpu.barrier_wait(barrier.at[wg])
-                _wait_meta(q_sources, qmeta_ready, wg)
-                q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, wg, _ROW)
-                lse2 = _load(lse_smem2.at[wg], _ROW)
-                delta = _load(delta_smem2.at[wg], _ROW)
-
-                def step_fn(step, dq, masked):
-                    slot = lax.rem(step, jnp.int32(stages))
-                    k_start = tiles.kv_block(step, n_first, second_start) * block_kv
-                    plgpu.barrier_wait(k_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(k_smem.at[slot], k_start, sample.length)
-                    qk = _matmul(q_smem, _transposed(k_smem.at[slot]), (block_q, block_kv))
-                    _wait_meta(k_sources, kmeta_ready, slot)
-                    k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, slot, _COL)
-                    logits, mask = sample.scores(qk, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, ordered=ordered)
-                    plgpu.barrier_wait(v_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(v_smem.at[slot], k_start, sample.length)
-                    dp = _matmul(do_smem, _transposed(v_smem.at[slot]), (block_q, block_kv))
-                    if static.kind == "softmax":
-                        _, dlogits = tiles.softmax_grads(logits, mask, lse2, delta, dp)
-                    else:
-                        _, dlogits = tiles.silu_grads(logits, mask, dp)
-                    dq = _matmul(dlogits.astype(dtype), k_smem.at[slot], None, accumulate=dq)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dq
-
-                n_interior = tiles.interior_kv_steps(q_start, block_kv, sample.length,
-                                                     sample.num_candidates, n_first)
-                dq = lax.fori_loop(0, n_interior, functools.partial(step_fn, masked=False),
-                                   _acc((block_q, head_dim)))
-                dq = lax.fori_loop(n_interior, n_steps, functools.partial(step_fn, masked=True), dq)
-                # rows past the length ran through unmasked interior tiles: drop what they gathered
-                dq = tiles.zero_rows(dq, sample.row_valid(q_start, block_q)) * static.scale
-                if static.kind == "silu":
-                    dq = dq * sample.inverse_length()
-                q_smem[...] = dq.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
-                plgpu.wait_smem_to_gmem(0)
-
-            @pl.when(wg == wgs)
-            def _memory():
-                _producer(n_steps, stages, consumed, _kv_issue(
-                    sample, (k_ref, v_ref), (k_smem, v_smem), (k_ready, v_ready),
-                    (k_sources, kpos_smem, ktime_smem, kmeta_ready), block_kv, n_first, second_start))
-
-        sample.run(body)
-
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_q), jnp.float32), smem((wgs, block_q), jnp.float32),
-         smem((wgs, block_q), jnp.float32) if has_alibi else None,
-         smem((wgs, block_q), jnp.float32) if has_time else None,
-         smem((stages, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_kv), jnp.float32) if has_alibi else None,
-         smem((stages, block_kv), jnp.float32) if has_time else None),
-        ((plgpu.Barrier(num_barriers=wgs),) * 4,
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages)),
-    )
+    cta_rows = dims.wgs * (dims.block_kv if grid_axis == "kv_seq" else dims.block_q)
     return plgpu.kernel(
-        kernel, out_type=jax.ShapeDtypeStruct(q.shape, dtype), scratch_types=scratch,
-        grid=(heads, seq_len // cta_rows, batch), grid_names=("heads", "q_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v, dout, lse2, delta)
-
-
-def _dkv(static, q, k, v, meta, dout, lse2, delta):
-    tiling: HopperTiling = static.tiling
-    batch, seq_len, heads, head_dim = q.shape
-    value_dim = v.shape[-1]
-    dtype = q.dtype
-    block_q, block_kv, stages, wgs = (tiling.block_q_bwd, tiling.block_kv_bwd, tiling.stages,
-                                      tiling.compute_wgs)
-    cta_keys = wgs * block_kv
-    has_alibi, has_time = static.has_alibi, static.has_time
-    split = _num_meta(static)
-
-    def kernel(*refs):
-        meta_refs = refs[:split]
-        q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs[split:split + 8]
-        (k_smem2, v_smem2, kpos_smem, ktime_smem, q_smem, do_smem, lse_smem, delta_smem,
-         qpos_smem, qtime_smem), barriers = refs[split + 8:]
-        (k_ready, kmeta_ready, q_ready, do_ready, stat_ready, qmeta_ready, consumed) = barriers
-        sample = _Sample(meta_refs, static)
-        wg = lax.axis_index("wg")
-        cta_start = lax.axis_index("kv_seq") * cta_keys
-        first, end = tiles.q_blocks(cta_start, cta_keys, block_q, sample.length,
-                                    sample.num_candidates)
-        n_steps = end - first
-
-        def body(ordered: bool):  # the tile math picked by the sample's flag, at run time
-            q_sources = sample.sources(queries=True, ordered=ordered)
-            k_sources = sample.sources(queries=False, ordered=ordered)
-            @pl.when(wg < wgs)
-            def _compute():
-                plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
-                k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-                k_start = cta_start + wg * block_kv
-                rows = (sample.batch, pl.ds(k_start, block_kv), sample.head)
-                plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem, k_ready[0].at[wg])
-                plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem, k_ready[1].at[wg])
-                _copy_meta(k_sources, k_start, block_kv, kpos_smem, ktime_smem,
-                           kmeta_ready, wg)
-                for barrier in k_ready:
-                    plgpu.barrier_wait(barrier.at[wg])
-                _zero_rows_past(k_smem, k_start, sample.length)
-                _zero_rows_past(v_smem, k_start, sample.length)
-                _wait_meta(k_sources, kmeta_ready, wg)
-                # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
-                k_meta = _meta_vectors(k_sources, kpos_smem, ktime_smem, wg, _ROW)
-
-                def step_fn(step, carry, masked):
-                    dk, dv = carry
-                    slot = lax.rem(step, jnp.int32(stages))
-                    q_start = (first + step) * block_q
-                    plgpu.barrier_wait(q_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(q_smem.at[slot], q_start, sample.length)
-                    qk_t = _matmul(k_smem, _transposed(q_smem.at[slot]), (block_kv, block_q))
-                    _wait_meta(q_sources, qmeta_ready, slot)
-                    q_meta = _meta_vectors(q_sources, qpos_smem, qtime_smem, slot, _COL)
-                    logits, mask = sample.scores(qk_t, q_start, k_start, q_meta, k_meta, static.kind,
-                                                 masked, transposed=True, ordered=ordered)
-                    if static.kind == "softmax":
-                        plgpu.barrier_wait(stat_ready[0].at[slot])
-                        lse2 = _load(lse_smem.at[slot], _COL)
-                        p_t = tiles.softmax_probs(logits, mask, lse2, query_axis=1)
-                    else:
-                        p_t, slope_t = tiles.silu_parts(logits, mask)
-                    plgpu.barrier_wait(do_ready.at[slot])
-                    if masked:
-                        _zero_rows_past(do_smem.at[slot], q_start, sample.length)
-                    # dV += P^T dO and dP^T = V dO^T both read the dO tile: issued back to back,
-                    # one wait for both (FA3's order), instead of dP^T, wait, ..., dV, wait
-                    dv, dp_t = _dv_and_dp(p_t.astype(dtype), v_smem, do_smem.at[slot], dv)
-                    if static.kind == "softmax":
-                        plgpu.barrier_wait(stat_ready[1].at[slot])
-                        delta = _load(delta_smem.at[slot], _COL)
-                        dlogits_t = tiles.softmax_dlogits(p_t, dp_t, delta, query_axis=1)
-                    else:
-                        dlogits_t = tiles.silu_dlogits(slope_t, mask, dp_t)
-                    dk = _matmul(dlogits_t.astype(dtype), q_smem.at[slot], None, accumulate=dk)
-                    plgpu.barrier_arrive(consumed.at[slot])
-                    return dk, dv
-
-                # query tiles whose pairs with these keys are all valid run without a mask
-                a, b = tiles.interior_q_blocks(k_start, block_kv, block_q, sample.length,
-                                               sample.num_candidates, first, end)
-                carry = (_acc((block_kv, head_dim)), _acc((block_kv, value_dim)))
-                for lo, hi, masked in ((0, a - first, True), (a - first, b - first, False),
-                                       (b - first, n_steps, True)):
-                    carry = lax.fori_loop(lo, hi, functools.partial(step_fn, masked=masked), carry)
-                dk, dv = carry
-                dk = dk * static.scale
-                if static.kind == "silu":
-                    dk, dv = dk * sample.inverse_length(), dv * sample.inverse_length()
-                k_smem[...] = dk.astype(dtype)
-                v_smem[...] = dv.astype(dtype)
-                plgpu.commit_smem()
-                plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[rows])
-                plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[rows])
-                plgpu.wait_smem_to_gmem(0)
-
-            @pl.when(wg == wgs)
-            def _memory():
-                def issue(step, slot):
-                    q_start = (first + step) * block_q
-                    rows = (sample.batch, pl.ds(q_start, block_q), sample.head)
-                    stat = (sample.batch, sample.head, pl.ds(q_start, block_q))
-                    plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], q_ready.at[slot])
-                    _copy_meta(q_sources, q_start, block_q, qpos_smem, qtime_smem,
-                               qmeta_ready, slot)
-                    plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], do_ready.at[slot])
-                    if static.kind == "softmax":
-                        plgpu.copy_gmem_to_smem(lse_ref.at[stat], lse_smem.at[slot],
-                                                stat_ready[0].at[slot])
-                        plgpu.copy_gmem_to_smem(delta_ref.at[stat], delta_smem.at[slot],
-                                                stat_ready[1].at[slot])
-                _producer(n_steps, stages, consumed, issue)
-
-        sample.run(body)
-
-    smem = plgpu.SMEM
-    scratch = (
-        (smem((wgs, block_kv, head_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_kv, value_dim), dtype, transforms=_SWIZZLE),
-         smem((wgs, block_kv), jnp.float32) if has_alibi else None,
-         smem((wgs, block_kv), jnp.float32) if has_time else None,
-         smem((stages, block_q, head_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_q, value_dim), dtype, transforms=_SWIZZLE),
-         smem((stages, block_q), jnp.float32), smem((stages, block_q), jnp.float32),
-         smem((stages, block_q), jnp.float32) if has_alibi else None,
-         smem((stages, block_q), jnp.float32) if has_time else None),
-        ((plgpu.Barrier(num_barriers=wgs),) * 2,
-         (plgpu.Barrier(num_barriers=wgs),) * 2,
-         plgpu.Barrier(num_barriers=stages),
-         plgpu.Barrier(num_barriers=stages),
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         (plgpu.Barrier(num_barriers=stages),) * 2,
-         plgpu.Barrier(num_arrivals=wgs, num_barriers=stages)),
+        kernel, out_type=out_type, scratch_types=scratch,
+        grid=(dims.heads, dims.seq_len // cta_rows, dims.batch),
+        grid_names=("heads", grid_axis, "batch"),
+        num_threads=dims.wgs + 1, thread_name="wg",
+        compiler_params=_compiler_params(static.tiling),
     )
-    return plgpu.kernel(
-        kernel, out_type=(jax.ShapeDtypeStruct(k.shape, dtype), jax.ShapeDtypeStruct(v.shape, dtype)),
-        scratch_types=scratch,
-        grid=(heads, seq_len // cta_keys, batch), grid_names=("heads", "kv_seq", "batch"),
-        num_threads=wgs + 1, thread_name="wg",
-        compiler_params=_compiler_params(tiling),
-    )(*_meta_args(meta), q, k, v, dout, lse2, delta)
 
+
+@dataclasses.dataclass(frozen=True)
+class _Path:
+    """One of the two tile maths a sample may take (`_Sample.run`): `ordered` or the general one,
+    and the query / key metadata that path reads (`_Sample.sources`)."""
+    ordered: bool
+    queries: _TokenMeta
+    keys: _TokenMeta
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cta:
+    """What every helper of a kernel reads: trace-time sizes and flags, the sample's scalars, this
+    thread's warpgroup and the kernel's refs (each kernel's `_*Gmem`, `_*Smem`, `_*Barriers`)."""
+    static: object  # _gpu_blocked.Static
+    dims: _Dims
+    sample: _Sample
+    wg: object  # this warpgroup's index (traced); `dims.wgs`: the memory warpgroup
+    gmem: tuple
+    smem: tuple
+    barriers: tuple
+
+    def run(self, body) -> None:
+        """`body(path)` on the tile math the sample's flag picks at run time (both are compiled)."""
+        def on_path(ordered: bool):
+            sample, smem, barriers = self.sample, self.smem, self.barriers
+            queries = _TokenMeta(sample.sources(queries=True, ordered=ordered),
+                                 smem.q_pos, smem.q_time, barriers.q_meta_ready)
+            keys = _TokenMeta(sample.sources(queries=False, ordered=ordered),
+                              smem.k_pos, smem.k_time, barriers.k_meta_ready)
+            body(_Path(ordered, queries, keys))
+        self.sample.run(on_path)
+
+    def split_roles(self, compute, memory) -> None:
+        """Warpgroups 0..wgs-1 run `compute()`, warpgroup `wgs` runs `memory()`."""
+        pl.when(self.wg < self.dims.wgs)(compute)
+        pl.when(self.wg == self.dims.wgs)(memory)
+
+
+class _KeySteps(NamedTuple):
+    """The key tiles a query CTA visits (`_gpu_tiles.kv_steps`), in `count` steps: `n_first` from
+    key tile 0 on, then the rest from key tile `second_start` on."""
+    n_first: jax.Array
+    second_start: jax.Array
+    count: jax.Array
+
+    def key_start(self, step, block_kv: int):
+        return tiles.kv_block(step, self.n_first, self.second_start) * block_kv
+
+
+def _plan_query_cta(cta: _Cta) -> tuple[jax.Array, _KeySteps]:
+    """(first query row, key steps) of a forward or dq CTA. The last query tiles see the most keys,
+    so they launch first (fewer stragglers at the end)."""
+    dims, sample = cta.dims, cta.sample
+    cta_rows = dims.wgs * dims.block_q
+    cta_start = (dims.seq_len // cta_rows - 1 - lax.axis_index("q_seq")) * cta_rows
+    return cta_start, _KeySteps(*tiles.kv_steps(cta_start, cta_rows, dims.block_kv, sample.length,
+                                                sample.num_candidates))
+
+
+# ---------------------------------------------------------------- the pipeline: producer, consumers
+
+def _slot(step, stages: int):
+    """The ring slot of step `step` (the memory warpgroup fills them in step order)."""
+    return lax.rem(step, jnp.int32(stages))
+
+
+def _producer(n_steps, stages: int, consumed, issue):
+    """Memory warpgroup: fill the ring, then refill each slot once all consumers released it."""
+    plgpu.set_max_registers(40, action="decrease")
+    for slot in range(stages):
+        @pl.when(slot < n_steps)
+        def _prologue():
+            issue(jnp.int32(slot), slot)
+
+    @pl.loop(0, jnp.maximum(n_steps - stages, 0))
+    def _refill(step):
+        slot = _slot(step, stages)
+        plgpu.barrier_wait(consumed.at[slot])
+        issue(step + stages, slot)
+
+
+def _stream_key_tiles(cta: _Cta, keys: _TokenMeta, steps: _KeySteps) -> None:
+    """The memory warpgroup of the forward and dq kernels: per key step, the K tile, the keys'
+    metadata and the V tile into the step's ring slot (K first: it is needed first)."""
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+
+    def issue(step, slot):
+        k_start = steps.key_start(step, dims.block_kv)
+        rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
+        plgpu.copy_gmem_to_smem(cta.gmem.k.at[rows], smem.k.at[slot], barriers.k_ready.at[slot])
+        keys.copy(k_start, dims.block_kv, slot)
+        plgpu.copy_gmem_to_smem(cta.gmem.v.at[rows], smem.v.at[slot], barriers.v_ready.at[slot])
+    _producer(steps.count, dims.stages, barriers.consumed, issue)
+
+
+def _claim_compute_registers(wgs: int) -> None:
+    """Compute warpgroups take the registers the memory warpgroup gives up (`_producer`)."""
+    plgpu.set_max_registers(232 if wgs == 2 else 240, action="increase")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ResidentTile:
+    """A compute warpgroup's own tile, loaded once: its SMEM buffer, first row and metadata
+    vectors (queries in the forward and dq kernels, keys in the dk/dv kernel)."""
+    smem: object
+    start: jax.Array
+    meta: tuple
+
+
+def _load_resident(copies, meta: _TokenMeta, start, size: int, wg) -> None:
+    """TMA a compute warpgroup's resident tiles, `copies` of (GMEM window, SMEM buffer, barrier
+    array), and its metadata rows into buffer row `wg`; wait for the tiles (the metadata is
+    waited for where it is read, `_TokenMeta.read`)."""
+    for source, target, ready in copies:
+        plgpu.copy_gmem_to_smem(source, target, ready.at[wg])
+    meta.copy(start, size, wg)
+    for _, _, ready in copies:
+        plgpu.barrier_wait(ready.at[wg])
+
+
+def _await_tile(ring, ready, slot, start, length, clean: bool):
+    """Ring slot `slot` once its TMA landed; on a masked step, where the tile may cross the length,
+    cleaned of padding first (`_zero_rows_past`)."""
+    plgpu.barrier_wait(ready.at[slot])
+    tile = ring.at[slot]
+    if clean:
+        _zero_rows_past(tile, start, length)
+    return tile
+
+
+def _run_steps(step_fn, ranges, carry):
+    """`step_fn(step, carry, masked=...)` over consecutive step ranges (lo, hi, masked): interior
+    tiles, every pair valid, skip the mask."""
+    for lo, hi, masked in ranges:
+        carry = lax.fori_loop(lo, hi, functools.partial(step_fn, masked=masked), carry)
+    return carry
+
+
+def _store(outputs) -> None:
+    """The epilogue's write-out: each (value, SMEM buffer, GMEM window) staged in SMEM (cast to the
+    buffer's dtype), then all TMA'd out together; waits, as the CTA's SMEM dies with it."""
+    for value, smem, _ in outputs:
+        smem[...] = value.astype(smem.dtype)
+    plgpu.commit_smem()
+    for _, smem, gmem in outputs:
+        plgpu.copy_smem_to_gmem(smem, gmem)
+    plgpu.wait_smem_to_gmem(0)
+
+
+# ---------------------------------------------------------------- forward
+
+class _ForwardGmem(NamedTuple):
+    """The forward kernel's GMEM refs after the metadata: inputs, then outputs."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    out: object  # [B, S, H, Dv]
+    lse: object  # [B, H, S] f32, base 2
+
+
+class _ForwardSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    q: object  # [wgs, block_q, D] query tiles
+    o: object  # [wgs, block_q, Dv] output staging; None when Dv == D: staged in `q`
+    k: object  # [stages, block_kv, D] key ring
+    v: object  # [stages, block_kv, Dv] value ring
+    q_pos: object  # [wgs, block_q] f32 query position (or ALiBi) rows; None without ALiBi
+    q_time: object  # [wgs, block_q] f32 query times; None without a time bias
+    k_pos: object  # [stages, block_kv] f32 key position (or ALiBi) rows
+    k_time: object  # [stages, block_kv] f32 key times
+    lse: object  # [wgs, block_q] f32 lse2 staging
+
+
+class _ForwardBarriers(NamedTuple):
+    q_ready: object  # [wgs]: the warpgroup's query tile landed
+    q_meta_ready: object  # ([wgs], [wgs]): its position, time rows landed
+    k_ready: object  # [stages]: the slot's key tile landed
+    v_ready: object  # [stages]: the slot's value tile landed
+    k_meta_ready: object  # ([stages], [stages]): the slot's key position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+    schedule: object  # wgs arrivals: the ping-pong of two compute warpgroups (`_PingPong`)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PingPong:
+    """FA3's ping-pong of two compute warpgroups on the `schedule` barrier: one runs its softmax
+    while the other's WGMMAs hold the tensor cores. With one compute warpgroup, no-ops."""
+    schedule: object
+    active: bool
+
+    def arrive(self) -> None:
+        if self.active:
+            plgpu.barrier_arrive(self.schedule)
+
+    def wait(self) -> None:
+        if self.active:
+            plgpu.barrier_wait(self.schedule)
+
+    def sync(self) -> None:
+        """Hand the turn over and take it back: the other warpgroup runs in between."""
+        self.arrive()
+        self.wait()
+
+
+def _forward_scratch(static, dims: _Dims) -> tuple[_ForwardSmem, _ForwardBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _ForwardSmem(
+        q=_tiles_smem(wgs, block_q, dims.head_dim, dims.dtype),
+        o=(None if dims.value_dim == dims.head_dim
+           else _tiles_smem(wgs, block_q, dims.value_dim, dims.dtype)),
+        k=_tiles_smem(stages, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(stages, block_kv, dims.value_dim, dims.dtype),
+        q_pos=_rows_smem(wgs, block_q, static.has_alibi),
+        q_time=_rows_smem(wgs, block_q, static.has_time),
+        k_pos=_rows_smem(stages, block_kv, static.has_alibi),
+        k_time=_rows_smem(stages, block_kv, static.has_time),
+        lse=_rows_smem(wgs, block_q))
+    barriers = _ForwardBarriers(
+        q_ready=plgpu.Barrier(num_barriers=wgs),
+        q_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_ready=plgpu.Barrier(num_barriers=stages),
+        v_ready=plgpu.Barrier(num_barriers=stages),
+        k_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages),
+        schedule=plgpu.Barrier(num_arrivals=wgs))
+    return smem, barriers
+
+
+def forward(static, q, k, v, meta):
+    """(out [B, S, H, Dv], lse2 [B, H, S]) on padded 16-bit inputs; see `_gpu_blocked.forward`."""
+    _ensure_log1p_lowering()
+    dims = _Dims.of(static.tiling, q, v, backward=False)
+    out_type = (jax.ShapeDtypeStruct((dims.batch, dims.seq_len, dims.heads, dims.value_dim),
+                                     dims.dtype),
+                jax.ShapeDtypeStruct((dims.batch, dims.heads, dims.seq_len), jnp.float32))
+    return _launch(static, dims, _forward_cta, _ForwardGmem, out_type,
+                   _forward_scratch(static, dims), "q_seq")(*_meta_args(meta), q, k, v)
+
+
+def _forward_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` query tiles against the key tiles they see, streamed by the memory
+    warpgroup through the ring."""
+    cta_start, steps = _plan_query_cta(cta)
+    pingpong = _PingPong(cta.barriers.schedule, cta.dims.wgs == 2)
+
+    def body(path: _Path):
+        cta.split_roles(lambda: _forward_compute(cta, path, cta_start, steps, pingpong),
+                        lambda: _stream_key_tiles(cta, path.keys, steps))
+    cta.run(body)
+
+
+def _forward_compute(cta: _Cta, path: _Path, cta_start, steps: _KeySteps,
+                     pingpong: _PingPong) -> None:
+    """A compute warpgroup: load its query tile, run it over the key steps (interior tiles first,
+    without a mask), normalise and store."""
+    dims, sample, smem = cta.dims, cta.sample, cta.smem
+    _claim_compute_registers(dims.wgs)
+    q_smem = smem.q.at[cta.wg]
+    q_start = cta_start + cta.wg * dims.block_q
+    _load_resident(((cta.gmem.q.at[sample.batch, pl.ds(q_start, dims.block_q), sample.head],
+                     q_smem, cta.barriers.q_ready),),
+                   path.queries, q_start, dims.block_q, cta.wg)
+    tile = _ResidentTile(q_smem, q_start, path.queries.read(cta.wg, _ROW))
+
+    init = (_acc((dims.block_q, dims.value_dim)),
+            plgpu.layout_cast(jnp.full((dims.block_q,), tiles.M_INIT, jnp.float32), _ROW),
+            plgpu.layout_cast(jnp.zeros((dims.block_q,), jnp.float32), _ROW))
+    n_interior = tiles.interior_kv_steps(q_start, dims.block_kv, sample.length,
+                                         sample.num_candidates, steps.n_first)
+    # warpgroup 1 starts half a turn behind: its first Q K^T waits until warpgroup 0 issued its own
+    pl.when(cta.wg == 1)(pingpong.sync)
+    step = functools.partial(_forward_step, cta, path, tile, steps, pingpong)
+    acc, m, l = _run_steps(step, ((0, n_interior, False), (n_interior, steps.count, True)), init)
+    pl.when(cta.wg == 0)(pingpong.sync)  # the arrival warpgroup 1's last wait needs
+    _forward_epilogue(cta, q_start, acc, m, l)
+
+
+def _forward_step(cta: _Cta, path: _Path, tile: _ResidentTile, steps: _KeySteps,
+                  pingpong: _PingPong, step, carry, masked: bool):
+    """Key step `step`: the scores of the query tile against the slot's key tile, their softmax
+    (or SiLU) weights P, acc += P V; then the slot is released to the memory warpgroup."""
+    acc, m, l = carry
+    slot = _slot(step, cta.dims.stages)
+    k_start = steps.key_start(step, cta.dims.block_kv)
+    logits, mask = _forward_scores(cta, path, tile, pingpong, slot, k_start, masked)
+    p, acc, m, l = _online_weights(cta.static.kind, logits, mask, acc, m, l)
+    acc = _accumulate_pv(cta, pingpong, p, slot, k_start, masked, acc)
+    plgpu.barrier_arrive(cta.barriers.consumed.at[slot])
+    return acc, m, l
+
+
+def _forward_scores(cta: _Cta, path: _Path, tile: _ResidentTile, pingpong: _PingPong, slot,
+                    k_start, masked: bool):
+    """(logits, mask or None) of the query tile against the key tile in `slot`: the Q K^T WGMMA,
+    under which the other warpgroup runs its softmax, then bias and mask (`_Sample.scores`)."""
+    dims = cta.dims
+    plgpu.barrier_wait(cta.barriers.k_ready.at[slot])
+
+    def scores(acc_ref):
+        plgpu.wgmma(acc_ref, tile.smem, _transposed(cta.smem.k.at[slot]))
+        pingpong.sync()  # let the other warpgroup's softmax run under this WGMMA
+        return acc_ref[...]
+    qk = pl.run_scoped(scores, plgpu.ACC((dims.block_q, dims.block_kv), jnp.float32))
+    k_meta = path.keys.read(slot, _COL)
+    return cta.sample.scores(qk, tile.start, k_start, tile.meta, k_meta, cta.static.kind, masked,
+                             ordered=path.ordered)
+
+
+def _online_weights(kind: str, logits, mask, acc, m, l):
+    """(p, acc, m, l): softmax weights against the running row max m and sum l, with acc rescaled
+    to the new max; SiLU's weights need no running state (m, l pass through)."""
+    if kind == "softmax":
+        p, correction, m, l = tiles.softmax_update(logits, mask, m, l)
+        acc = acc * lax.broadcast_in_dim(correction, acc.shape, (0,))
+    else:
+        p = tiles.silu_weights(logits, mask)
+    return p, acc, m, l
+
+
+def _accumulate_pv(cta: _Cta, pingpong: _PingPong, p, slot, k_start, masked: bool, acc):
+    """acc + P V with the value tile in `slot`, once the tensor cores are this warpgroup's."""
+    pingpong.arrive()  # softmax done: the other warpgroup may issue its WGMMAs
+    v_tile = _await_tile(cta.smem.v, cta.barriers.v_ready, slot, k_start, cta.sample.length,
+                         clean=masked)
+    pingpong.wait()  # the tensor cores are this warpgroup's again
+    return _matmul(p.astype(cta.dims.dtype), v_tile, None, accumulate=acc)
+
+
+def _forward_epilogue(cta: _Cta, q_start, acc, m, l) -> None:
+    """Normalise (softmax: by l, giving lse2 too; SiLU: by the length), zero the rows past the
+    length, and store out and lse2. When Dv == D, out is staged in the query tile's buffer."""
+    dims, sample, smem, gmem = cta.dims, cta.sample, cta.smem, cta.gmem
+    row_valid = sample.row_valid(q_start, dims.block_q)
+    if cta.static.kind == "softmax":
+        out, lse2 = tiles.softmax_finish(acc, m, l, row_valid)
+    else:
+        out = tiles.zero_rows(acc * sample.inverse_length(), row_valid)
+        lse2 = plgpu.layout_cast(jnp.zeros((dims.block_q,), jnp.float32), _ROW)
+    o_smem = (smem.q if smem.o is None else smem.o).at[cta.wg]
+    rows = pl.ds(q_start, dims.block_q)
+    _store(((out, o_smem, gmem.out.at[sample.batch, rows, sample.head]),
+            (lse2, smem.lse.at[cta.wg], gmem.lse.at[sample.batch, sample.head, rows])))
+
+
+# ---------------------------------------------------------------- backward: dq
 
 def backward(static, q, k, v, meta, out, lse2, dout):
     """(dq, dk, dv) on padded 16-bit inputs; delta = rowsum(out * dout) is one fused XLA op."""
@@ -727,3 +738,342 @@ def backward(static, q, k, v, meta, out, lse2, dout):
     dq = _dq(static, q, k, v, meta, dout, lse2, delta)
     dk, dv = _dkv(static, q, k, v, meta, dout, lse2, delta)
     return dq, dk, dv
+
+
+class _DqGmem(NamedTuple):
+    """The dq kernel's GMEM refs after the metadata: inputs, then the output."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    do: object  # [B, S, H, Dv] dout
+    lse: object  # [B, H, S] f32 lse2 (the forward's, base 2)
+    delta: object  # [B, H, S] f32 rowsum(out * dout)
+    dq: object  # [B, S, H, D]
+
+
+class _DqSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    q: object  # [wgs, block_q, D] query tiles; dq is staged here at the end
+    do: object  # [wgs, block_q, Dv] dout tiles
+    lse: object  # [wgs, block_q] f32 lse2 rows
+    delta: object  # [wgs, block_q] f32 delta rows
+    q_pos: object  # [wgs, block_q] f32 query position (or ALiBi) rows; None without ALiBi
+    q_time: object  # [wgs, block_q] f32 query times; None without a time bias
+    k: object  # [stages, block_kv, D] key ring
+    v: object  # [stages, block_kv, Dv] value ring
+    k_pos: object  # [stages, block_kv] f32 key position (or ALiBi) rows
+    k_time: object  # [stages, block_kv] f32 key times
+
+
+class _DqBarriers(NamedTuple):
+    q_ready: object  # ([wgs],) * 4: the warpgroup's q, dout, lse2, delta landed
+    q_meta_ready: object  # ([wgs], [wgs]): its position, time rows landed
+    k_ready: object  # [stages]: the slot's key tile landed
+    v_ready: object  # [stages]: the slot's value tile landed
+    k_meta_ready: object  # ([stages], [stages]): the slot's key position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+
+
+def _dq_scratch(static, dims: _Dims) -> tuple[_DqSmem, _DqBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _DqSmem(
+        q=_tiles_smem(wgs, block_q, dims.head_dim, dims.dtype),
+        do=_tiles_smem(wgs, block_q, dims.value_dim, dims.dtype),
+        lse=_rows_smem(wgs, block_q),
+        delta=_rows_smem(wgs, block_q),
+        q_pos=_rows_smem(wgs, block_q, static.has_alibi),
+        q_time=_rows_smem(wgs, block_q, static.has_time),
+        k=_tiles_smem(stages, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(stages, block_kv, dims.value_dim, dims.dtype),
+        k_pos=_rows_smem(stages, block_kv, static.has_alibi),
+        k_time=_rows_smem(stages, block_kv, static.has_time))
+    barriers = _DqBarriers(
+        q_ready=(plgpu.Barrier(num_barriers=wgs),) * 4,
+        q_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_ready=plgpu.Barrier(num_barriers=stages),
+        v_ready=plgpu.Barrier(num_barriers=stages),
+        k_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages))
+    return smem, barriers
+
+
+def _dq(static, q, k, v, meta, dout, lse2, delta):
+    dims = _Dims.of(static.tiling, q, v, backward=True)
+    out_type = jax.ShapeDtypeStruct(q.shape, dims.dtype)
+    return _launch(static, dims, _dq_cta, _DqGmem, out_type, _dq_scratch(static, dims),
+                   "q_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
+
+
+def _dq_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` query tiles, each gathering dq over the key tiles it sees (the forward's
+    schedule), streamed by the memory warpgroup through the ring."""
+    cta_start, steps = _plan_query_cta(cta)
+
+    def body(path: _Path):
+        cta.split_roles(lambda: _dq_compute(cta, path, cta_start, steps),
+                        lambda: _stream_key_tiles(cta, path.keys, steps))
+    cta.run(body)
+
+
+def _dq_compute(cta: _Cta, path: _Path, cta_start, steps: _KeySteps) -> None:
+    """A compute warpgroup: load its query, dout, lse2 and delta rows, gather dq over the key
+    steps (interior tiles first, without a mask), scale and store."""
+    dims, sample, smem, gmem, wg = cta.dims, cta.sample, cta.smem, cta.gmem, cta.wg
+    _claim_compute_registers(dims.wgs)
+    q_start = cta_start + wg * dims.block_q
+    rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+    stat = (sample.batch, sample.head, pl.ds(q_start, dims.block_q))
+    q_ready, do_ready, lse_ready, delta_ready = cta.barriers.q_ready
+    _load_resident(((gmem.q.at[rows], smem.q.at[wg], q_ready),
+                    (gmem.do.at[rows], smem.do.at[wg], do_ready),
+                    (gmem.lse.at[stat], smem.lse.at[wg], lse_ready),
+                    (gmem.delta.at[stat], smem.delta.at[wg], delta_ready)),
+                   path.queries, q_start, dims.block_q, wg)
+    tile = _ResidentTile(smem.q.at[wg], q_start, path.queries.read(wg, _ROW))
+    stats = (_load(smem.lse.at[wg], _ROW), _load(smem.delta.at[wg], _ROW))  # (lse2, delta)
+
+    n_interior = tiles.interior_kv_steps(q_start, dims.block_kv, sample.length,
+                                         sample.num_candidates, steps.n_first)
+    step = functools.partial(_dq_step, cta, path, tile, smem.do.at[wg], stats, steps)
+    dq = _run_steps(step, ((0, n_interior, False), (n_interior, steps.count, True)),
+                    _acc((dims.block_q, dims.head_dim)))
+    _dq_epilogue(cta, q_start, dq)
+
+
+def _dq_step(cta: _Cta, path: _Path, tile: _ResidentTile, do_smem, stats, steps: _KeySteps,
+             step, dq, masked: bool):
+    """Key step `step`: the query tile's scores against the slot's key tile, dP = dO V^T, the
+    logits' gradient dS, dq += dS K; then the slot is released to the memory warpgroup."""
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+    slot = _slot(step, dims.stages)
+    k_start = steps.key_start(step, dims.block_kv)
+    k_tile = _await_tile(smem.k, barriers.k_ready, slot, k_start, sample.length, clean=masked)
+    qk = _matmul(tile.smem, _transposed(k_tile), (dims.block_q, dims.block_kv))
+    k_meta = path.keys.read(slot, _COL)
+    logits, mask = sample.scores(qk, tile.start, k_start, tile.meta, k_meta, cta.static.kind,
+                                 masked, ordered=path.ordered)
+    v_tile = _await_tile(smem.v, barriers.v_ready, slot, k_start, sample.length, clean=masked)
+    dp = _matmul(do_smem, _transposed(v_tile), (dims.block_q, dims.block_kv))
+    if cta.static.kind == "softmax":
+        lse2, delta = stats
+        _, dlogits = tiles.softmax_grads(logits, mask, lse2, delta, dp)
+    else:
+        _, dlogits = tiles.silu_grads(logits, mask, dp)
+    dq = _matmul(dlogits.astype(dims.dtype), k_tile, None, accumulate=dq)
+    plgpu.barrier_arrive(barriers.consumed.at[slot])
+    return dq
+
+
+def _dq_epilogue(cta: _Cta, q_start, dq) -> None:
+    """Scale dq (SiLU: also by 1 / length), zero the rows past the length and store it, staged in
+    the query tile's buffer (Q is no longer read)."""
+    dims, sample = cta.dims, cta.sample
+    # rows past the length ran through unmasked interior tiles: drop what they gathered
+    dq = tiles.zero_rows(dq, sample.row_valid(q_start, dims.block_q)) * cta.static.scale
+    if cta.static.kind == "silu":
+        dq = dq * sample.inverse_length()
+    rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+    _store(((dq, cta.smem.q.at[cta.wg], cta.gmem.dq.at[rows]),))
+
+
+# ---------------------------------------------------------------- backward: dk, dv
+
+class _DkvGmem(NamedTuple):
+    """The dk/dv kernel's GMEM refs after the metadata: inputs, then outputs."""
+    q: object  # [B, S, H, D]
+    k: object  # [B, S, H, D]
+    v: object  # [B, S, H, Dv]
+    do: object  # [B, S, H, Dv] dout
+    lse: object  # [B, H, S] f32 lse2 (the forward's, base 2)
+    delta: object  # [B, H, S] f32 rowsum(out * dout)
+    dk: object  # [B, S, H, D]
+    dv: object  # [B, S, H, Dv]
+
+
+class _DkvSmem(NamedTuple):
+    """Per compute warpgroup ([wgs, ...]: resident) or per ring slot ([stages, ...]: streamed)."""
+    k: object  # [wgs, block_kv, D] key tiles; dk is staged here at the end
+    v: object  # [wgs, block_kv, Dv] value tiles; dv is staged here at the end
+    k_pos: object  # [wgs, block_kv] f32 key position (or ALiBi) rows; None without ALiBi
+    k_time: object  # [wgs, block_kv] f32 key times; None without a time bias
+    q: object  # [stages, block_q, D] query ring
+    do: object  # [stages, block_q, Dv] dout ring
+    lse: object  # [stages, block_q] f32 lse2 rows (softmax only)
+    delta: object  # [stages, block_q] f32 delta rows (softmax only)
+    q_pos: object  # [stages, block_q] f32 query position (or ALiBi) rows
+    q_time: object  # [stages, block_q] f32 query times
+
+
+class _DkvBarriers(NamedTuple):
+    kv_ready: object  # ([wgs], [wgs]): the warpgroup's K, V tiles landed
+    k_meta_ready: object  # ([wgs], [wgs]): its key position, time rows landed
+    q_ready: object  # [stages]: the slot's query tile landed
+    do_ready: object  # [stages]: the slot's dout tile landed
+    stat_ready: object  # ([stages], [stages]): the slot's lse2, delta rows landed
+    q_meta_ready: object  # ([stages], [stages]): the slot's query position, time rows landed
+    consumed: object  # [stages], wgs arrivals: every compute warpgroup is done with the slot
+
+
+def _dkv_scratch(static, dims: _Dims) -> tuple[_DkvSmem, _DkvBarriers]:
+    wgs, stages, block_q, block_kv = dims.wgs, dims.stages, dims.block_q, dims.block_kv
+    smem = _DkvSmem(
+        k=_tiles_smem(wgs, block_kv, dims.head_dim, dims.dtype),
+        v=_tiles_smem(wgs, block_kv, dims.value_dim, dims.dtype),
+        k_pos=_rows_smem(wgs, block_kv, static.has_alibi),
+        k_time=_rows_smem(wgs, block_kv, static.has_time),
+        q=_tiles_smem(stages, block_q, dims.head_dim, dims.dtype),
+        do=_tiles_smem(stages, block_q, dims.value_dim, dims.dtype),
+        lse=_rows_smem(stages, block_q),
+        delta=_rows_smem(stages, block_q),
+        q_pos=_rows_smem(stages, block_q, static.has_alibi),
+        q_time=_rows_smem(stages, block_q, static.has_time))
+    barriers = _DkvBarriers(
+        kv_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        k_meta_ready=(plgpu.Barrier(num_barriers=wgs),) * 2,
+        q_ready=plgpu.Barrier(num_barriers=stages),
+        do_ready=plgpu.Barrier(num_barriers=stages),
+        stat_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        q_meta_ready=(plgpu.Barrier(num_barriers=stages),) * 2,
+        consumed=plgpu.Barrier(num_arrivals=wgs, num_barriers=stages))
+    return smem, barriers
+
+
+def _dkv(static, q, k, v, meta, dout, lse2, delta):
+    dims = _Dims.of(static.tiling, q, v, backward=True)
+    out_type = (jax.ShapeDtypeStruct(k.shape, dims.dtype),
+                jax.ShapeDtypeStruct(v.shape, dims.dtype))
+    return _launch(static, dims, _dkv_cta, _DkvGmem, out_type, _dkv_scratch(static, dims),
+                   "kv_seq")(*_meta_args(meta), q, k, v, dout, lse2, delta)
+
+
+class _QuerySteps(NamedTuple):
+    """The query tiles a key CTA visits (`_gpu_tiles.q_blocks`): tiles first..end-1, in `count`
+    steps."""
+    first: jax.Array
+    end: jax.Array
+    count: jax.Array
+
+    def query_start(self, step, block_q: int):
+        return (self.first + step) * block_q
+
+
+def _plan_key_cta(cta: _Cta) -> tuple[jax.Array, _QuerySteps]:
+    """(first key row, query steps) of a dk/dv CTA."""
+    dims, sample = cta.dims, cta.sample
+    cta_keys = dims.wgs * dims.block_kv
+    cta_start = lax.axis_index("kv_seq") * cta_keys
+    first, end = tiles.q_blocks(cta_start, cta_keys, dims.block_q, sample.length,
+                                sample.num_candidates)
+    return cta_start, _QuerySteps(first, end, end - first)
+
+
+def _dkv_cta(cta: _Cta) -> None:
+    """One CTA: `wgs` key tiles, each gathering dk and dv over the query tiles that see them,
+    streamed by the memory warpgroup through the ring."""
+    cta_start, steps = _plan_key_cta(cta)
+
+    def body(path: _Path):
+        cta.split_roles(lambda: _dkv_compute(cta, path, cta_start, steps),
+                        lambda: _stream_query_tiles(cta, path.queries, steps))
+    cta.run(body)
+
+
+def _stream_query_tiles(cta: _Cta, queries: _TokenMeta, steps: _QuerySteps) -> None:
+    """The memory warpgroup of the dk/dv kernel: per query step, the Q tile, the queries'
+    metadata, the dO tile and (softmax) the rows' lse2 and delta into the step's ring slot."""
+    dims, sample, smem, barriers, gmem = cta.dims, cta.sample, cta.smem, cta.barriers, cta.gmem
+
+    def issue(step, slot):
+        q_start = steps.query_start(step, dims.block_q)
+        rows = (sample.batch, pl.ds(q_start, dims.block_q), sample.head)
+        stat = (sample.batch, sample.head, pl.ds(q_start, dims.block_q))
+        plgpu.copy_gmem_to_smem(gmem.q.at[rows], smem.q.at[slot], barriers.q_ready.at[slot])
+        queries.copy(q_start, dims.block_q, slot)
+        plgpu.copy_gmem_to_smem(gmem.do.at[rows], smem.do.at[slot], barriers.do_ready.at[slot])
+        if cta.static.kind == "softmax":  # SiLU's gradients read neither
+            lse_ready, delta_ready = barriers.stat_ready
+            plgpu.copy_gmem_to_smem(gmem.lse.at[stat], smem.lse.at[slot], lse_ready.at[slot])
+            plgpu.copy_gmem_to_smem(gmem.delta.at[stat], smem.delta.at[slot], delta_ready.at[slot])
+    _producer(steps.count, dims.stages, barriers.consumed, issue)
+
+
+def _dkv_compute(cta: _Cta, path: _Path, cta_start, steps: _QuerySteps) -> None:
+    """A compute warpgroup: load its K and V tiles, gather dk and dv over the query steps (the
+    interior ones, whose pairs with these keys are all valid, without a mask), scale and store."""
+    dims, sample, smem, gmem, wg = cta.dims, cta.sample, cta.smem, cta.gmem, cta.wg
+    _claim_compute_registers(dims.wgs)
+    k_smem, v_smem = smem.k.at[wg], smem.v.at[wg]
+    k_start = cta_start + wg * dims.block_kv
+    rows = (sample.batch, pl.ds(k_start, dims.block_kv), sample.head)
+    k_ready, v_ready = cta.barriers.kv_ready
+    _load_resident(((gmem.k.at[rows], k_smem, k_ready), (gmem.v.at[rows], v_smem, v_ready)),
+                   path.keys, k_start, dims.block_kv, wg)
+    # resident for every step: cleaned once here, where the ring tiles are cleaned per masked step
+    _zero_rows_past(k_smem, k_start, sample.length)
+    _zero_rows_past(v_smem, k_start, sample.length)
+    # Tiles here are transposed, [keys, queries]: keys are the WGMMA M dimension.
+    tile = _ResidentTile(k_smem, k_start, path.keys.read(wg, _ROW))
+
+    a, b = tiles.interior_q_blocks(k_start, dims.block_kv, dims.block_q, sample.length,
+                                   sample.num_candidates, steps.first, steps.end)
+    carry = (_acc((dims.block_kv, dims.head_dim)), _acc((dims.block_kv, dims.value_dim)))
+    first = steps.first
+    step = functools.partial(_dkv_step, cta, path, tile, v_smem, steps)
+    dk, dv = _run_steps(step, ((0, a - first, True), (a - first, b - first, False),
+                               (b - first, steps.count, True)), carry)
+    _dkv_epilogue(cta, rows, dk, dv)
+
+
+def _dkv_step(cta: _Cta, path: _Path, tile: _ResidentTile, v_smem, steps: _QuerySteps, step,
+              carry, masked: bool):
+    """Query step `step`, in transposed tiles ([keys, queries]): P^T of the key tile against the
+    slot's query tile, dV += P^T dO and dP^T = V dO^T, the logits' gradient dS^T, dK += dS^T Q;
+    then the slot is released to the memory warpgroup."""
+    dk, dv = carry
+    dims, sample, smem, barriers = cta.dims, cta.sample, cta.smem, cta.barriers
+    slot = _slot(step, dims.stages)
+    q_start = steps.query_start(step, dims.block_q)
+    q_tile = _await_tile(smem.q, barriers.q_ready, slot, q_start, sample.length, clean=masked)
+    qk_t = _matmul(tile.smem, _transposed(q_tile), (dims.block_kv, dims.block_q))
+    q_meta = path.queries.read(slot, _COL)
+    logits, mask = sample.scores(qk_t, q_start, tile.start, q_meta, tile.meta, cta.static.kind,
+                                 masked, transposed=True, ordered=path.ordered)
+    p_t, slope_t = _transposed_weights(cta, logits, mask, slot)
+    do_tile = _await_tile(smem.do, barriers.do_ready, slot, q_start, sample.length, clean=masked)
+    # dV += P^T dO and dP^T = V dO^T both read the dO tile: issued back to back, one wait for both
+    # (FA3's order), instead of dP^T, wait, ..., dV, wait
+    dv, dp_t = _dv_and_dp(p_t.astype(dims.dtype), v_smem, do_tile, dv)
+    dlogits_t = _transposed_dlogits(cta, p_t, slope_t, mask, dp_t, slot)
+    dk = _matmul(dlogits_t.astype(dims.dtype), q_tile, None, accumulate=dk)
+    plgpu.barrier_arrive(barriers.consumed.at[slot])
+    return dk, dv
+
+
+def _transposed_weights(cta: _Cta, logits, mask, slot):
+    """(P^T, SiLU's slope or None): softmax against the slot's lse2 rows (waited for only now),
+    or SiLU's weights and the slope its gradient needs."""
+    if cta.static.kind == "softmax":
+        plgpu.barrier_wait(cta.barriers.stat_ready[0].at[slot])
+        lse2 = _load(cta.smem.lse.at[slot], _COL)
+        return tiles.softmax_probs(logits, mask, lse2, query_axis=1), None
+    return tiles.silu_parts(logits, mask)
+
+
+def _transposed_dlogits(cta: _Cta, p_t, slope_t, mask, dp_t, slot):
+    """dS^T from dP^T: softmax with the slot's delta rows (waited for only now), or SiLU's."""
+    if cta.static.kind == "softmax":
+        plgpu.barrier_wait(cta.barriers.stat_ready[1].at[slot])
+        delta = _load(cta.smem.delta.at[slot], _COL)
+        return tiles.softmax_dlogits(p_t, dp_t, delta, query_axis=1)
+    return tiles.silu_dlogits(slope_t, mask, dp_t)
+
+
+def _dkv_epilogue(cta: _Cta, rows, dk, dv) -> None:
+    """Scale dk (SiLU: dk and dv also by 1 / length) and store both, staged in the K and V
+    buffers (no longer read). Rows of keys past the length need no zeroing, unlike dq's: such
+    keys are never in an unmasked step (`interior_q_blocks`), so all their pairs were masked."""
+    dk = dk * cta.static.scale
+    if cta.static.kind == "silu":
+        dk, dv = dk * cta.sample.inverse_length(), dv * cta.sample.inverse_length()
+    smem, gmem = cta.smem, cta.gmem
+    _store(((dk, smem.k.at[cta.wg], gmem.dk.at[rows]), (dv, smem.v.at[cta.wg], gmem.dv.at[rows])))
