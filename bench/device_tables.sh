@@ -4,6 +4,13 @@
 #
 #   bench/device_tables.sh              on the GPU machine, DEADLINE_S (default 540) seconds
 #   bench/device_tables.sh --dry-run    three tiny jobs on the CPU (about a minute), same files
+#   JOBS_MATCH='^(feed_epochs|phenomenon)' bench/device_tables.sh   only the jobs whose names match
+#
+# Measured on an H200 (2026-12-04, 14 jobs at once): 20 of the 56 jobs in 505 s (both streaming
+# tables, ml-100k's epochs but two); a feed epochs job needs ~130 s a seed and a per-phenomenon
+# stream ~170 s a seed at that concurrency, so the remaining jobs take two more calls, e.g.
+#   JOBS_MATCH='^(feed_epochs|ml-100k_epochs_(din|genrank-historyloss|logistic|features))'
+#   JOBS_MATCH='^(phenomenon|ml-latest-small|synthetic_)'
 #
 # The MovieLens datasets travel prepared (bench/prepared_data.py; no TFDS there): before the call,
 #   python bench/prepared_data.py --data movielens:100k --data-dir ../shared/data/ml-100k \
@@ -25,7 +32,8 @@ trap 'rm -rf "$WORK"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$WORK/cache"
 case "${1:-}" in
     --dry-run) export JAX_PLATFORMS=cpu; jobs_args=(--dry-run); parallel=2; deadline=300 ;;
-    "") jobs_args=(--prepared-dir "$PWD/bench/.device_data"); parallel="${PARALLEL:-14}"; deadline="${DEADLINE_S:-540}" ;;
+    "") jobs_args=(--prepared-dir "$PWD/bench/.device_data" ${JOBS_MATCH:+--match "$JOBS_MATCH"})
+        parallel="${PARALLEL:-14}"; deadline="${DEADLINE_S:-540}" ;;
     *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
 esac
 { timeout -k 5 30 nvidia-smi || echo "nvidia-smi: not available here"; } > "$RESULTS/nvidia-smi.txt" 2>&1

@@ -2,6 +2,7 @@
 
     python bench/table_jobs.py --prepared-dir bench/.device_data > jobs.tsv
     python bench/table_jobs.py --dry-run > jobs.tsv        (tiny runs on synthetic:tests, for a CPU check)
+    python bench/table_jobs.py --match '^(feed_epochs|phenomenon)' > jobs.tsv   (a subset)
 
 One job = one (data, schedule, model) with 3 seeds (`bench/ablation.py --models M --seeds 3`), so
 the queue can run models side by side; pairing by seed happens when the tables are rendered
@@ -15,6 +16,7 @@ one attention code for all.
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 
 from ablation import MODELS
@@ -75,8 +77,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prepared-dir", default="bench/.device_data")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--match", default=None, metavar="REGEX",
+                        help="only the jobs whose name matches (e.g. the ones a previous call did not reach)")
     args = parser.parse_args(argv)
-    print("\n".join(dry_run_jobs() if args.dry_run else jobs(args.prepared_dir)))
+    lines = dry_run_jobs() if args.dry_run else jobs(args.prepared_dir)
+    if args.match:
+        lines = [line for line in lines if re.search(args.match, line.split("\t")[0])]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
