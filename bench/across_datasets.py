@@ -4,6 +4,10 @@ the features baseline paired by seed with a 95% t interval.
 
     python bench/across_datasets.py bench/results/issue26/*.json --out bench/results/issue26/table.md
 
+Inputs are ablation JSON files or archives of them (bench/job_queue.py's results.tar.gz); streaming
+runs are left out (this is the epoch protocol's table), and `--data` keeps only the named datasets.
+A (data, model, seed) found twice keeps the first.
+
 Runs of one dataset may come from several ablation calls (e.g. 3 seeds of two models, 1 seed of
 the others); rows are grouped by (data, model).
 """
@@ -12,28 +16,34 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import pathlib
 import statistics
 
 from ablation import MODELS, paired_interval
+from feed_tables import read_runs
 
 
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="ablation JSON files")
     parser.add_argument("--out", default=None, help="write the markdown here too")
+    parser.add_argument("--data", default=None, help="comma-separated datasets to keep (default: all)")
     args = parser.parse_args(argv)
+    keep = set(args.data.split(",")) if args.data else None
     auc = collections.defaultdict(dict)  # (data, model) -> {seed: first-action AUC}
     first_action, commands, commits = {}, [], set()
-    for path in args.runs:
-        saved = json.loads(pathlib.Path(path).read_text())
-        commands.append(saved["header"]["command"])
-        commits.add(saved["header"]["git_commit"])
+    machines = set()
+    for saved in read_runs(args.runs):
+        header = saved["header"]
+        if header.get("schedule", "epochs") != "epochs" or (keep and header["data"] not in keep):
+            continue
+        commands.append(header["command"])
+        commits.add(header["git_commit"])
+        machines.add(f"{header['device_kind']} (jax {header['jax_version']})")
         for row in saved["rows"]:
             task = next(iter(row["eval"]))
             first_action[row["data"]] = task
-            auc[row["data"], row["model"]][row["seed"]] = row["eval"][task]["auc"]
+            auc[row["data"], row["model"]].setdefault(row["seed"], row["eval"][task]["auc"])
     datasets = sorted({data for data, _ in auc})
     lines = ["| model | " + " | ".join(f"{d} ({first_action[d]} AUC)" for d in datasets) + " |",
              "| --- |" + " --- |" * len(datasets)]
@@ -58,7 +68,8 @@ def main(argv=None) -> str:
     text = "\n".join(
         ["Eval AUC of the first action in each model's best validation state (early stopping on the latest 15% of "
          "train; no refit), mean ± std over seeds; 'vs features': the difference to the features baseline paired "
-         "by seed, with its 95% t interval when there are several seeds. Commits: " + ", ".join(sorted(commits)) + ".",
+         "by seed, with its 95% t interval when there are several seeds. Machines: " + ", ".join(sorted(machines))
+         + "; commits: " + ", ".join(sorted(commits)) + ".",
          "", *lines, "", "Commands:", *(f"- `{c}`" for c in commands)]) + "\n"
     if args.out:
         pathlib.Path(args.out).write_text(text)
