@@ -17,6 +17,8 @@ __all__ = [
     "Array", "Bool", "Float", "Int",
     "Queries", "Keys", "Values", "Lengths", "TokenPositions", "TokenTimes", "HeadSlopes",
     "AttentionOut", "Hidden", "TaskLogits",
+    "CandidateQueries", "CandidateValues", "CandidateOut", "CandidatePositions", "CandidateTimes",
+    "CachedKeys", "CachedValues", "CachePositions", "CacheTimes",
 ]
 
 Queries = Float[Array, "B S H D"]
@@ -29,3 +31,14 @@ TokenTimes = Float[Array, "B S"]
 HeadSlopes = Float[Array, "H"]
 Hidden = Float[Array, "B S W"]
 TaskLogits = Float[Array, "B S A"]
+
+# the cached op (serving): M candidates of a sample against N cached history tokens
+CandidateQueries = Float[Array, "B M H D"]
+CandidateValues = Float[Array, "B M H Dv"]
+CandidateOut = Float[Array, "B M H Dv"]
+CandidatePositions = Int[Array, "B M"]
+CandidateTimes = Float[Array, "B M"]
+CachedKeys = Float[Array, "B N H D"]
+CachedValues = Float[Array, "B N H Dv"]
+CachePositions = Int[Array, "B N"]
+CacheTimes = Float[Array, "B N"]

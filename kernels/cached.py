@@ -30,6 +30,9 @@ import jax.numpy as jnp
 
 from genrank_jax.kernels import backends, selection
 from genrank_jax.kernels.attention import _check  # the full op's shape/dtype check, same messages
+from genrank_jax.typing import (CachedKeys, CachedValues, CachePositions, CacheTimes, CandidateOut,
+                                CandidatePositions, CandidateQueries, CandidateTimes, CandidateValues, HeadSlopes,
+                                Lengths)
 
 CACHED_IMPLEMENTATIONS: tuple[str, ...] = backends.names("cached")
 
@@ -50,11 +53,14 @@ def default_cached_impl(dtype=None) -> str:
 
 
 def cached_attention(
-    q, k, v, *, cache_keys, cache_values, cache_lengths, num_candidates=None, positions=None,
-    cache_positions=None, timestamps=None, cache_timestamps=None, alibi_slopes=None,
-    time_slopes=None, kind="softmax", scale=None, normalizer=None, impl=None, interpret=False,
-    block_sizes=None,
-):
+    q: CandidateQueries, k: CandidateQueries, v: CandidateValues, *, cache_keys: CachedKeys,
+    cache_values: CachedValues, cache_lengths: Lengths, num_candidates: Lengths | None = None,
+    positions: CandidatePositions | None = None, cache_positions: CachePositions | None = None,
+    timestamps: CandidateTimes | None = None, cache_timestamps: CacheTimes | None = None,
+    alibi_slopes: HeadSlopes | None = None, time_slopes: HeadSlopes | None = None, kind: str = "softmax",
+    scale: float | None = None, normalizer: Lengths | None = None, impl: str | None = None,
+    interpret: bool = False, block_sizes=None,
+) -> CandidateOut:
     """[B, M, H, Dv]: each candidate attends to its sample's cached history and to itself."""
     if q.ndim != 4:
         raise ValueError(f"q must be [B, M, H, D], got shape {q.shape}")
