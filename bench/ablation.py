@@ -162,7 +162,8 @@ def run_one(name: str, dataset, args, seed: int, compiled: dict) -> dict:
     groups = ([np.concatenate(trainer.stream_windows)] if args.schedule == "stream"  # each request once
               else served_groups(trainer, trainer.step))
     exposures = int(sum(np.minimum(trainer.builder.candidate_count[g], args.max_candidates).sum() for g in groups))
-    epoch_exposures = int(np.minimum(trainer.builder.candidate_count[trainer.train_requests], args.max_candidates).sum())
+    epoch_exposures = int(np.minimum(trainer.builder.candidate_count[trainer.train_requests],
+                                     args.max_candidates).sum())
     started = time.perf_counter()
     rate = exposures / train_s
     if args.schedule == "stream":
@@ -250,7 +251,8 @@ def markdown(summary: dict, tasks: tuple[str, ...], header: dict, command: str, 
                      f"{statistics.mean(g[first]) - statistics.mean(base[first]):+.4f}.")
     if "genrank" in summary and "genrank-nobias" in summary:
         g, n = summary["genrank"], summary["genrank-nobias"]
-        notes.append(f"Biases: with vs without, {first} AUC {statistics.mean(g[first]) - statistics.mean(n[first]):+.4f}, "
+        notes.append(f"Biases: with vs without, {first} AUC "
+                     f"{statistics.mean(g[first]) - statistics.mean(n[first]):+.4f}, "
                      f"speed {g['speed'] / n['speed']:.2f}x (the bias is computed per (query, key) pair and head in "
                      "the attention op; the paper's +25% speed came from replacing HSTU's learned relative-bias "
                      "tables, which no model here has).")

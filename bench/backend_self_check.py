@@ -22,8 +22,15 @@ import jax
 import jax.numpy as jnp
 
 from genrank_jax.kernels import (
-    BackendSelfCheckWarning, attention, backend_report, backends, default_cached_impl, default_impl,
-    selection, self_check)
+    BackendSelfCheckWarning,
+    attention,
+    backend_report,
+    backends,
+    default_cached_impl,
+    default_impl,
+    selection,
+    self_check,
+)
 
 DTYPES = (jnp.bfloat16, jnp.float32)
 RESOLVERS = {"attention": default_impl, "cached": default_cached_impl}

@@ -37,7 +37,6 @@ from benchlib import measure, run_header, write_rows
 from genrank_jax.kernels import alibi_slopes, attention, relative_bias, valid_pairs
 
 
-
 def valid_pair_count(lengths, candidates) -> np.ndarray:
     history = lengths - candidates
     return history * (history + 1) // 2 + candidates * history + candidates

@@ -4,7 +4,8 @@ In one run: the f32 matmul peak of this machine; for K = 8, 32, 64 probes, the s
 time of the bank and of the loop (the first epoch of each compiles; the faster of the second and
 third is taken, for both, to damp a shared machine's noise) and their ratio; the bank's achieved
 matmul FLOP/s and its fraction of the peak; the end-to-end time of the LIS table of three leak
-kinds x two horizons x 8 seeds (features built, probes compiled and trained, AUCs computed). Data: ml-100k (from --data-dir) or, without it, the simulator.
+kinds x two horizons x 8 seeds (features built, probes compiled and trained, AUCs computed).
+Data: ml-100k (from --data-dir) or, without it, the simulator.
 The bank runs as `genrank-jax lis` runs it: one JAX CPU device per core, a slice of the probes on
 each (`--cpu-devices 1` measures it on one device); the loop trains one probe at a time on one device.
 
@@ -33,9 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-
-from genrank_jax.leakage import InteractionLog, ProbeConfig, leakage_impact, leaks  # noqa: E402
-from genrank_jax.leakage import bank, probe as probe_lib, use_every_cpu_core  # noqa: E402
+from genrank_jax.leakage import (  # noqa: E402
+    InteractionLog,
+    ProbeConfig,
+    bank,
+    leakage_impact,
+    leaks,
+    use_every_cpu_core,
+)
+from genrank_jax.leakage import probe as probe_lib  # noqa: E402
 from genrank_jax.leakage.devices import layout  # noqa: E402
 
 
@@ -133,7 +140,8 @@ def scale_table(args, header) -> int:
                probes=meta["probes"], placebo_probes=meta["placebo_probes"], probe_groups=meta["probe_groups"],
                state_budget_mb=bank.STATE_BYTES / 2**20, table_optimizer=meta["probe"]["table_optimizer"],
                table_learning_rate=meta["probe"]["table_learning_rate"],
-               state_mb_per_probe=bank.state_bytes(probe, probe_lib.ProbeSizes(log.num_items, log.num_users, 1, 32)) / 1e6,
+               state_mb_per_probe=bank.state_bytes(probe, probe_lib.ProbeSizes(log.num_items, log.num_users, 1, 32))
+               / 1e6,
                total_wall_s=total_wall, total_cpu_s=total_cpu, peak_rss_gb=peak_rss_gb(),
                train_rows_per_s_per_probe=probe_rows_per_s, phases=phases, cores=len(os.sched_getaffinity(0)),
                table_markdown=report.to_markdown())
@@ -189,7 +197,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     features = {f"f{i}": bank.Feature(rng.standard_normal((log.num_items, 16)), "item") for i in range(7)}
     run = bank.prepare_run(log, log.rows_between(None, cutoff), log.rows_between(cutoff, None), features, config)
-    flops_per_probe_epoch = probe_lib.train_flops_per_example(config, run.sizes) * run.steps_per_epoch * config.batch_size
+    flops_per_probe_epoch = (probe_lib.train_flops_per_example(config, run.sizes) * run.steps_per_epoch
+                             * config.batch_size)
     for k in [int(x) for x in args.probes.split(",")]:
         seeds, slots = np.arange(k) // 8, np.arange(k) % 8
         # both modes start from init_bank's states for these K probes: compile it before either
@@ -206,7 +215,8 @@ def main() -> int:
                    bank_gflops=gflops, fraction_of_peak=gflops * 1e9 / peak)
         rows.append(row)
         save()
-        print(f"K={k:3d} ({len(lay.devices)} devices, stacks of {lay.chunk})  epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
+        print(f"K={k:3d} ({len(lay.devices)} devices, stacks of {lay.chunk})  "
+              f"epoch: bank {bank_epoch:6.2f} s  loop {loop_epoch:6.2f} s  speedup {row['speedup']:.2f}x | "
               f"wall incl. compile: bank {bank_wall:6.1f} s  loop {loop_wall:6.1f} s ({row['wall_speedup']:.2f}x) | "
               f"bank {gflops:.1f} GFLOP/s = {row['fraction_of_peak']:.0%} of peak")
 

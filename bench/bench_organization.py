@@ -21,11 +21,11 @@ import numpy as np
 from flax import nnx
 
 from benchlib import measure, run_header, write_rows
+from genrank_jax.baselines import build_model
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.training import TrainConfig, make_optimizer, train_step_fn
-from genrank_jax.baselines import build_model
 
 
 def long_history_feed(history: int, candidates: int, users: int, seed: int):
@@ -57,7 +57,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     header = run_header()
     print(header)
-    print(f"{'N':>6} {'organization':>12} {'tokens':>7} {'step ms':>9} {'exposures/s':>12} {'temp MiB':>9} {'speedup':>8}")
+    print(f"{'N':>6} {'organization':>12} {'tokens':>7} {'step ms':>9} {'exposures/s':>12} {'temp MiB':>9} "
+          f"{'speedup':>8}")
     rows = []
     for history in map(int, args.histories.split(",")):
         dataset = long_history_feed(history, args.candidates, users=args.batch_size * 2, seed=args.seed)
@@ -86,7 +87,8 @@ def main(argv=None):
                 row["device_peak_bytes_so_far"] = stats.get("peak_bytes_in_use")
             by_org[organization] = row
         by_org["action"]["speedup_vs_item"] = by_org["action"]["exposures_per_s"] / by_org["item"]["exposures_per_s"]
-        by_org["action"]["memory_ratio_vs_item"] = (by_org["action"]["temp_bytes"] or 0) / max(1, by_org["item"]["temp_bytes"] or 1)
+        by_org["action"]["memory_ratio_vs_item"] = ((by_org["action"]["temp_bytes"] or 0)
+                                                    / max(1, by_org["item"]["temp_bytes"] or 1))
         for organization in ("item", "action"):
             row = by_org[organization]
             speedup = f"{row['speedup_vs_item']:.2f}x" if "speedup_vs_item" in row else "1.00x"

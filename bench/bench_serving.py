@@ -72,7 +72,8 @@ def full_batch(history: History, candidates: Candidates) -> TokenBatch:
         positions=join(np.arange(n)[None], np.full((1, m), n)).astype(np.int32),
         request_index=join(history.request_index, per_candidate(candidates.request_index)),
         gap_bucket=join(history.gap_bucket, per_candidate(candidates.gap_bucket)),
-        slot=join(history.slot, candidates.slot), timestamps=join(history.timestamps, per_candidate(candidates.request_time)),
+        slot=join(history.slot, candidates.slot),
+        timestamps=join(history.timestamps, per_candidate(candidates.request_time)),
         labels=np.zeros((1, n + m, history.actions.shape[-1]), np.float32), lengths=np.array([n + m], np.int32),
         num_candidates=np.array([m], np.int32), candidate_index=(n + np.arange(m))[None].astype(np.int32))
 
@@ -128,12 +129,12 @@ def main(argv=None):
             jax.block_until_ready(forward(state, batch))
             single.score_requests(cache, [Request(item_ids=requests[0].item_ids[:1])])
             times = {"cached": [], "full": [], "encode": [], "single": []}
-            for r in range(args.requests):
-                times["cached"].append(timed(lambda: scorer.score_requests(cache, requests)))
-                times["full"].append(timed(lambda: forward(state, batch)))
-                times["encode"].append(timed(lambda: scorer.encode(history, num_candidates=num_candidates).keys))
-            for r in range(args.single_requests):
-                times["single"].append(timed(lambda: single.score_requests(cache, requests)))
+            for _ in range(args.requests):
+                times["cached"].append(timed(lambda: scorer.score_requests(cache, requests)))  # noqa: B023 - called in this iteration
+                times["full"].append(timed(lambda: forward(state, batch)))  # noqa: B023 - called in this iteration
+                times["encode"].append(timed(lambda: scorer.encode(history, num_candidates=num_candidates).keys))  # noqa: B023 - called in this iteration
+            for _ in range(args.single_requests):
+                times["single"].append(timed(lambda: single.score_requests(cache, requests)))  # noqa: B023 - called in this iteration
             stats = {mode: percentiles(t) for mode, t in times.items()}
             full_rate = count / (stats["full"][0] / 1e3)
             modes = {

@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                 note(f"not started (deadline): {', '.join(name for name, _ in pending)}")
                 pending.clear()
             if left() <= 0:
-                for name, (process, since, handle) in running.items():
+                for name, (process, since, _) in running.items():
                     process.terminate()
                     note(f"stopped {name} at the deadline after {time.monotonic() - since:.0f} s")
                 for process, _, handle in running.values():

@@ -11,7 +11,8 @@ vectors or floats and inline min/max/fma/abs; scalar integer ops are addressing 
 that LLVM hoists, not per-element work), `special` (ex2, lg2, rcp, ... on the SFU), `wgmma`
 instructions and WGMMA `wait`s (wait_group: the thread stalls until its issued WGMMAs finish;
 fewer waits per step, more WGMMA overlap). Vector ops act on 2 f32 per line (vector<2xf32>),
-inline-asm ones on 1, as the lowering emits them. Counts are per thread per loop step, so dividing by the tile elements a thread owns gives ops per score element;
+inline-asm ones on 1, as the lowering emits them. Counts are per thread per loop step, so dividing
+by the tile elements a thread owns gives ops per score element;
 the ratio ours / jax's is printed per kernel, with biases off and on, for interior (history) tiles
 and for diagonal tiles. jax's forward is its causal kernel (a mask-free loop for interior tiles,
 a masked one on the diagonal); its backward has no causal mode, so its one loop is the baseline

@@ -215,7 +215,7 @@ def kernel_ops_section(results: pathlib.Path) -> list[str]:
         if run[1].get("git_commit") not in seen:
             seen.add(run[1].get("git_commit"))
             earlier.append(run)
-    for number, (_, old_header, old_rows) in enumerate(earlier):
+    for number, (_, _, old_rows) in enumerate(earlier):
         ratios = {_kernel_ops_key(r): r["ratio"] for r in old_rows}
         had_paths = any("path" in r for r in old_rows)
         for row in rows:
@@ -248,7 +248,8 @@ def kernel_ops_section(results: pathlib.Path) -> list[str]:
     if with_paths:
         lines[-1] += (" With biases each kernel carries two tile maths, picked per sample at run "
                       "time: `ordered` (positions and times ordered along every attended pair, "
-                      "t + 1 exact in f32, a bounded position span: GenRank's own tokens) and `general` (anything else). "
+                      "t + 1 exact in f32, a bounded position span: GenRank's own tokens) and `general` "
+                      "(anything else). "
                       "`floor`: the least the exact contract allows on the ordered path, the "
                       "no-bias loop plus 3 ops per element (ALiBi one per-key add, 0.5 as a "
                       "2-wide vector op; time (t_i + 1) - t_j 0.5, lg2 1, times the slope and "
@@ -323,7 +324,8 @@ def scale_section(results: pathlib.Path) -> list[str]:
     # the run alone keeps every core busy (a load of about `cores` at its end); other jobs show as a
     # load at its start, or beyond the cores at its end
     busy = cores and ((start or 0) > 1.0 or (end or 0) > cores + 1.0)
-    lines = [title, "", f"Machine: {machine(header)}, {cores} cores. Command: `{command_of(header, 'bench_leakage.py')}` "
+    lines = [title, "", f"Machine: {machine(header)}, {cores} cores. "
+                        f"Command: `{command_of(header, 'bench_leakage.py')}` "
                         f"(data {header.get('data', '?')}).", "",
              f"{row['exposures']:,} exposures, {row['items']:,} items, {row['users']:,} users; {row['train_rows']:,} "
              f"training rows, {row['eval_rows']:,} eval rows. {row['probes']} probes (3 leak kinds x 2 horizons x "
@@ -345,7 +347,8 @@ def scale_section(results: pathlib.Path) -> list[str]:
         lines += ["", f"Other jobs may have shared the machine (load average {start:.1f} at the start, {end:.1f} "
                       f"at the end, on {cores} cores; the 1-minute average lags a job that just ended): the wall "
                       "times may be inflated. The CPU time is this run's own; on "
-                      f"{cores} otherwise idle cores the run would take at least {row['total_cpu_s'] / cores:.0f} s of wall "
+                      f"{cores} otherwise idle cores the run would take at least "
+                      f"{row['total_cpu_s'] / cores:.0f} s of wall "
                       "time (its CPU time over the cores)."]
     if row.get("table_markdown"):
         lines += ["", row["table_markdown"].rstrip()]
@@ -396,12 +399,14 @@ def lis_section(results: pathlib.Path) -> list[str]:
     tasks = ", ".join(f"`{task}`" for task in meta.get("tasks", []))
     import datetime
 
-    cutoff = datetime.datetime.fromtimestamp(meta.get("cutoff", 0), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cutoff = datetime.datetime.fromtimestamp(meta.get("cutoff", 0), datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC")
     text = (f"Task {tasks}, cutoff {cutoff}: {meta.get('train_rows', 0):,} "
             f"train / {meta.get('eval_rows', 0):,} eval rows, {meta.get('seeds')} seeds, probe dim {probe.get('dim')}, "
             f"MLP {tuple(probe.get('hidden', ()))}, {probe.get('epochs')} epochs; {meta.get('probes')} probes, "
             f"{meta.get('placebo_probes')} of them placebos; {meta.get('seconds_total', 0):.0f} s end to end "
-            f"({meta.get('seconds', 0):.0f} s of probes{_load_text(meta)}). Δ (LIS / AIS) is the mean paired AUC gain over the "
+            f"({meta.get('seconds', 0):.0f} s of probes{_load_text(meta)}). "
+            "Δ (LIS / AIS) is the mean paired AUC gain over the "
             "placebo probe of the same seed (a random feature of the same kind and width, the row named in \"vs\"); "
             "raw Δ is the gain over the no-feature baseline. AIS / LIS divides by the largest LIS.")
     return [title, "", f"Machine: {machine(meta)}. Command: `{meta.get('command', 'not recorded')}` (the README's, "
@@ -422,12 +427,14 @@ def scaling_section(results: pathlib.Path) -> list[str]:
              + f". Command: `{command_of(header, 'bench_scaling.py')}`."]
     if steps:
         first = steps[0]
-        lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x {first['seq_len']} "
+        lines += ["", f"Training step, preset {first['preset']}, global batch {first['batch_size']} x "
+                      f"{first['seq_len']} "
                       f"tokens, batch split over `data`. Simulated CPU devices share this machine's "
                       f"{header.get('cpu_cores', '?')} cores with the other jobs behind the load average: a check "
                       "that the sharded step runs, not a speedup (a ratio above the core count is more device "
                       "threads winning a larger share of the contended CPU).", "",
-                  *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"), ("exposures/s", "exposures_per_s", ",.0f"),
+                  *table([("mesh", "mesh", ""), ("step ms", "step_ms", ".1f"),
+                          ("exposures/s", "exposures_per_s", ",.0f"),
                           ("vs one device", "speedup_vs_1", ".2f")], steps)]
     if sizes:
         first = sizes[0]
@@ -440,7 +447,8 @@ def scaling_section(results: pathlib.Path) -> list[str]:
                       "against one H100's 80 GB (arguments: the state's shards and the batch; temporaries: "
                       "activations, with the xla reference attention's S x S logits, and the gradients, a dense "
                       "one the size of each table shard):", "",
-                  *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""), ("GB / device", "per_device_gb", ".1f"),
+                  *table([("mesh", "mesh", ""), ("tables over", "table_axes", ""),
+                          ("GB / device", "per_device_gb", ".1f"),
                           ("arguments GB", "argument_gb", ".1f"), ("temporaries GB", "temp_gb", ".1f"),
                           ("of 80 GB", "fraction_of_h100", ".0%"), ("fits", "fits", "")], sizes)]
     return [*lines, "", f"_Source: `{relative(path)}`._"]
@@ -469,7 +477,8 @@ def ingest_section(results: pathlib.Path) -> list[str]:
                           ("Parquet GB", "parquet_gb", ".2f"), ("prepare s", "prepare_wall_s", ".1f"),
                           ("prepare CPU s", "prepare_cpu_s", ".1f"), ("prepare peak GB", "prepare_peak_rss_gb", ".2f"),
                           ("records GB", "records_gb", ".2f"), ("first load s", "load_wall_s", ".1f"),
-                          ("first load peak GB", "load_peak_rss_gb", ".2f"), ("mapped load s", "mapped_load_wall_s", ".1f"),
+                          ("first load peak GB", "load_peak_rss_gb", ".2f"),
+                          ("mapped load s", "mapped_load_wall_s", ".1f"),
                           ("mapped load peak GB", "mapped_load_peak_rss_gb", ".2f")], flat),
                   "", f"_Source: `{relative(path)}`._"]
     if pipeline is None:
@@ -494,9 +503,9 @@ def ingest_section(results: pathlib.Path) -> list[str]:
 
 
 def render(results: pathlib.Path) -> str:
-    sections = [ablation_section, streaming_section, across_datasets_section, train_movielens_section, organization_section, train_section, attention_section,
-                kernel_ops_section, leakage_section, serving_section, scale_section, lis_section,
-                scaling_section, ingest_section]
+    sections = [ablation_section, streaming_section, across_datasets_section, train_movielens_section,
+                organization_section, train_section, attention_section, kernel_ops_section, leakage_section,
+                serving_section, scale_section, lis_section, scaling_section, ingest_section]
     body = []
     for section in sections:
         body += section(results) + [""]
@@ -513,7 +522,8 @@ def headline(results: pathlib.Path) -> str:
         report = json.loads(path.read_text())
         first, values = next(iter(report["eval"].items()))
         oracle = (report.get("oracle_auc") or {}).get(first)
-        lines.append(f"- `{report.get('command', 'genrank-jax train')}` on the simulator: {first} AUC {values['auc']:.4f}"
+        lines.append(f"- `{report.get('command', 'genrank-jax train')}` on the simulator: {first} AUC "
+                     f"{values['auc']:.4f}"
                      + (f" (the simulator's oracle: {oracle:.4f})" if oracle is not None else "")
                      + f", {report.get('steps')} steps in {report.get('train_seconds', 0):.0f} s of training on a "
                        f"{report.get('machine', {}).get('platform', '?').upper()} {link}.")
@@ -549,7 +559,8 @@ def headline(results: pathlib.Path) -> str:
         rows = {row["impl"]: row for row in json.loads(device.read_text())["rows"]}
         best, dpa = rows.get("pallas_mosaic_gpu"), rows.get("dpa")
         if best and dpa:
-            lines.append(f"- Attention on an {best['device_kind'].removeprefix('NVIDIA ')} (softmax, both biases, bf16, "
+            lines.append(f"- Attention on an {best['device_kind'].removeprefix('NVIDIA ')} "
+                         "(softmax, both biases, bf16, "
                          f"S = {best['seq_len']}, D = {best['head_dim']}): the Mosaic GPU kernel "
                          f"{best['fwd_tflops']:.0f} TFLOP/s forward, {best['fwd_bwd_tflops']:.0f} forward+backward; "
                          f"cuDNN with a materialized bias {dpa['fwd_tflops']:.0f} / {dpa['fwd_bwd_tflops']:.0f} "
@@ -580,7 +591,8 @@ def headline(results: pathlib.Path) -> str:
     if run is not None:
         _, header, (row, *_) = run
         lines.append(f"- LIS at {row['items']:,} items, {row['exposures']:,} exposures: {row['probes']} probes in "
-                     f"{row['total_wall_s']:.0f} s on {row['cores']} CPU cores, {row['peak_rss_gb']:.1f} GB peak {link}.")
+                     f"{row['total_wall_s']:.0f} s on {row['cores']} CPU cores, {row['peak_rss_gb']:.1f} GB peak "
+                     f"{link}.")
     return "\n".join(lines) + "\n"
 
 

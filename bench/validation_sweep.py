@@ -14,11 +14,11 @@ import time
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from genrank_jax.config import GenRankConfig
-from genrank_jax.data.batching import padded_max_tokens
-from genrank_jax.data.sources import load_dataset
-from genrank_jax.defaults import defaults_for
-from genrank_jax.training import TrainConfig, Trainer
+from genrank_jax.config import GenRankConfig  # noqa: E402
+from genrank_jax.data.batching import padded_max_tokens  # noqa: E402
+from genrank_jax.data.sources import load_dataset  # noqa: E402
+from genrank_jax.defaults import defaults_for  # noqa: E402
+from genrank_jax.training import TrainConfig, Trainer  # noqa: E402
 
 DATA = {"ml-100k": ("movielens:100k", str(SHARED / "ml-100k")),
         "ml-latest-small": ("movielens:latest-small", str(SHARED / "ml-latest-small")),
@@ -31,8 +31,10 @@ source, raw = DATA[data_name]
 dataset = load_dataset(source, data_dir=raw)
 d = defaults_for(dataset)
 mh = train_over.get("max_history", d.max_history)
-train = TrainConfig(epochs=train_over.get("epochs", d.epochs), steps=d.steps or 500, batch_size=64, learning_rate=train_over.get("learning_rate", d.learning_rate),
-                    weight_decay=train_over.get("weight_decay", d.weight_decay), seed=train_over.get("seed", 0), max_history=mh,
+train = TrainConfig(epochs=train_over.get("epochs", d.epochs), steps=d.steps or 500, batch_size=64,
+                    learning_rate=train_over.get("learning_rate", d.learning_rate),
+                    weight_decay=train_over.get("weight_decay", d.weight_decay), seed=train_over.get("seed", 0),
+                    max_history=mh,
                     max_candidates=d.max_candidates, validation_fraction=d.validation_fraction, patience=d.patience)
 org = overrides.get("organization", "action")
 config = GenRankConfig.preset(preset or d.preset, dataset.spec, **{**d.config, **overrides},

@@ -20,14 +20,14 @@ from genrank_jax.baselines import DINRanker, build_model
 from genrank_jax.config import PRESETS, GenRankConfig
 from genrank_jax.data.batching import BatchPlan, iterate_batches
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
-from genrank_jax.data.schema import FeatureSpec, ItemCatalog, Interactions, RankingDataset
+from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
 from genrank_jax.data.sources import load_dataset
+from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
+from genrank_jax.kernels import attention
 from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank
-from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.kernels import attention
 from genrank_jax.scorer import Request, Scorer, requests_from
 from genrank_jax.serving import Candidates, History, HistoryCache, ServingError, split_batch
 from genrank_jax.training import NonFiniteLossError, TrainConfig, Trainer, make_optimizer
@@ -39,7 +39,8 @@ __all__ = [
     "metrics", "DINRanker", "build_model", "PRESETS", "GenRankConfig", "BatchPlan", "iterate_batches",
     "SampleBuilder", "SampleLayout", "FeatureSpec", "ItemCatalog", "Interactions", "RankingDataset",
     "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
-    "make_optimizer", "Request", "Scorer", "Candidates", "History", "HistoryCache", "ServingError", "BatchError", "validate_batch",
+    "make_optimizer", "Request", "Scorer", "Candidates", "History", "HistoryCache", "ServingError", "BatchError",
+    "validate_batch",
 ]
 __all__ += ["GenrankError", "NonFiniteLossError", "SimulatorConfig", "simulate", "attention", "requests_from",
             "split_batch", "__version__"]

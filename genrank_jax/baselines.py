@@ -93,8 +93,10 @@ class LogisticBias(nnx.Module):
         actions = config.features.num_actions
         self.config = config
         self.bias = nnx.Param(jnp.zeros((actions,)))
-        self.user = nnx.Embed(config.table_rows(config.user_rows), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
-        self.item = nnx.Embed(config.table_rows(config.features.num_items), actions, embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.user = nnx.Embed(config.table_rows(config.user_rows), actions,
+                              embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
+        self.item = nnx.Embed(config.table_rows(config.features.num_items), actions,
+                              embedding_init=nnx.initializers.normal(0.01), rngs=rngs)
 
     def set_prior(self, positive_rates) -> None:
         """Set the global bias to the log-odds of each task's positive rate [A]."""

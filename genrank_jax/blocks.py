@@ -44,8 +44,8 @@ class RelativeAttention(nnx.Module):
             q, k, v, lengths=batch.lengths, num_candidates=batch.num_candidates,
             positions=batch.positions, timestamps=batch.timestamps if self.time is not None else None,
             alibi_slopes=None if self.alibi is None else jnp.asarray(self.alibi, jnp.float32),
-            time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32), kind=self.kind, impl=self.impl,
-            interpret=self.interpret,
+            time_slopes=None if self.time is None else jnp.asarray(self.time, jnp.float32), kind=self.kind,
+            impl=self.impl, interpret=self.interpret,
         )
 
     def cached(self, q, k, v, cache_keys, cache_values, *, cache_lengths, num_candidates, positions,

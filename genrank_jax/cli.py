@@ -12,9 +12,19 @@ import time
 
 import numpy as np
 
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, fraction, non_negative_float,
-                                      non_negative_int, parse_arguments, positive_float, positive_int,
-                                      add_dry_run_flag, run_reporting_errors, user_command)
+from genrank_jax.command_line import (
+    CommandLineParser,
+    add_debug_flags,
+    add_dry_run_flag,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    parse_arguments,
+    positive_float,
+    positive_int,
+    run_reporting_errors,
+    user_command,
+)
 from genrank_jax.config import ARCHITECTURES
 from genrank_jax.errors import GenrankError
 
@@ -29,10 +39,12 @@ def add_data_quality_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic",
-                        help="synthetic[:tests|default|feed|benchmark], movielens:100k|1m|20m|32m|latest-small, kuairand:pure|1k|27k, "
+                        help="synthetic[:tests|default|feed|benchmark], movielens:100k|1m|20m|32m|latest-small, "
+                             "kuairand:pure|1k|27k, "
                              "or log:PATH (your own Parquet/CSV log, with --schema)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
-    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
+    parser.add_argument("--schema", default=None,
+                        help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
     add_data_quality_arguments(parser)
     parser.add_argument("--split", default="temporal", choices=["temporal", "last_request"])
     parser.add_argument("--architecture", default="genrank", choices=list(ARCHITECTURES),
@@ -59,7 +71,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "size; not with --steps: both set the run's length, so giving both is an error)")
     parser.add_argument("--patience", type=non_negative_int, default=None,
                         help="stop after this many validation evaluations without a new best (0: never; default 3)")
-    parser.add_argument("--eval-every", type=non_negative_int, default=0, help="validate every N steps (0: every epoch)")
+    parser.add_argument("--eval-every", type=non_negative_int, default=0,
+                        help="validate every N steps (0: every epoch)")
     parser.add_argument("--validation-fraction", type=fraction, default=None,
                         help="latest fraction of train (by time) held out for validation (default 0.15; 0: none)")
     parser.add_argument("--schedule", default="epochs", choices=["epochs", "stream"],
@@ -115,7 +128,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_table(results: dict, oracle: dict | None) -> str:
-    header = f"{'task':<12}{'AUC':>8}{'GAUC':>8}{'logloss':>9}{'pos.rate':>10}" + (f"{'oracle AUC':>12}" if oracle else "")
+    header = (f"{'task':<12}{'AUC':>8}{'GAUC':>8}{'logloss':>9}{'pos.rate':>10}"
+              + (f"{'oracle AUC':>12}" if oracle else ""))
     lines = [header, "-" * len(header)]
     for task, row in results.items():
         line = f"{task:<12}{row['auc']:>8.4f}{row['gauc']:>8.4f}{row['logloss']:>9.4f}{row['positive_rate']:>10.4f}"
@@ -464,7 +478,8 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     if args.resume:  # run_train refused a folder without checkpoints
         resumed_at = trainer.resume(fallback=args.resume_fallback, allow_setting_changes=args.allow_setting_changes)
         print(f"resumed at step {resumed_at}")
-    validation = f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None else ""
+    validation = (f" / {len(trainer.validation_requests):,} validation" if trainer.validation_requests is not None
+                  else "")
     print(f"{dataset.name}: {len(trainer.train_requests):,} train{validation} / {len(trainer.eval_requests):,} eval "
           f"requests, {dataset.interactions.num_exposures:,} exposures; {config.architecture}/{config.organization}/"
           f"{config.block} preset={args.preset}\n{defaults_line}")
@@ -484,7 +499,8 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
     oracle = oracle_metrics(dataset, trainer.eval_requests, train.max_candidates)
     report = {
         "data": args.data, "command": user_command(["genrank-jax", "train", *args.argv]), "machine": machine(),
-        "config": json.loads(config.to_json()), "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
+        "config": json.loads(config.to_json()),
+        "train": {k: v for k, v in vars(args).items() if k not in ("argv", "run", "debug")},
         "steps": trainer.step, "train_seconds": train_seconds, "eval": results, "oracle_auc": oracle,
         "eval_state": "best validation" if best else "last",
         "best": {key: best[key] for key in ("step", "epoch", "auc")} if best else None,
@@ -604,8 +620,13 @@ def _run_export(args, out: pathlib.Path) -> int:
     import jax
     import numpy as np
 
-    from genrank_jax.export import (check_exportable, check_platforms, export_scorer, load_checkpoint_model,
-                                    load_checkpoint_vocabulary)
+    from genrank_jax.export import (
+        check_exportable,
+        check_platforms,
+        export_scorer,
+        load_checkpoint_model,
+        load_checkpoint_vocabulary,
+    )
     from genrank_jax.output_folder import check_free
 
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())

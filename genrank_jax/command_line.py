@@ -178,7 +178,8 @@ def user_command(words: list[str], *, cwd=None, home=None) -> str:
         if sep and tail.startswith("/") and not word.startswith("/"):
             tilde = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head) is not None
             path = user_path(tail, cwd=cwd, home=home, tilde=tilde)
-            shown.append(shlex.quote(head + sep) + _quoted(path) if path.startswith("~") else shlex.quote(head + sep + path))
+            shown.append(shlex.quote(head + sep) + _quoted(path) if path.startswith("~")
+                         else shlex.quote(head + sep + path))
         else:
             shown.append(_quoted(user_path(word, cwd=cwd, home=home)))
     return " ".join(shown)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pathlib
 
 
-def plot_training_curve(curve: list[dict], path: str | pathlib.Path, *, task: str, best_step: int | None = None) -> None:
+def plot_training_curve(curve: list[dict], path: str | pathlib.Path, *, task: str,
+                        best_step: int | None = None) -> None:
     """PNG of the training loss (left axis) and validation AUC of `task` (right axis) per epoch.
 
     curve: Trainer.validation_curve (one entry per evaluation: epoch, train_loss, auc); the best

@@ -6,7 +6,8 @@ The rule is one threshold on the size of the training split (exposures in train 
   settings are the ones picked on ml-100k's validation slice (bench/ablation.py's per-epoch
   validation curves, never the eval split): preset "tiny" ("small" with max_history 256 took ~30x
   the time per epoch, and 400 steps of it without stopping overfit to 0.673 like AUC on eval, below
-  the logistic baseline), max_history 128 (ml-100k's median history is ~64), 64 candidates, lr 3e-3 (1e-3 since issue 26, below),
+  the logistic baseline), max_history 128 (ml-100k's median history is ~64), 64 candidates,
+  lr 3e-3 (1e-3 since issue 26, below),
   weight decay 1e-4, flatter ALiBi slopes (alibi_max_bias 16, time_bias_scale 0.1: the library's
   steeper defaults scored 0.759 vs 0.768 like AUC on the slice at epoch 5), and up to 20 epochs with
   early stopping (patience 3) instead of a fixed step count: the slice, not a guess, decides when to

@@ -71,7 +71,8 @@ def expected_time(args, steps: int) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    return (f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400
+            else f"{seconds / 3600:.1f} h")
 
 
 def _mib(nbytes: int) -> str:

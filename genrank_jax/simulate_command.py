@@ -11,7 +11,6 @@ import argparse
 from genrank_jax.command_line import add_dry_run_flag, non_negative_int
 from genrank_jax.output_folder import check_free, written_whole
 
-
 # `genrank-jax simulate --preset P` end to end on a 2-core CPU (import, simulation, Parquet), seconds
 MEASURED_SECONDS = {"tests": 5, "default": 7, "benchmark": 23}
 

@@ -467,7 +467,8 @@ class Trainer:
         for group in plan_batches(self.builder, requests, self.plan, epoch)[skip:]:
             seq_len, slots = batch_shape(self.builder, group)
             if seq_len > self.config.max_tokens:
-                raise BatchError(f"sequences of {seq_len} tokens exceed the model's max_tokens={self.config.max_tokens}")
+                raise BatchError(f"sequences of {seq_len} tokens exceed the model's "
+                                 f"max_tokens={self.config.max_tokens}")
             empty = np.flatnonzero(np.minimum(self.builder.history_count[group], self.layout.max_history) == 0)
             if len(empty):
                 raise BatchError(f"row {int(empty[0])} has an empty history: GenRank ranks from behaviour; drop "

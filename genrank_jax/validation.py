@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from genrank_jax.config import GenRankConfig
-from genrank_jax.errors import GenrankError
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
+from genrank_jax.errors import GenrankError
 
 
 class BatchError(GenrankError, ValueError):

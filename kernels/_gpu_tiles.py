@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 # A finite "minus infinity": exp2(MASK_VALUE - m) is 0 and MASK_VALUE - MASK_VALUE is 0, never NaN.

@@ -26,8 +26,7 @@ from genrank_jax.kernels._vjp import check_tile_sizes, make_op, next_power_of_tw
 
 try:  # jax >= 0.9: Triton is chosen by its compiler params
     from jax.experimental.pallas import triton as _pallas_triton
-    _TritonParams = getattr(_pallas_triton, "CompilerParams", None) or getattr(
-        _pallas_triton, "TritonCompilerParams")
+    _TritonParams = getattr(_pallas_triton, "CompilerParams", None) or _pallas_triton.TritonCompilerParams
 except Exception as _error:  # noqa: BLE001 - a jax without Pallas Triton: reported, never raised
     _pallas_triton, _TritonParams, _IMPORT_ERROR = None, None, _error
 else:

@@ -13,7 +13,6 @@ no mesh, or one without a "data" axis, this is `genrank_jax.kernels.attention` i
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from genrank_jax.kernels.attention import attention as attention_op

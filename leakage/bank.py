@@ -106,7 +106,8 @@ def as_feature(name: str, values, log: InteractionLog) -> Feature:
                              f"or N={log.num_rows} (per interaction)")
     expected = log.num_items if feature.per == "item" else log.num_rows
     if feature.values.shape[0] != expected:
-        raise ValueError(f"feature {name!r} is per {feature.per} but has {feature.values.shape[0]} rows, not {expected}")
+        raise ValueError(f"feature {name!r} is per {feature.per} but has {feature.values.shape[0]} rows, "
+                         f"not {expected}")
     return feature
 
 
@@ -205,8 +206,9 @@ def init_bank(run: ProbeRun, seeds, slots, *, strategy: str | None = None) -> di
         extra = lay.padded - len(slots)
         seeds, slots = (np.concatenate([x, np.full(extra, x[0])]) for x in (seeds, slots))
     # per-probe hyperparameters live in the state, so a bank could mix them; a run uses one config
-    inputs = (np.asarray(seeds, np.uint32), np.asarray(slots, np.int32), np.asarray(run.feature_widths, np.int32)[slots],
-              np.asarray(run.feature_item_side, np.float32)[slots], np.full(len(slots), run.config.learning_rate, np.float32),
+    inputs = (np.asarray(seeds, np.uint32), np.asarray(slots, np.int32),
+              np.asarray(run.feature_widths, np.int32)[slots], np.asarray(run.feature_item_side, np.float32)[slots],
+              np.full(len(slots), run.config.learning_rate, np.float32),
               np.full(len(slots), run.config.weight_decay, np.float32))
     static = (("config", run.config), ("sizes", run.sizes))
     if lay is None or not lay.spread:
@@ -341,7 +343,8 @@ def stack_step(states: dict, batch: dict):
                 for name, array in table.items()}
 
     def scatter(table, ids, block):
-        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds", indices_are_sorted=True)
+        return {name: array.at[:, ids].set(jnp.swapaxes(block[name], 0, 1), mode="promise_in_bounds",
+                                           indices_are_sorted=True)
                 for name, array in table.items()}
 
     params, item_block, user_block, losses = probe_lib.update(

@@ -21,13 +21,19 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from genrank_jax.command_line import (
+    CommandLineParser,
+    add_debug_flags,
+    add_dry_run_flag,
+    positive_int,
+    run_reporting_errors,
+    user_command,
+)
 from genrank_jax.leakage import leaks as leak_builders
 from genrank_jax.leakage.devices import use_every_cpu_core
 from genrank_jax.leakage.impact import leakage_impact
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
-from genrank_jax.command_line import (CommandLineParser, add_debug_flags, add_dry_run_flag, positive_int,
-                                      run_reporting_errors, user_command)
 from genrank_jax.leakage.times import format_time, parse_cutoff, parse_duration, parse_time
 
 
@@ -35,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="synthetic:tests",
                         help="dataset source for genrank_jax.data.sources.load_dataset (default synthetic:tests)")
     parser.add_argument("--data-dir", default=None, help="folder with the raw files of a real dataset")
-    parser.add_argument("--schema", default=None, help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
+    parser.add_argument("--schema", default=None,
+                        help="schema file of a --data log:PATH source (docs/guides/own-log.md)")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip (and count) malformed rows of the raw files instead of stopping at the first")
     parser.add_argument("--drop-duplicates", action="store_true",
@@ -102,7 +109,8 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray | tuple[str, ...]]:
         except FileNotFoundError:
             raise FileNotFoundError(f"--features {name}: {path} does not exist") from None
         except (ValueError, OSError) as error:  # text, pickled objects, a truncated file
-            raise ValueError(f"--features {name}: {path} is not a numeric .npy array ({' '.join(str(error).split())[:160]})") from None
+            raise ValueError(f"--features {name}: {path} is not a numeric .npy array "
+                             f"({' '.join(str(error).split())[:160]})") from None
         if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf":
             kind = type(values).__name__ if not isinstance(values, np.ndarray) else f"dtype {values.dtype}"
             raise ValueError(f"--features {name}: {path} holds {kind}, not numbers")
@@ -193,10 +201,12 @@ def _run(args) -> int:
     # the command as typed (no absolute paths of this machine), and what ran it
     metadata = {**report.metadata, "data": args.data, "horizons": horizons,
                 "command": user_command(["genrank-jax", "lis", *getattr(args, "argv", [])]), **machine(),
-                "seconds_total": time.perf_counter() - started, "load_average": [load_start, _load_average()], "cpu_cores": os.cpu_count()}
+                "seconds_total": time.perf_counter() - started, "load_average": [load_start, _load_average()],
+                "cpu_cores": os.cpu_count()}
     print(report.to_markdown())  # first: the table is on screen whatever happens to the files
     out = _write_report(report, metadata, args)
-    print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} ({report.metadata['seconds']:.1f} s of probes)")
+    print(f"wrote {out / 'lis.md'}, {out / 'lis.json'}, {out / 'lis.png'} "
+          f"({report.metadata['seconds']:.1f} s of probes)")
     return 0
 
 
@@ -268,7 +278,8 @@ def _dry_run(args, kinds: list[str], horizons: list[str], given_features: dict) 
         log, cutoff, eval_end, _ = _checked_against_data(args, preview.dataset, given_features)
         train_rows = int((log.timestamp < cutoff).sum())
         print(f"task: {', '.join(log.task_names)}; cutoff {format_time(cutoff)}: {train_rows:,} train rows, "
-              f"{log.num_rows - train_rows:,} after it" + (f" (evaluated up to {format_time(eval_end)})" if eval_end else ""))
+              f"{log.num_rows - train_rows:,} after it"
+              + (f" (evaluated up to {format_time(eval_end)})" if eval_end else ""))
     else:
         print("the task, --cutoff and side: features are checked against the data once it is prepared (the first "
               "run prepares it)")
@@ -332,7 +343,8 @@ def _write_report(report, metadata: dict, args) -> pathlib.Path:
         except Exception:  # lis.md and lis.json are the report; the picture can be redrawn from them
             pass
         kept = ", ".join(sorted(p.name for p in fallback.iterdir())) or "nothing (the table is printed above)"
-        raise GenrankError(f"could not write the report to {args.out} ({reason}); saved in {fallback}: {kept}") from None
+        raise GenrankError(f"could not write the report to {args.out} ({reason}); "
+                           f"saved in {fallback}: {kept}") from None
 
 
 def _check_before_work(args, kinds: list[str], horizons: list[str]) -> None:

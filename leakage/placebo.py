@@ -28,7 +28,8 @@ _SIDES = {"item": 0, "interaction": 1}
 def placebo_key(feature: Feature) -> tuple[str, int, tuple[bool, ...]]:
     """What a feature's placebo must match: (side, width, which columns vary)."""
     values = feature.values
-    varies = tuple(bool(v) for v in (values.max(axis=0) > values.min(axis=0))) if len(values) else (True,) * feature.width
+    varies = (tuple(bool(v) for v in (values.max(axis=0) > values.min(axis=0))) if len(values)
+              else (True,) * feature.width)
     return feature.per, feature.width, varies
 
 

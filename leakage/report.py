@@ -68,7 +68,8 @@ def paired_interval(differences, confidence: float = 0.95) -> tuple[float, float
     mean = float(differences.mean())
     if len(differences) < 2:
         return mean, math.nan, math.nan
-    half = scipy.stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * differences.std(ddof=1) / math.sqrt(len(differences))
+    half = (scipy.stats.t.ppf(0.5 + confidence / 2, len(differences) - 1) * differences.std(ddof=1)
+            / math.sqrt(len(differences)))
     return mean, mean - float(half), mean + float(half)
 
 
@@ -113,8 +114,9 @@ def build_rows(names, kinds, aucs, task_aucs=None, task_names=(), bound: str | N
         raise ValueError(f"bound {bound!r} is not a leak feature; leaks: {[r.name for r in leaks]}")
     if leaks:
         reference = next(r for r in leaks if r.name == bound) if bound else max(leaks, key=lambda r: r.delta)
-        rows = [dataclasses.replace(r, fraction_of_bound=(r.delta / reference.delta if reference.delta > 0 else math.nan),
-                                    bound=reference.name) if r.kind == "representation" else r for r in rows]
+        rows = [dataclasses.replace(r, fraction_of_bound=r.delta / reference.delta if reference.delta > 0 else math.nan,
+                                    bound=reference.name)
+                if r.kind == "representation" else r for r in rows]
     return rows
 
 
@@ -204,7 +206,8 @@ class LeakageReport:
         ax.set_xticks(x, [r.name for r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Δ AUC (95% CI)")
         ax.legend(fontsize=7)
-        ax.set_title(f"LIS / AIS (baseline AUC {self.baseline.auc_mean:.4f}, {len(self.baseline.aucs)} seeds)", fontsize=9)
+        ax.set_title(f"LIS / AIS (baseline AUC {self.baseline.auc_mean:.4f}, {len(self.baseline.aucs)} seeds)",
+                     fontsize=9)
         fig.tight_layout()
         fig.savefig(path, format="png")
         plt.close(fig)

@@ -23,8 +23,13 @@ import pytest
 from flax import nnx
 
 from genrank_jax import cli
-from genrank_jax.checkpoint import (CheckpointError, Checkpoints, CorruptCheckpointError, SettingsMismatchError,
-                                    abstract_like)
+from genrank_jax.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    CorruptCheckpointError,
+    SettingsMismatchError,
+    abstract_like,
+)
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.training import NonFiniteLossError, OutputInUseError, TrainConfig, Trainer
@@ -82,7 +87,8 @@ def assert_same_tree(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("damage", [flip_bit, overwrite_4kb, truncate], ids=["bit-flip", "4KB-overwritten", "truncated"])
+@pytest.mark.parametrize("damage", [flip_bit, overwrite_4kb, truncate],
+                         ids=["bit-flip", "4KB-overwritten", "truncated"])
 def test_damaged_array_file_is_named_and_the_previous_good_step_offered(saved, damage):
     checkpoints, states = saved
     damage(largest_array_file(checkpoints.directory / "6"))
@@ -119,7 +125,8 @@ def test_non_finite_saved_state_is_refused(saved):
     checkpoints, states = saved
     poisoned = dict(states[6], w=states[6]["w"].at[3, 5].set(jnp.inf))
     checkpoints.save(8, poisoned)  # the checksums match: only the finiteness check can catch it
-    with pytest.raises(CorruptCheckpointError, match=r"step 8 .*NaN or infinity in w.*latest good checkpoint is step 6"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"step 8 .*NaN or infinity in w.*latest good checkpoint is step 6"):
         checkpoints.restore(abstract_like(states[2]))
     assert checkpoints.latest_good_step(abstract_like(states[2])) == 6
 
@@ -138,7 +145,8 @@ def test_other_settings_name_each_difference(saved):
     checkpoints, states = saved
     other = Checkpoints(checkpoints.directory, config_json='{"width": 8}',
                         settings={"learning_rate": 0.2, "batch_size": 32})
-    with pytest.raises(SettingsMismatchError, match=r"batch_size: saved None, now 32; learning_rate: saved 0.1, now 0.2"):
+    with pytest.raises(SettingsMismatchError,
+                       match=r"batch_size: saved None, now 32; learning_rate: saved 0.1, now 0.2"):
         other.restore(abstract_like(states[2]))
     _, meta = other.restore(abstract_like(states[2]), allow_setting_changes=True)
     assert meta["step"] == 6
@@ -367,7 +375,8 @@ def test_export_reads_only_verified_checkpoints(run_folder):
     name = sorted(meta["checksums"])[0]
     meta["checksums"][name] = "0" * 64
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(CorruptCheckpointError, match=f"step 6 .*corrupt: 1 array\\(s\\) fail their checksum, e.g. {name}"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=f"step 6 .*corrupt: 1 array\\(s\\) fail their checksum, e.g. {name}"):
         load_checkpoint_model(run_folder / "checkpoints")
     overwrite_4kb(largest_array_file(run_folder / "checkpoints" / "4"))  # unreadable arrays
     with pytest.raises(CheckpointError, match="step 4 .*corrupt"):

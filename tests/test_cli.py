@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genrank_jax.errors import GenrankError
 from genrank_jax import cli
+from genrank_jax.errors import GenrankError
 
 # tiny and short: these check the plumbing, not the model
 FAST = ["--preset", "tiny", "--steps", "3", "--batch-size", "16", "--max-history", "16", "--no-progress"]

@@ -26,6 +26,7 @@ from genrank_jax.training import TrainConfig, Trainer, resolve_batch_building, r
 from tests.data import fixtures
 from tests.data.test_samples import random_dataset
 
+
 @pytest.fixture(scope="module")
 def simulated():
     return simulate(SimulatorConfig.preset("tests", seed=7)).dataset

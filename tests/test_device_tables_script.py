@@ -17,10 +17,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from genrank_jax.data.synthetic import SimulatorConfig, simulate  # noqa: E402
 from prepared_data import load, save  # noqa: E402
 from table_jobs import jobs  # noqa: E402
-
-from genrank_jax.data.synthetic import SimulatorConfig, simulate  # noqa: E402
 
 
 def test_dry_run_packs_every_jobs_rows(tmp_path):

@@ -101,7 +101,8 @@ def test_python_blocks_run_in_order(tmp_path, page):
     env = {**os.environ, "GENRANK_TFDS_DIR": str(tmp_path / "tfds"), "MPLBACKEND": "Agg"}
     if devices:
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
-        env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
+        env.update(JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "docs_driver.py"), str(spec)], cwd=work, env=env,
@@ -112,7 +113,8 @@ def test_python_blocks_run_in_order(tmp_path, page):
 
 
 @pytest.mark.parametrize("page, block", skipped_blocks(),
-                         ids=lambda value: page_id(value) if isinstance(value, pathlib.Path) else f"line{value['line']}")
+                         ids=lambda value: (page_id(value) if isinstance(value, pathlib.Path)
+                                            else f"line{value['line']}"))
 def test_blocks_not_run_here_say_why(page, block):
     kind, why = block["mark"]
     if kind == "tested-by":

@@ -7,14 +7,14 @@ import pathlib
 
 import pytest
 
-from tests.data import own_log_files
 from tests.cli_runs import FAST, run
+from tests.data import own_log_files
 
 
 def files_under(*roots: pathlib.Path) -> dict[str, tuple]:
     found = {}
     for root in roots:
-        for folder, dirs, names in os.walk(root):
+        for folder, _, names in os.walk(root):
             found[folder] = ()
             for name in names:
                 stat = (pathlib.Path(folder) / name).stat()
@@ -53,7 +53,8 @@ CASES = {
                                 str(own_log_files.write(tmp / "schema_only")[1])],
     "resume of nothing": lambda tmp: ["train", *FAST, "--resume", "--out", str(tmp / "never")],
     "lis task the data lacks": lambda tmp: ["lis", "--task", "nope", "--seeds", "1", "--no-progress", "--sequential"],
-    "lis side feature the data lacks": lambda tmp: ["lis", "--features", "g=side:genre", "--seeds", "1", "--sequential"],
+    "lis side feature the data lacks":
+        lambda tmp: ["lis", "--features", "g=side:genre", "--seeds", "1", "--sequential"],
     "lis bound that is no leak": lambda tmp: ["lis", "--bound", "nope@7d"],
     "export of a missing checkpoint": lambda tmp: ["export", "--checkpoint", str(tmp / "none")],
     "export platform": lambda tmp: ["export", "--checkpoint", str(tmp / "none"), "--platforms", "metal"],

@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from genrank_jax import defaults
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.holdout import validation_dataset, validation_slice
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax import defaults
 from genrank_jax.defaults import LARGE_DATA, SMALL_DATA, defaults_for, train_exposures
 from genrank_jax.training import TrainConfig, Trainer
 

@@ -99,8 +99,8 @@ def two_exports(tmp_path_factory):
     """Exports of steps 2 and 4 of one run (same shapes, other values)."""
     folder = tmp_path_factory.mktemp("exports")
     run = folder / "run"
-    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST[:-2], "--steps", "4", "--no-aggregates",
-                     "--checkpoint-every", "2"]) == 0
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST[:-2], "--steps", "4",
+                     "--no-aggregates", "--checkpoint-every", "2"]) == 0
     for step in (2, 4):
         assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--step", str(step),
                          "--out", str(folder / f"step{step}")]) == 0

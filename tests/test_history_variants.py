@@ -150,7 +150,8 @@ def test_the_history_loss_adds_the_history_exposures_cross_entropy(feed):
 
 def test_training_with_the_history_loss_takes_it(feed):
     config = GenRankConfig.preset("tiny", feed.dataset.spec, history_loss=True, max_tokens=64)
-    trainer = Trainer(config, TrainConfig(steps=3, batch_size=16, max_history=20, max_candidates=8, seed=0), feed.dataset)
+    trainer = Trainer(config, TrainConfig(steps=3, batch_size=16, max_history=20, max_candidates=8, seed=0),
+                      feed.dataset)
     trainer.fit()
     assert len(trainer.history) == 3 and all(np.isfinite(entry["loss"]) for entry in trainer.history)
     assert trainer.evaluate("eval")["click"]["auc"] > 0

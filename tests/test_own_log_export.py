@@ -24,7 +24,8 @@ def trained(tmp_path_factory):
         assert main(["train", "--data", f"log:{log}", "--schema", str(schema), "--steps", "2", "--no-aggregates",
                      "--checkpoint-every", "2", "--validation-fraction", "0", "--out", str(folder / "run"),
                      "--no-progress"]) == 0
-        assert main(["export", "--checkpoint", str(folder / "run" / "checkpoints"), "--out", str(folder / "scorer")]) == 0
+        assert main(["export", "--checkpoint", str(folder / "run" / "checkpoints"),
+                     "--out", str(folder / "scorer")]) == 0
     finally:
         del os.environ["GENRANK_TFDS_DIR"]
     return folder

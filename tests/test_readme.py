@@ -40,7 +40,8 @@ def test_readme_is_a_front_door_whose_links_resolve():
     assert len(text.splitlines()) < 200
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", text)
     local = [link for link in links if "://" not in link]
-    assert local and all((ROOT / link).is_file() for link in local), [l for l in local if not (ROOT / l).is_file()]
+    assert local and all((ROOT / link).is_file() for link in local), [
+        link for link in local if not (ROOT / link).is_file()]
     guides = {str(page.relative_to(ROOT)) for page in (ROOT / "docs" / "guides").glob("*.md")}
     assert guides <= set(local), guides - set(local)
 

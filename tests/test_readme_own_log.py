@@ -40,8 +40,9 @@ def test_walkthrough_runs_in_a_fresh_folder(tmp_path, monkeypatch, capsys):
 
 
 def test_schema_example_is_a_valid_schema(tmp_path):
-    from genrank_jax.data.own_log.schema import schema_from_dict
     import tomllib
+
+    from genrank_jax.data.own_log.schema import schema_from_dict
 
     (example,) = re.findall(r"```toml\n(.*?)```", section(), re.S)
     schema = schema_from_dict(tomllib.loads(example), tmp_path / "schema.toml")

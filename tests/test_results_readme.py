@@ -10,12 +10,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import update_readme  # noqa: E402
 
-
 RESULTS_PAGE = ROOT / update_readme.RESULTS_PAGE
 
 
 def test_readme_results_match_bench_results():
-    assert update_readme.main(["--check"]) == 0, "docs/results.md or README.md is stale: run python bench/update_readme.py"
+    assert update_readme.main(["--check"]) == 0, ("docs/results.md or README.md is stale: "
+                                                  "run python bench/update_readme.py")
 
 
 def test_readme_headline_links_to_the_results_page():
@@ -237,7 +237,8 @@ def test_ingest_section_renders_prepare_and_pipeline_runs(tmp_path):
                 "loaded_arrays_gb": 0.3, "exposures": 10_000_000, "user_rows": 900_000, "item_rows": 800_000}]
     (tmp_path / "ingest_prepare_cpu_abc_100.json").write_text(json.dumps({"header": header, "rows": prepare}))
     text = "\n".join(update_readme.ingest_section(tmp_path))
-    assert "| 10,000,000 | 1,000,000 | 1,000,000 | 0.21 | 12.5 | 11.0 | 1.46 | 0.90 | 20.0 | 1.46 | 12.5 | 1.46 |" in text
+    assert ("| 10,000,000 | 1,000,000 | 1,000,000 | 0.21 | 12.5 | 11.0 | 1.46 | 0.90 | 20.0 | 1.46 | 12.5 | 1.46 |"
+            in text)
     assert "No pipeline figures yet" in text
     pipeline = [{"measure": "pipeline, 1 process", "exposures_per_s": 1_500_000, "cpu_s_per_million": 0.6,
                  "ratio_to_h100": 0.02},

@@ -44,7 +44,8 @@ def test_train_runs_without_out_never_collide_and_resume_takes_the_newest(tmp_pa
     # the newest run holds no checkpoint: refused, naming the runs that do
     code, out, err = run(["train", "--resume", *FAST], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "the newest run, runs/train-2, which holds no checkpoint; runs with checkpoints: runs/train-1 (step 1)" in err
+    assert ("the newest run, runs/train-2, which holds no checkpoint; runs with checkpoints: runs/train-1 (step 1)"
+            in err)
 
     # --resume --out picks one; without --out, once train-2 is gone, the newest is train-1
     shutil.rmtree(tmp_path / "runs/train-2")

@@ -129,8 +129,9 @@ def test_micro_batches_compile_once_and_equal_the_full_pass(feed, block):
         candidates = dataclasses.replace(candidates, num_candidates=counts.astype(np.int32))
         batch = dataclasses.replace(batch, num_candidates=counts.astype(np.int32),
                                     lengths=(np.asarray(history.lengths) + counts).astype(np.int32),
-                                    candidate_index=np.where(np.arange(batch.candidate_index.shape[1]) < counts[:, None],
-                                                             batch.candidate_index, batch.seq_len).astype(np.int32))
+                                    candidate_index=np.where(
+                                        np.arange(batch.candidate_index.shape[1]) < counts[:, None],
+                                        batch.candidate_index, batch.seq_len).astype(np.int32))
         cache = scorer.encode(history, num_candidates=counts, capacity=20)
         logits = scorer.score_requests(cache, requests_from(candidates))
         want = full_pass_candidates(model, batch)

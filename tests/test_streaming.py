@@ -75,7 +75,8 @@ def test_every_exposure_is_scored_once_before_it_is_trained_on(dataset):
     warmup = trainer.stream_warmup
     assert 0 < warmup < len(curve) and [entry["warmup"] for entry in curve] == [w < warmup for w in range(len(curve))]
     assert all(entry["end_time"] < first_eval for entry in curve[:warmup])
-    assert curve[warmup]["end_time"] >= first_eval and all(entry["start_time"] >= first_eval for entry in curve[warmup + 1:])
+    assert (curve[warmup]["end_time"] >= first_eval
+            and all(entry["start_time"] >= first_eval for entry in curve[warmup + 1:]))
     summary = trainer.stream_summary()
     click = dataset.spec.action_names[0]
     assert 0.5 < summary["after_warmup"][click]["auc"] <= 1.0

@@ -1,7 +1,7 @@
 """Data: the dataset contract, the feed simulator, real-dataset builders, samples and batches."""
 
-from genrank_jax.data.builders.rows import DataError, MalformedRowError, MissingFileError
 from genrank_jax.data.batching import BatchPlan, bucket_length, iterate_batches, plan_batches
+from genrank_jax.data.builders.rows import DataError, MalformedRowError, MissingFileError
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
 from genrank_jax.data.sources import load_dataset

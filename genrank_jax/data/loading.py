@@ -174,7 +174,8 @@ def _concatenate(builder: LogBuilder) -> dict:
         return np.concatenate(parts) if parts else empty
 
     return {
-        "user_ids": np.repeat([int(r["user"]) for r in records], [len(r["item_ids"]) for r in records]).astype(np.int32),
+        "user_ids": np.repeat([int(r["user"]) for r in records],
+                              [len(r["item_ids"]) for r in records]).astype(np.int32),
         "item_ids": cat("item_ids", np.int32),
         "timestamps": cat("timestamp_ms", np.int64).astype(np.float64) / 1000.0,
         "actions": cat("actions", np.uint8, len(meta["action_names"])),
@@ -226,7 +227,8 @@ def load_prepared(builder: LogBuilder, *, name: str | None = None, split: Split 
         info={"format": meta["format"], "split": split, "cutoff": cutoff, "request_gap_seconds": gap,
               "max_request_size": max_size, "bad_rows": dict(meta["bad_rows"]),
               "side_files": dict(meta.get("side_files", {})),
-              "duplicate_rows": int(meta.get("duplicate_rows", 0)), "drop_duplicates": bool(meta.get("drop_duplicates")),
+              "duplicate_rows": int(meta.get("duplicate_rows", 0)),
+              "drop_duplicates": bool(meta.get("drop_duplicates")),
               "side_feature_names": tuple(meta["side_feature_names"]),
               "user_vocab_sizes": dict(zip(user_names, meta["user_vocab_sizes"])),
               "prepared_dir": str(builder.data_dir)},

@@ -43,7 +43,8 @@ class SampleLayout:
         if self.organization not in ("action", "item"):
             raise ValueError(f"organization must be 'action' or 'item', got {self.organization!r}")
         if self.max_history < 0 or self.max_candidates < 1:
-            raise ValueError(f"need max_history >= 0 and max_candidates >= 1, got {self.max_history}, {self.max_candidates}")
+            raise ValueError(f"need max_history >= 0 and max_candidates >= 1, "
+                             f"got {self.max_history}, {self.max_candidates}")
 
     def tokens_for(self, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Token count of samples with these history/candidate counts."""

@@ -130,7 +130,8 @@ class RankingDataset:
             if getattr(log, name).shape != (rows,):
                 raise ValueError(f"interactions.{name} must have shape ({rows},), got {getattr(log, name).shape}")
         if log.actions.shape != (rows, spec.num_actions):
-            raise ValueError(f"interactions.actions must have shape ({rows}, {spec.num_actions}), got {log.actions.shape}")
+            raise ValueError(f"interactions.actions must have shape ({rows}, {spec.num_actions}), "
+                             f"got {log.actions.shape}")
         if rows and (log.item_ids.min() < 0 or log.item_ids.max() >= spec.num_items):
             raise ValueError(f"item id outside the vocabulary [0, {spec.num_items}): "
                              f"min {log.item_ids.min()}, max {log.item_ids.max()}")
@@ -154,7 +155,8 @@ class RankingDataset:
             raise ValueError("request_starts must start at 0, end at the number of exposures and strictly increase")
         expected_side = (spec.num_items, len(spec.side_vocab_sizes))
         if catalog.side_features.shape != expected_side:
-            raise ValueError(f"catalog.side_features must have shape {expected_side}, got {catalog.side_features.shape}")
+            raise ValueError(f"catalog.side_features must have shape {expected_side}, "
+                             f"got {catalog.side_features.shape}")
         for f, size in enumerate(spec.side_vocab_sizes):
             column = catalog.side_features[:, f]
             if column.size and (column.min() < 0 or column.max() >= size):

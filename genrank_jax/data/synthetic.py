@@ -127,11 +127,13 @@ class SimulatorConfig:
         if self.num_users <= 0 or self.num_items <= 0 or self.latent_dim <= 0:
             raise ValueError(f"sizes must be positive, got {self.num_users=}, {self.num_items=}, {self.latent_dim=}")
         if not 1 <= self.exposures_per_request <= self.num_items:
-            raise ValueError(f"exposures_per_request must be in [1, {self.num_items}], got {self.exposures_per_request}")
+            raise ValueError(f"exposures_per_request must be in [1, {self.num_items}], "
+                             f"got {self.exposures_per_request}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.content_noise < 0 or self.content_dim < 0:
-            raise ValueError(f"need content_noise >= 0 and content_dim >= 0, got {self.content_noise}, {self.content_dim}")
+            raise ValueError(f"need content_noise >= 0 and content_dim >= 0, "
+                             f"got {self.content_noise}, {self.content_dim}")
         if self.pool_factor < 1:
             raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
         for name in ("action_dynamics", "fatigue", "repeat_strength", "trend_strength", "drift"):
@@ -450,7 +452,8 @@ def simulate(config: SimulatorConfig = SimulatorConfig()) -> SimulatedFeed:
     catalog = ItemCatalog(side_features=np.stack([category, age_bucket], 1).astype(np.int32), content=content)
     dataset = RankingDataset(
         name="synthetic", spec=spec, catalog=catalog, interactions=interactions,
-        train_requests=np.flatnonzero(~is_eval).astype(np.int64), eval_requests=np.flatnonzero(is_eval).astype(np.int64),
+        train_requests=np.flatnonzero(~is_eval).astype(np.int64),
+        eval_requests=np.flatnonzero(is_eval).astype(np.int64),
         oracle_probabilities=probabilities.reshape(-1, len(ACTION_NAMES)).astype(np.float32),
         info={"source": "simulator", "cutoff_time": float(cutoff), "side_features": SIDE_FEATURE_NAMES,
               "config": dataclasses.asdict(config)},

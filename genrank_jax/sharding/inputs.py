@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from genrank_jax.data.batching import BatchPlan, batch_shape, plan_batches
 from genrank_jax.data.samples import SampleBuilder

@@ -29,7 +29,8 @@ import re
 from typing import Literal
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from genrank_jax.sharding.mesh import ShardingError, describe
 

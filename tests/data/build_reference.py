@@ -69,7 +69,8 @@ def reference_build(self, requests: np.ndarray, seq_len: int, batch_size: int | 
     labels = np.where((kinds == TokenKind.CANDIDATE)[..., None], log.actions[safe_rows], 0).astype(np.float32)
     side = np.where(has_item[..., None], data.catalog.side_features[np.where(has_item, items, 0)], 0).astype(np.int32)
     if content_dim:
-        content = np.where(has_item[..., None], data.catalog.content[np.where(has_item, items, 0)], 0).astype(np.float32)
+        content = np.where(has_item[..., None], data.catalog.content[np.where(has_item, items, 0)],
+                           0).astype(np.float32)
     else:
         content = np.zeros(shape + (0,), np.float32)
     row_request = self.request_of_row[safe_rows]

@@ -74,7 +74,8 @@ def _write(path: pathlib.Path, lines: list[str], encoding: str = "utf-8") -> pat
 
 
 def write_grouplens_100k(folder: pathlib.Path, log: RawLog) -> None:
-    _write(folder / "u.data", [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, log.times)])
+    _write(folder / "u.data",
+           [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, log.times)])
     rows = []
     for item, year, genres in zip(log.item_ids, log.item_years, log.item_genres):
         flags = "|".join("1" if g in genres else "0" for g in GENRES_100K)
@@ -95,7 +96,8 @@ TIME_SHIFT = {"grouplens-1m": 100_000_000}
 
 def write_grouplens_1m(folder: pathlib.Path, log: RawLog) -> None:
     times = log.times + TIME_SHIFT["grouplens-1m"]
-    _write(folder / "ratings.dat", [f"{u}::{i}::{r}::{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, times)])
+    _write(folder / "ratings.dat",
+           [f"{u}::{i}::{r}::{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, times)])
     _write(folder / "movies.dat", [f"{i}::Movie {i}, The ({y})::{'|'.join(g)}"
                                    for i, y, g in zip(log.item_ids, log.item_years, log.item_genres)], "latin-1")
     _write(folder / "users.dat", [f"{u}::{g}::{_age_code(a)}::{o}::00000" for u, a, g, o in
@@ -106,7 +108,8 @@ def write_grouplens_csv(folder: pathlib.Path, log: RawLog) -> None:
     _write(folder / "ratings.csv", ["userId,movieId,rating,timestamp"] +
            [f"{u},{i},{r:.1f},{t}" for u, i, r, t in zip(log.users, log.items, log.ratings, log.times)])
     _write(folder / "movies.csv", ["movieId,title,genres"] +
-           [f'{i},"Movie {i}, The ({y})",{"|".join(g)}' for i, y, g in zip(log.item_ids, log.item_years, log.item_genres)])
+           [f'{i},"Movie {i}, The ({y})",{"|".join(g)}'
+            for i, y, g in zip(log.item_ids, log.item_years, log.item_genres)])
 
 
 def write_recbole(folder: pathlib.Path, log: RawLog, stem: str = "ml-100k") -> None:

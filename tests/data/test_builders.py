@@ -24,7 +24,8 @@ def load(source, raw, tmp_path, **options):
 
 def rows_of(log, requests):
     starts = log.request_starts
-    return np.concatenate([np.arange(starts[r], starts[r + 1]) for r in requests]) if len(requests) else np.zeros(0, int)
+    return (np.concatenate([np.arange(starts[r], starts[r + 1]) for r in requests]) if len(requests)
+            else np.zeros(0, int))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def test_movielens_formats_agree(ml_datasets):
     reference = ml_datasets["grouplens-100k"]
     for fmt, data in ml_datasets.items():
         for name in ("user_ids", "item_ids", "actions", "request_starts"):
-            np.testing.assert_array_equal(getattr(data.interactions, name), getattr(reference.interactions, name), err_msg=fmt)
+            np.testing.assert_array_equal(getattr(data.interactions, name), getattr(reference.interactions, name),
+                                          err_msg=fmt)
         np.testing.assert_array_equal(data.interactions.timestamps - fixtures.TIME_SHIFT.get(fmt, 0),
                                       reference.interactions.timestamps, err_msg=fmt)
         # genres and years agree across formats; the vocabularies too

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genrank_jax.errors import GenrankError
 from genrank_jax import cli
 from genrank_jax.data import sources
 from genrank_jax.data.builders.rows import DataError, MalformedRowError
+from genrank_jax.errors import GenrankError
 from tests.data import fixtures
 
 NUM_RATINGS = 120  # data rows copied from ml-100k.inter (its line 1 is the header)
@@ -185,7 +185,8 @@ def test_binary_and_undecodable_files_say_so(ml100k, tmp_path):
     with pytest.raises(DataError, match=r"ml-100k\.inter: binary data \(a NUL byte at offset \d+\)"):
         load(raw)
     header = ml100k[0].encode()
-    raw = write_copy(tmp_path / "latin", ml100k, inter_bytes=header + b"\n196\t242\t3\t881250949\n1\t\xe9\t3\t881250949\n")
+    raw = write_copy(tmp_path / "latin", ml100k,
+                     inter_bytes=header + b"\n196\t242\t3\t881250949\n1\t\xe9\t3\t881250949\n")
     with pytest.raises(DataError, match=r"ml-100k\.inter:3: not utf-8 text \(byte 0xe9 at column 3\)"):
         load(raw)
 
@@ -207,7 +208,8 @@ def test_headerless_file_with_the_wrong_delimiter(tmp_path):
     fixtures.write_grouplens_100k(tmp_path / "raw", fixtures.movielens_log(seed=4))
     data = tmp_path / "raw" / "u.data"
     data.write_text(data.read_text().replace("\t", ","))
-    with pytest.raises(DataError, match=r"u\.data:1: the fields are comma-separated, but u\.data must be tab-separated"):
+    with pytest.raises(DataError,
+                       match=r"u\.data:1: the fields are comma-separated, but u\.data must be tab-separated"):
         load(tmp_path / "raw")
 
 
@@ -281,7 +283,8 @@ def test_exactly_another_configs_size_is_refused(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(movielens, "DOCUMENTED", {name: dataclasses.replace(facts, num_ratings=shrunk.get(
         name, facts.num_ratings)) for name, facts in movielens.DOCUMENTED.items()})
     with pytest.raises(DataError, match=rf"ratings\.csv: exactly {len(log.users)} ratings, the size of movielens:20m, "
-                                        rf"not of movielens:32m \({len(log.users) + 5}\) \(load movielens:20m instead\)"):
+                                        rf"not of movielens:32m \({len(log.users) + 5}\) "
+                                        r"\(load movielens:20m instead\)"):
         sources.load_dataset("movielens:32m", data_dir=tmp_path / "raw", tfds_dir=tmp_path / "tfds")
     assert sources.load_dataset("movielens:20m", data_dir=tmp_path / "raw",
                                 tfds_dir=tmp_path / "tfds").interactions.num_exposures == len(log.users)

@@ -107,7 +107,8 @@ def test_item_table_and_content(tmp_path):
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"movie": movies, "studio": [f"s{m % 3}" for m in movies],
                              "emb": pa.array(list(content), pa.list_(pa.float32()))}), tmp_path / "items.parquet")
-    schema = files.SCHEMA.replace('[item_features]\ngenre = "genre"', '[item_table]\npath = "items.parquet"\nitem = "movie"\n'
+    schema = files.SCHEMA.replace('[item_features]\ngenre = "genre"',
+                                  '[item_table]\npath = "items.parquet"\nitem = "movie"\n'
                                   '[item_features]\nstudio = "studio"\n[content]\ncolumn = "emb"')
     dataset = load(*files.write(tmp_path, table, schema=schema), tmp_path)
     items = dataset.vocabulary.items
@@ -116,7 +117,8 @@ def test_item_table_and_content(tmp_path):
     np.testing.assert_array_equal(dataset.catalog.content[rows[known]], content[known])
     assert dataset.spec.content_dim == 6 and dataset.spec.side_vocab_sizes == (4,)
     np.testing.assert_array_equal(dataset.catalog.side_features[rows[known], 0],
-                                  dataset.vocabulary.item_features["studio"].lookup([f"s{m % 3}" for m in movies[known]]))
+                                  dataset.vocabulary.item_features["studio"].lookup(
+                                      [f"s{m % 3}" for m in movies[known]]))
 
 
 def test_prepared_once_and_again_when_file_or_schema_changes(tmp_path):

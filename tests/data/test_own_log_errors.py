@@ -125,7 +125,8 @@ def test_item_table_that_matches_few_items_is_refused(tmp_path):
 
     pq.write_table(pa.table({"movie": np.arange(5, dtype=np.int64), "studio": ["a"] * 5}), tmp_path / "items.parquet")
     schema = files.SCHEMA.replace('[item_features]\ngenre = "genre"',
-                                  '[item_table]\npath = "items.parquet"\nitem = "movie"\n[item_features]\nstudio = "studio"')
+                                  '[item_table]\npath = "items.parquet"\nitem = "movie"\n'
+                                  '[item_features]\nstudio = "studio"')
     log, schema_path = files.write(tmp_path, schema=schema)
     with pytest.raises(DataError, match=r"items.parquet: only 0% of the log's items have a row"):
         load(log, schema_path, tmp_path)
@@ -134,7 +135,8 @@ def test_item_table_that_matches_few_items_is_refused(tmp_path):
 def test_cli_one_line_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GENRANK_TFDS_DIR", str(tmp_path / "tfds"))
     log, schema = files.write(tmp_path, bad_cell(files.log_table(), "liked", 5, 2, pa.int64()))
-    code = main(["train", "--data", f"log:{log}", "--schema", str(schema), "--out", str(tmp_path / "run"), "--steps", "1"])
+    code = main(["train", "--data", f"log:{log}", "--schema", str(schema), "--out", str(tmp_path / "run"),
+                 "--steps", "1"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith("genrank-jax train: ") and "row 6" in lines[0] and "--skip-bad-rows" in lines[0]

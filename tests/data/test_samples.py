@@ -158,7 +158,8 @@ def test_history_truncation_keeps_most_recent_and_zero_history():
     start = log.request_starts[last]
     np.testing.assert_array_equal(batch.item_ids[0, :2], log.item_ids[start - 2:start])
     empty = SampleBuilder(dataset, SampleLayout(max_history=0)).build([last], 8)
-    assert empty.lengths[0] == empty.num_candidates[0] and (empty.kinds[0, :empty.lengths[0]] == TokenKind.CANDIDATE).all()
+    assert (empty.lengths[0] == empty.num_candidates[0]
+            and (empty.kinds[0, :empty.lengths[0]] == TokenKind.CANDIDATE).all())
 
 
 def test_build_rejects_too_short_seq_len_and_too_many_requests():

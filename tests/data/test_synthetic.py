@@ -164,13 +164,15 @@ def test_sample_builder_on_simulated_requests(feed, organization):
     kinds = batch.kinds
     assert (kinds == TokenKind.CANDIDATE).sum() == m * len(requests)
     if organization == "item":
-        assert ((kinds == TokenKind.ITEM).sum(1) == history).all() and ((kinds == TokenKind.ACTION).sum(1) == history).all()
+        assert (((kinds == TokenKind.ITEM).sum(1) == history).all()
+                and ((kinds == TokenKind.ACTION).sum(1) == history).all())
     log = feed.dataset.interactions
     for b, request in enumerate(requests):
         start = log.request_starts[request]
         candidates = batch.item_ids[b, batch.lengths[b] - m:batch.lengths[b]]
         np.testing.assert_array_equal(candidates, log.item_ids[start:start + m])
-        np.testing.assert_array_equal(batch.labels[b, batch.lengths[b] - m:batch.lengths[b]], log.actions[start:start + m])
+        np.testing.assert_array_equal(batch.labels[b, batch.lengths[b] - m:batch.lengths[b]],
+                                      log.actions[start:start + m])
 
 
 def test_presets():

@@ -30,8 +30,9 @@ def test_backend_module_imports_with_its_jax_api(impl):
 
 
 def test_hopper_kernels_module_imports():
-    from genrank_jax.kernels import _gpu_hopper as hopper
     from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    from genrank_jax.kernels import _gpu_hopper as hopper
 
     index = inspect.signature(plgpu.load).parameters.get("idx")
     # jax 0.10 requires the index, 0.11 deprecates it (a default), 0.12 removed it.

@@ -17,9 +17,19 @@ import numpy as np
 import pytest
 
 from genrank_jax.kernels import (
-    CACHED_IMPLEMENTATIONS, IMPLEMENTATIONS, BackendSelfCheckWarning, attention, backend_report,
-    cached_attention, cached_unavailable_reason, default_impl, unavailable_reason)
-from genrank_jax.kernels import backends, selection, self_check
+    CACHED_IMPLEMENTATIONS,
+    IMPLEMENTATIONS,
+    BackendSelfCheckWarning,
+    attention,
+    backend_report,
+    backends,
+    cached_attention,
+    cached_unavailable_reason,
+    default_impl,
+    selection,
+    self_check,
+    unavailable_reason,
+)
 from tests.kernels.parity import Case, assert_rows_close, make_inputs
 
 PLATFORM = jax.devices()[0].platform

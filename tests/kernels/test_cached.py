@@ -23,7 +23,8 @@ def make_case(seed, *, batch=3, cache_len=37, slots=21, heads=2, head_dim=16, va
     rng = np.random.default_rng(seed)
     value_dim = value_dim or head_dim
     normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
-    q, k, v = normal(batch, slots, heads, head_dim), normal(batch, slots, heads, head_dim), normal(batch, slots, heads, value_dim)
+    q, k, v = (normal(batch, slots, heads, head_dim), normal(batch, slots, heads, head_dim),
+               normal(batch, slots, heads, value_dim))
     cache_k, cache_v = normal(batch, cache_len, heads, head_dim), normal(batch, cache_len, heads, value_dim)
     lengths = np.array(cache_lengths if cache_lengths is not None else rng.integers(0, cache_len + 1, batch))
     counts = np.array(num_candidates if num_candidates is not None else rng.integers(0, slots + 1, batch))
@@ -136,7 +137,8 @@ def test_bad_arguments_raise():
     arrays, cached, _, _ = make_case(6)
     q, k, v, cache_k, cache_v = arrays
     with pytest.raises(ValueError, match="cache_keys"):
-        cached_attention(q, k, v, cache_keys=cache_k[:, :, :1], cache_values=cache_v, cache_lengths=cached["cache_lengths"])
+        cached_attention(q, k, v, cache_keys=cache_k[:, :, :1], cache_values=cache_v,
+                         cache_lengths=cached["cache_lengths"])
     with pytest.raises(NotImplementedError, match="no backend 'pallas_tpu'"):
         cached_attention(q, k, v, cache_keys=cache_k, cache_values=cache_v, cache_lengths=cached["cache_lengths"],
                          impl="pallas_tpu")
@@ -160,7 +162,8 @@ def test_pallas_kernel_lowers_to_triton_for_cuda(kind):
     from tests.kernels.test_pallas_gpu import _cuda_target  # the abstract GPU jax >= 0.11 lowers for
     batch, slots, cache_len, heads, head_dim = 2, 100, 300, 2, 64
     spec = jax.ShapeDtypeStruct
-    tokens, cache = spec((batch, slots, heads, head_dim), jnp.bfloat16), spec((batch, cache_len, heads, head_dim), jnp.bfloat16)
+    tokens, cache = (spec((batch, slots, heads, head_dim), jnp.bfloat16),
+                     spec((batch, cache_len, heads, head_dim), jnp.bfloat16))
     ints = spec((batch,), jnp.int32)
     slopes = alibi_slopes(heads)
 

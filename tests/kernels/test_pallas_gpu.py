@@ -20,8 +20,14 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from genrank_jax.kernels import alibi_slopes, attention, unavailable_reason
-from genrank_jax.kernels import _gpu_hopper, pallas_mosaic_gpu, pallas_triton
+from genrank_jax.kernels import (
+    _gpu_hopper,
+    alibi_slopes,
+    attention,
+    pallas_mosaic_gpu,
+    pallas_triton,
+    unavailable_reason,
+)
 from tests.kernels.parity import Case, check_parity, make_inputs, run
 
 IMPLS = ("pallas_triton", "pallas_mosaic_gpu")

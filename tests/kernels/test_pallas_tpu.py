@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from genrank_jax.kernels import attention, unavailable_reason, valid_pairs
-from genrank_jax.kernels import pallas_tpu
+from genrank_jax.kernels import attention, pallas_tpu, unavailable_reason, valid_pairs
 from genrank_jax.kernels.pallas_tpu import BlockSizes
 from tests.kernels.parity import Case, check_parity, make_inputs, run
 

@@ -1,10 +1,9 @@
 """The jnp reference against the loop oracle on a fixed case, and the op's argument checks."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax
 
 from genrank_jax.kernels import attention
 from tests.kernels.oracle import oracle_attention

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig, leakage_impact
-from genrank_jax.leakage import bank, devices
+from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig, bank, devices, leakage_impact
 
 SMALL = ProbeConfig(dim=8, hidden=(16,), history=4, epochs=1, batch_size=256)
 

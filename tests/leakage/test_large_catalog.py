@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig
-from genrank_jax.leakage import bank
+from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig, bank
 from genrank_jax.leakage import probe as probe_lib
 from genrank_jax.leakage.impact import probe_aucs
 

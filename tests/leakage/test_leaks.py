@@ -62,8 +62,9 @@ def test_future_item_embeddings_ignore_everything_after_the_horizon():
     base = leaks.future_item_embeddings(_log(user, item, day, label, 15), 20 * DAY, 7 * DAY, 4, probe=config)
     assert base.shape == (15, 4)
     after = day > 27
-    changed = leaks.future_item_embeddings(_log(user, np.where(after, 0, item), day, np.where(after, 1 - label, label), 15),
-                                           20 * DAY, 7 * DAY, 4, probe=config)
+    changed = leaks.future_item_embeddings(
+        _log(user, np.where(after, 0, item), day, np.where(after, 1 - label, label), 15),
+        20 * DAY, 7 * DAY, 4, probe=config)
     np.testing.assert_array_equal(base, changed)
     inside = (day > 20) & (day <= 27)
     moved = leaks.future_item_embeddings(_log(user, item, day, np.where(inside, 1 - label, label), 15),

@@ -15,7 +15,6 @@ from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.leakage import Feature, InteractionLog, ProbeConfig, leakage_impact
 from genrank_jax.leakage.bank import standardized
 from genrank_jax.leakage.placebo import placebos_for
-from genrank_jax.leakage.report import paired_interval
 
 DRAWS = (1, 2, 3)
 PROBE = ProbeConfig(batch_size=256, epochs=3)

@@ -47,7 +47,8 @@ def test_deltas_are_paired_with_the_placebo_and_raw_deltas_with_the_baseline():
     placebo = report.row("placebo[item,4]")
     assert placebo.kind == "placebo" and placebo.significant and placebo.delta < 0
     # the bound is read from the controlled deltas
-    np.testing.assert_allclose(report.row("mllm").fraction_of_bound, report.row("mllm").delta / report.row("leak_big").delta)
+    np.testing.assert_allclose(report.row("mllm").fraction_of_bound,
+                               report.row("mllm").delta / report.row("leak_big").delta)
     with pytest.raises(ValueError, match="not a placebo row"):
         _report(placebos={"mllm": "other"})
     with pytest.raises(ValueError, match="not there"):

@@ -1,7 +1,8 @@
 """Per-row timeline lookups against a brute-force scan, with ties in time and unsorted rows."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genrank_jax.leakage.sequences import next_engaged, recent_engaged
 

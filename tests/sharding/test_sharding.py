@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, PartitionSpec as P
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
 from genrank_jax.baselines import build_model
 from genrank_jax.config import GenRankConfig
@@ -21,8 +22,8 @@ from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.sharding import RULES, ShardingError, ShardingOptions, make_mesh, match_rule, parse_mesh_spec
 from genrank_jax.sharding.rules import check_divisible, path_name, state_specs
 from genrank_jax.training import TrainConfig, make_optimizer
-from tests.sharding.harness import ROOT, run_worker, worker_command, worker_env
 from tests.sharding import workers
+from tests.sharding.harness import ROOT, run_worker, worker_command, worker_env
 
 ARCHITECTURES = [dict(architecture="genrank", block="transformer"), dict(architecture="genrank", block="hstu"),
                  dict(architecture="genrank", organization="item"), dict(architecture="din"),
@@ -64,7 +65,7 @@ def test_every_parameter_matches_a_rule_on_purpose(spec, overrides):
 
 
 def test_rules_are_ordered_patterns_and_unknown_parameters_fail():
-    assert all(isinstance(p, str) and isinstance(l, str) for p, l in RULES)
+    assert all(isinstance(p, str) and isinstance(layout, str) for p, layout in RULES)
     assert match_rule("embed/items/item/embedding")[1] == "rows"
     assert match_rule("blocks/3/qkv/kernel")[1] == "columns"
     key, attr, index = jax.tree_util.DictKey, jax.tree_util.GetAttrKey, jax.tree_util.SequenceKey
@@ -102,7 +103,8 @@ def test_split_dimensions_must_divide(spec):
     padded = abstract_state(spec, embedding_row_multiple=8)
     check_divisible(padded, state_specs(padded), mesh)
     with pytest.raises(ShardingError, match=r"blocks/0/qkv/kernel has 96 along dimension 1"):
-        check_divisible(padded, state_specs(padded, ShardingOptions(transformer="model")), AbstractMesh((1, 64), ("data", "model")))
+        check_divisible(padded, state_specs(padded, ShardingOptions(transformer="model")),
+                        AbstractMesh((1, 64), ("data", "model")))
 
 
 def test_bad_mesh_fails_before_any_work():
@@ -156,15 +158,16 @@ def test_two_processes_train_like_one(tmp_path, source):
 
 
 def test_cli_trains_on_a_mesh_and_rejects_a_bad_one(tmp_path):
-    fast = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "2", "--batch-size", "16", "--max-history", "16",
-            "--no-progress", "--embedding-row-multiple", "2"]
+    fast = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "2", "--batch-size", "16",
+            "--max-history", "16", "--no-progress", "--embedding-row-multiple", "2"]
     done = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=2,model=2",
-                           "--transformer", "model", *fast, "--out", str(tmp_path)], cwd=ROOT, env=worker_env(4), capture_output=True, text=True,
-                          timeout=600)
+                           "--transformer", "model", *fast, "--out", str(tmp_path)],
+                          cwd=ROOT, env=worker_env(4), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["steps"] == 2 and report["train"]["mesh"] == "data=2,model=2"
-    bad = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=3", *fast, "--out", str(tmp_path / "bad")],
+    bad = subprocess.run([*worker_command("x")[:1], "-m", "genrank_jax", "train", "--mesh", "data=3", *fast,
+                          "--out", str(tmp_path / "bad")],
                          cwd=ROOT, env=worker_env(4), capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "mesh data=3,model=1 needs 3 devices but there are 4" in bad.stderr
 

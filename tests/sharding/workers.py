@@ -8,11 +8,10 @@ assertion is a non-zero exit and its traceback reaches the test) and may write a
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import jax
-import pathlib
-
 import numpy as np
 from flax import nnx
 
@@ -89,7 +88,8 @@ def sharded_training_equals_one_device(out_dir: str):
     assert_same_training(reference, tensor_parallel, "data=4,model=2")
     rows, width = config.table_rows(dataset.spec.num_items), config.width
     assert shard_rows(tensor_parallel, "embed/items/item/embedding") == (rows // 2, width)
-    assert shard_rows(tensor_parallel, "embed/user/embedding") == (config.table_rows(dataset.spec.num_users) // 2, width)
+    assert shard_rows(tensor_parallel, "embed/user/embedding") == (config.table_rows(dataset.spec.num_users) // 2,
+                                                                   width)
     assert shard_rows(tensor_parallel, "blocks/0/qkv/kernel") == (width, 3 * width // 2)
     assert shard_rows(tensor_parallel, "embed/position/embedding") == (config.max_tokens, width)  # replicated
     for moment in ("mu", "nu"):  # optimizer state follows its parameter
@@ -196,7 +196,8 @@ def attention_per_device_block():
     reference and an interpret-mode Pallas kernel) sees only [B/4, S, H/2, D] blocks, and its
     output and input gradients equal the op on the global arrays without a mesh."""
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from genrank_jax.kernels import attention as global_attention
     from genrank_jax.kernels import sharded
@@ -225,7 +226,7 @@ def attention_per_device_block():
                    **{name: place(x, P("data") if x.shape[0] == batch else P()) for name, x in arrays.items()})
     for impl, interpret in (("xla", False), ("pallas_triton", True)):
         def loss(q, k, v, rest, attend):
-            out = attend(q, k, v, **rest, impl=impl, interpret=interpret)
+            out = attend(q, k, v, **rest, impl=impl, interpret=interpret)  # noqa: B023 - called in this iteration
             return jnp.sum(out * weights), out
 
         seen.clear()

@@ -23,8 +23,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import (BadRows, MissingFileError, binary, dense_codes, integer, non_negative_id,
-                                            read_table, require_file, timestamp_within)
+from genrank_jax.data.builders.rows import (
+    BadRows,
+    MissingFileError,
+    binary,
+    dense_codes,
+    integer,
+    non_negative_id,
+    read_table,
+    require_file,
+    timestamp_within,
+)
 
 WHERE = "KuaiRand comes from https://kuairand.com/ (unzip it and pass the folder as data_dir / manual_dir)"
 LOGS = ("log_standard_4_08_to_4_21", "log_standard_4_22_to_5_08", "log_random_4_22_to_5_08")
@@ -75,7 +84,8 @@ class GenrankKuairand(LogBuilder):
         for stem in LOGS:
             name = f"{stem}_{config_name}.csv"
             for folder in folders:
-                found = [folder / name] if (folder / name).is_file() else sorted(folder.glob(f"{stem}_{config_name}_part*.csv"))
+                found = ([folder / name] if (folder / name).is_file()
+                         else sorted(folder.glob(f"{stem}_{config_name}_part*.csv")))
                 if found:
                     logs += found  # part order does not matter: rows are sorted by time later
                     break
@@ -93,8 +103,8 @@ class GenrankKuairand(LogBuilder):
     def _read(self, manual_dir: pathlib.Path, bad: BadRows) -> ParsedLog:
         paths = self.locate(self.builder_config.name, manual_dir)
         time_ms = timestamp_within(FIRST_DAY, LAST_DAY, f"kuairand:{self.builder_config.name}", unit=1e-3)
-        columns = {"user_id": non_negative_id, "video_id": non_negative_id, "time_ms": time_ms, "is_rand": binary, "tab": integer,
-                   "play_time_ms": _optional_float, "duration_ms": _optional_float,
+        columns = {"user_id": non_negative_id, "video_id": non_negative_id, "time_ms": time_ms, "is_rand": binary,
+                   "tab": integer, "play_time_ms": _optional_float, "duration_ms": _optional_float,
                    **{name: binary for name in ACTION_COLUMNS}}
         tables = [read_table(path, columns, sep=",", header=True, bad=bad) for path in paths["logs"]]
         log = {key: np.concatenate([np.asarray(t[key]) for t in tables]) for key in columns}

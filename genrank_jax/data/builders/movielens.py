@@ -35,8 +35,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genrank_jax.data.builders.log_builder import LogBuilder, ParsedLog
-from genrank_jax.data.builders.rows import (BadRows, DataError, dense_codes, find_file, integer, non_negative_id,
-                                            rating_scale, read_table, require_file, timestamp_within)
+from genrank_jax.data.builders.rows import (
+    BadRows,
+    DataError,
+    dense_codes,
+    find_file,
+    integer,
+    non_negative_id,
+    rating_scale,
+    read_table,
+    require_file,
+    timestamp_within,
+)
 
 log = logging.getLogger(__name__)
 WHERE = ("MovieLens comes from GroupLens: https://grouplens.org/datasets/movielens/ "
@@ -127,7 +137,8 @@ def _user_table(user_raw: list[int], ages: list[int], genders: list[str], occupa
     gender, gender_vocab = dense_codes(genders)
     occupation, occupation_vocab = dense_codes(occupations)
     table = np.stack([age_bucket(np.array(ages, np.int64)), gender, occupation], axis=1)
-    return np.array(user_raw, np.int64).reshape(-1), table.reshape(-1, 3), (len(AGE_BANDS) + 2, gender_vocab, occupation_vocab)
+    return (np.array(user_raw, np.int64).reshape(-1), table.reshape(-1, 3),
+            (len(AGE_BANDS) + 2, gender_vocab, occupation_vocab))
 
 
 def _no_users():
@@ -246,7 +257,8 @@ class GenrankMovielens(LogBuilder):
                             paths["ratings"].stem, suffix, what)
         users = _no_users()
         if paths["users"] is not None:
-            t = read_table(paths["users"], {"user_id": non_negative_id, "age": integer, "gender": str, "occupation": str},
+            t = read_table(paths["users"],
+                           {"user_id": non_negative_id, "age": integer, "gender": str, "occupation": str},
                            sep="\t", header=True, bad=bad)
             users = _user_table(t["user_id"], t["age"], t["gender"], t["occupation"])
         return ratings, _item_side(*items), users
@@ -255,7 +267,8 @@ class GenrankMovielens(LogBuilder):
     def _read_100k(paths, bad, checks):
         table = read_table(paths["ratings"], dict(enumerate(checks)), sep="\t", header=False, bad=bad)
         flags = {5 + i: integer for i in range(len(GENRES_100K))}
-        t = read_table(paths["items"], {0: non_negative_id, 2: str, **flags}, sep="|", header=False, bad=bad, encoding="latin-1")
+        t = read_table(paths["items"], {0: non_negative_id, 2: str, **flags}, sep="|", header=False, bad=bad,
+                       encoding="latin-1")
         genres = [tuple(g for i, g in enumerate(GENRES_100K) if t[5 + i][row]) for row in range(len(t[0]))]
         items = _item_side(t[0], [_year_from_text(d) for d in t[2]], genres)
         u = read_table(paths["users"], {0: non_negative_id, 1: integer, 2: str, 3: str}, sep="|", header=False, bad=bad,
@@ -265,17 +278,19 @@ class GenrankMovielens(LogBuilder):
     @staticmethod
     def _read_1m(paths, bad, checks):
         table = read_table(paths["ratings"], dict(enumerate(checks)), sep="::", header=False, bad=bad)
-        t = read_table(paths["items"], {0: non_negative_id, 1: str, 2: str}, sep="::", header=False, bad=bad, encoding="latin-1")
-        items = _item_side(t[0], [_year_from_title(x) for x in t[1]], [_genre_list(g, "|") for g in t[2]])
-        u = read_table(paths["users"], {0: non_negative_id, 1: str, 2: integer, 3: str}, sep="::", header=False, bad=bad,
+        t = read_table(paths["items"], {0: non_negative_id, 1: str, 2: str}, sep="::", header=False, bad=bad,
                        encoding="latin-1")
+        items = _item_side(t[0], [_year_from_title(x) for x in t[1]], [_genre_list(g, "|") for g in t[2]])
+        u = read_table(paths["users"], {0: non_negative_id, 1: str, 2: integer, 3: str}, sep="::", header=False,
+                       bad=bad, encoding="latin-1")
         return [table[k] for k in range(4)], items, _user_table(u[0], u[2], u[1], u[3])
 
     @staticmethod
     def _read_csv(paths, bad, checks):
         columns = dict(zip(("userId", "movieId", "rating", "timestamp"), checks))
         table = read_table(paths["ratings"], columns, sep=",", header=True, bad=bad)
-        t = read_table(paths["items"], {"movieId": non_negative_id, "title": str, "genres": str}, sep=",", header=True, bad=bad)
+        t = read_table(paths["items"], {"movieId": non_negative_id, "title": str, "genres": str}, sep=",", header=True,
+                       bad=bad)
         items = _item_side(t["movieId"], [_year_from_title(x) for x in t["title"]],
                            [_genre_list(g, "|") for g in t["genres"]])
         return [table[k] for k in columns], items, _no_users()

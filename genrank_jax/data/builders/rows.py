@@ -161,8 +161,8 @@ def read_table(path: pathlib.Path, columns: Mapping[str | int, Callable[[str], o
         for key in columns:
             if key not in names:
                 if names and names[0].startswith("\ufeff"):
-                    raise DataError(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM), so its first column "
-                                    f"reads {names[0]!r}, not {names[0][1:]!r}: save it as UTF-8 without a BOM")
+                    raise DataError(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM), so its first "
+                                    f"column reads {names[0]!r}, not {names[0][1:]!r}: save it as UTF-8 without a BOM")
                 raise (_wrong_delimiter(path, 1, header_fields, sep, len(columns))
                        or DataError(f"{path}:1: header has no column {key!r}: {shown(names)}"))
             index[key] = names.index(key)

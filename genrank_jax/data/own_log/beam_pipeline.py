@@ -28,7 +28,8 @@ try:
 except ImportError as error:  # an optional extra: say how to get it
     from genrank_jax.errors import GenrankError
 
-    raise GenrankError("preparing a log with Apache Beam needs the beam extra: pip install 'genrank-jax[beam]'") from error
+    raise GenrankError("preparing a log with Apache Beam needs the beam extra: "
+                       "pip install 'genrank-jax[beam]'") from error
 
 METRICS = "genrank_jax.own_log"
 

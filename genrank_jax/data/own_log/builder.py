@@ -38,7 +38,8 @@ def user_record(user: int, chunk: Chunk, drop_duplicates: bool) -> tuple[dict, i
         keys.append(chunk.request)
     order = np.lexsort([*keys, chunk.time_ms])
     rows = chunk.take(order)
-    columns = [rows.time_ms, rows.item, rows.actions, rows.item_side] + ([rows.request] if rows.request is not None else [])
+    columns = ([rows.time_ms, rows.item, rows.actions, rows.item_side]
+               + ([rows.request] if rows.request is not None else []))
     same = np.ones(len(order) - 1, bool)
     for column in columns:
         flat = column.reshape(len(order), -1)
@@ -68,13 +69,15 @@ def concatenate(chunks, total: int | None = None) -> Chunk:
     if total is None:
         chunks = list(chunks)
         first = chunks[0]
-        return Chunk(**{name: None if getattr(first, name) is None else np.concatenate([getattr(c, name) for c in chunks])
+        return Chunk(**{name: None if getattr(first, name) is None
+                        else np.concatenate([getattr(c, name) for c in chunks])
                         for name in _CHUNK_FIELDS})
     out, filled = None, 0
     for chunk in chunks:
         if out is None:
             out = {name: None if getattr(chunk, name) is None else
-                   np.empty((total, *getattr(chunk, name).shape[1:]), getattr(chunk, name).dtype) for name in _CHUNK_FIELDS}
+                   np.empty((total, *getattr(chunk, name).shape[1:]), getattr(chunk, name).dtype)
+                   for name in _CHUNK_FIELDS}
         for name, array in out.items():
             if array is not None:
                 array[filled:filled + len(chunk)] = getattr(chunk, name)

@@ -24,8 +24,15 @@ import pathlib
 import numpy as np
 
 from genrank_jax.data.builders.rows import DataError, MissingFileError
-from genrank_jax.data.loading import (Split, _without_tfds_progress_bars, check_cutoff, last_request_split,
-                                      request_starts, temporal_cutoff, tfds_root)
+from genrank_jax.data.loading import (
+    Split,
+    _without_tfds_progress_bars,
+    check_cutoff,
+    last_request_split,
+    request_starts,
+    temporal_cutoff,
+    tfds_root,
+)
 from genrank_jax.data.own_log import memory_mapped
 from genrank_jax.data.own_log.builder import GenrankOwnLog
 from genrank_jax.data.own_log.reader import log_files
@@ -104,7 +111,8 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
               and (name != "request" or schema.request)]
     total = builder.info.metadata.get("num_rows")
     parts: dict[str, list] = {name: [] for name in wanted}
-    out = None if total is None else {name: np.empty((total, *widths[name]), dtypes.get(name, np.int64)) for name in wanted}
+    out = (None if total is None
+           else {name: np.empty((total, *widths[name]), dtypes.get(name, np.int64)) for name in wanted})
     user_keys, lengths, user_side, filled = [], [], [], 0
     for first in range(0, count, batch_records):
         records = read_prepared_records(builder, range(first, min(count, first + batch_records)))
@@ -126,7 +134,8 @@ def read_records(builder: GenrankOwnLog, batch_records: int = 20_000) -> dict:
     user_keys, lengths = np.asarray(user_keys, np.int64), np.asarray(lengths, np.int64)
     by_key = np.argsort(user_keys, kind="stable")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    rows = np.concatenate([np.arange(offsets[u], offsets[u + 1]) for u in by_key]) if len(by_key) else np.zeros(0, np.int64)
+    rows = (np.concatenate([np.arange(offsets[u], offsets[u + 1]) for u in by_key]) if len(by_key)
+            else np.zeros(0, np.int64))
     for name in wanted:  # one array at a time: the gather copies one column, not the log
         arrays[name] = arrays[name][rows]
     del rows

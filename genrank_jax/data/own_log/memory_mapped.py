@@ -47,7 +47,8 @@ def save(dataset: RankingDataset, folder: pathlib.Path) -> None:
             dataset.vocabulary.save(partial / "vocabulary.npz")
         spec = dataset.spec
         meta = {"name": dataset.name, "arrays": sorted(arrays),
-                "spec": {"num_items": spec.num_items, "num_users": spec.num_users, "action_names": list(spec.action_names),
+                "spec": {"num_items": spec.num_items, "num_users": spec.num_users,
+                         "action_names": list(spec.action_names),
                          "side_vocab_sizes": list(spec.side_vocab_sizes), "content_dim": spec.content_dim},
                 "info": dict(dataset.info)}
         (partial / DONE).write_text(json.dumps(meta, default=str))

@@ -172,7 +172,8 @@ def _csv_batches(path: pathlib.Path, schema: LogSchema, bad: BadRows):
             raise DataError(f"{path}: the file is empty (no header, no rows)") from None
         if "Column '" in message and "in include_columns does not exist" in message:
             _check_header(path, _csv_header(path, delimiter), schema)
-        raise DataError(f"{path}: not readable as a {'TSV' if delimiter == chr(9) else 'CSV'} log ({message})") from None
+        raise DataError(f"{path}: not readable as a {'TSV' if delimiter == chr(9) else 'CSV'} log "
+                        f"({message})") from None
     _check_header(path, _csv_header(path, delimiter), schema)
     row = 0
     try:

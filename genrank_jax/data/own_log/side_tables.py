@@ -40,7 +40,8 @@ def read_table(path: pathlib.Path, columns: list[str], role: str) -> pa.Table:
         raise DataError(f"{path} ({role}): not readable ({' '.join(str(error).split())})") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise DataError(f"{path} ({role}): no column {missing[0]!r}; the file's columns: {', '.join(table.column_names)}")
+        raise DataError(f"{path} ({role}): no column {missing[0]!r}; "
+                        f"the file's columns: {', '.join(table.column_names)}")
     if table.num_rows == 0:
         raise DataError(f"{path} ({role}): the file has no rows")
     return table

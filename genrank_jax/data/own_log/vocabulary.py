@@ -183,9 +183,11 @@ class Vocabulary:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
             oov = meta["oov_buckets"]
-            return cls(users=IdVocabulary(arrays["users"], oov["users"]), items=IdVocabulary(arrays["items"], oov["items"]),
+            return cls(users=IdVocabulary(arrays["users"], oov["users"]),
+                       items=IdVocabulary(arrays["items"], oov["items"]),
                        item_features={n: FeatureVocabulary(arrays[f"item_feature/{n}"]) for n in meta["item_features"]},
                        user_features={n: FeatureVocabulary(arrays[f"user_feature/{n}"]) for n in meta["user_features"]},
                        min_count=meta["min_count"], info=meta.get("info", {}))
         except (OSError, ValueError, KeyError) as error:
-            raise GenrankError(f"{path} is not a readable genrank-jax vocabulary ({type(error).__name__}: {error})") from None
+            raise GenrankError(f"{path} is not a readable genrank-jax vocabulary "
+                               f"({type(error).__name__}: {error})") from None
