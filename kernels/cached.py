@@ -30,9 +30,19 @@ import jax.numpy as jnp
 
 from genrank_jax.kernels import backends, selection
 from genrank_jax.kernels.attention import _check  # the full op's shape/dtype check, same messages
-from genrank_jax.typing import (CachedKeys, CachedValues, CachePositions, CacheTimes, CandidateOut,
-                                CandidatePositions, CandidateQueries, CandidateTimes, CandidateValues, HeadSlopes,
-                                Lengths)
+from genrank_jax.typing import (
+    CachedKeys,
+    CachedValues,
+    CachePositions,
+    CacheTimes,
+    CandidateOut,
+    CandidatePositions,
+    CandidateQueries,
+    CandidateTimes,
+    CandidateValues,
+    HeadSlopes,
+    Lengths,
+)
 
 CACHED_IMPLEMENTATIONS: tuple[str, ...] = backends.names("cached")
 

@@ -311,7 +311,8 @@ def lis_expected_time(config, probes: int, train_rows: int | None, *, sequential
         return (f"not measured for {config.model} probes of dim {config.dim} "
                 f"{'one at a time ' if sequential else ''}on {jax.default_backend()} (for scale: {MEASURED_LIS})")
     # the work grows with probes x rows x epochs; fixed costs (data, compiling) make small runs slower than this
-    seconds = run["seconds"] * (probes / run["probes"]) * (train_rows / run["train_rows"]) * (config.epochs / run["epochs"])
+    scale = (probes / run["probes"]) * (train_rows / run["train_rows"]) * (config.epochs / run["epochs"])
+    seconds = run["seconds"] * scale
     here = "" if cores() == run["cores"] else f"; this machine has {cores()} cores"
     return (f"about {_duration(seconds)} for at most {probes} probes on {train_rows:,} train rows "
             f"({config.epochs} epochs), scaled from the README's run ({run['probes']} probes, {run['train_rows']:,} "
