@@ -42,6 +42,7 @@ from genrank_jax.errors import GenrankError
 from genrank_jax.typing import Array, Float, Int
 
 if TYPE_CHECKING:  # model imports this module
+    from genrank_jax.config import GenRankConfig
     from genrank_jax.model import BlockAttention
 
 CachedKeys = Float[Array, "B N H D"]
@@ -176,6 +177,7 @@ def split_batch(batch: TokenBatch) -> tuple[History, Candidates]:
 
 
 # ---------------------------------------------------------------- checks (host side, concrete inputs)
+# Public: `Scorer` runs them on the host before its jitted calls, where the arrays are tracers.
 
 def _concrete(*arrays) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
@@ -215,7 +217,7 @@ def _check_items(name: str, item_ids, valid, num_items: int) -> None:
                            f"{np.unique(unknown)[:10].tolist()}")
 
 
-def _check_users(config, user_ids, where: str) -> None:
+def check_users(config: GenRankConfig, user_ids, where: str) -> None:
     """Raise for user ids the model does not know (jitted code maps them to the zero unknown-user
     row, `embeddings.user_rows`; a concrete request is refused instead, as unknown items are)."""
     if not _concrete(user_ids) or not config.use_user_embedding:
@@ -228,7 +230,7 @@ def _check_users(config, user_ids, where: str) -> None:
                            f"{np.unique(unknown)[:10].tolist()}")
 
 
-def _check_features(config, name: str, side, content, tokens: tuple, valid=None) -> None:
+def check_features(config: GenRankConfig, name: str, side, content, tokens: tuple, valid=None) -> None:
     """Side-feature and content widths (F, C) of the model for `tokens` (B, N), and side ids inside
     their vocabularies where `valid` [B, N] (a token that carries an item; None: not concrete).
     Widths are static, checked even under a trace: a narrower array would be read by index
@@ -250,12 +252,15 @@ def _check_features(config, name: str, side, content, tokens: tuple, valid=None)
                                f"0..{size - 1}): {np.unique(unknown)[:10].tolist()}")
 
 
-def _check_history(config, history: History, capacity: int) -> None:
+def check_history(config: GenRankConfig, history: History, capacity: int) -> None:
+    """Raise for a history the model cannot encode into a cache of `capacity` tokens: unknown users
+    or items, lengths outside the padded width, longer than the position table or the capacity, side
+    features of the wrong width or out of vocabulary (only the widths under a trace)."""
     width = history.item_ids.shape[1]
     if not _concrete(history):
-        _check_features(config, "history", history.side, history.content, history.item_ids.shape)
+        check_features(config, "history", history.side, history.content, history.item_ids.shape)
         return
-    _check_users(config, history.user_ids, "history user_ids")
+    check_users(config, history.user_ids, "history user_ids")
     lengths = np.asarray(history.lengths)
     if (lengths < 0).any() or (lengths > width).any():
         raise ServingError(f"history lengths must lie in [0, {width}] (the padded width), got {lengths.tolist()}")
@@ -271,14 +276,17 @@ def _check_history(config, history: History, capacity: int) -> None:
     in_history = np.arange(width)[None, :] < lengths[:, None]
     carries_item = in_history & (np.asarray(history.kinds) != TokenKind.ACTION)
     _check_items("history tokens", history.item_ids, carries_item, config.features.num_items)
-    _check_features(config, "history", history.side, history.content, history.item_ids.shape, carries_item)
+    check_features(config, "history", history.side, history.content, history.item_ids.shape, carries_item)
 
 
-def _check_candidates(config, candidates: Candidates) -> None:
+def check_candidates(config: GenRankConfig, candidates: Candidates) -> None:
+    """Raise for candidates the model cannot score: no slots or no candidates, counts outside the
+    slots, unknown items, side features of the wrong width or out of vocabulary (only the shapes
+    under a trace)."""
     if candidates.item_ids.shape[1] == 0:
         raise ServingError("the candidate list is empty (M = 0): nothing to score")
     if not _concrete(candidates):
-        _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
+        check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
         return
     counts = np.asarray(candidates.num_candidates)
     slots = candidates.item_ids.shape[1]
@@ -288,7 +296,7 @@ def _check_candidates(config, candidates: Candidates) -> None:
         raise ServingError("every candidate list is empty (num_candidates are all 0): nothing to score")
     valid = np.arange(slots)[None, :] < counts[:, None]
     _check_items("candidates", candidates.item_ids, valid, config.features.num_items)
-    _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape, valid)
+    check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape, valid)
 
 
 # ---------------------------------------------------------------- the three operations
@@ -355,7 +363,7 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
                            "served from a history cache: only the causal history can")
     batch, width = history.item_ids.shape
     capacity = width if capacity is None else int(capacity)
-    _check_history(config, history, capacity)
+    check_history(config, history, capacity)
     lengths = jnp.asarray(history.lengths, jnp.int32)
     if _is_silu(model):
         if num_candidates is None:
@@ -407,8 +415,8 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
     config = model.config
     _check_cache_shape(model, cache)
     check_model(cache, model_tag(model) if tag is None else tag)
-    _check_users(config, cache.user_ids, "the cache's user_ids")
-    _check_candidates(config, candidates)
+    check_users(config, cache.user_ids, "the cache's user_ids")
+    check_candidates(config, candidates)
     batch, slots = candidates.item_ids.shape
     if batch != cache.batch_size:
         raise ServingError(f"candidates are for {batch} users but the cache holds {cache.batch_size}")
@@ -458,7 +466,7 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
         raise ServingError(f"new exposures are for {batch} users but the cache holds {cache.batch_size}")
     capacity = cache.capacity
     if _concrete(new, cache.lengths):
-        _check_history(config, new, width)
+        check_history(config, new, width)
         total = np.asarray(cache.lengths) + np.asarray(new.lengths)
         if total.max(initial=0) > min(capacity, config.max_tokens - 1):
             raise ServingError(f"appending gives a history of {int(total.max())} tokens; the cache holds {capacity} "
@@ -483,4 +491,4 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
 
 
 __all__ = ["History", "Candidates", "HistoryCache", "ServingError", "split_batch", "encode_history", "score",
-           "append", "model_tag", "check_model"]
+           "append", "model_tag", "check_model", "check_history", "check_candidates", "check_users", "check_features"]
