@@ -160,7 +160,7 @@ class Scorer:
                     raise ServingError(f"request {b}: {field} must be [{ids.size}, {width}] (one row of {width} per "
                                        f"candidate, as the model was trained), got shape {np.shape(fields[field])}")
             serving.check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
-                                    np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
+                                   np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
             for start in range(0, ids.size, m):
                 count = min(m, ids.size - start)
                 part = slice(start, start + count)
