@@ -1,4 +1,9 @@
-"""The two block types; both run `genrank_jax.kernels.attention` with the fused ALiBi biases."""
+"""The two block types; both run `genrank_jax.kernels.attention` with the fused ALiBi biases.
+
+A block is `project` (q, k, v and what `finish` needs) then `finish` (its output from the attention
+output); `GenRank.forward` runs the attention between them, the full op or a cached one, so every
+path (training, encoding, cached scoring, append) runs the blocks the same way.
+"""
 
 from __future__ import annotations
 
@@ -95,10 +100,6 @@ class TransformerBlock(nnx.Module):
         x = x + self.out(attended.reshape(x.shape))
         return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x))))
 
-    def __call__(self, x, batch: TokenBatch, mask: ExplicitMask | None = None):
-        q, k, v, carry = self.project(x)
-        return self.finish(x, self.attention(q, k, v, batch, mask), carry)
-
 
 class HSTUBlock(nnx.Module):
     """HSTU: u, v, q, k = split(silu(W x)); A = silu attention; y = W_o(u * norm(A v)) + x."""
@@ -120,10 +121,6 @@ class HSTUBlock(nnx.Module):
 
     def finish(self, x, attended, u):
         return x + self.out(u * self.output_norm(attended.reshape(x.shape)))
-
-    def __call__(self, x, batch: TokenBatch, mask: ExplicitMask | None = None):
-        q, k, v, u = self.project(x)
-        return self.finish(x, self.attention(q, k, v, batch, mask), u)
 
 
 BLOCKS = {"transformer": TransformerBlock, "hstu": HSTUBlock}

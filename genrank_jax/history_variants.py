@@ -65,6 +65,20 @@ def shadow_batch(batch: TokenBatch) -> TokenBatch:
                                labels=batch.actions * exposure[..., None])
 
 
+# TokenBatch fields with one entry per token (the rest are per row: user_ids, lengths, ...)
+PER_TOKEN_FIELDS = ("item_ids", "kinds", "actions", "side", "content", "positions", "request_index", "gap_bucket",
+                    "slot", "timestamps", "labels", "aggregates")
+
+
+def with_shadows(batch: TokenBatch) -> TokenBatch:
+    """[B, 2S] tokens: the sequence, then its shadows (`shadow_batch`) appended after it, so one
+    pass embeds and runs both (the row fields, lengths and candidates, stay the sequence's)."""
+    shadows = shadow_batch(batch)
+    joined = {name: jnp.concatenate([getattr(batch, name), getattr(shadows, name)], axis=1)
+              for name in PER_TOKEN_FIELDS if getattr(batch, name) is not None}
+    return dataclasses.replace(batch, **joined)
+
+
 def with_shadows_visibility(visible, batch: TokenBatch):
     """[B, 2S, 2S]: `visible` for the sequence, then shadow i sees history keys j < i and itself."""
     seq_len = batch.kinds.shape[1]
@@ -125,4 +139,4 @@ def explicit_mask(batch: TokenBatch, *, full_history: bool, shadows: bool) -> Ex
 
 
 __all__ = ["ExplicitMask", "explicit_mask", "masked_attention", "sequence_visibility", "shadow_batch",
-           "with_shadows_visibility"]
+           "with_shadows", "with_shadows_visibility"]

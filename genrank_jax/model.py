@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genrank_jax.blocks import BLOCKS
+from genrank_jax.blocks import BLOCKS, RelativeAttention
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch
 from genrank_jax.embeddings import TokenEmbedding
 from genrank_jax import history_variants, serving
-from genrank_jax.typing import TaskLogits
+from genrank_jax.history_variants import ExplicitMask
+from genrank_jax.typing import AttentionOut, Hidden, Keys, Queries, TaskLogits, Values
+
+# How one block attends on a given path: (block index, the block's attention module, q, k, v) ->
+# (attended [B, S, H, Dv], the block's keys and values after this pass). The full pass returns
+# k, v (what encoding caches); cached scoring returns the cache's; append the cache with k, v added.
+BlockAttention = Callable[[int, RelativeAttention, Queries, Keys, Values], tuple[AttentionOut, Keys, Values]]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ForwardPass:
+    """What `GenRank.forward` returns.
+
+    logits: [B, S, A] float32 (None when asked without)    hidden: [B, S, W] the last block's output
+    keys, values: one [B, *, H, D] / [B, *, H, Dv] per block, as `attend` returned them
+    """
+
+    logits: TaskLogits | None
+    hidden: Hidden
+    keys: tuple
+    values: tuple
+
+
+def attend_over(batch: TokenBatch, mask: ExplicitMask | None = None) -> BlockAttention:
+    """Every block runs the attention op over `batch`'s jagged layout (or, with `mask`, the
+    research variants' explicit-mask attention) and keeps its own keys and values."""
+    def attend(index: int, attention: RelativeAttention, q, k, v):
+        return attention(q, k, v, batch, mask), k, v
+
+    return attend
 
 
 class TaskHeads(nnx.Module):
@@ -55,28 +89,38 @@ class GenRank(nnx.Module):
 
         extra_embeddings: optional [B, S, W] added to the token embeddings (see `TokenEmbedding`).
         """
-        x = self.embed(batch, extra_embeddings)
         mask = (history_variants.explicit_mask(batch, full_history=True, shadows=False)
                 if self.config.history_mask == "full" else None)
-        return self._logits(self._blocks(x, batch, mask), batch.aggregates)
+        return self.forward(batch, attend_over(batch, mask), extra_embeddings=extra_embeddings).logits
 
     def logits_with_history(self, batch: TokenBatch) -> tuple[TaskLogits, TaskLogits]:
         """([B, S, A] as `__call__`, [B, S, A] logits of each history exposure scored as a candidate
         from the history before it): the `history_loss` ablation's training pass
         (`genrank_jax.history_variants`). The first is equal to `__call__`'s."""
         seq_len = batch.kinds.shape[1]
-        shadows = history_variants.shadow_batch(batch)
-        x = jnp.concatenate([self.embed(batch), self.embed(shadows)], axis=1)
+        joined = history_variants.with_shadows(batch)
         mask = history_variants.explicit_mask(batch, full_history=self.config.history_mask == "full", shadows=True)
-        aggregates = None if batch.aggregates is None else jnp.concatenate([batch.aggregates] * 2, axis=1)
-        logits = self._logits(self._blocks(x, batch, mask), aggregates)
+        logits = self.forward(joined, attend_over(joined, mask)).logits
         return logits[:, :seq_len], logits[:, seq_len:]
 
-    def _blocks(self, x, batch: TokenBatch, mask):
-        x = x.astype(jnp.dtype(self.config.dtype))
-        for block in self.blocks:
-            x = block(x, batch, mask)
-        return x
+    def forward(self, tokens: TokenBatch, attend: BlockAttention, *, extra_embeddings=None,
+                with_logits: bool = True) -> ForwardPass:
+        """The one forward path: embed `tokens`, run every block (its attention by `attend`), heads.
+
+        Training, the research variants, history encoding, cached scoring and `append` all come
+        here and differ only in `attend`, so a change to the blocks or heads reaches every path.
+        with_logits: False skips the heads (encoding and append keep only keys and values).
+        """
+        x = self.embed(tokens, extra_embeddings).astype(jnp.dtype(self.config.dtype))
+        keys, values = [], []
+        for index, block in enumerate(self.blocks):
+            q, k, v, carry = block.project(x)
+            attended, k, v = attend(index, block.attention, q, k, v)
+            x = block.finish(x, attended, carry)
+            keys.append(k)
+            values.append(v)
+        logits = self._logits(x, tokens.aggregates) if with_logits else None
+        return ForwardPass(logits=logits, hidden=x, keys=tuple(keys), values=tuple(values))
 
     def _logits(self, x, aggregates) -> TaskLogits:
         logits = self.heads(x).astype(jnp.float32)

@@ -99,7 +99,7 @@ class Scorer:
     def encode(self, history: History, *, num_candidates=None, capacity: int | None = None) -> HistoryCache:
         """`GenRank.encode_history`, compiled (inputs checked on the host first)."""
         capacity = history.item_ids.shape[1] if capacity is None else int(capacity)
-        serving._check_history(self.config, history, capacity)
+        serving.check_history(self.config, history, capacity)
         if self.config.block == "hstu" and num_candidates is None:
             raise ServingError("HSTU blocks divide attention by the sample's whole token count, so encoding needs "
                                "num_candidates (the request's candidate count per user)")
@@ -111,7 +111,7 @@ class Scorer:
         """`HistoryCache.append`, compiled."""
         serving.check_model(cache, self.tag)
         if self.config.block != "hstu":  # HSTU raises inside; the length checks need concrete arrays
-            serving._check_history(self.config, new, new.item_ids.shape[1])
+            serving.check_history(self.config, new, new.item_ids.shape[1])
             total = np.asarray(cache.lengths) + np.asarray(new.lengths)
             if total.max(initial=0) > min(cache.capacity, self.config.max_tokens - 1):
                 raise ServingError(f"appending gives a history of {int(total.max())} tokens; the cache holds "
@@ -124,8 +124,8 @@ class Scorer:
         Compiles once per candidate shape; `score_requests` is the fixed-shape path for serving.
         """
         serving.check_model(cache, self.tag)
-        serving._check_users(self.config, cache.user_ids, "the cache's user_ids")
-        serving._check_candidates(self.config, candidates)
+        serving.check_users(self.config, cache.user_ids, "the cache's user_ids")
+        serving.check_candidates(self.config, candidates)
         users = jnp.arange(cache.batch_size, dtype=jnp.int32)
         return self._score_rows(self.state, cache, users, candidates)
 
@@ -159,8 +159,8 @@ class Scorer:
                 if np.shape(fields[field]) != (ids.size, width):
                     raise ServingError(f"request {b}: {field} must be [{ids.size}, {width}] (one row of {width} per "
                                        f"candidate, as the model was trained), got shape {np.shape(fields[field])}")
-            serving._check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
-                                    np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
+            serving.check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
+                                   np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
             for start in range(0, ids.size, m):
                 count = min(m, ids.size - start)
                 part = slice(start, start + count)
@@ -194,7 +194,7 @@ class Scorer:
     def score_requests(self, cache: HistoryCache, requests: Sequence[Request | None]) -> list[np.ndarray | None]:
         """[M_b, A] float32 logits per request (None where the request is None), in micro-batches."""
         serving.check_model(cache, self.tag)
-        serving._check_users(self.config, cache.user_ids, "the cache's user_ids")
+        serving.check_users(self.config, cache.user_ids, "the cache's user_ids")
         users, rows, where = self._pack(cache, requests)
         size = self.rows_per_batch
         pending = []

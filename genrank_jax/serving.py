@@ -5,6 +5,9 @@ and the history is causal. So a history's per-block keys and values (the `Histor
 candidate needs: `score(cache, candidates)` runs only the candidate tokens through the blocks, each
 attending to the cache and to itself (`kernels.cached_attention`), and equals the full forward pass
 on history + candidates. `append` adds newly observed exposures without recomputing the rest.
+All three run the model's one forward path, `GenRank.forward`, and differ only in how each block
+attends (`_attend_history`, `_attend_cache`, `_attend_appended`): the blocks and heads are the
+training pass's own code, not a copy.
 
 The cache is an explicit pytree passed in and returned (functional, as Gemma's JAX code keeps its
 cache); its shapes are fixed when it is created (`capacity` history tokens per user), so scoring
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +40,10 @@ from genrank_jax import embeddings
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
 from genrank_jax.typing import Array, Float, Int
+
+if TYPE_CHECKING:  # model imports this module
+    from genrank_jax.config import GenRankConfig
+    from genrank_jax.model import BlockAttention
 
 CachedKeys = Float[Array, "B N H D"]
 CachedValues = Float[Array, "B N H Dv"]
@@ -168,6 +177,7 @@ def split_batch(batch: TokenBatch) -> tuple[History, Candidates]:
 
 
 # ---------------------------------------------------------------- checks (host side, concrete inputs)
+# Public: `Scorer` runs them on the host before its jitted calls, where the arrays are tracers.
 
 def _concrete(*arrays) -> bool:
     return not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(arrays))
@@ -207,7 +217,7 @@ def _check_items(name: str, item_ids, valid, num_items: int) -> None:
                            f"{np.unique(unknown)[:10].tolist()}")
 
 
-def _check_users(config, user_ids, where: str) -> None:
+def check_users(config: GenRankConfig, user_ids, where: str) -> None:
     """Raise for user ids the model does not know (jitted code maps them to the zero unknown-user
     row, `embeddings.user_rows`; a concrete request is refused instead, as unknown items are)."""
     if not _concrete(user_ids) or not config.use_user_embedding:
@@ -220,7 +230,7 @@ def _check_users(config, user_ids, where: str) -> None:
                            f"{np.unique(unknown)[:10].tolist()}")
 
 
-def _check_features(config, name: str, side, content, tokens: tuple, valid=None) -> None:
+def check_features(config: GenRankConfig, name: str, side, content, tokens: tuple, valid=None) -> None:
     """Side-feature and content widths (F, C) of the model for `tokens` (B, N), and side ids inside
     their vocabularies where `valid` [B, N] (a token that carries an item; None: not concrete).
     Widths are static, checked even under a trace: a narrower array would be read by index
@@ -242,12 +252,15 @@ def _check_features(config, name: str, side, content, tokens: tuple, valid=None)
                                f"0..{size - 1}): {np.unique(unknown)[:10].tolist()}")
 
 
-def _check_history(config, history: History, capacity: int) -> None:
+def check_history(config: GenRankConfig, history: History, capacity: int) -> None:
+    """Raise for a history the model cannot encode into a cache of `capacity` tokens: unknown users
+    or items, lengths outside the padded width, longer than the position table or the capacity, side
+    features of the wrong width or out of vocabulary (only the widths under a trace)."""
     width = history.item_ids.shape[1]
     if not _concrete(history):
-        _check_features(config, "history", history.side, history.content, history.item_ids.shape)
+        check_features(config, "history", history.side, history.content, history.item_ids.shape)
         return
-    _check_users(config, history.user_ids, "history user_ids")
+    check_users(config, history.user_ids, "history user_ids")
     lengths = np.asarray(history.lengths)
     if (lengths < 0).any() or (lengths > width).any():
         raise ServingError(f"history lengths must lie in [0, {width}] (the padded width), got {lengths.tolist()}")
@@ -263,14 +276,17 @@ def _check_history(config, history: History, capacity: int) -> None:
     in_history = np.arange(width)[None, :] < lengths[:, None]
     carries_item = in_history & (np.asarray(history.kinds) != TokenKind.ACTION)
     _check_items("history tokens", history.item_ids, carries_item, config.features.num_items)
-    _check_features(config, "history", history.side, history.content, history.item_ids.shape, carries_item)
+    check_features(config, "history", history.side, history.content, history.item_ids.shape, carries_item)
 
 
-def _check_candidates(config, candidates: Candidates) -> None:
+def check_candidates(config: GenRankConfig, candidates: Candidates) -> None:
+    """Raise for candidates the model cannot score: no slots or no candidates, counts outside the
+    slots, unknown items, side features of the wrong width or out of vocabulary (only the shapes
+    under a trace)."""
     if candidates.item_ids.shape[1] == 0:
         raise ServingError("the candidate list is empty (M = 0): nothing to score")
     if not _concrete(candidates):
-        _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
+        check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
         return
     counts = np.asarray(candidates.num_candidates)
     slots = candidates.item_ids.shape[1]
@@ -280,7 +296,7 @@ def _check_candidates(config, candidates: Candidates) -> None:
         raise ServingError("every candidate list is empty (num_candidates are all 0): nothing to score")
     valid = np.arange(slots)[None, :] < counts[:, None]
     _check_items("candidates", candidates.item_ids, valid, config.features.num_items)
-    _check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape, valid)
+    check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape, valid)
 
 
 # ---------------------------------------------------------------- the three operations
@@ -317,6 +333,22 @@ def _is_silu(model) -> bool:
     return model.config.block == "hstu"
 
 
+def _attend_history(tokens: TokenBatch, normalizer, *, silu: bool) -> BlockAttention:
+    """Encoding's attention: the causal history alone, whose rows equal the full pass's, and the
+    block's keys and values as the cache keeps them."""
+    # HSTU: the full pass divides by history + candidates, the op over the history alone by history
+    rescale = (jnp.maximum(tokens.lengths, 1).astype(jnp.float32) / jnp.maximum(normalizer, 1).astype(jnp.float32)
+               if silu else None)
+
+    def attend(index: int, attention, q, k, v):
+        attended = attention(q, k, v, tokens)
+        if rescale is not None:
+            attended = attended * rescale[:, None, None, None].astype(attended.dtype)
+        return attended, k, v
+
+    return attend
+
+
 def encode_history(model, history: History, *, num_candidates=None, capacity: int | None = None,
                    tag: np.ndarray | None = None) -> HistoryCache:
     """The `HistoryCache` of `history` (capacity: history tokens it can hold, default the width N).
@@ -331,7 +363,7 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
                            "served from a history cache: only the causal history can")
     batch, width = history.item_ids.shape
     capacity = width if capacity is None else int(capacity)
-    _check_history(config, history, capacity)
+    check_history(config, history, capacity)
     lengths = jnp.asarray(history.lengths, jnp.int32)
     if _is_silu(model):
         if num_candidates is None:
@@ -344,19 +376,9 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
         history = jax.tree.map(lambda a: _pad_to(a, 1, capacity) if np.ndim(a) >= 2 else jnp.asarray(a), history)
     positions = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (batch, capacity))
     tokens = _history_tokens(history, positions)
-    x = model.embed(tokens).astype(jnp.dtype(config.dtype))
-    keys, values = [], []
-    for block in model.blocks:
-        q, k, v, carry = block.project(x)
-        attended = block.attention(q, k, v, tokens)  # the causal history alone: rows equal the full pass's
-        if _is_silu(model):  # the full pass divides by history + candidates, not history alone
-            rescale = jnp.maximum(lengths, 1).astype(jnp.float32) / jnp.maximum(normalizer, 1).astype(jnp.float32)
-            attended = attended * rescale[:, None, None, None].astype(attended.dtype)
-        x = block.finish(x, attended, carry)
-        keys.append(k)
-        values.append(v)
+    encoded = model.forward(tokens, _attend_history(tokens, normalizer, silu=_is_silu(model)), with_logits=False)
     return HistoryCache(
-        keys=tuple(keys), values=tuple(values), positions=positions, timestamps=tokens.timestamps,
+        keys=encoded.keys, values=encoded.values, positions=positions, timestamps=tokens.timestamps,
         lengths=lengths, user_ids=tokens.user_ids, normalizer=normalizer.astype(jnp.int32),
         model_tag=jnp.asarray(model_tag(model) if tag is None else tag, jnp.uint32))
 
@@ -369,6 +391,20 @@ def _check_cache_shape(model, cache: HistoryCache) -> None:
                            f"{(config.num_heads, config.head_dim)}: it was encoded by another model")
 
 
+def _attend_cache(cache: HistoryCache, tokens: TokenBatch, *, impl: str | None) -> BlockAttention:
+    """Scoring's attention: candidate tokens against block i's cached history and themselves; the
+    cache is left as it is."""
+    def attend(index: int, attention, q, k, v):
+        keys, values = cache.keys[index], cache.values[index]
+        attended = attention.cached(
+            q, k, v, keys, values, cache_lengths=cache.lengths, num_candidates=tokens.lengths,
+            positions=tokens.positions, cache_positions=cache.positions, timestamps=tokens.timestamps,
+            cache_timestamps=cache.timestamps, normalizer=cache.normalizer, impl=impl)
+        return attended, keys, values
+
+    return attend
+
+
 def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | None = None,
           tag: np.ndarray | None = None) -> CandidateLogits:
     """[B, M, A] float32 logits of each user's candidates (0 past `num_candidates`).
@@ -379,8 +415,8 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
     config = model.config
     _check_cache_shape(model, cache)
     check_model(cache, model_tag(model) if tag is None else tag)
-    _check_users(config, cache.user_ids, "the cache's user_ids")
-    _check_candidates(config, candidates)
+    check_users(config, cache.user_ids, "the cache's user_ids")
+    check_candidates(config, candidates)
     batch, slots = candidates.item_ids.shape
     if batch != cache.batch_size:
         raise ServingError(f"candidates are for {batch} users but the cache holds {cache.batch_size}")
@@ -396,16 +432,24 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
         positions=positions, request_index=per_slot(candidates.request_index, jnp.int32),
         gap_bucket=per_slot(candidates.gap_bucket, jnp.int32), slot=jnp.asarray(candidates.slot, jnp.int32),
         timestamps=per_slot(candidates.request_time, jnp.float32), lengths=num_candidates)
-    x = model.embed(tokens).astype(jnp.dtype(config.dtype))
-    for block, keys, values in zip(model.blocks, cache.keys, cache.values):
-        q, k, v, carry = block.project(x)
-        attended = block.attention.cached(
-            q, k, v, keys, values, cache_lengths=cache.lengths, num_candidates=num_candidates, positions=positions,
-            cache_positions=cache.positions, timestamps=tokens.timestamps, cache_timestamps=cache.timestamps,
-            normalizer=cache.normalizer, impl=impl)
-        x = block.finish(x, attended, carry)
-    logits = model.heads(x).astype(jnp.float32)
+    logits = model.forward(tokens, _attend_cache(cache, tokens, impl=impl)).logits
     return jnp.where(valid[..., None], logits, 0.0)
+
+
+def _attend_appended(cache: HistoryCache, whole: TokenBatch, rows,
+                     scatter: Callable[[jax.Array, jax.Array], jax.Array]) -> BlockAttention:
+    """Append's attention: the new tokens' keys and values scattered into block i's cache at
+    `rows` [B, W], and the new rows of the full causal op over the extended history (`whole`)."""
+    capacity = cache.capacity
+
+    def attend(index: int, attention, q, k, v):
+        keys, values = scatter(cache.keys[index], k), scatter(cache.values[index], v)
+        queries = scatter(jnp.zeros_like(keys), q)  # old rows' outputs are not needed: zero queries
+        out = attention(queries, keys, values, whole)
+        attended = jnp.take_along_axis(out, jnp.minimum(rows, capacity - 1)[:, :, None, None], axis=1)
+        return attended, keys, values
+
+    return attend
 
 
 def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None = None) -> HistoryCache:
@@ -422,7 +466,7 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
         raise ServingError(f"new exposures are for {batch} users but the cache holds {cache.batch_size}")
     capacity = cache.capacity
     if _concrete(new, cache.lengths):
-        _check_history(config, new, width)
+        check_history(config, new, width)
         total = np.asarray(cache.lengths) + np.asarray(new.lengths)
         if total.max(initial=0) > min(capacity, config.max_tokens - 1):
             raise ServingError(f"appending gives a history of {int(total.max())} tokens; the cache holds {capacity} "
@@ -441,21 +485,10 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
                     kinds=jnp.zeros((batch, capacity), jnp.int8), actions=jnp.zeros((batch, capacity, 1), jnp.float32),
                     side=None, content=None, positions=cache.positions, request_index=None, gap_bucket=None,
                     slot=None, timestamps=timestamps, lengths=lengths)
-    x = model.embed(tokens).astype(jnp.dtype(config.dtype))
-    keys, values = [], []
-    for block, cached_keys, cached_values in zip(model.blocks, cache.keys, cache.values):
-        q, k, v, carry = block.project(x)
-        cached_keys, cached_values = scatter(cached_keys, k), scatter(cached_values, v)
-        # the new rows of the full causal op over the extended history (old rows are not needed)
-        queries = scatter(jnp.zeros_like(cached_keys), q)
-        out = block.attention(queries, cached_keys, cached_values, whole)
-        attended = jnp.take_along_axis(out, jnp.minimum(rows, capacity - 1)[:, :, None, None], axis=1)
-        x = block.finish(x, attended, carry)
-        keys.append(cached_keys)
-        values.append(cached_values)
-    return dataclasses.replace(cache, keys=tuple(keys), values=tuple(values), timestamps=timestamps,
+    appended = model.forward(tokens, _attend_appended(cache, whole, rows, scatter), with_logits=False)
+    return dataclasses.replace(cache, keys=appended.keys, values=appended.values, timestamps=timestamps,
                                lengths=lengths, normalizer=lengths)
 
 
 __all__ = ["History", "Candidates", "HistoryCache", "ServingError", "split_batch", "encode_history", "score",
-           "append", "model_tag", "check_model"]
+           "append", "model_tag", "check_model", "check_history", "check_candidates", "check_users", "check_features"]

@@ -20,7 +20,7 @@ from genrank_jax.history_variants import ExplicitMask, explicit_mask, masked_att
 from genrank_jax.kernels.masking import valid_pairs
 from genrank_jax.kernels.reference import attention_reference
 from genrank_jax.losses import candidate_and_history_bce, candidate_bce
-from genrank_jax.model import GenRank
+from genrank_jax.model import GenRank, attend_over
 from genrank_jax.serving import ServingError, split_batch
 from genrank_jax.training import TrainConfig, Trainer, usable_requests
 
@@ -107,7 +107,7 @@ def test_a_fully_visible_history_changes_candidates_only_from_the_second_block(f
     def hidden(model, batch):
         full = model.config.history_mask == "full"
         mask = explicit_mask(batch, full_history=True, shadows=False) if full else None
-        return np.asarray(model._blocks(model.embed(batch), batch, mask))
+        return np.asarray(model.forward(batch, attend_over(batch, mask)).hidden)
     row, history = 0, int(batch.lengths[0] - batch.num_candidates[0])
     item_ids = np.array(batch.item_ids)
     item_ids[row, history - 1] = (item_ids[row, history - 1] + 5) % feed.dataset.spec.num_items

@@ -12,7 +12,7 @@ from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.losses import candidate_bce
-from genrank_jax.model import GenRank
+from genrank_jax.model import GenRank, attend_over
 from genrank_jax.training import usable_requests
 
 VARIANTS = [
@@ -85,10 +85,7 @@ def test_history_is_causal(feed, block):
     model = GenRank(config, rngs=nnx.Rngs(0))
 
     def hidden(batch):
-        x = model.embed(batch)
-        for layer in model.blocks:
-            x = layer(x, batch)
-        return np.asarray(x)
+        return np.asarray(model.forward(batch, attend_over(batch)).hidden)
 
     row = 0
     history = int(batch.lengths[row] - batch.num_candidates[row])
