@@ -245,7 +245,9 @@ def load_vocabulary(folder):
     folder = pathlib.Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = manifest.get("vocabulary")
-    return None if entry is None else _verified_vocabulary(folder / entry["file"], entry["sha256"], f"the export {folder}")
+    if entry is None:
+        return None
+    return _verified_vocabulary(folder / entry["file"], entry["sha256"], f"the export {folder}")
 
 
 def load_checkpoint_vocabulary(directory, step: int | None = None):
@@ -320,4 +322,7 @@ def load_checkpoint_model(directory, step: int | None = None):
     return model, step
 
 
-__all__ = ["export_scorer", "load_export", "LoadedExport", "params_fingerprint", "load_checkpoint_model", "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS"]
+__all__ = [
+    "export_scorer", "load_export", "LoadedExport", "params_fingerprint", "load_checkpoint_model",
+    "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS",
+]

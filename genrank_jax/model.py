@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from genrank_jax import history_variants, serving
 from genrank_jax.blocks import BLOCKS, RelativeAttention
 from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch
 from genrank_jax.embeddings import TokenEmbedding
-from genrank_jax import history_variants, serving
 from genrank_jax.history_variants import ExplicitMask
 from genrank_jax.typing import AttentionOut, Hidden, Keys, Queries, TaskLogits, Values
 

@@ -152,8 +152,10 @@ class Scorer:
                 raise ServingError(f"request {b} has {ids.size} candidates but its cache was encoded for "
                                    f"{hstu_counts[b]} (HSTU attention divides by history + candidates)")
             fields = dict(
-                side=np.zeros((ids.size, len(features.side_vocab_sizes)), np.int32) if request.side is None else request.side,
-                content=np.zeros((ids.size, features.content_dim), np.float32) if request.content is None else request.content,
+                side=(np.zeros((ids.size, len(features.side_vocab_sizes)), np.int32) if request.side is None
+                      else request.side),
+                content=(np.zeros((ids.size, features.content_dim), np.float32) if request.content is None
+                         else request.content),
                 slot=np.zeros(ids.size, np.int32) if request.slot is None else request.slot)
             for field, width in (("side", len(features.side_vocab_sizes)), ("content", features.content_dim)):
                 if np.shape(fields[field]) != (ids.size, width):
@@ -181,7 +183,8 @@ class Scorer:
                                                    np.zeros(size, np.float32))
         for r, (ids, fields, request) in enumerate(rows):
             n = ids.size
-            item_ids[r, :n], side[r, :n], content[r, :n], slot[r, :n] = ids, fields["side"], fields["content"], fields["slot"]
+            item_ids[r, :n], side[r, :n] = ids, fields["side"]
+            content[r, :n], slot[r, :n] = fields["content"], fields["slot"]
             counts[r] = n
             request_index[r], gap_bucket[r], request_time[r] = (request.request_index, request.gap_bucket,
                                                                 request.request_time)

@@ -39,7 +39,7 @@ import numpy as np
 from genrank_jax import embeddings
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 from genrank_jax.errors import GenrankError
-from genrank_jax.typing import Array, Float, Int
+from genrank_jax.typing import Array, Float
 
 if TYPE_CHECKING:  # model imports this module
     from genrank_jax.config import GenRankConfig

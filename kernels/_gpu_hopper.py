@@ -453,7 +453,7 @@ def _producer(n_steps, stages: int, consumed, issue):
     for slot in range(stages):
         @pl.when(slot < n_steps)
         def _prologue():
-            issue(jnp.int32(slot), slot)
+            issue(jnp.int32(slot), slot)  # noqa: B023 - pl.when traces the body at once, in this iteration
 
     @pl.loop(0, jnp.maximum(n_steps - stages, 0))
     def _refill(step):
