@@ -537,9 +537,14 @@ def headline(results: pathlib.Path) -> str:
     if streaming.is_file():
         found = [line for line in streaming.read_text().splitlines() if line.startswith("- GenRank − DIN: ")]
         if found:
+            goal = [line.removeprefix("- ") for line in streaming.read_text().splitlines()
+                    if line.startswith(("- GenRank − item-oriented: ", "- fully visible history − GenRank",
+                                        "- loss at history positions − GenRank"))]
             lines.append(f"- On the `feed` simulator, trained as feeds train (one pass in time order, each day scored "
                          f"before it is learnt): GenRank − DIN next-day click AUC "
-                         f"{found[0].removeprefix('- GenRank − DIN: ')} {link}.")
+                         f"{found[0].removeprefix('- GenRank − DIN: ')}; " + "; ".join(goal) + f" {link}.")
+            if (ROOT / "docs" / "img" / "stream_auc.png").is_file():
+                lines.append("\n  ![next-day AUC over time per model, feed and ml-100k](docs/img/stream_auc.png)\n")
     path = newest(results, "ablation_*.md", exclude="_validation")
     if path is not None:
         found = [line for line in path.read_text().splitlines() if line.startswith("Organization: ")]
