@@ -21,9 +21,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
+from genrank_jax.model.config import GenRankConfig
 
 
 def lookup(table: nnx.Embed, ids, present=None):

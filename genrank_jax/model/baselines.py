@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
-from genrank_jax.embeddings import ItemEmbedding, clipped, lookup, user_rows
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.embeddings import ItemEmbedding, clipped, lookup, user_rows
 from genrank_jax.typing import TaskLogits
 
 
@@ -133,7 +133,7 @@ class FeaturesRanker(nnx.Module):
 def build_model(config: GenRankConfig, *, rngs: nnx.Rngs):
     """GenRank (either organization), the DIN ranker, the logistic bias model or the features
     ranker, as configured."""
-    from genrank_jax.model import GenRank
+    from genrank_jax.model.genrank import GenRank
 
     models = {"genrank": GenRank, "din": DINRanker, "logistic": LogisticBias, "features": FeaturesRanker}
     return models[config.architecture](config, rngs=rngs)

@@ -10,8 +10,8 @@
                      the manifest names it with its SHA-256; `load_vocabulary(out)` reads and
                      checks it, and `vocabulary.items.lookup(raw_ids)` maps a request's raw ids
 
-Inputs and outputs are plain dicts of arrays (the field names of `serving.History`,
-`serving.Candidates` and `serving.HistoryCache`, with the per-block keys/values as `keys_<i>`,
+Inputs and outputs are plain dicts of arrays (the field names of `history_cache.History`,
+`history_cache.Candidates` and `history_cache.HistoryCache`, with the per-block keys/values as `keys_<i>`,
 `values_<i>`), so a process that imports only jax and numpy can load and call them:
 
     exported = jax.export.deserialize(open("scorer/score.jaxexport", "rb").read())
@@ -45,15 +45,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genrank_jax import serving
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
+from genrank_jax.serving import history_cache
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-HISTORY_FIELDS = [f.name for f in dataclasses.fields(serving.History)]
-CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(serving.Candidates)]
+HISTORY_FIELDS = [f.name for f in dataclasses.fields(history_cache.History)]
+CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(history_cache.Candidates)]
 
 
-def cache_to_dict(cache: serving.HistoryCache) -> dict:
+def cache_to_dict(cache: history_cache.HistoryCache) -> dict:
     out = {name: getattr(cache, name) for name in ("positions", "timestamps", "lengths", "user_ids", "normalizer",
                                                    "model_tag")}
     for i, (k, v) in enumerate(zip(cache.keys, cache.values)):
@@ -61,8 +61,8 @@ def cache_to_dict(cache: serving.HistoryCache) -> dict:
     return out
 
 
-def cache_from_dict(arrays: dict, num_blocks: int) -> serving.HistoryCache:
-    return serving.HistoryCache(
+def cache_from_dict(arrays: dict, num_blocks: int) -> history_cache.HistoryCache:
+    return history_cache.HistoryCache(
         keys=tuple(arrays[f"keys_{i}"] for i in range(num_blocks)),
         values=tuple(arrays[f"values_{i}"] for i in range(num_blocks)),
         **{name: arrays[name] for name in ("positions", "timestamps", "lengths", "user_ids", "normalizer",
@@ -97,17 +97,17 @@ def check_platforms(platforms) -> tuple[str, ...]:
     platforms = tuple(platforms)
     unknown = [p for p in platforms if p not in PLATFORMS]
     if unknown or not platforms:
-        raise GenrankError(f"unknown export platform(s) {unknown or list(platforms)}; choose from {list(PLATFORMS)}")
+        raise GenRankError(f"unknown export platform(s) {unknown or list(platforms)}; choose from {list(PLATFORMS)}")
     return platforms
 
 
 def check_exportable(model) -> None:
-    """GenrankError unless `model` is one `export_scorer` can export (a GenRank model)."""
+    """GenRankError unless `model` is one `export_scorer` can export (a GenRank model)."""
     if model.config.architecture != "genrank":
-        raise GenrankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
+        raise GenRankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
     if model.config.use_aggregates:
         # serving would need the aggregates of the history and the candidates from a feature store
-        raise GenrankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
+        raise GenRankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
                            "serving yet: the scorer takes ids, not a feature store's aggregates; train with "
                            "--no-aggregates for a model export can serve")
 
@@ -119,7 +119,7 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
     An `out` holding files is refused unless `overwrite`; everything is written into a sibling
     folder renamed into place at the end (the old export moved aside first, deleted last), so a
     crash never leaves a half-old, half-new export."""
-    from genrank_jax.output_folder import check_free, written_whole
+    from genrank_jax.cli.output_folder import check_free, written_whole
 
     platforms = check_platforms(platforms)
     check_exportable(model)
@@ -152,14 +152,14 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
     config = model.config
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
-    tag = serving.model_tag(model)
+    tag = history_cache.model_tag(model)
 
     def merged(params):
         return nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
 
     def encode_fn(params, history, num_candidates):
-        cache = serving.encode_history(merged(params), serving.History(**history), num_candidates=num_candidates,
-                                       tag=tag)
+        cache = history_cache.encode_history(merged(params), history_cache.History(**history),
+                                             num_candidates=num_candidates, tag=tag)
         return cache_to_dict(cache)
 
     # Parameters that are not this export's (another export's params.npz) give NaN logits: an
@@ -167,8 +167,8 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
     own = np.asarray(params_fingerprint(leaves))
 
     def score_fn(params, cache, candidates):
-        logits = serving.score(merged(params), cache_from_dict(cache, config.num_blocks),
-                               serving.Candidates(**candidates), impl="xla", tag=tag)
+        logits = history_cache.score(merged(params), cache_from_dict(cache, config.num_blocks),
+                                     history_cache.Candidates(**candidates), impl="xla", tag=tag)
         mine = jnp.all(jnp.abs(params_fingerprint(params) - own) <= 1e-4 * (1.0 + jnp.abs(own)))
         return jnp.where(mine, logits, jnp.nan)
 
@@ -196,8 +196,8 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
 
         vocabulary.save(out / FILE_NAME)
         manifest["vocabulary"] = dict(file=FILE_NAME, sha256=vocabulary.digest(),
-                                      apply="genrank_jax.export.load_vocabulary(folder).items.lookup(raw_item_ids); "
-                                            ".users.lookup(raw_user_ids)")
+                                      apply="genrank_jax.serving.export.load_vocabulary(folder)"
+                                            ".items.lookup(raw_item_ids); .users.lookup(raw_user_ids)")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -205,10 +205,10 @@ def _verified_vocabulary(path: pathlib.Path, digest: str, owner: str):
     from genrank_jax.data.own_log.vocabulary import Vocabulary
 
     if not path.is_file():
-        raise GenrankError(f"{path} is missing: {owner} was trained on a user's own log and needs its vocabulary")
+        raise GenRankError(f"{path} is missing: {owner} was trained on a user's own log and needs its vocabulary")
     vocabulary = Vocabulary.load(path)
     if vocabulary.digest() != digest:
-        raise GenrankError(f"{path} is not the vocabulary {owner} was trained with (SHA-256 differs): "
+        raise GenRankError(f"{path} is not the vocabulary {owner} was trained with (SHA-256 differs): "
                            "ids would map to other rows")
     return vocabulary
 
@@ -231,7 +231,7 @@ def load_export(folder) -> LoadedExport:
     data = (folder / "params.npz").read_bytes()
     digest = manifest.get("params_sha256")
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise GenrankError(f"{folder / 'params.npz'} is not this export's parameters (SHA-256 differs from "
+        raise GenRankError(f"{folder / 'params.npz'} is not this export's parameters (SHA-256 differs from "
                            "manifest.json's): params from another export would score silently wrong")
     with np.load(folder / "params.npz") as stored:
         params = [stored[f"arr_{i}"] for i in range(len(stored.files))]
@@ -277,10 +277,10 @@ def load_checkpoint_model(directory, step: int | None = None):
     """
     import orbax.checkpoint as ocp
 
-    from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
-    from genrank_jax.config import GenRankConfig
-    from genrank_jax.model import GenRank
-    from genrank_jax.training import TrainConfig, make_optimizer
+    from genrank_jax.model.config import GenRankConfig
+    from genrank_jax.model.genrank import GenRank
+    from genrank_jax.training.checkpoint import CheckpointError, Checkpoints, abstract_like
+    from genrank_jax.training.trainer import TrainConfig, make_optimizer
 
     directory = pathlib.Path(directory).absolute()
     if not directory.is_dir():

@@ -39,7 +39,7 @@ class GenRankConfig:
     attention_impl: backend of `genrank_jax.kernels.attention` (None: fastest for the device).
     attention_interpret: run that Pallas backend in interpret mode (how CPU CI tests the kernels).
     history_mask: "causal" (the paper's model) or "full" (history tokens see the whole history: the
-      paper's ablation; `genrank_jax.history_variants`).
+      paper's ablation; `genrank_jax.model.history_variants`).
     history_loss: also score every history exposure from the history before it and add its loss
       (the paper's other ablation; training only, scoring is unchanged).
     embedding_row_multiple: the item, user and side-feature tables get their rows rounded up to a

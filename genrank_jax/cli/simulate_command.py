@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from genrank_jax.command_line import add_dry_run_flag, non_negative_int
-from genrank_jax.output_folder import check_free, written_whole
+from genrank_jax.cli.command_line import add_dry_run_flag, non_negative_int
+from genrank_jax.cli.output_folder import check_free, written_whole
 
 # `genrank-jax simulate --preset P` end to end on a 2-core CPU (import, simulation, Parquet), seconds
 MEASURED_SECONDS = {"tests": 5, "default": 7, "benchmark": 23}
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from genrank_jax.cli import written_folder
-    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+    from genrank_jax.cli.commands import written_folder
+    from genrank_jax.cli.output_folder import CreatedFolders, holds_files, removed_unless_saved
 
     created = CreatedFolders()
     out = written_folder(args, "simulate", created)
@@ -46,7 +46,7 @@ def _run(args, out) -> int:
     what = (f"{log.num_exposures:,} exposures of {dataset.spec.num_users:,} users and {dataset.spec.num_items:,} items "
             f"(simulator preset {args.preset}, seed {args.seed})")
     if args.dry_run:
-        from genrank_jax.dry_run import NOTHING_WRITTEN
+        from genrank_jax.cli.dry_run import NOTHING_WRITTEN
 
         print(f"log: {what}")
         print(f"would write: {out / 'log.parquet'}, {out / 'items.parquet'}, {out / 'schema.toml'}")

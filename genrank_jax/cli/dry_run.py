@@ -85,23 +85,24 @@ def train(args, out: pathlib.Path) -> int:
     import numpy as np
     from flax import nnx
 
-    from genrank_jax import cli, sharding
+    from genrank_jax import sharding
+    from genrank_jax.cli import commands
+    from genrank_jax.cli.output_folder import check_unlocked
     from genrank_jax.data.preview import preview_source
     from genrank_jax.data.sources import data_report
-    from genrank_jax.output_folder import check_unlocked
     from genrank_jax.sharding.rules import check_divisible
-    from genrank_jax.training import model_and_optimizer, plan_requests
+    from genrank_jax.training.trainer import model_and_optimizer, plan_requests
 
     # the checks in the order the run makes them, so that the first refusal is the run's
-    cli.check_train_folder(args, out)
+    commands.check_train_folder(args, out)
     preview = preview_source(args.data, data_dir=args.data_dir, schema=args.schema, split=args.split, seed=args.seed,
                              skip_bad_rows=args.skip_bad_rows, drop_duplicates=args.drop_duplicates)
     dataset = preview.dataset
-    settings = cli.train_settings(args, dataset) if dataset is not None else None
+    settings = commands.train_settings(args, dataset) if dataset is not None else None
     distributed = args.distributed or args.coordinator is not None
     mesh = None
     if distributed:
-        cli.check_distributed_flags(args)
+        commands.check_distributed_flags(args)
     if args.mesh is not None:
         # the device count is only known once the processes joined; alone, the mesh must fit this machine
         mesh = (_SizedMesh(sharding.parse_mesh_spec(args.mesh)) if distributed
@@ -114,8 +115,8 @@ def train(args, out: pathlib.Path) -> int:
     would_write = (f"would write: {out / 'metrics.json'}, {out / 'training.png'}"
                    + (f", checkpoints in {out / 'checkpoints'}" if args.checkpoint_every or args.resume else ""))
     if dataset is None:
-        print("model size, steps and the defaults the data's size picks (genrank_jax/defaults.py): known once the "
-              "data is prepared; the first run prepares it, and a --dry-run after that reports them")
+        print("model size, steps and the defaults the data's size picks (genrank_jax/training/defaults.py): known once "
+              "the data is prepared; the first run prepares it, and a --dry-run after that reports them")
         print(would_write)
         print(NOTHING_WRITTEN)
         return 0
@@ -179,8 +180,8 @@ def _check_resume(args, out, config, train_config, dataset, requests, abstract) 
     import jax
     from flax import nnx
 
-    from genrank_jax.checkpoint import Checkpoints, CorruptCheckpointError
-    from genrank_jax.training import run_settings
+    from genrank_jax.training.checkpoint import Checkpoints, CorruptCheckpointError
+    from genrank_jax.training.trainer import run_settings
 
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.tokens import TokenBatch
-from genrank_jax.history_variants import ExplicitMask, masked_attention
 from genrank_jax.kernels import alibi_slopes, cached_attention
 from genrank_jax.kernels.sharded import attention  # per device block under a mesh
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.history_variants import ExplicitMask, masked_attention
 
 
 class RelativeAttention(nnx.Module):
@@ -37,7 +37,7 @@ class RelativeAttention(nnx.Module):
     def __call__(self, q, k, v, batch: TokenBatch, mask: ExplicitMask | None = None):
         """q, k: [B, S, H, D], v: [B, S, H, Dv] -> [B, S, H, Dv].
 
-        mask: the research variants' explicit mask (`genrank_jax.history_variants`) instead of the
+        mask: the research variants' explicit mask (`genrank_jax.model.history_variants`) instead of the
         op's contract; a plain jnp attention then.
         """
         if mask is not None:

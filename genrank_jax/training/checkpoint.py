@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 
 
-class CheckpointError(GenrankError, RuntimeError):
+class CheckpointError(GenRankError, RuntimeError):
     """A checkpoint that cannot be saved, or restored into this run (missing or mismatched)."""
 
 

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genrank_jax import serving
 from genrank_jax.data.tokens import NO_ITEM
-from genrank_jax.serving import Candidates, History, HistoryCache, ServingError
+from genrank_jax.serving import history_cache
+from genrank_jax.serving.history_cache import Candidates, History, HistoryCache, ServingError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,22 +70,23 @@ class Scorer:
                              f"{candidates_per_row}")
         self.config = model.config
         self.rows_per_batch, self.candidates_per_row = rows_per_batch, candidates_per_row
-        self.tag = serving.model_tag(model)
+        self.tag = history_cache.model_tag(model)
         graphdef, self.state = nnx.split(model)
         tag = self.tag
 
         def encode(state, history, num_candidates, capacity):
-            return serving.encode_history(nnx.merge(graphdef, state), history, num_candidates=num_candidates,
-                                          capacity=capacity, tag=tag)
+            return history_cache.encode_history(nnx.merge(graphdef, state), history,
+                                                num_candidates=num_candidates, capacity=capacity, tag=tag)
 
         def append(state, cache, new):
-            return serving.append(nnx.merge(graphdef, state), cache, new, tag=tag)
+            return history_cache.append(nnx.merge(graphdef, state), cache, new, tag=tag)
 
         def score_rows(state, cache, users, candidates):
             # Python runs here only when jit traces, i.e. for a shape it has no compiled program for yet.
             # (jit's own _cache_size() read 0 after some earlier tests in one process: not a reliable count.)
             self._score_traces += 1
-            return serving.score(nnx.merge(graphdef, state), _rows_of(cache, users), candidates, impl=impl, tag=tag)
+            return history_cache.score(nnx.merge(graphdef, state), _rows_of(cache, users), candidates, impl=impl,
+                                       tag=tag)
 
         self._encode = jax.jit(encode, static_argnames="capacity")
         self._append = jax.jit(append)
@@ -99,7 +100,7 @@ class Scorer:
     def encode(self, history: History, *, num_candidates=None, capacity: int | None = None) -> HistoryCache:
         """`GenRank.encode_history`, compiled (inputs checked on the host first)."""
         capacity = history.item_ids.shape[1] if capacity is None else int(capacity)
-        serving.check_history(self.config, history, capacity)
+        history_cache.check_history(self.config, history, capacity)
         if self.config.block == "hstu" and num_candidates is None:
             raise ServingError("HSTU blocks divide attention by the sample's whole token count, so encoding needs "
                                "num_candidates (the request's candidate count per user)")
@@ -109,9 +110,9 @@ class Scorer:
 
     def append(self, cache: HistoryCache, new: History) -> HistoryCache:
         """`HistoryCache.append`, compiled."""
-        serving.check_model(cache, self.tag)
+        history_cache.check_model(cache, self.tag)
         if self.config.block != "hstu":  # HSTU raises inside; the length checks need concrete arrays
-            serving.check_history(self.config, new, new.item_ids.shape[1])
+            history_cache.check_history(self.config, new, new.item_ids.shape[1])
             total = np.asarray(cache.lengths) + np.asarray(new.lengths)
             if total.max(initial=0) > min(cache.capacity, self.config.max_tokens - 1):
                 raise ServingError(f"appending gives a history of {int(total.max())} tokens; the cache holds "
@@ -123,9 +124,9 @@ class Scorer:
 
         Compiles once per candidate shape; `score_requests` is the fixed-shape path for serving.
         """
-        serving.check_model(cache, self.tag)
-        serving.check_users(self.config, cache.user_ids, "the cache's user_ids")
-        serving.check_candidates(self.config, candidates)
+        history_cache.check_model(cache, self.tag)
+        history_cache.check_users(self.config, cache.user_ids, "the cache's user_ids")
+        history_cache.check_candidates(self.config, candidates)
         users = jnp.arange(cache.batch_size, dtype=jnp.int32)
         return self._score_rows(self.state, cache, users, candidates)
 
@@ -161,8 +162,9 @@ class Scorer:
                 if np.shape(fields[field]) != (ids.size, width):
                     raise ServingError(f"request {b}: {field} must be [{ids.size}, {width}] (one row of {width} per "
                                        f"candidate, as the model was trained), got shape {np.shape(fields[field])}")
-            serving.check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
-                                   np.asarray(fields["content"])[None], (1, ids.size), np.ones((1, ids.size), bool))
+            history_cache.check_features(self.config, f"request {b}", np.asarray(fields["side"])[None],
+                                         np.asarray(fields["content"])[None], (1, ids.size),
+                                         np.ones((1, ids.size), bool))
             for start in range(0, ids.size, m):
                 count = min(m, ids.size - start)
                 part = slice(start, start + count)
@@ -196,8 +198,8 @@ class Scorer:
 
     def score_requests(self, cache: HistoryCache, requests: Sequence[Request | None]) -> list[np.ndarray | None]:
         """[M_b, A] float32 logits per request (None where the request is None), in micro-batches."""
-        serving.check_model(cache, self.tag)
-        serving.check_users(self.config, cache.user_ids, "the cache's user_ids")
+        history_cache.check_model(cache, self.tag)
+        history_cache.check_users(self.config, cache.user_ids, "the cache's user_ids")
         users, rows, where = self._pack(cache, requests)
         size = self.rows_per_batch
         pending = []

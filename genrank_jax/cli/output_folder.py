@@ -26,7 +26,7 @@ RUNS = pathlib.Path("runs")
 
 def check_free(out: str | pathlib.Path, *, overwrite: bool) -> pathlib.Path:
     """`out` as a Path; OutputInUseError if it is a file, or a folder holding files without `overwrite`."""
-    from genrank_jax.training import OutputInUseError
+    from genrank_jax.training.trainer import OutputInUseError
 
     out = pathlib.Path(out)
     if out.exists() and not out.is_dir():
@@ -187,7 +187,7 @@ def writer_lock(folder: str | pathlib.Path, command: str) -> Iterator[None]:
     import os
     import socket
 
-    from genrank_jax.training import OutputInUseError
+    from genrank_jax.training.trainer import OutputInUseError
 
     lock = pathlib.Path(folder) / LOCK_NAME
     me = f"{os.getpid()} {socket.gethostname()} {command}"
@@ -217,7 +217,7 @@ def writer_lock(folder: str | pathlib.Path, command: str) -> Iterator[None]:
 
 
 def _locked(folder, lock: pathlib.Path, holder: list[str]):
-    from genrank_jax.training import OutputInUseError
+    from genrank_jax.training.trainer import OutputInUseError
 
     pid, host = (int(holder[0]), holder[1]) if len(holder) >= 2 and holder[0].isdigit() else (None, None)
     who = f"process {pid} on {host}, {' '.join(holder[2:]) or 'genrank-jax'}" if pid else "starting"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch, TokenKind
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
+from genrank_jax.model.config import GenRankConfig
 
 
-class BatchError(GenrankError, ValueError):
+class BatchError(GenRankError, ValueError):
     """A batch a model cannot take; the message names the field and the offending row."""
 
 
@@ -50,7 +50,7 @@ def validate_batch(batch: TokenBatch, config: GenRankConfig) -> None:
     users, token kinds, request index, gap bucket; negative positions or slots), labels outside
     {0, 1}, non-finite actions, content or timestamps, an empty history or a sample with no
     candidates. Padding rows (length 0) are allowed. (The model itself never turns an out-of-range
-    id into NaN: see `genrank_jax.embeddings`; this check says which input is wrong.)"""
+    id into NaN: see `genrank_jax.model.embeddings`; this check says which input is wrong.)"""
     features = config.features
     if batch.item_ids.ndim != 2:
         raise BatchError(f"item_ids must be [B, S], got shape {batch.item_ids.shape}")
