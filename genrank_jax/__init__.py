@@ -15,6 +15,7 @@ Public API:
   genrank_jax.leakage                                  LIS / AIS with probe rankers
 """
 
+import importlib as _importlib
 import warnings as _warnings
 
 from genrank_jax import metrics
@@ -67,8 +68,13 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str):
-    # the old spelling, resolved on access so that using it warns
+    # old names, resolved on access: GenrankError (now GenRankError) and the modules the layout moved
+    # (`genrank_jax.config` after `import genrank_jax` worked while the modules were flat); both warn
+    from genrank_jax._moved import MOVED
+
     if name == "GenrankError":
         _warnings.warn("GenrankError is now GenRankError (genrank_jax.GenRankError)", DeprecationWarning, stacklevel=2)
         return GenRankError
+    if name in MOVED:
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
