@@ -24,10 +24,10 @@ is reported as compile_s). Seeds loop outermost, so load drift on a shared machi
 alike; speed is the median over seeds. Writes bench/results/ablation_<data>.md and a JSON of
 per-run rows (each with its validation curve) and run metadata.
 
-Defaults come from genrank_jax.defaults (the same rule as `genrank-jax train`): for ml-100k-sized
+Defaults come from genrank_jax.training.defaults (the same rule as `genrank-jax train`): for ml-100k-sized
 data preset "tiny", max_history 128, 64 candidates, batch 64, lr 3e-3, weight decay 1e-4, ALiBi
 alibi_max_bias 16 and time_bias_scale 0.1, at most 20 epochs with patience 3; why those, see
-genrank_jax/defaults.py. Settings are compared on the validation column, never on eval.
+genrank_jax/training/defaults.py. Settings are compared on the validation column, never on eval.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchlib import RESULTS, run_header, write_rows
-from genrank_jax.command_line import user_command
-from genrank_jax.config import GenRankConfig
+from genrank_jax.cli.command_line import user_command
 from genrank_jax.data.batching import batch_shape, padded_max_tokens, plan_batches
 from genrank_jax.data.sources import load_dataset
-from genrank_jax.defaults import defaults_for
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import TrainConfig, Trainer
+from genrank_jax.training.defaults import defaults_for
 
 # name -> config overrides; "item-oriented" is the speed baseline of the other sequence models
 MODELS = {
@@ -59,7 +59,7 @@ MODELS = {
     "din": dict(architecture="din"),
     "logistic": dict(architecture="logistic"),
     "features": dict(architecture="features"),
-    # the paper's "why it works" ablations (genrank_jax.history_variants)
+    # the paper's "why it works" ablations (genrank_jax.model.history_variants)
     "genrank-fullhistory": dict(architecture="genrank", organization="action", history_mask="full"),
     "genrank-historyloss": dict(architecture="genrank", organization="action", history_loss=True),
 }
@@ -343,7 +343,7 @@ def main(argv=None):
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed .. first-seed + seeds - 1 (split a long run over processes; "
                              "--merge joins their JSONs)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="default: genrank_jax.defaults' rule")
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: genrank_jax.training.defaults' rule")
     parser.add_argument("--patience", type=int, default=None, help="epochs without a new best validation AUC")
     parser.add_argument("--validation-fraction", type=float, default=None)
     parser.add_argument("--preset", default=None)

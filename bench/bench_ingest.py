@@ -178,9 +178,9 @@ def build_batches(span):
 
 
 def make_trainer(source: str, **simulator):
-    from genrank_jax.config import GenRankConfig
     from genrank_jax.data import load_dataset
     from genrank_jax.data.batching import padded_max_tokens
+    from genrank_jax.model.config import GenRankConfig
     from genrank_jax.training import TrainConfig, Trainer
 
     dataset = load_dataset(source, **simulator)

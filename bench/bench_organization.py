@@ -21,10 +21,10 @@ import numpy as np
 from flax import nnx
 
 from benchlib import measure, run_header, write_rows
-from genrank_jax.baselines import build_model
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.baselines import build_model
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import TrainConfig, make_optimizer, train_step_fn
 
 

@@ -60,11 +60,11 @@ from flax import nnx  # noqa: E402
 
 from benchlib import run_header, write_rows  # noqa: E402
 from genrank_jax import sharding  # noqa: E402
-from genrank_jax.baselines import build_model  # noqa: E402
-from genrank_jax.config import GenRankConfig  # noqa: E402
 from genrank_jax.data.batching import BatchPlan, iterate_batches  # noqa: E402
 from genrank_jax.data.samples import SampleBuilder, SampleLayout  # noqa: E402
 from genrank_jax.data.synthetic import SimulatorConfig, simulate  # noqa: E402
+from genrank_jax.model.baselines import build_model  # noqa: E402
+from genrank_jax.model.config import GenRankConfig  # noqa: E402
 from genrank_jax.training import TrainConfig, make_optimizer, train_step_fn  # noqa: E402
 
 

@@ -29,12 +29,12 @@ import numpy as np
 from flax import nnx
 
 from benchlib import run_header, write_rows
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.schema import FeatureSpec
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.model import GenRank
-from genrank_jax.scorer import Request, Scorer, requests_from
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.serving import Candidates, History
+from genrank_jax.serving.scorer import Request, Scorer, requests_from
 
 
 def random_request(spec: FeatureSpec, history: int, candidates: int, rng) -> tuple[History, Candidates]:

@@ -12,7 +12,7 @@ import time
 import jax
 
 from genrank_jax.cli import machine
-from genrank_jax.command_line import user_command
+from genrank_jax.cli.command_line import user_command
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -37,7 +37,7 @@ def run_header() -> dict:
     """Device kind, platform, jax version, git commit and command line of this run."""
     script = pathlib.Path(sys.argv[0])
     script = f"bench/{script.name}" if script.parent.name == "bench" else str(script)
-    # as typed, without the absolute paths of this machine (genrank_jax.command_line.user_command)
+    # as typed, without the absolute paths of this machine (genrank_jax.cli.command_line.user_command)
     return dict(machine(), command=user_command(["python", script, *sys.argv[1:]]))
 
 

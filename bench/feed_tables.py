@@ -194,8 +194,8 @@ def main(argv=None) -> str:
     text = ["Streaming (`--schedule stream --window 1d`: the whole log once in time order, each day scored before "
             "it is trained on; AUC: the exposure-weighted mean over the eval period's windows) and epochs (early "
             "stopping on the latest 15% of train, eval split in the best validation state), each model with its "
-            "defaults (genrank_jax/defaults.py) and the jnp attention. Differences to GenRank are paired by seed "
-            "with a 95% t interval. Machines: " + ", ".join(sorted(machines)) + ".", ""]
+            "defaults (genrank_jax/training/defaults.py) and the jnp attention. Differences to GenRank are paired by "
+            "seed with a 95% t interval. Machines: " + ", ".join(sorted(machines)) + ".", ""]
     for data in datasets:
         text += model_table(groups, data) + [""]
     feed = "synthetic:feed"

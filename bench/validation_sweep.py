@@ -4,7 +4,7 @@ action under early stopping, as one JSON line. How issue 26's defaults were chos
     python bench/validation_sweep.py ml-latest-small agg-wide '{"use_aggregates": true}'
 
 DATA is ml-100k, ml-latest-small (../shared/data) or simulator (synthetic:default); the JSON is
-GenRankConfig overrides on top of the data-size rule (genrank_jax/defaults.py), with "train" for
+GenRankConfig overrides on top of the data-size rule (genrank_jax/training/defaults.py), with "train" for
 TrainConfig fields and "preset". Results: bench/results/defaults_validation_sweep.md.
 """
 import json
@@ -14,11 +14,11 @@ import time
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from genrank_jax.config import GenRankConfig  # noqa: E402
 from genrank_jax.data.batching import padded_max_tokens  # noqa: E402
 from genrank_jax.data.sources import load_dataset  # noqa: E402
-from genrank_jax.defaults import defaults_for  # noqa: E402
+from genrank_jax.model.config import GenRankConfig  # noqa: E402
 from genrank_jax.training import TrainConfig, Trainer  # noqa: E402
+from genrank_jax.training.defaults import defaults_for  # noqa: E402
 
 DATA = {"ml-100k": ("movielens:100k", str(SHARED / "ml-100k")),
         "ml-latest-small": ("movielens:latest-small", str(SHARED / "ml-latest-small")),

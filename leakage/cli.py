@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from genrank_jax.command_line import (
+from genrank_jax.cli.command_line import (
     CommandLineParser,
     add_debug_flags,
     add_dry_run_flag,
@@ -120,7 +120,7 @@ def _load_features(specs: list[str]) -> dict[str, np.ndarray | tuple[str, ...]]:
 
 def _out_folder(args, created) -> pathlib.Path:
     """--out, or the next free runs/lis-N (reserved now, unless --dry-run); printed first."""
-    from genrank_jax import output_folder
+    from genrank_jax.cli import output_folder
 
     if args.out is not None:
         out = pathlib.Path(args.out)
@@ -134,7 +134,7 @@ def _out_folder(args, created) -> pathlib.Path:
 
 
 def run(args) -> int:
-    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+    from genrank_jax.cli.output_folder import CreatedFolders, holds_files, removed_unless_saved
 
     created = CreatedFolders()
     out = _out_folder(args, created)
@@ -196,7 +196,7 @@ def _run(args) -> int:
         report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
                                 bound=args.bound, placebo=not args.no_placebo, progress=progress)
-    from genrank_jax.cli import machine
+    from genrank_jax.cli.commands import machine
 
     # the command as typed (no absolute paths of this machine), and what ran it
     metadata = {**report.metadata, "data": args.data, "horizons": horizons,
@@ -256,9 +256,9 @@ def args_text(columns: tuple[str, ...]) -> str:
 def _dry_run(args, kinds: list[str], horizons: list[str], given_features: dict) -> int:
     """`genrank-jax lis --dry-run`: the data previewed (nothing prepared), the task, the times and
     the features checked against it when it loads without writing; what would be trained."""
+    from genrank_jax.cli.dry_run import NOTHING_WRITTEN
     from genrank_jax.data.preview import preview_source
     from genrank_jax.data.sources import data_report
-    from genrank_jax.dry_run import NOTHING_WRITTEN
 
     preview = preview_source(args.data, data_dir=args.data_dir, schema=args.schema, skip_bad_rows=args.skip_bad_rows,
                              drop_duplicates=args.drop_duplicates)
@@ -302,7 +302,7 @@ def lis_expected_time(config, probes: int, train_rows: int | None, *, sequential
     """'about N s ...' scaled from the measured run (probes x train rows x epochs), or why not."""
     import jax
 
-    from genrank_jax.dry_run import _duration, cores
+    from genrank_jax.cli.dry_run import _duration, cores
 
     run = MEASURED_LIS_RUN
     if train_rows is None:
@@ -324,8 +324,8 @@ def _write_report(report, metadata: dict, args) -> pathlib.Path:
     the error: probes that took minutes are never lost to a full disk or a vanished folder."""
     import tempfile
 
-    from genrank_jax.errors import GenrankError
-    from genrank_jax.output_folder import written_whole
+    from genrank_jax.cli.output_folder import written_whole
+    from genrank_jax.errors import GenRankError
 
     def write(folder: pathlib.Path) -> None:
         (folder / "lis.md").write_text(report.to_markdown())
@@ -344,13 +344,13 @@ def _write_report(report, metadata: dict, args) -> pathlib.Path:
         except Exception:  # lis.md and lis.json are the report; the picture can be redrawn from them
             pass
         kept = ", ".join(sorted(p.name for p in fallback.iterdir())) or "nothing (the table is printed above)"
-        raise GenrankError(f"could not write the report to {args.out} ({reason}); "
+        raise GenRankError(f"could not write the report to {args.out} ({reason}); "
                            f"saved in {fallback}: {kept}") from None
 
 
 def _check_before_work(args, kinds: list[str], horizons: list[str]) -> None:
     """Every option that can be checked before the probes train (they take minutes)."""
-    from genrank_jax.output_folder import check_free
+    from genrank_jax.cli.output_folder import check_free
 
     check_free(args.out, overwrite=args.overwrite)
     if args.bound is not None:

@@ -29,12 +29,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import FeatureSpec, Interactions, ItemCatalog, RankingDataset
 from genrank_jax.leakage import bank
-from genrank_jax.losses import candidate_bce
-from genrank_jax.model import GenRank
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.genrank import GenRank
+from genrank_jax.model.losses import candidate_bce
 
 
 class GenRankProbe(nnx.Module):

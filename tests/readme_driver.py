@@ -35,8 +35,8 @@ WOULD_WRITE = re.compile(r"^would write: (.*)$", re.M)
 
 
 def run(argv: list[str], *, cluster: bool = False, stop_after_first_checkpoint: bool = False) -> dict:
-    from genrank_jax import cli
-    from genrank_jax.checkpoint import Checkpoints
+    from genrank_jax.cli import commands as cli  # _cluster_around is replaced in the module that calls it
+    from genrank_jax.training.checkpoint import Checkpoints
 
     saving, clustered = Checkpoints.save, cli._cluster_around
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import TrainConfig, Trainer, candidate_rows
 
 

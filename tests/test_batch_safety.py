@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.baselines import build_model
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import TokenKind
-from genrank_jax.losses import candidate_bce
+from genrank_jax.model.baselines import build_model
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.losses import candidate_bce
+from genrank_jax.model.validation import BatchError, validate_batch
 from genrank_jax.training import usable_requests
-from genrank_jax.validation import BatchError, validate_batch
 
 VARIANTS = [
     ("genrank", "action", "transformer"),

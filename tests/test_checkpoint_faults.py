@@ -23,16 +23,16 @@ import pytest
 from flax import nnx
 
 from genrank_jax import cli
-from genrank_jax.checkpoint import (
+from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.training import NonFiniteLossError, OutputInUseError, TrainConfig, Trainer
+from genrank_jax.training.checkpoint import (
     CheckpointError,
     Checkpoints,
     CorruptCheckpointError,
     SettingsMismatchError,
     abstract_like,
 )
-from genrank_jax.config import GenRankConfig
-from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.training import NonFiniteLossError, OutputInUseError, TrainConfig, Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -331,7 +331,7 @@ KILLED_RUN = textwrap.dedent("""
             time.sleep(600)
         return await commit(self)
     atomicity.AtomicRenameTemporaryPath.finalize = hang_before_committing_step_4
-    from genrank_jax.config import GenRankConfig
+    from genrank_jax.model.config import GenRankConfig
     from genrank_jax.data.synthetic import SimulatorConfig, simulate
     from genrank_jax.training import TrainConfig, Trainer
     dataset = simulate(SimulatorConfig.preset("tests")).dataset
@@ -365,7 +365,7 @@ def test_kill_during_save_resumes_exactly(dataset, trained_run, tmp_path):
 
 
 def test_export_reads_only_verified_checkpoints(run_folder):
-    from genrank_jax.export import load_checkpoint_model
+    from genrank_jax.serving.export import load_checkpoint_model
 
     _, step = load_checkpoint_model(run_folder / "checkpoints")
     assert step == 6

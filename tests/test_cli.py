@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrank_jax import cli
-from genrank_jax.errors import GenrankError
+from genrank_jax.cli import commands
+from genrank_jax.errors import GenRankError
 
 # tiny and short: these check the plumbing, not the model
 FAST = ["--preset", "tiny", "--steps", "3", "--batch-size", "16", "--max-history", "16", "--no-progress"]
@@ -177,10 +178,10 @@ def test_library_error_is_one_line_and_debug_shows_the_traceback(shared_data, tm
 
     # --skip-bad-rows reaches the loader, and the CLI says what it skipped (training is cut short:
     # the plumbing is under test, not the model)
-    from genrank_jax.config import GenRankConfig
+    from genrank_jax.model.config import GenRankConfig
 
     def stop(*args, **kwargs):
-        raise GenrankError("stopped after loading")
+        raise GenRankError("stopped after loading")
 
     monkeypatch.setattr(GenRankConfig, "preset", stop)
     code, out, err = run_cli(argv + ["--skip-bad-rows"], capsys)
@@ -192,7 +193,7 @@ def test_defect_is_one_line_with_exit_code_1(monkeypatch, capsys):
     def broken(args):
         raise TypeError("unsupported operand")
 
-    monkeypatch.setattr(cli, "run_train", broken)
+    monkeypatch.setattr(commands, "run_train", broken)  # the real module global
     code, _, err = run_cli(["train"], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith("genrank-jax train: internal error TypeError: unsupported operand") and "--debug" in err
@@ -202,7 +203,7 @@ def test_every_subcommand_gets_the_wrapper_and_debug():
     """A subcommand added later (export, say) gets --debug and one-line errors without code of its own."""
     import argparse
 
-    from genrank_jax.command_line import CommandLineParser, add_debug_flags, run_reporting_errors
+    from genrank_jax.cli.command_line import CommandLineParser, add_debug_flags, run_reporting_errors
 
     parser = CommandLineParser(prog="genrank-jax")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -273,7 +274,7 @@ def test_number_validators_agree_with_their_definition(value):
     import argparse
     import math
 
-    from genrank_jax import command_line as options
+    from genrank_jax.cli import command_line as options
 
     text = repr(value) if isinstance(value, float) else str(value)
     definitions = {

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from genrank_jax import cli
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data import sources
 from genrank_jax.data.batching import BatchPlan, batch_shape, plan_batches, planned_figures
 from genrank_jax.data.device_samples import DeviceSampleBuilder
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import TrainConfig, Trainer, resolve_batch_building, run_settings
 from tests.data import fixtures
 from tests.data.test_samples import random_dataset
@@ -211,7 +211,7 @@ def test_batch_building_resolution_and_resume_digest(simulated):
 
 def test_device_batches_check_what_validate_batch_would(simulated):
     """Without validate_batch, a sample with no history and a padded length over max_tokens are still refused."""
-    from genrank_jax.validation import BatchError
+    from genrank_jax.model.validation import BatchError
 
     for choice in ("host", "device"):  # the same errors either way
         batches = make_trainer(simulated, choice, min_history=0)._batches_from(0)

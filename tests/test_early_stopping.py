@@ -6,12 +6,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from genrank_jax import defaults
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.holdout import validation_dataset, validation_slice
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.defaults import LARGE_DATA, SMALL_DATA, defaults_for, train_exposures
-from genrank_jax.training import TrainConfig, Trainer
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.training import TrainConfig, Trainer, defaults
+from genrank_jax.training.defaults import LARGE_DATA, SMALL_DATA, defaults_for, train_exposures
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 import genrank_jax
-from genrank_jax.command_line import run_reporting_errors
-from genrank_jax.errors import GenrankError, is_user_error
+from genrank_jax.cli.command_line import run_reporting_errors
+from genrank_jax.errors import GenRankError, is_user_error
+from genrank_jax.model.validation import BatchError
 from genrank_jax.training import NonFiniteLossError, TrainConfig
-from genrank_jax.validation import BatchError
 
 
 def raised(call):
@@ -31,7 +31,7 @@ def test_the_same_kinds_raised_inside_a_dependency_are_defects():
 
 def test_files_and_genrank_errors_are_always_the_users():
     assert is_user_error(raised(lambda: open("/nonexistent/genrank-jax")))
-    assert is_user_error(GenrankError("bad input"))
+    assert is_user_error(GenRankError("bad input"))
 
 
 def test_the_cli_exit_codes(capsys):
@@ -43,12 +43,12 @@ def test_the_cli_exit_codes(capsys):
 
 @pytest.mark.parametrize("kind", [BatchError, NonFiniteLossError])
 def test_every_library_error_is_a_genrank_error(kind):
-    assert issubclass(kind, GenrankError)
+    assert issubclass(kind, GenRankError)
 
 
 def test_the_top_level_names_only_the_public_api():
     names = dir(genrank_jax)
     for module in ("config", "model", "typing", "data", "errors", "training"):
         assert module not in names, module
-    for name in ("GenRank", "Trainer", "split_batch", "requests_from", "attention", "simulate", "GenrankError"):
+    for name in ("GenRank", "Trainer", "split_batch", "requests_from", "attention", "simulate", "GenRankError"):
         assert name in names and hasattr(genrank_jax, name), name

@@ -11,8 +11,8 @@ import pytest
 from genrank_jax import cli
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.sources import load_dataset
-from genrank_jax.export import load_checkpoint_model
 from genrank_jax.serving import Candidates, History, split_batch
+from genrank_jax.serving.export import load_checkpoint_model
 
 FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16", "--no-progress",
         "--checkpoint-every", "2"]
@@ -126,13 +126,13 @@ def test_export_refuses_an_occupied_folder_and_replaces_it_whole(two_exports, tm
 def test_another_exports_params_are_refused(two_exports, tmp_path):
     import shutil
 
-    from genrank_jax.errors import GenrankError
-    from genrank_jax.export import load_export
+    from genrank_jax.errors import GenRankError
+    from genrank_jax.serving.export import load_export
 
     swapped = tmp_path / "swapped"
     shutil.copytree(two_exports / "step4", swapped)
     shutil.copy(two_exports / "step2" / "params.npz", swapped / "params.npz")
-    with pytest.raises(GenrankError, match="not this export's parameters"):
+    with pytest.raises(GenRankError, match="not this export's parameters"):
         load_export(swapped)
     # the bare artifact, called by hand with the wrong parameters, scores NaN, not plausibly wrong
     good = load_export(two_exports / "step4")
@@ -153,7 +153,7 @@ def test_the_artifacts_own_params_check_reads_a_sample_not_the_tables():
     catalog's embedding tables (2^20 x 64 float32 here, 256 MiB), and it must still see a change."""
     import jax
 
-    from genrank_jax.export import params_fingerprint
+    from genrank_jax.serving.export import params_fingerprint
 
     table = jax.ShapeDtypeStruct((1 << 20, 64), np.float32)
     cost = jax.jit(params_fingerprint).lower([table, jax.ShapeDtypeStruct((7,), np.float32)]).compile().cost_analysis()

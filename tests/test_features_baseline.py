@@ -4,12 +4,12 @@ GenRank reading the same aggregates: batches carry them, models learn from them,
 import numpy as np
 import pytest
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import aggregate_features, num_aggregates
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.validation import BatchError, validate_batch
 from genrank_jax.training import TrainConfig, Trainer
-from genrank_jax.validation import BatchError, validate_batch
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +70,11 @@ def test_genrank_with_aggregates_starts_as_genrank_and_trains(dataset):
 def test_export_refuses_a_genrank_that_reads_aggregates(dataset, tmp_path):
     from flax import nnx
 
-    from genrank_jax.errors import GenrankError
-    from genrank_jax.export import export_scorer
+    from genrank_jax.errors import GenRankError
     from genrank_jax.model import GenRank
+    from genrank_jax.serving.export import export_scorer
 
     model = GenRank(GenRankConfig.preset("tiny", dataset.spec, use_aggregates=True), rngs=nnx.Rngs(0))
-    with pytest.raises(GenrankError, match="aggregate features"):
+    with pytest.raises(GenRankError, match="aggregate features"):
         export_scorer(model, tmp_path / "export")
     assert not (tmp_path / "export").exists()

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.blocks import BLOCKS
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import TokenBatch
-from genrank_jax.export import export_scorer
-from genrank_jax.history_variants import PER_TOKEN_FIELDS, shadow_batch, with_shadows
 from genrank_jax.model import GenRank
-from genrank_jax.scorer import Scorer
+from genrank_jax.model.blocks import BLOCKS
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.history_variants import PER_TOKEN_FIELDS, shadow_batch, with_shadows
 from genrank_jax.serving import split_batch
+from genrank_jax.serving.export import export_scorer
+from genrank_jax.serving.scorer import Scorer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The paper's two ablations (genrank_jax.history_variants): a fully visible history and loss at
+"""The paper's two ablations (genrank_jax.model.history_variants): a fully visible history and loss at
 history positions. Each is checked against what it claims: the explicit-mask attention equals the
 op's reference under the op's mask, a shadow token never sees its own or later actions, the
 candidates' outputs are the same with and without shadows, and the loss adds exactly the history's."""
@@ -12,15 +12,15 @@ import optax
 import pytest
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import TokenKind
-from genrank_jax.history_variants import ExplicitMask, explicit_mask, masked_attention, sequence_visibility
 from genrank_jax.kernels.masking import valid_pairs
 from genrank_jax.kernels.reference import attention_reference
-from genrank_jax.losses import candidate_and_history_bce, candidate_bce
 from genrank_jax.model import GenRank, attend_over
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.history_variants import ExplicitMask, explicit_mask, masked_attention, sequence_visibility
+from genrank_jax.model.losses import candidate_and_history_bce, candidate_bce
 from genrank_jax.serving import ServingError, split_batch
 from genrank_jax.training import TrainConfig, Trainer, usable_requests
 

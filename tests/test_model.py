@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.baselines import DINRanker, build_model
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.losses import candidate_bce
 from genrank_jax.model import GenRank, attend_over
+from genrank_jax.model.baselines import DINRanker, build_model
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.losses import candidate_bce
 from genrank_jax.training import usable_requests
 
 VARIANTS = [

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from genrank_jax.cli import main
-from genrank_jax.errors import GenrankError
-from genrank_jax.export import load_checkpoint_vocabulary, load_vocabulary
+from genrank_jax.errors import GenRankError
+from genrank_jax.serving.export import load_checkpoint_vocabulary, load_vocabulary
 from tests.data import own_log_files as files
 
 
@@ -55,5 +55,5 @@ def test_a_swapped_vocabulary_is_refused(trained, tmp_path):
 
     dataset = load_dataset(f"log:{other[0]}", schema=other[1], tfds_dir=tmp_path / "tfds")
     dataset.vocabulary.save(scorer / "vocabulary.npz")
-    with pytest.raises(GenrankError, match="not the vocabulary"):
+    with pytest.raises(GenRankError, match="not the vocabulary"):
         load_vocabulary(scorer)

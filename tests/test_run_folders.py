@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from genrank_jax import output_folder
+from genrank_jax.cli import output_folder
 from tests.cli_runs import FAST, run
 
 
@@ -86,7 +86,7 @@ def test_a_failed_run_removes_the_folders_it_made_and_only_those(tmp_path, monke
 
 
 def test_an_interrupted_run_that_saved_a_checkpoint_keeps_its_folder(tmp_path, monkeypatch, capsys):
-    from genrank_jax.checkpoint import Checkpoints
+    from genrank_jax.training.checkpoint import Checkpoints
 
     monkeypatch.chdir(tmp_path)
     saving = Checkpoints.save
@@ -102,7 +102,7 @@ def test_an_interrupted_run_that_saved_a_checkpoint_keeps_its_folder(tmp_path, m
 
 
 def test_user_command_never_shows_this_machine_s_absolute_paths():
-    from genrank_jax.command_line import user_command
+    from genrank_jax.cli.command_line import user_command
 
     words = ["genrank-jax", "lis", "--data-dir", "/home/ann/data/ml-100k", "--out", "/work/repo/runs/x",
              "--features", "mllm=/home/ann/items.npy", "a+b=/srv/x y.npy", "--out=/home/ann/o", "--data", "log:/srv/l",

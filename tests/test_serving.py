@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.model import GenRank
-from genrank_jax.scorer import Request, Scorer, requests_from
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.serving import History, ServingError, split_batch
+from genrank_jax.serving.scorer import Request, Scorer, requests_from
 
 ATOL = 1e-5
 VARIANTS = [(organization, block) for organization in ("action", "item") for block in ("transformer", "hstu")]
@@ -190,7 +190,7 @@ def test_eager_api_checks_bad_input_with_clear_errors(feed):
 
 def test_unknown_users_raise_and_jitted_code_gives_them_the_zero_user_row(feed):
     """User 303 of 300 used to be scored as user 3, user -1 as user 299 (`id % user_rows`)."""
-    from genrank_jax import serving
+    from genrank_jax.serving import history_cache as serving
 
     batch = make_batch(feed.dataset, "action", seed=3)
     model = make_model(feed.dataset, "action", "transformer")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
-from genrank_jax.streaming import Window, parse_window, weighted_mean, window_ids
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import TrainConfig, Trainer
+from genrank_jax.training.streaming import Window, parse_window, weighted_mean, window_ids
 
 
 @pytest.fixture(scope="module")

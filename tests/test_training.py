@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genrank_jax.checkpoint import CheckpointError
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.validation import BatchError, validate_batch
 from genrank_jax.training import NonFiniteLossError, TrainConfig, Trainer
-from genrank_jax.validation import BatchError, validate_batch
+from genrank_jax.training.checkpoint import CheckpointError
 
 
 @pytest.fixture(scope="module")

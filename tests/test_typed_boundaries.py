@@ -10,11 +10,11 @@ from beartype import beartype
 from flax import nnx
 from jaxtyping import TypeCheckError, jaxtyped
 
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.kernels import attention, cached_attention
 from genrank_jax.model import GenRank
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.training import usable_requests
 
 

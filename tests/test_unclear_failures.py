@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from genrank_jax.checkpoint import CheckpointError, Checkpoints
 from genrank_jax.cli import main
+from genrank_jax.training.checkpoint import CheckpointError, Checkpoints
 
 FAST = ["--data", "synthetic:tests", "--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16",
         "--no-progress"]
@@ -100,7 +100,7 @@ def test_a_lock_that_cannot_be_taken_is_never_skipped(tmp_path, monkeypatch):
     import os
     import socket
 
-    from genrank_jax.output_folder import LOCK_NAME, writer_lock
+    from genrank_jax.cli.output_folder import LOCK_NAME, writer_lock
     from genrank_jax.training import OutputInUseError
 
     lock, real_open = tmp_path / LOCK_NAME, os.open

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from genrank_jax.data.schema import RankingDataset
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 
 SYNTHETIC_PRESETS = ("tests", "default", "feed", "benchmark")
 REAL_CONFIGS = {"movielens": ("100k", "1m", "20m", "32m", "latest-small"), "kuairand": ("pure", "1k", "27k")}
@@ -28,7 +28,7 @@ RAW_FILES = {
 }
 
 
-class SourceError(GenrankError, ValueError):
+class SourceError(GenRankError, ValueError):
     """A source name load_dataset does not know, or a real source without its data_dir."""
 
 

@@ -16,12 +16,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 
 AXES = ("data", "model")
 
 
-class ShardingError(GenrankError, ValueError):
+class ShardingError(GenRankError, ValueError):
     """A mesh, batch or parameter layout that cannot work; raised before any computation."""
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from genrank_jax import cli
 from genrank_jax.data import sources
 from genrank_jax.data.builders.rows import DataError, MalformedRowError
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 from tests.data import fixtures
 
 NUM_RATINGS = 120  # data rows copied from ml-100k.inter (its line 1 is the header)
@@ -144,10 +144,10 @@ def test_duplicate_rows_are_counted_then_kept_or_dropped(copies, ml100k, tmp_pat
 
 def test_every_row_twice_is_reported_by_the_cli(ml100k, tmp_path, capsys, monkeypatch):
     raw = write_copy(tmp_path, ml100k, [row for row in ml100k[1] for _ in range(2)])
-    from genrank_jax.config import GenRankConfig
+    from genrank_jax.model.config import GenRankConfig
 
     def stop(*args, **kwargs):
-        raise GenrankError("stopped after loading")
+        raise GenRankError("stopped after loading")
 
     monkeypatch.setattr(GenRankConfig, "preset", stop)  # the report is under test, not training
     for flags, fate in (([], "kept (--drop-duplicates drops them)"), (["--drop-duplicates"], "dropped")):

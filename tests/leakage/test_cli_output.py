@@ -38,7 +38,7 @@ def test_overwrite_replaces_the_report_whole_and_a_failed_write_keeps_it(tmp_pat
     assert main(["lis", *FAST, "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["lis.json", "lis.md", "lis.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
-    from genrank_jax import output_folder
+    from genrank_jax.cli import output_folder
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -16,9 +16,9 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
-from genrank_jax.baselines import build_model
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
+from genrank_jax.model.baselines import build_model
+from genrank_jax.model.config import GenRankConfig
 from genrank_jax.sharding import RULES, ShardingError, ShardingOptions, make_mesh, match_rule, parse_mesh_spec
 from genrank_jax.sharding.rules import check_divisible, path_name, state_specs
 from genrank_jax.training import TrainConfig, make_optimizer

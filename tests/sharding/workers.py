@@ -24,9 +24,9 @@ BATCH = 16
 def tiny_run(embedding_row_multiple=8, log_dir: str | None = None, **config_overrides):
     """The tiny run, on the simulator or (log_dir) on the own-log fixture in that folder, which the
     caller has already loaded once (so every process memory-maps the same saved arrays)."""
-    from genrank_jax.config import GenRankConfig
     from genrank_jax.data import load_dataset
     from genrank_jax.data.synthetic import SimulatorConfig, simulate
+    from genrank_jax.model.config import GenRankConfig
     from genrank_jax.training import TrainConfig
 
     if log_dir:

@@ -15,16 +15,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(GenrankError, ValueError):
+class DataError(GenRankError, ValueError):
     """A raw file that cannot be read as the requested dataset; the message names the file (and line)."""
 
 
-class MissingFileError(GenrankError, FileNotFoundError):
+class MissingFileError(GenRankError, FileNotFoundError):
     """A raw input file is not in the manual directory."""
 
 

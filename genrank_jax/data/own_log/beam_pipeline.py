@@ -26,9 +26,9 @@ from genrank_jax.data.own_log.schema import LogSchema
 try:
     import apache_beam as beam
 except ImportError as error:  # an optional extra: say how to get it
-    from genrank_jax.errors import GenrankError
+    from genrank_jax.errors import GenRankError
 
-    raise GenrankError("preparing a log with Apache Beam needs the beam extra: "
+    raise GenRankError("preparing a log with Apache Beam needs the beam extra: "
                        "pip install 'genrank-jax[beam]'") from error
 
 METRICS = "genrank_jax.own_log"

@@ -17,14 +17,14 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
 
 TIME_UNITS = ("s", "ms", "us", "iso")
 DEFAULT_OOV_BUCKETS = 1024
 DEFAULT_REQUEST_GAP_SECONDS = 1800.0
 
 
-class SchemaError(GenrankError, ValueError):
+class SchemaError(GenRankError, ValueError):
     """A schema file that cannot describe the log: the message names the file and the key."""
 
 

@@ -173,7 +173,7 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocabulary":
-        from genrank_jax.errors import GenrankError
+        from genrank_jax.errors import GenRankError
 
         path = pathlib.Path(path)
         try:
@@ -189,5 +189,5 @@ class Vocabulary:
                        user_features={n: FeatureVocabulary(arrays[f"user_feature/{n}"]) for n in meta["user_features"]},
                        min_count=meta["min_count"], info=meta.get("info", {}))
         except (OSError, ValueError, KeyError) as error:
-            raise GenrankError(f"{path} is not a readable genrank-jax vocabulary "
+            raise GenRankError(f"{path} is not a readable genrank-jax vocabulary "
                                f"({type(error).__name__}: {error})") from None

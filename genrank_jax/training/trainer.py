@@ -27,21 +27,21 @@ from flax import nnx
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
 from genrank_jax import metrics, sharding
-from genrank_jax.baselines import build_model
-from genrank_jax.checkpoint import CheckpointError, Checkpoints, abstract_like
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.batching import BatchPlan, batch_shape, iterate_batches, plan_batches, planned_figures
 from genrank_jax.data.device_samples import DeviceSampleBuilder
 from genrank_jax.data.holdout import validation_slice
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.schema import RankingDataset
-from genrank_jax.errors import GenrankError
-from genrank_jax.losses import candidate_and_history_bce, candidate_bce
-from genrank_jax.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
-from genrank_jax.validation import BatchError, validate_batch
+from genrank_jax.errors import GenRankError
+from genrank_jax.model.baselines import build_model
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.losses import candidate_and_history_bce, candidate_bce
+from genrank_jax.model.validation import BatchError, validate_batch
+from genrank_jax.training.checkpoint import CheckpointError, Checkpoints, abstract_like
+from genrank_jax.training.streaming import parse_window, stream_order, warmup_windows, weighted_mean, window_ids
 
 
-class NonFiniteLossError(GenrankError, FloatingPointError):
+class NonFiniteLossError(GenRankError, FloatingPointError):
     """The loss became NaN or infinite; training stopped without saving the bad state."""
 
 
@@ -55,7 +55,7 @@ class TrainConfig:
 
     schedule: "epochs" (passes over the train split, shuffled; `steps` or `epochs`, early stopping on
       the validation slice) or "stream" (the whole log once in time order, each window scored before
-      it is trained on: `genrank_jax.streaming`; `window` cuts it, steps follow from the data).
+      it is trained on: `genrank_jax.training.streaming`; `window` cuts it, steps follow from the data).
 
     epochs: when > 0, the run is `epochs` passes over the fitted requests (overrides `steps`).
     validation_fraction: when > 0, that latest fraction of the train requests is held out as the
@@ -370,7 +370,7 @@ class Trainer:
         The checkpoint is verified (checksums, finite values) and must match this run's model config
         and settings (`allow_setting_changes` accepts other training settings). A damaged latest step
         raises `CorruptCheckpointError` naming the latest good one; `fallback=True` resumes from that
-        one with a warning. See `genrank_jax.checkpoint`.
+        one with a warning. See `genrank_jax.training.checkpoint`.
         """
         if self.checkpoints is None:
             return self.step
@@ -621,7 +621,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", exposures_per_s=f"{rate:,.0f}", padding=f"{padding:.0%}")
 
     def _stream(self, target: int, bar, log_every: int) -> list[dict]:
-        """The stream schedule (see `genrank_jax.streaming`): for each window not yet trained on, score
+        """The stream schedule (see `genrank_jax.training.streaming`): for each window not yet trained on, score
         it (unless a resumed run already did), then train on it once; stops at `target` steps."""
         exposures, started = 0, time.perf_counter()
         names = self.config.features.action_names

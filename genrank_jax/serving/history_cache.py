@@ -36,21 +36,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genrank_jax import embeddings
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
+from genrank_jax.model import embeddings
 from genrank_jax.typing import Array, Float
 
 if TYPE_CHECKING:  # model imports this module
-    from genrank_jax.config import GenRankConfig
-    from genrank_jax.model import BlockAttention
+    from genrank_jax.model.config import GenRankConfig
+    from genrank_jax.model.genrank import BlockAttention
 
 CachedKeys = Float[Array, "B N H D"]
 CachedValues = Float[Array, "B N H Dv"]
 CandidateLogits = Float[Array, "B M A"]
 
 
-class ServingError(GenrankError, ValueError):
+class ServingError(GenRankError, ValueError):
     """Input that serving cannot score: unknown items or users, side features of the wrong width or out of
     vocabulary, no candidates, too long a history, a foreign cache."""
 

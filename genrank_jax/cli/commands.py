@@ -1,5 +1,5 @@
 """Command line: `genrank-jax train` (also `python -m genrank_jax train`), `genrank-jax lis` and
-`genrank-jax export` (a trained model's encode/score functions for serving, see genrank_jax/export.py)."""
+`genrank-jax export` (a trained model's encode/score functions for serving, see genrank_jax/serving/export.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from genrank_jax.command_line import (
+from genrank_jax.cli.command_line import (
     CommandLineParser,
     add_debug_flags,
     add_dry_run_flag,
@@ -25,8 +25,8 @@ from genrank_jax.command_line import (
     run_reporting_errors,
     user_command,
 )
-from genrank_jax.config import ARCHITECTURES
-from genrank_jax.errors import GenrankError
+from genrank_jax.errors import GenRankError
+from genrank_jax.model.config import ARCHITECTURES
 
 
 def add_data_quality_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,18 +52,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "logistic regression on aggregate features of earlier requests)")
     parser.add_argument("--aggregates", action=argparse.BooleanOptionalAction, default=None,
                         help="GenRank also reads the features baseline's aggregate features: a projection on each "
-                             "token and a linear path to the logits (default: on, genrank_jax/defaults.py; "
+                             "token and a linear path to the logits (default: on, genrank_jax/training/defaults.py; "
                              "--no-aggregates for a model genrank-jax export can serve)")
     parser.add_argument("--features-hidden", type=non_negative_int, default=0,
                         help="--architecture features: hidden units of an MLP (0: logistic regression)")
     parser.add_argument("--organization", default="action", choices=["action", "item"])
     parser.add_argument("--block", default="transformer", choices=["transformer", "hstu"])
     parser.add_argument("--preset", default=None, choices=["tiny", "small", "paper"],
-                        help="default: by data size (genrank_jax/defaults.py), 'tiny' for ml-100k, else 'small'")
+                        help="default: by data size (genrank_jax/training/defaults.py), 'tiny' for ml-100k, "
+                             "else 'small'")
     parser.add_argument("--no-alibi", action="store_true", help="drop the ALiBi position bias")
     parser.add_argument("--no-time-bias", action="store_true", help="drop the ALiBi time bias")
     parser.add_argument("--attention-impl", default=None, help="xla, pallas_triton, pallas_mosaic_gpu, pallas_tpu")
-    # None: chosen by the size of the data (genrank_jax/defaults.py); an explicit value always wins
+    # None: chosen by the size of the data (genrank_jax/training/defaults.py); an explicit value always wins
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="train this many steps (default: by data size; not with --epochs)")
     parser.add_argument("--epochs", type=positive_int, default=None,
@@ -163,16 +164,16 @@ MIN_EVAL_EXPOSURES = 1000
 def check_train_options(args) -> None:
     """Refuse option combinations before any data is read."""
     if args.steps is not None and args.epochs is not None:
-        raise GenrankError(f"--steps {args.steps} and --epochs {args.epochs} both set the length of the run: give "
+        raise GenRankError(f"--steps {args.steps} and --epochs {args.epochs} both set the length of the run: give "
                            "one (--epochs N: at most N passes, stopped early on validation; --steps N: N steps)")
     if args.batch_building == "device" and args.mesh is not None:
-        raise GenrankError(f"--batch-building device builds each batch on one device, not over --mesh {args.mesh}: "
+        raise GenRankError(f"--batch-building device builds each batch on one device, not over --mesh {args.mesh}: "
                            "use --batch-building host (or auto) with a mesh")
 
 
 def eval_size_lines(dataset, requests, max_candidates: int) -> tuple[str, str | None]:
     """(the eval set's size, a warning when it is under MIN_EVAL_EXPOSURES scored exposures, else None)."""
-    from genrank_jax.training import candidate_rows
+    from genrank_jax.training.trainer import candidate_rows
 
     scored = len(candidate_rows(dataset, requests, max_candidates))
     size = f"eval set: {len(requests):,} requests, {scored:,} scored exposures"
@@ -183,17 +184,18 @@ def eval_size_lines(dataset, requests, max_candidates: int) -> tuple[str, str | 
 
 
 def resolve_defaults(args, dataset) -> str:
-    """Fill the options left unset from the data-size rule (genrank_jax/defaults.py); returns a line saying so."""
-    from genrank_jax.defaults import defaults_for, train_exposures
+    """Fill the options left unset from the data-size rule (genrank_jax/training/defaults.py); returns a line
+    saying so."""
+    from genrank_jax.training.defaults import defaults_for, train_exposures
 
     rule = defaults_for(dataset)
     chosen = []
     if args.schedule == "stream":  # one pass, scored as it goes: no epochs, no validation slice
         if args.epochs is not None or args.steps is not None:
-            raise GenrankError("--schedule stream reads the log once: its length is the data's, so --epochs and "
+            raise GenRankError("--schedule stream reads the log once: its length is the data's, so --epochs and "
                                "--steps do not apply")
         if args.validation_fraction or args.patience:
-            raise GenrankError("--schedule stream scores each window before training on it: --validation-fraction "
+            raise GenRankError("--schedule stream scores each window before training on it: --validation-fraction "
                                "and --patience do not apply")
         args.steps, args.validation_fraction, args.patience = 1, 0.0, 0
         chosen.append(f"schedule=stream window={args.window}")
@@ -220,8 +222,8 @@ def resolve_defaults(args, dataset) -> str:
         args.config_overrides["use_aggregates"] = args.aggregates
     chosen += [f"max_candidates={rule.max_candidates}"] + [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                                        for k, v in args.config_overrides.items()]
-    return (f"defaults for {rule.name} ({train_exposures(dataset):,} train exposures; genrank_jax/defaults.py): "
-            + ", ".join(chosen))
+    return (f"defaults for {rule.name} ({train_exposures(dataset):,} train exposures; "
+            f"genrank_jax/training/defaults.py): " + ", ".join(chosen))
 
 
 NO_CLUSTER = ("--distributed found no cluster to join (no SLURM, Open MPI or TPU slice around this process): "
@@ -248,17 +250,17 @@ def check_distributed_flags(args) -> None:
     """The --distributed flags' own errors (no cluster and no --coordinator, some of the three flags
     without the others, a --coordinator that is not host:port), before anything waits."""
     if args.coordinator is None and not _cluster_around():
-        raise GenrankError(NO_CLUSTER)
+        raise GenRankError(NO_CLUSTER)
     given = [args.coordinator, args.num_processes, args.process_id]
     if any(v is not None for v in given) and not all(v is not None for v in given):
         missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if v is None]
-        raise GenrankError(f"--distributed with some of its flags needs all three: missing {', '.join(missing)}")
+        raise GenRankError(f"--distributed with some of its flags needs all three: missing {', '.join(missing)}")
     if args.coordinator is not None:
         host, _, port = args.coordinator.rpartition(":")
         if not host or not port.isdigit():
-            raise GenrankError(f"--coordinator {args.coordinator!r} must be host:port")
+            raise GenRankError(f"--coordinator {args.coordinator!r} must be host:port")
     if args.process_id is not None and args.num_processes is not None and args.process_id >= args.num_processes:
-        raise GenrankError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
+        raise GenRankError(f"--process-id {args.process_id} must be below --num-processes {args.num_processes}")
 
 
 # Holds the jax.distributed.initialize thread of a join that did not complete (Ctrl-C, the time-out,
@@ -292,7 +294,7 @@ def join_processes(args) -> None:
                 break
             except OSError as error:
                 if time.monotonic() > deadline:
-                    raise GenrankError(f"the coordinator {args.coordinator} did not answer within "
+                    raise GenRankError(f"the coordinator {args.coordinator} did not answer within "
                                        f"{args.distributed_timeout:g} s ({error.strerror or error}): is process 0 "
                                        "running, and is the address reachable from here?") from None
                 time.sleep(0.2)
@@ -318,7 +320,7 @@ def join_processes(args) -> None:
     while thread.is_alive():
         thread.join(0.05)
         if thread.is_alive() and time.monotonic() > deadline:
-            raise GenrankError(f"the processes did not all join within {args.distributed_timeout:g} s"
+            raise GenRankError(f"the processes did not all join within {args.distributed_timeout:g} s"
                                + (f" at {args.coordinator}" if args.coordinator else "")
                                + ": are all of them started, with the same --coordinator and --num-processes?")
     error = outcome.get("error")
@@ -326,9 +328,9 @@ def join_processes(args) -> None:
         _UNFINISHED_JOIN.remove(thread)
         return
     if isinstance(error, (ValueError, RuntimeError)) and "coordinator_address" in str(error):
-        raise GenrankError(NO_CLUSTER) from None
+        raise GenRankError(NO_CLUSTER) from None
     # the cluster, not this code: a user-fixable error whichever kind jax raised
-    raise GenrankError(f"joining the other processes failed: {error}") from error
+    raise GenRankError(f"joining the other processes failed: {error}") from error
 
 
 def mesh_from_args(args):
@@ -346,9 +348,9 @@ def mesh_from_args(args):
 def train_settings(args, dataset):
     """(TrainConfig, GenRankConfig, the defaults line) of the options, the defaults the data's size
     picks filled in: the same for a run and its --dry-run."""
-    from genrank_jax.config import GenRankConfig
     from genrank_jax.data.batching import padded_max_tokens
-    from genrank_jax.training import TrainConfig
+    from genrank_jax.model.config import GenRankConfig
+    from genrank_jax.training.trainer import TrainConfig
 
     defaults_line = resolve_defaults(args, dataset)
     train = TrainConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
@@ -370,7 +372,7 @@ def train_settings(args, dataset):
 
 def check_train_folder(args, out: pathlib.Path) -> None:
     """Refuse an --out the run cannot use (a file; another run's results; --resume of nothing)."""
-    from genrank_jax.training import OutputInUseError, check_output_folder
+    from genrank_jax.training.trainer import OutputInUseError, check_output_folder
 
     if out.exists() and not out.is_dir():
         raise OutputInUseError(f"--out {out} is a file, not a folder")
@@ -398,8 +400,8 @@ def train_saved(out: pathlib.Path) -> bool:
 def train_folder(args, created) -> pathlib.Path:
     """The run's folder: --out; without it the next free runs/train-N (reserved now, unless --dry-run),
     or with --resume the newest runs/train-N. Prints it as the first line of output."""
-    from genrank_jax import output_folder
-    from genrank_jax.training import OutputInUseError
+    from genrank_jax.cli import output_folder
+    from genrank_jax.training.trainer import OutputInUseError
 
     if args.out is not None:
         out = pathlib.Path(args.out)
@@ -433,13 +435,13 @@ def train_folder(args, created) -> pathlib.Path:
 
 
 def run_train(args) -> int:
-    from genrank_jax.output_folder import CreatedFolders, removed_unless_saved
+    from genrank_jax.cli.output_folder import CreatedFolders, removed_unless_saved
 
     check_train_options(args)
     created = CreatedFolders()
     out = train_folder(args, created)
     if args.dry_run:
-        from genrank_jax import dry_run
+        from genrank_jax.cli import dry_run
         return dry_run.train(args, out)
     # a run that fails before it saved anything leaves no folder behind that it created
     with removed_unless_saved(created, lambda: train_saved(out)):
@@ -459,7 +461,7 @@ def _run_train(args, out: pathlib.Path, created) -> int:
     mesh, sharding_options = mesh_from_args(args)
     import jax
 
-    from genrank_jax.output_folder import writer_lock
+    from genrank_jax.cli.output_folder import writer_lock
 
     # one writer per folder (process 0 of a multi-process run holds it for all of them)
     with writer_lock(out, "genrank-jax train") if jax.process_index() == 0 else contextlib.nullcontext():
@@ -467,8 +469,8 @@ def _run_train(args, out: pathlib.Path, created) -> int:
 
 
 def _train_into(args, dataset, config, train, out, mesh, sharding_options, defaults_line) -> int:
-    from genrank_jax.curves import plot_training_curve
-    from genrank_jax.training import Trainer, oracle_metrics
+    from genrank_jax.training.curves import plot_training_curve
+    from genrank_jax.training.trainer import Trainer, oracle_metrics
 
     trainer = Trainer(config, train, dataset, output_dir=out, mesh=mesh, sharding_options=sharding_options)
     if args.overwrite and (moved := trainer.overwrite_checkpoints()):
@@ -513,7 +515,7 @@ def _train_into(args, dataset, config, train, out, mesh, sharding_options, defau
 
     refitted = None
     if args.refit and best:
-        from genrank_jax.training import refit
+        from genrank_jax.training.trainer import refit
 
         started = time.perf_counter()
         refitted = refit(trainer, out / "refit")
@@ -554,7 +556,7 @@ def _report_stream(args, trainer, config, out, train_seconds) -> int:
     has read the eval period too, so the figure is the progressive one, not an eval-split score)."""
     import jax
 
-    from genrank_jax.curves import plot_stream_curve
+    from genrank_jax.training.curves import plot_stream_curve
 
     summary = trainer.stream_summary()
     report = {"data": args.data, "command": user_command(["genrank-jax", "train", *args.argv]), "machine": machine(),
@@ -594,7 +596,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def written_folder(args, command: str, created) -> pathlib.Path:
     """--out, or the next free runs/<command>-N (reserved now, unless --dry-run); printed first."""
-    from genrank_jax import output_folder
+    from genrank_jax.cli import output_folder
 
     if args.out is not None:
         out = pathlib.Path(args.out)
@@ -607,7 +609,7 @@ def written_folder(args, command: str, created) -> pathlib.Path:
 
 
 def run_export(args) -> int:
-    from genrank_jax.output_folder import CreatedFolders, holds_files, removed_unless_saved
+    from genrank_jax.cli.output_folder import CreatedFolders, holds_files, removed_unless_saved
 
     created = CreatedFolders()
     out = written_folder(args, "export", created)
@@ -620,14 +622,14 @@ def _run_export(args, out: pathlib.Path) -> int:
     import jax
     import numpy as np
 
-    from genrank_jax.export import (
+    from genrank_jax.cli.output_folder import check_free
+    from genrank_jax.serving.export import (
         check_exportable,
         check_platforms,
         export_scorer,
         load_checkpoint_model,
         load_checkpoint_vocabulary,
     )
-    from genrank_jax.output_folder import check_free
 
     platforms = check_platforms(p.strip() for p in args.platforms.split(",") if p.strip())
     check_free(out, overwrite=args.overwrite)  # before the checkpoint is read
@@ -639,7 +641,7 @@ def _run_export(args, out: pathlib.Path) -> int:
     if args.dry_run:
         from flax import nnx
 
-        from genrank_jax.dry_run import NOTHING_WRITTEN
+        from genrank_jax.cli.dry_run import NOTHING_WRITTEN
 
         check_exportable(model)
         params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -697,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
         lis.set_defaults(run=leakage_cli.run)
     except ImportError as error:  # the leakage package failed to import: say so when `lis` is used
         lis.set_defaults(run=lambda args, error=error: _unavailable("lis", error))
-    from genrank_jax import simulate_command
+    from genrank_jax.cli import simulate_command
     simulate = commands.add_parser("simulate", help="write the feed simulator's log as Parquet with its schema file",
                                    description=simulate_command.__doc__)
     simulate_command.add_arguments(simulate)
@@ -710,11 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unavailable(command: str, error: ImportError) -> int:
-    raise GenrankError(f"genrank-jax {command} is unavailable: {error}")
+    raise GenRankError(f"genrank-jax {command} is unavailable: {error}")
 
 
 def main(argv=None) -> int:
-    """Run a subcommand; any error it raises is reported as one line (see genrank_jax/command_line.py)."""
+    """Run a subcommand; any error it raises is reported as one line (see genrank_jax/cli/command_line.py)."""
     args = parse_arguments(build_parser(), argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])  # recorded in metrics.json
     code = run_reporting_errors(f"genrank-jax {args.command}", lambda: args.run(args), debug=args.debug)

@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from genrank_jax import history_variants, serving
-from genrank_jax.blocks import BLOCKS, RelativeAttention
-from genrank_jax.config import GenRankConfig
 from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import TokenBatch
-from genrank_jax.embeddings import TokenEmbedding
-from genrank_jax.history_variants import ExplicitMask
+from genrank_jax.model import history_variants
+from genrank_jax.model.blocks import BLOCKS, RelativeAttention
+from genrank_jax.model.config import GenRankConfig
+from genrank_jax.model.embeddings import TokenEmbedding
+from genrank_jax.model.history_variants import ExplicitMask
+from genrank_jax.serving import history_cache
 from genrank_jax.typing import AttentionOut, Hidden, Keys, Queries, TaskLogits, Values
 
 # How one block attends on a given path: (block index, the block's attention module, q, k, v) ->
@@ -96,7 +97,7 @@ class GenRank(nnx.Module):
     def logits_with_history(self, batch: TokenBatch) -> tuple[TaskLogits, TaskLogits]:
         """([B, S, A] as `__call__`, [B, S, A] logits of each history exposure scored as a candidate
         from the history before it): the `history_loss` ablation's training pass
-        (`genrank_jax.history_variants`). The first is equal to `__call__`'s."""
+        (`genrank_jax.model.history_variants`). The first is equal to `__call__`'s."""
         seq_len = batch.kinds.shape[1]
         joined = history_variants.with_shadows(batch)
         mask = history_variants.explicit_mask(batch, full_history=self.config.history_mask == "full", shadows=True)
@@ -126,15 +127,15 @@ class GenRank(nnx.Module):
         logits = self.heads(x).astype(jnp.float32)
         return logits if self.wide is None else logits + self.wide(aggregates)
 
-    def encode_history(self, history: serving.History, *, num_candidates=None,
-                       capacity: int | None = None) -> serving.HistoryCache:
+    def encode_history(self, history: history_cache.History, *, num_candidates=None,
+                       capacity: int | None = None) -> history_cache.HistoryCache:
         """Per-block keys and values of `history` (see `genrank_jax.serving`).
 
         num_candidates: [B] the request's candidate count (HSTU blocks only: their attention divides
         by history + candidates). capacity: history tokens the cache can hold (default: N).
         """
-        return serving.encode_history(self, history, num_candidates=num_candidates, capacity=capacity)
+        return history_cache.encode_history(self, history, num_candidates=num_candidates, capacity=capacity)
 
-    def score(self, cache: serving.HistoryCache, candidates: serving.Candidates, *, impl=None):
+    def score(self, cache: history_cache.HistoryCache, candidates: history_cache.Candidates, *, impl=None):
         """[B, M, A] logits of `candidates` against `cache`: equal to the full pass on history + candidates."""
-        return serving.score(self, cache, candidates, impl=impl)
+        return history_cache.score(self, cache, candidates, impl=impl)
