@@ -9,9 +9,12 @@ Public API:
   GenRankError, BatchError, NonFiniteLossError         errors a user can fix (one CLI line)
   simulate, SimulatorConfig                            the feed simulator (the embedded default data)
   split_batch, requests_from                           a token batch as serving inputs / Scorer requests
-  attention                                            the fused jagged attention op
+  attention, cached_attention, backend_report         the fused jagged attention op, its serving form
+                                                       against a history cache, and which backend runs
   History, Candidates, HistoryCache, Scorer, Request   serving: encode a history once, score candidates
-  genrank_jax.kernels.attention                        the fused jagged attention op
+  encode_history                                       a history's per-block keys and values
+  export_scorer, load_export, LoadedExport,            a trained model as a jax.export artifact, and
+  load_checkpoint_model                                a checkpoint's model
   genrank_jax.leakage                                  LIS / AIS with probe rankers
 """
 
@@ -26,7 +29,7 @@ from genrank_jax.data.sources import load_dataset
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import TokenBatch, TokenKind
 from genrank_jax.errors import GenRankError
-from genrank_jax.kernels import attention
+from genrank_jax.kernels import attention, backend_report, cached_attention
 from genrank_jax.model import (
     PRESETS,
     BatchError,
@@ -41,9 +44,14 @@ from genrank_jax.serving import (
     Candidates,
     History,
     HistoryCache,
+    LoadedExport,
     Request,
     Scorer,
     ServingError,
+    encode_history,
+    export_scorer,
+    load_checkpoint_model,
+    load_export,
     requests_from,
     split_batch,
 )
@@ -52,14 +60,21 @@ from genrank_jax.training import NonFiniteLossError, TrainConfig, Trainer, make_
 __version__ = "0.1.0"
 
 __all__ = [
-    "metrics", "DINRanker", "build_model", "PRESETS", "GenRankConfig", "BatchPlan", "iterate_batches",
-    "SampleBuilder", "SampleLayout", "FeatureSpec", "ItemCatalog", "Interactions", "RankingDataset",
-    "load_dataset", "TokenBatch", "TokenKind", "candidate_bce", "GenRank", "TrainConfig", "Trainer",
-    "make_optimizer", "Request", "Scorer", "Candidates", "History", "HistoryCache", "ServingError", "BatchError",
-    "validate_batch",
+    # models and training
+    "GenRankConfig", "PRESETS", "GenRank", "DINRanker", "build_model", "candidate_bce", "make_optimizer",
+    "TrainConfig", "Trainer", "metrics",
+    # data
+    "load_dataset", "RankingDataset", "FeatureSpec", "ItemCatalog", "Interactions", "SimulatorConfig", "simulate",
+    "TokenBatch", "TokenKind", "SampleBuilder", "SampleLayout", "BatchPlan", "iterate_batches", "validate_batch",
+    # kernels
+    "attention", "cached_attention", "backend_report",
+    # serving and export
+    "History", "Candidates", "HistoryCache", "encode_history", "split_batch", "Scorer", "Request", "requests_from",
+    "export_scorer", "load_export", "LoadedExport", "load_checkpoint_model",
+    # errors a user can fix (one CLI line, exit 2); anything else is a defect
+    "GenRankError", "BatchError", "NonFiniteLossError", "ServingError",
+    "__version__",
 ]
-__all__ += ["GenRankError", "NonFiniteLossError", "SimulatorConfig", "simulate", "attention", "requests_from",
-            "split_batch", "__version__"]
 
 
 def __dir__() -> list[str]:

@@ -46,3 +46,10 @@ _share_compiled_programs()
 @pytest.fixture
 def shared_data():
     return require_shared_data()
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 4. Each worker compiles XLA programs on several
+    threads of its own, so past a few workers they only contend for the cores and memory."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
