@@ -9,6 +9,7 @@
 # each writing its JSON as rows arrive, so a stage killed at its limit still leaves its results:
 #   0 env       nvidia-smi, jax's environment info                         env.txt, nvidia-smi.txt
 #   1 smoke     one jitted fwd+bwd call per backend and kind, max errors   smoke.json     (60 s)
+#   1b self_check  what impl=None checks and chooses, each check's time     self_check.json (60 s)
 #   2 headline  attention benchmark S=8192 D=128 bf16: TFLOP/s fwd and fwd+bwd of each backend,
 #               cuDNN with a materialised bias, the XLA reference           attention_headline.json
 #   3 parity    device parity tests, one pytest per backend, no -x, per-test timeout, JUnit XML
@@ -67,7 +68,7 @@ else
     parity_marks="device"
     parity_keyword=""
     per_test=45
-    limits=(30 60 100 100 45)  # ~7 minutes with the env probe
+    limits=(30 60 100 100 45)  # ~8 minutes with the env probe and the self-check
 fi
 
 echo "== env"
@@ -81,6 +82,8 @@ if [ "$DRY_RUN" -eq 0 ] && ! timeout -k 5 30 "${run[@]}" -c \
 fi
 
 stage smoke "${limits[1]}" "${run[@]}" bench/device_smoke.py "${smoke_args[@]}" --out "$RESULTS/smoke.json"
+# what impl=None checks and chooses here (kernels/self_check.py), and how long each check takes
+stage self_check "${limits[1]}" "${run[@]}" bench/backend_self_check.py --out "$RESULTS/self_check.json"
 stage headline "${limits[2]}" "${run[@]}" bench/bench_attention.py "${headline[@]}" \
     --out "$RESULTS/attention_headline.json"
 # pytest writes its JUnit XML at the end of the session: a session timeout (checked between tests)

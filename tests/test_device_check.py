@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-STAGES = ("env", "smoke", "headline", "parity_pallas_triton", "parity_pallas_mosaic_gpu", "sweep")
+STAGES = ("env", "smoke", "self_check", "headline", "parity_pallas_triton", "parity_pallas_mosaic_gpu", "sweep")
 BENCH_IMPLS = {"pallas_mosaic_gpu", "pallas_triton", "dpa", "xla"}
 
 
