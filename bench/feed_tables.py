@@ -135,15 +135,18 @@ def phenomenon_table(groups) -> list[str]:
 
 
 def cost_table(groups) -> list[str]:
-    lines = ["| data | schedule | model | seconds per run (compile + train), median | machine |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["Seconds per run (compile + training + validation; median over seeds) on each machine. On the "
+             "H200 14 runs shared the GPU and its 16 cores at once (bench/job_queue.py), so a run there took "
+             "longer than it would alone; the CPU is this project's 2-core machine, one run at a time.", "",
+             "| data | schedule | model | machine | seconds per run | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for (data, schedule, model), rows in sorted(groups.items()):
         if ", only " in data:
             continue
-        seconds = statistics.median(row["compile_s"] + row["train_s"] + row.get("validation_s", 0.0)
-                                    for row in rows.values())
-        machines = sorted({row["device_kind"] for row in rows.values()})
-        lines.append(f"| {data} | {schedule} | {model} | {seconds:.0f} | {', '.join(machines)} |")
+        for machine in sorted({row["device_kind"] for row in rows.values()}):
+            mine = [row for row in rows.values() if row["device_kind"] == machine]
+            seconds = statistics.median(row["compile_s"] + row["train_s"] + row.get("validation_s", 0.0)
+                                        for row in mine)
+            lines.append(f"| {data} | {schedule} | {model} | {machine} | {seconds:.0f} | {len(mine)} |")
     return lines
 
 

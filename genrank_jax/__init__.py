@@ -77,9 +77,12 @@ __all__ = [
 ]
 
 
+# the public subpackages, listed by dir() beside __all__; implementation modules are not listed
+PUBLIC_SUBPACKAGES = ("data", "kernels", "leakage", "sharding", "model", "training", "serving")
+
+
 def __dir__() -> list[str]:
-    # the public names only: submodules (config, model, data, ...) stay importable, not listed
-    return sorted(__all__)
+    return sorted([*__all__, *PUBLIC_SUBPACKAGES])
 
 
 def __getattr__(name: str):

@@ -48,7 +48,9 @@ def test_every_library_error_is_a_genrank_error(kind):
 
 def test_the_top_level_names_only_the_public_api():
     names = dir(genrank_jax)
-    for module in ("config", "model", "typing", "data", "errors", "training"):
+    for module in ("config", "typing", "errors", "blocks", "cli", "command_line"):
         assert module not in names, module
+    for package in ("data", "kernels", "leakage", "sharding", "model", "training", "serving"):
+        assert package in names, package
     for name in ("GenRank", "Trainer", "split_batch", "requests_from", "attention", "simulate", "GenRankError"):
         assert name in names and hasattr(genrank_jax, name), name
