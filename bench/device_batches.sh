@@ -30,22 +30,12 @@ RESULTS="${OUT:-bench/results/device_batches}"
 mkdir -p "$RESULTS"
 : > "$RESULTS/summary.txt"
 run=("$PYTHON" bench/from_checkout.py)
-overall=0
 # the host-batch and device-batch trainers jit the same step: the second compile reads the first's
 CACHE=$(mktemp -d)
 trap 'rm -rf "$CACHE"' EXIT
 export JAX_COMPILATION_CACHE_DIR="$CACHE"
 
-stage() {  # stage NAME LIMIT_SECONDS COMMAND... : output to NAME.log, exit status to summary.txt
-    local name=$1 limit=$2 start=$SECONDS status
-    shift 2
-    echo "== $name (limit ${limit} s)"
-    timeout -k 10 "$limit" "$@" 2>&1 | tee "$RESULTS/$name.log"
-    status=${PIPESTATUS[0]}
-    [ "$status" -eq 124 ] || [ "$status" -eq 137 ] && echo "   $name stopped at its ${limit} s limit"
-    echo "$name: exit $status after $((SECONDS - start)) s" | tee -a "$RESULTS/summary.txt"
-    [ "$status" -eq 0 ] || overall=1
-}
+. bench/stages.sh  # stage NAME LIMIT COMMAND...: the shared stage runner
 
 if [ "$DRY_RUN" -eq 1 ]; then
     export JAX_PLATFORMS=cpu
