@@ -1,11 +1,19 @@
 """Aggregate features against a per-row loop written from their definition, and the no-leak rule."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
-from genrank_jax.data.aggregates import SMOOTHING, aggregate_features, aggregate_names, num_aggregates
+from genrank_jax.data.aggregates import (
+    SMOOTHING,
+    AggregateScaling,
+    aggregate_features,
+    aggregate_names,
+    aggregate_scaling,
+    num_aggregates,
+)
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 
 
@@ -84,3 +92,43 @@ def test_standardized_on_train_rows(dataset):
     train_rows = np.concatenate([np.arange(starts[q], starts[q + 1]) for q in dataset.train_requests])
     np.testing.assert_allclose(table[train_rows].mean(0), 0.0, atol=1e-4)
     assert np.isfinite(table).all()
+
+
+def test_a_saved_scaling_gives_the_same_inputs_and_another_datasets_scaling_is_used_as_is(dataset):
+    """The scaling saved with a run (JSON round trip) reproduces the training inputs exactly, and
+    applied to other data it standardizes with the training statistics, not the new data's."""
+    scaling = AggregateScaling.from_dict(json.loads(json.dumps(aggregate_scaling(dataset).to_dict())))
+    np.testing.assert_array_equal(aggregate_features(dataset, scaling=scaling), aggregate_features(dataset))
+    other = simulate(SimulatorConfig.preset("tests", seed=4)).dataset
+    own, borrowed = aggregate_features(other), aggregate_features(other, scaling=scaling)
+    assert not np.allclose(own, borrowed, atol=1e-3)
+    raw = aggregate_features(other, standardize=False, scaling=scaling)
+    np.testing.assert_allclose(borrowed, (raw - scaling.mean) / scaling.deviation, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="columns"):
+        scaling.standardize(raw[:, :-1])
+
+
+def test_transform_from_counts_is_the_training_formula(dataset):
+    """A feature store's counts through `AggregateScaling.transform` give the rows' training inputs
+    (counts recomputed here by brute force for a few rows)."""
+    log, spec = dataset.interactions, dataset.spec
+    scaling = aggregate_scaling(dataset)
+    table = aggregate_features(dataset)
+    starts = log.request_starts
+    rng = np.random.default_rng(1)
+    for r in rng.choice(log.num_exposures, 20, replace=False):
+        request = np.searchsorted(starts, r, side="right") - 1
+        now, user = log.timestamps[starts[request]], log.user_ids[starts[request]]
+        earlier_item = (log.item_ids == log.item_ids[r]) & (log.timestamps < now)
+        earlier_user = (log.user_ids == user) & (np.arange(log.num_exposures) < starts[request])
+        masks = [earlier_item, earlier_user] + [
+            earlier_user & (dataset.catalog.side_features[log.item_ids, f] ==
+                            dataset.catalog.side_features[log.item_ids[r], f])
+            for f in range(len(spec.side_vocab_sizes))]
+        counts = np.array([[m.sum() for m in masks]])
+        positives = np.array([[log.actions[m].sum(0) for m in masks]])
+        age = (now - log.timestamps[earlier_item].min()) / 3600 if earlier_item.any() else -1.0
+        users = log.request_users()
+        gap = (now - log.timestamps[starts[request - 1]]) / 3600 if request > 0 and users[request - 1] == user else -1
+        np.testing.assert_allclose(scaling.transform(counts, positives, [age], [gap])[0], table[r], rtol=1e-4,
+                                   atol=1e-4, err_msg=f"row {r}")
