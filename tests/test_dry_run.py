@@ -106,17 +106,16 @@ def test_dry_run_of_a_log_reads_its_first_batch_and_prepares_nothing(fresh, tmp_
 
 
 def test_dry_run_of_a_resume_and_an_export_opens_the_checkpoint(fresh, capsys):
-    # --no-aggregates: a model export can serve (the scorer takes ids, not aggregate features)
-    assert run(["train", *FAST, "--no-aggregates", "--checkpoint-every", "1", "--out", "r"], capsys)[0] == 0
-    code, out, err = run(["train", *FAST, "--no-aggregates", "--resume", "--out", "r", "--dry-run"], capsys)
+    assert run(["train", *FAST, "--checkpoint-every", "1", "--out", "r"], capsys)[0] == 0
+    code, out, err = run(["train", *FAST, "--resume", "--out", "r", "--dry-run"], capsys)
     assert code == 0 and "resume: from step 1 (verified: checksums, finite, same model and settings)" in out, err
     # other settings: the run's own refusal
-    code, _, err = run(["train", *FAST, "--no-aggregates", "--steps", "5", "--resume", "--out", "r", "--dry-run"],
-                       capsys)
+    code, _, err = run(["train", *FAST, "--steps", "5", "--resume", "--out", "r", "--dry-run"], capsys)
     assert code == 2 and "other training settings: train.steps: saved 1, now 5" in err
     code, out, err = run(["export", "--checkpoint", "r/checkpoints", "--dry-run"], capsys)
     assert code == 0, err
     assert "checkpoint: step 1 of r/checkpoints (verified: checksums, finite)" in out and "runs/export-1" in out
+    assert "aggregates.json" in out  # the default GenRank reads aggregate features: its scaling goes along
     assert sorted(p.name for p in fresh.iterdir()) == ["r"]  # no runs/export-1
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from genrank_jax import cli
+from genrank_jax.data.aggregates import aggregate_features
 from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.sources import load_dataset
 from genrank_jax.serving import Candidates, History, split_batch
-from genrank_jax.serving.export import load_checkpoint_model
+from genrank_jax.serving.export import load_checkpoint_model, load_export
 
 FAST = ["--preset", "tiny", "--steps", "2", "--batch-size", "8", "--max-history", "16", "--no-progress",
         "--checkpoint-every", "2"]
@@ -41,42 +42,73 @@ assert not [m for m in sys.modules if m.startswith("genrank_jax")], "the loader 
 """
 
 
-def test_exported_scorer_in_a_jax_only_process_equals_library_score(tmp_path, capsys):
+@pytest.mark.parametrize("aggregates", [True, False], ids=["default-aggregates", "no-aggregates"])
+def test_exported_scorer_in_a_jax_only_process_equals_library_score(tmp_path, capsys, aggregates):
     run = tmp_path / "run"
-    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST, "--no-aggregates"]) == 0
+    flags = [] if aggregates else ["--no-aggregates"]
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST, *flags]) == 0
     scorer = tmp_path / "scorer"
     assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(scorer),
                      "--platforms", "cpu,cuda"]) == 0
     assert "exported step 2" in capsys.readouterr().out
     manifest = json.loads((scorer / "manifest.json").read_text())
     assert manifest["platforms"] == ["cpu", "cuda"] and manifest["symbolic_dims"].keys() == {"b", "n", "m"}
+    assert ("aggregates" in manifest["encode"]["history"]) == ("aggregates" in manifest) == aggregates
 
     model, step = load_checkpoint_model(run / "checkpoints")
-    assert step == 2
+    assert step == 2 and model.config.use_aggregates == aggregates
     dataset = load_dataset("synthetic:tests")
-    builder = SampleBuilder(dataset, SampleLayout(max_history=16))
+    builder = SampleBuilder(dataset, SampleLayout(max_history=16, aggregates=aggregates))
+    if aggregates:  # the export's scaling makes exactly the inputs training gave the model
+        scaling = load_export(scorer).aggregate_scaling
+        np.testing.assert_array_equal(aggregate_features(dataset, scaling=scaling), builder.aggregates)
     requests = np.asarray(dataset.eval_requests)
     requests = requests[builder.history_count[requests] >= 1][:3]
     history, candidates = split_batch(builder.build(requests, int(builder.token_counts(requests).max())))
     want = np.asarray(model.score(model.encode_history(history), candidates))
     inputs = tmp_path / "inputs.npz"
-    np.savez(inputs, **{f"history.{k}": np.asarray(v) for k, v in vars(history).items()},
-             **{f"candidates.{k}": np.asarray(v) for k, v in vars(candidates).items()})
+    np.savez(inputs, **{f"history.{k}": np.asarray(v) for k, v in vars(history).items() if v is not None},
+             **{f"candidates.{k}": np.asarray(v) for k, v in vars(candidates).items() if v is not None})
     output = tmp_path / "logits.npy"
     done = subprocess.run([sys.executable, "-c", LOADER, str(scorer), str(inputs), str(output)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     np.testing.assert_allclose(np.load(output), want, atol=1e-5, rtol=1e-6)
     small_history = History(**{k: np.asarray(v)[:2, :-3] if np.ndim(v) >= 2 else np.asarray(v)[:2]
-                               for k, v in vars(history).items()})
+                               for k, v in vars(history).items() if v is not None})
     small_history = dataclasses.replace(small_history, lengths=np.minimum(small_history.lengths,
                                                                           small_history.item_ids.shape[1]))
     small = Candidates(**{k: np.asarray(v)[:2, :-1] if np.ndim(v) >= 2 else np.asarray(v)[:2]
-                          for k, v in vars(candidates).items()})
+                          for k, v in vars(candidates).items() if v is not None})
     small = dataclasses.replace(small, num_candidates=np.minimum(small.num_candidates, small.item_ids.shape[1]))
     want_small = np.asarray(model.score(model.encode_history(small_history), small))
     np.testing.assert_allclose(np.load(str(output) + ".small.npy"), want_small, atol=1e-5, rtol=1e-6)
     assert np.abs(want).max() > 0.01
+
+
+def test_a_model_reading_aggregates_exports_only_with_its_own_scaling(tmp_path, capsys):
+    """The scaling beside the checkpoints is required (a model fed differently scaled aggregates
+    scores plausibly wrong), and an export's scaling must be the one its manifest names."""
+    import shutil
+
+    from genrank_jax.errors import GenRankError
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "synthetic:tests", "--out", str(run), *FAST]) == 0
+    saved = run / "checkpoints" / "aggregates.json"
+    shutil.move(saved, tmp_path / "aside.json")
+    assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "scorer")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrank-jax export:") and "aggregates.json" in err and "\n" not in err
+    assert not (tmp_path / "scorer").exists()
+    shutil.move(tmp_path / "aside.json", saved)
+    assert cli.main(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(tmp_path / "scorer")]) == 0
+    assert "aggregates.json" in capsys.readouterr().out
+    tampered = json.loads((tmp_path / "scorer" / "aggregates.json").read_text())
+    tampered["mean"][0] += 1.0
+    (tmp_path / "scorer" / "aggregates.json").write_text(json.dumps(tampered))
+    with pytest.raises(GenRankError, match="not the aggregate scaling"):
+        load_export(tmp_path / "scorer")
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -141,8 +173,8 @@ def test_another_exports_params_are_refused(two_exports, tmp_path):
     builder = SampleBuilder(dataset, SampleLayout(max_history=16))
     requests = np.asarray(dataset.eval_requests)[:2]
     history, candidates = split_batch(builder.build(requests, int(builder.token_counts(requests).max())))
-    history = {k: np.asarray(v) for k, v in vars(history).items()}
-    candidates = {k: np.asarray(v) for k, v in vars(candidates).items()}
+    history = {k: np.asarray(v) for k, v in vars(history).items() if v is not None}
+    candidates = {k: np.asarray(v) for k, v in vars(candidates).items() if v is not None}
     cache = good.encode.call(good.params, history, candidates["num_candidates"])
     assert np.isfinite(np.asarray(good.score.call(good.params, cache, candidates))).all()
     assert np.isnan(np.asarray(good.score.call(foreign, cache, candidates))).all()

@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     import os
     os.environ["GENRANK_TFDS_DIR"] = str(folder / "tfds")
     try:
-        assert main(["train", "--data", f"log:{log}", "--schema", str(schema), "--steps", "2", "--no-aggregates",
+        assert main(["train", "--data", f"log:{log}", "--schema", str(schema), "--steps", "2",
                      "--checkpoint-every", "2", "--validation-fraction", "0", "--out", str(folder / "run"),
                      "--no-progress"]) == 0
         assert main(["export", "--checkpoint", str(folder / "run" / "checkpoints"),

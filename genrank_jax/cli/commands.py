@@ -53,7 +53,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregates", action=argparse.BooleanOptionalAction, default=None,
                         help="GenRank also reads the features baseline's aggregate features: a projection on each "
                              "token and a linear path to the logits (default: on, genrank_jax/training/defaults.py; "
-                             "--no-aggregates for a model genrank-jax export can serve)")
+                             "its export takes them as inputs, made from a feature store's counts by aggregates.json)")
     parser.add_argument("--features-hidden", type=non_negative_int, default=0,
                         help="--architecture features: hidden units of an MLP (0: logistic regression)")
     parser.add_argument("--organization", default="action", choices=["action", "item"])
@@ -624,9 +624,11 @@ def _run_export(args, out: pathlib.Path) -> int:
 
     from genrank_jax.cli.output_folder import check_free
     from genrank_jax.serving.export import (
+        check_aggregate_scaling,
         check_exportable,
         check_platforms,
         export_scorer,
+        load_checkpoint_aggregates,
         load_checkpoint_model,
         load_checkpoint_vocabulary,
     )
@@ -635,15 +637,18 @@ def _run_export(args, out: pathlib.Path) -> int:
     check_free(out, overwrite=args.overwrite)  # before the checkpoint is read
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
-    names = ["encode.jaxexport", "score.jaxexport", "params.npz", "manifest.json"] + (["vocabulary.npz"]
-                                                                                      if vocabulary else [])
-    files = ", ".join(names) + (" (vocabulary.npz: raw ids)" if vocabulary else "")
+    scaling = load_checkpoint_aggregates(args.checkpoint) if model.config.use_aggregates else None
+    check_exportable(model)
+    check_aggregate_scaling(model, scaling)
+    names = (["encode.jaxexport", "score.jaxexport", "params.npz", "manifest.json"] + (["vocabulary.npz"]
+             if vocabulary else []) + (["aggregates.json"] if scaling else []))
+    files = ", ".join(names) + (" (vocabulary.npz: raw ids)" if vocabulary else "") + (
+        " (aggregates.json: how to make the aggregate inputs from counts)" if scaling else "")
     if args.dry_run:
         from flax import nnx
 
         from genrank_jax.cli.dry_run import NOTHING_WRITTEN
 
-        check_exportable(model)
         params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
         print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
               f"{model.config.organization}/{model.config.block} with {params:,} parameters"
@@ -655,7 +660,8 @@ def _run_export(args, out: pathlib.Path) -> int:
                                    "not measured for a model of this size (the compile time grows with it)"))
         print(NOTHING_WRITTEN)
         return 0
-    out = export_scorer(model, out, platforms=platforms, vocabulary=vocabulary, overwrite=args.overwrite)
+    out = export_scorer(model, out, platforms=platforms, vocabulary=vocabulary, aggregate_scaling=scaling,
+                        overwrite=args.overwrite)
     print(f"exported step {step} of {args.checkpoint} for {', '.join(platforms)} to {out}: {files}")
     return 0
 

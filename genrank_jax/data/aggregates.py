@@ -21,12 +21,15 @@ an export, and turns a serving request's counts into exactly the inputs training
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 
 import numpy as np
 
 from genrank_jax.data.schema import FeatureSpec, RankingDataset
 
 SMOOTHING = 10.0  # pseudo-exposures at the prior rate: a rate from 3 exposures stays near the prior
+SCALING_FILE = "aggregates.json"  # an `AggregateScaling` beside a run's checkpoints and in an export
 
 
 def aggregate_names(spec: FeatureSpec, side_names: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -159,6 +162,16 @@ class AggregateScaling:
         return {"names": list(self.names), "smoothing": self.smoothing, "prior": self.prior.tolist(),
                 "mean": self.mean.tolist(), "deviation": self.deviation.tolist()}
 
+    def save(self, path) -> None:
+        pathlib.Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path) -> "AggregateScaling":
+        try:
+            return cls.from_dict(json.loads(pathlib.Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a readable aggregate scaling: {type(error).__name__}: {error}") from error
+
     @classmethod
     def from_dict(cls, values: dict) -> "AggregateScaling":
         names = tuple(values["names"])
@@ -168,9 +181,16 @@ class AggregateScaling:
         return cls(names=names, smoothing=float(values["smoothing"]), **arrays)
 
 
-def aggregate_scaling(dataset: RankingDataset, side_names: tuple[str, ...] | None = None) -> AggregateScaling:
+def aggregate_scaling(dataset: RankingDataset) -> AggregateScaling:
     """The scaling `aggregate_features(dataset)` standardizes with (its train rows')."""
-    return _features_and_scaling(dataset, None, side_names)[1]
+    return _features_and_scaling(dataset, None)[1]
+
+
+def fit_aggregates(dataset: RankingDataset) -> tuple[np.ndarray, AggregateScaling]:
+    """`aggregate_features(dataset)` and `aggregate_scaling(dataset)` in one pass (what training
+    reads, and what it saves for serving)."""
+    table, scaling = _features_and_scaling(dataset, None)
+    return scaling.standardize(table), scaling
 
 
 def aggregate_features(dataset: RankingDataset, *, standardize: bool = True,
@@ -179,11 +199,11 @@ def aggregate_features(dataset: RankingDataset, *, standardize: bool = True,
 
     scaling: the prior and standardization of another dataset (a trained model's); default this
     dataset's train rows'. standardize=False: the unstandardized columns (with that prior)."""
-    table, fitted = _features_and_scaling(dataset, scaling, None)
+    table, fitted = _features_and_scaling(dataset, scaling)
     return fitted.standardize(table) if standardize else table.astype(np.float32)
 
 
-def _features_and_scaling(dataset, scaling, side_names):
+def _features_and_scaling(dataset, scaling):
     counts, positives, item_age, since_previous, train_rows = _counts_of(dataset)
     actions = np.asarray(dataset.interactions.actions, np.int64)
     prior = scaling.prior if scaling is not None else (actions[train_rows].sum(0) + 1.0) / (len(train_rows) + 2.0)
@@ -191,7 +211,7 @@ def _features_and_scaling(dataset, scaling, side_names):
     assert table.shape[1] == num_aggregates(dataset.spec)
     if scaling is None:
         deviation = table[train_rows].std(0)
-        scaling = AggregateScaling(names=aggregate_names(dataset.spec, side_names), prior=np.asarray(prior),
+        scaling = AggregateScaling(names=aggregate_names(dataset.spec), prior=np.asarray(prior),
                                    mean=table[train_rows].mean(0), deviation=np.where(deviation > 0, deviation, 1.0))
     elif len(scaling.names) != table.shape[1]:
         raise ValueError(f"the aggregate scaling has {len(scaling.names)} columns, this dataset's aggregates "

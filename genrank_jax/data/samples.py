@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from genrank_jax.data.aggregates import aggregate_features
+from genrank_jax.data.aggregates import fit_aggregates
 from genrank_jax.data.schema import RankingDataset
 from genrank_jax.data.tokens import NO_ITEM, TokenBatch, TokenKind
 
@@ -74,7 +74,8 @@ class SampleBuilder:
         self.request_gap_bucket = gap_buckets(previous_gap, layout.num_gap_buckets)
         self.history_count = starts[:-1] - self.user_start_row
         self.candidate_count = np.diff(starts)
-        self.aggregates = aggregate_features(dataset) if layout.aggregates else None  # [E, K], once
+        # [E, K], once; the scaling (train rows' prior and statistics) is saved with a run for serving
+        self.aggregates, self.aggregate_scaling = fit_aggregates(dataset) if layout.aggregates else (None, None)
 
     def token_counts(self, requests: np.ndarray) -> np.ndarray:
         """[R] tokens each request's sample will have."""

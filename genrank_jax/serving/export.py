@@ -9,6 +9,10 @@
   vocabulary.npz     (a model trained on a user's own log) raw id -> dense id, as in training;
                      the manifest names it with its SHA-256; `load_vocabulary(out)` reads and
                      checks it, and `vocabulary.items.lookup(raw_ids)` maps a request's raw ids
+  aggregates.json    (a model that reads aggregate features, GenRank's default) the training data's
+                     `AggregateScaling`: `LoadedExport.aggregate_scaling.transform(counts, ...)`
+                     turns a feature store's counts into the `aggregates` inputs, [b, n, K] for
+                     the history and [b, m, K] for the candidates, exactly as training made them
 
 Inputs and outputs are plain dicts of arrays (the field names of `history_cache.History`,
 `history_cache.Candidates` and `history_cache.HistoryCache`, with the per-block keys/values as `keys_<i>`,
@@ -45,12 +49,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from genrank_jax.data.aggregates import SCALING_FILE, AggregateScaling, num_aggregates
 from genrank_jax.errors import GenRankError
 from genrank_jax.serving import history_cache
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-HISTORY_FIELDS = [f.name for f in dataclasses.fields(history_cache.History)]
-CANDIDATE_FIELDS = [f.name for f in dataclasses.fields(history_cache.Candidates)]
+
+
+def input_fields(kind, config) -> list[str]:
+    """The fields of `History` or `Candidates` an export of this model takes (aggregates only when it
+    reads them)."""
+    return [f.name for f in dataclasses.fields(kind) if f.name != "aggregates" or config.use_aggregates]
 
 
 def cache_to_dict(cache: history_cache.HistoryCache) -> dict:
@@ -84,6 +93,10 @@ def _abstract_inputs(config):
                       content=spec((b, m, content), "float32"), slot=spec((b, m), "int32"),
                       num_candidates=spec((b,), "int32"), request_index=spec((b,), "int32"),
                       gap_bucket=spec((b,), "int32"), request_time=spec((b,), "float32"))
+    if config.use_aggregates:
+        width = num_aggregates(features)
+        history["aggregates"] = spec((b, n, width), "float32")
+        candidates["aggregates"] = spec((b, m, width), "float32")
     dtype = jnp.dtype(config.dtype)
     heads, head_dim = config.num_heads, config.head_dim
     cache = dict(positions=spec((b, n), "int32"), timestamps=spec((b, n), "float32"), lengths=spec((b,), "int32"),
@@ -105,16 +118,28 @@ def check_exportable(model) -> None:
     """GenRankError unless `model` is one `export_scorer` can export (a GenRank model)."""
     if model.config.architecture != "genrank":
         raise GenRankError(f"only GenRank models are exported for serving, not {model.config.architecture!r}")
-    if model.config.use_aggregates:
-        # serving would need the aggregates of the history and the candidates from a feature store
-        raise GenRankError("GenRank models that read aggregate features (use_aggregates) are not exported for "
-                           "serving yet: the scorer takes ids, not a feature store's aggregates; train with "
-                           "--no-aggregates for a model export can serve")
 
 
-def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite: bool = False) -> pathlib.Path:
+def check_aggregate_scaling(model, scaling) -> None:
+    """GenRankError unless a model that reads aggregate features has the scaling it was trained with."""
+    if not model.config.use_aggregates:
+        return
+    width = num_aggregates(model.config.features)
+    if scaling is None:
+        raise GenRankError(f"this model reads {width} aggregate features (use_aggregates): exporting it needs the "
+                           f"training data's AggregateScaling ({SCALING_FILE} beside the run's checkpoints; "
+                           "genrank_jax.data.aggregates.aggregate_scaling(train_dataset) from Python), so serving "
+                           "can make the same inputs from a feature store's counts")
+    if len(scaling.names) != width:
+        raise GenRankError(f"the aggregate scaling has {len(scaling.names)} columns but the model reads {width}: it "
+                           "belongs to data with other actions or side features")
+
+
+def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, aggregate_scaling=None,
+                  overwrite: bool = False) -> pathlib.Path:
     """Write encode/score artifacts, parameters and manifest of `model` into folder `out`
-    (and `vocabulary`, the Vocabulary of a model trained on a user's own log).
+    (and `vocabulary`, the Vocabulary of a model trained on a user's own log; `aggregate_scaling`,
+    the `AggregateScaling` of its training data, required for a model with use_aggregates).
 
     An `out` holding files is refused unless `overwrite`; everything is written into a sibling
     folder renamed into place at the end (the old export moved aside first, deleted last), so a
@@ -123,9 +148,10 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, overwrite:
 
     platforms = check_platforms(platforms)
     check_exportable(model)
+    check_aggregate_scaling(model, aggregate_scaling)
     check_free(out, overwrite=overwrite)
     with written_whole(out, overwrite=overwrite) as folder:
-        _write_export(model, folder, platforms, vocabulary)
+        _write_export(model, folder, platforms, vocabulary, aggregate_scaling if model.config.use_aggregates else None)
     return pathlib.Path(out)
 
 
@@ -148,7 +174,7 @@ def params_fingerprint(params) -> jnp.ndarray:
     return jnp.stack([sums(p) for p in params])
 
 
-def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
+def _write_export(model, out: pathlib.Path, platforms, vocabulary, aggregate_scaling) -> None:
     config = model.config
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
@@ -184,10 +210,12 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
     params_sha256 = hashlib.sha256((out / "params.npz").read_bytes()).hexdigest()
     manifest = dict(
         format="genrank-jax scorer 1", platforms=list(platforms), num_params=len(leaves),
-        encode=dict(inputs=["params", "history", "num_candidates"], history=HISTORY_FIELDS,
+        encode=dict(inputs=["params", "history", "num_candidates"],
+                    history=input_fields(history_cache.History, config),
                     num_candidates="[b] int32: the request's candidate count (used by HSTU blocks only)",
                     outputs=sorted(cache)),
-        score=dict(inputs=["params", "cache", "candidates"], candidates=CANDIDATE_FIELDS, outputs="logits [b, m, A]"),
+        score=dict(inputs=["params", "cache", "candidates"], candidates=input_fields(history_cache.Candidates, config),
+                   outputs="logits [b, m, A]"),
         symbolic_dims=dict(b="users", n="history tokens (= cache capacity)", m="candidate slots"),
         actions=list(config.features.action_names), config=json.loads(config.to_json()),
         model_tag=tag.tolist(), params_sha256=params_sha256)
@@ -198,6 +226,13 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary) -> None:
         manifest["vocabulary"] = dict(file=FILE_NAME, sha256=vocabulary.digest(),
                                       apply="genrank_jax.serving.export.load_vocabulary(folder)"
                                             ".items.lookup(raw_item_ids); .users.lookup(raw_user_ids)")
+    if aggregate_scaling is not None:
+        aggregate_scaling.save(out / SCALING_FILE)
+        manifest["aggregates"] = dict(
+            file=SCALING_FILE, sha256=hashlib.sha256((out / SCALING_FILE).read_bytes()).hexdigest(),
+            columns=list(aggregate_scaling.names),
+            apply="genrank_jax.serving.export.load_export(folder).aggregate_scaling.transform(counts, positives, "
+                  "item_age_hours, hours_since_previous) -> the history's and candidates' aggregates")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
@@ -222,6 +257,7 @@ class LoadedExport:
     params: list
     manifest: dict
     vocabulary: object = None
+    aggregate_scaling: object = None  # AggregateScaling of a model that reads aggregate features
 
 
 def load_export(folder) -> LoadedExport:
@@ -237,7 +273,32 @@ def load_export(folder) -> LoadedExport:
         params = [stored[f"arr_{i}"] for i in range(len(stored.files))]
     load = lambda name: jax.export.deserialize(bytearray((folder / f"{name}.jaxexport").read_bytes()))
     return LoadedExport(encode=load("encode"), score=load("score"), params=params, manifest=manifest,
-                        vocabulary=load_vocabulary(folder))
+                        vocabulary=load_vocabulary(folder), aggregate_scaling=_verified_scaling(folder, manifest))
+
+
+def _verified_scaling(folder: pathlib.Path, manifest: dict):
+    entry = manifest.get("aggregates")
+    if entry is None:
+        return None
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise GenRankError(f"{path} is missing: the export's model reads aggregate features and needs its scaling")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+        raise GenRankError(f"{path} is not the aggregate scaling this export was trained with (SHA-256 differs from "
+                           "manifest.json's): its inputs would be scaled wrong")
+    return AggregateScaling.load(path)
+
+
+def load_checkpoint_aggregates(directory):
+    """The `AggregateScaling` saved beside a run's checkpoints (a model that reads aggregate
+    features); None when the folder has none."""
+    path = pathlib.Path(directory) / SCALING_FILE
+    if not path.is_file():
+        return None
+    try:
+        return AggregateScaling.load(path)
+    except ValueError as error:
+        raise GenRankError(str(error)) from error
 
 
 def load_vocabulary(folder):
@@ -324,5 +385,6 @@ def load_checkpoint_model(directory, step: int | None = None):
 
 __all__ = [
     "export_scorer", "load_export", "LoadedExport", "params_fingerprint", "load_checkpoint_model",
-    "load_checkpoint_vocabulary", "load_vocabulary", "cache_to_dict", "cache_from_dict", "PLATFORMS",
+    "load_checkpoint_vocabulary", "load_vocabulary", "load_checkpoint_aggregates", "check_aggregate_scaling",
+    "input_fields", "cache_to_dict", "cache_from_dict", "PLATFORMS",
 ]

@@ -66,6 +66,8 @@ class History:
     actions: [B, N, A] float32    side: [B, N, F] int32    content: [B, N, C] float32
     request_index, gap_bucket, slot: [B, N] int32 (as in `TokenBatch`)
     timestamps: [B, N] float32 seconds on the serving clock
+    aggregates: [B, N, K] float32 each exposure's aggregate features as of its own request (a model
+      with use_aggregates only; `AggregateScaling.transform` makes them from a feature store's counts)
     """
 
     user_ids: np.ndarray
@@ -79,6 +81,7 @@ class History:
     slot: np.ndarray
     timestamps: np.ndarray
     lengths: np.ndarray
+    aggregates: np.ndarray | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -90,6 +93,8 @@ class Candidates:
     num_candidates: [B] int32
     request_index, gap_bucket: [B] int32 (the request's, as the full pass gives its candidates)
     request_time: [B] float32 the request's time on the history's clock
+    aggregates: [B, M, K] float32 each candidate's aggregate features at this request (a model with
+      use_aggregates only)
     """
 
     item_ids: np.ndarray
@@ -100,6 +105,7 @@ class Candidates:
     request_index: np.ndarray
     gap_bucket: np.ndarray
     request_time: np.ndarray
+    aggregates: np.ndarray | None = None
 
 
 @jax.tree_util.register_dataclass
@@ -162,7 +168,8 @@ def split_batch(batch: TokenBatch) -> tuple[History, Candidates]:
         kinds=np.where(in_history, head(kinds), TokenKind.PAD).astype(np.int8), actions=head(batch.actions),
         side=head(batch.side), content=head(batch.content), request_index=head(batch.request_index),
         gap_bucket=head(batch.gap_bucket), slot=head(batch.slot), timestamps=head(batch.timestamps),
-        lengths=history_lengths.astype(np.int32))
+        lengths=history_lengths.astype(np.int32),
+        aggregates=None if batch.aggregates is None else head(batch.aggregates))
     first = np.minimum(np.asarray(batch.lengths) - num_candidates, batch.seq_len - 1)[:, None]
     at_first = lambda a: np.take_along_axis(np.asarray(a), first, axis=1)[:, 0]
     candidates = Candidates(
@@ -172,7 +179,9 @@ def split_batch(batch: TokenBatch) -> tuple[History, Candidates]:
         slot=np.where(slots, take(batch.slot), 0).astype(np.int32), num_candidates=num_candidates.astype(np.int32),
         request_index=at_first(batch.request_index).astype(np.int32),
         gap_bucket=at_first(batch.gap_bucket).astype(np.int32),
-        request_time=np.zeros(len(num_candidates), np.float32))
+        request_time=np.zeros(len(num_candidates), np.float32),
+        aggregates=None if batch.aggregates is None else
+        np.where(slots[..., None], take(batch.aggregates), 0).astype(np.float32))
     return history, candidates
 
 
@@ -252,11 +261,29 @@ def check_features(config: GenRankConfig, name: str, side, content, tokens: tupl
                                f"0..{size - 1}): {np.unique(unknown)[:10].tolist()}")
 
 
+def check_aggregates(config: GenRankConfig, name: str, aggregates, tokens: tuple) -> None:
+    """A model that reads aggregate features needs them as [B, N, K] for `tokens` (B, N); a model that
+    does not ignores them. Static shapes: checked under a trace too."""
+    if not config.use_aggregates:
+        return
+    from genrank_jax.data.aggregates import num_aggregates
+
+    width = num_aggregates(config.features)
+    if aggregates is None:
+        raise ServingError(f"{name}.aggregates is missing: this model reads {width} aggregate features per token "
+                           f"(use_aggregates); make them with the training run's AggregateScaling "
+                           f"(aggregates.json) from your feature store's counts")
+    if np.ndim(aggregates) != 3 or tuple(np.shape(aggregates)) != (*tokens, width):
+        raise ServingError(f"{name}.aggregates must be [B, N, {width}] (the model's {width} aggregate features) "
+                           f"with B, N = {tuple(tokens)}, got shape {tuple(np.shape(aggregates))}")
+
+
 def check_history(config: GenRankConfig, history: History, capacity: int) -> None:
     """Raise for a history the model cannot encode into a cache of `capacity` tokens: unknown users
     or items, lengths outside the padded width, longer than the position table or the capacity, side
     features of the wrong width or out of vocabulary (only the widths under a trace)."""
     width = history.item_ids.shape[1]
+    check_aggregates(config, "history", history.aggregates, history.item_ids.shape)
     if not _concrete(history):
         check_features(config, "history", history.side, history.content, history.item_ids.shape)
         return
@@ -285,6 +312,7 @@ def check_candidates(config: GenRankConfig, candidates: Candidates) -> None:
     under a trace)."""
     if candidates.item_ids.shape[1] == 0:
         raise ServingError("the candidate list is empty (M = 0): nothing to score")
+    check_aggregates(config, "candidates", candidates.aggregates, candidates.item_ids.shape)
     if not _concrete(candidates):
         check_features(config, "candidates", candidates.side, candidates.content, candidates.item_ids.shape)
         return
@@ -302,13 +330,14 @@ def check_candidates(config: GenRankConfig, candidates: Candidates) -> None:
 # ---------------------------------------------------------------- the three operations
 
 def _tokens(*, user_ids, item_ids, kinds, actions, side, content, positions, request_index, gap_bucket,
-            slot, timestamps, lengths):
+            slot, timestamps, lengths, aggregates=None):
     batch, width = item_ids.shape
     return TokenBatch(
         user_ids=user_ids, item_ids=item_ids, kinds=kinds, actions=actions, side=side, content=content,
         positions=positions, request_index=request_index, gap_bucket=gap_bucket, slot=slot,
         timestamps=timestamps, labels=jnp.zeros(actions.shape, jnp.float32), lengths=lengths,
-        num_candidates=jnp.zeros((batch,), jnp.int32), candidate_index=jnp.zeros((batch, 1), jnp.int32))
+        num_candidates=jnp.zeros((batch,), jnp.int32), candidate_index=jnp.zeros((batch, 1), jnp.int32),
+        aggregates=aggregates)
 
 
 def _history_tokens(history: History, positions):
@@ -319,7 +348,8 @@ def _history_tokens(history: History, positions):
                    request_index=jnp.asarray(history.request_index, jnp.int32),
                    gap_bucket=jnp.asarray(history.gap_bucket, jnp.int32), slot=jnp.asarray(history.slot, jnp.int32),
                    timestamps=jnp.asarray(history.timestamps, jnp.float32),
-                   lengths=jnp.asarray(history.lengths, jnp.int32))
+                   lengths=jnp.asarray(history.lengths, jnp.int32),
+                   aggregates=None if history.aggregates is None else jnp.asarray(history.aggregates, jnp.float32))
 
 
 def _pad_to(x, axis: int, size: int, value=0):
@@ -361,6 +391,8 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
         # changes every earlier token when one arrives, so no cache can serve it
         raise ServingError(f"a model with history_mask={config.history_mask!r} (a research ablation) cannot be "
                            "served from a history cache: only the causal history can")
+    if not config.use_aggregates:  # a model without aggregate inputs ignores any given
+        history = dataclasses.replace(history, aggregates=None)
     batch, width = history.item_ids.shape
     capacity = width if capacity is None else int(capacity)
     check_history(config, history, capacity)
@@ -431,7 +463,8 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
         side=jnp.asarray(candidates.side, jnp.int32), content=jnp.asarray(candidates.content, jnp.float32),
         positions=positions, request_index=per_slot(candidates.request_index, jnp.int32),
         gap_bucket=per_slot(candidates.gap_bucket, jnp.int32), slot=jnp.asarray(candidates.slot, jnp.int32),
-        timestamps=per_slot(candidates.request_time, jnp.float32), lengths=num_candidates)
+        timestamps=per_slot(candidates.request_time, jnp.float32), lengths=num_candidates,
+        aggregates=jnp.asarray(candidates.aggregates, jnp.float32) if config.use_aggregates else None)
     logits = model.forward(tokens, _attend_cache(cache, tokens, impl=impl)).logits
     return jnp.where(valid[..., None], logits, 0.0)
 
@@ -461,6 +494,8 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
                            "history grows; encode the longer history instead")
     _check_cache_shape(model, cache)
     check_model(cache, model_tag(model) if tag is None else tag)
+    if not config.use_aggregates:
+        new = dataclasses.replace(new, aggregates=None)
     batch, width = new.item_ids.shape
     if batch != cache.batch_size:
         raise ServingError(f"new exposures are for {batch} users but the cache holds {cache.batch_size}")
@@ -491,4 +526,5 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
 
 
 __all__ = ["History", "Candidates", "HistoryCache", "ServingError", "split_batch", "encode_history", "score",
-           "append", "model_tag", "check_model", "check_history", "check_candidates", "check_users", "check_features"]
+           "append", "model_tag", "check_model", "check_history", "check_candidates", "check_users", "check_features",
+           "check_aggregates"]

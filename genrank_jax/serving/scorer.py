@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from genrank_jax.data.aggregates import num_aggregates
 from genrank_jax.data.tokens import NO_ITEM
 from genrank_jax.serving import history_cache
 from genrank_jax.serving.history_cache import Candidates, History, HistoryCache, ServingError
@@ -29,7 +30,9 @@ from genrank_jax.serving.history_cache import Candidates, History, HistoryCache,
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """One user's candidates: item_ids [M] and optional side [M, F], content [M, C], slot [M].
+    """One user's candidates: item_ids [M] and optional side [M, F], content [M, C], slot [M];
+    aggregates [M, K], required by a model with use_aggregates (each candidate's aggregate features
+    at this request: `AggregateScaling.transform` of a feature store's counts).
 
     request_index, gap_bucket and request_time (on the history's clock) describe the request, as
     the full pass gives them to its candidate tokens.
@@ -41,6 +44,7 @@ class Request:
     request_index: int = 0
     gap_bucket: int = 0
     request_time: float = 0.0
+    aggregates: np.ndarray | None = None
 
 
 def requests_from(candidates: Candidates) -> list[Request]:
@@ -50,7 +54,8 @@ def requests_from(candidates: Candidates) -> list[Request]:
                     content=np.asarray(candidates.content)[b, :m], slot=np.asarray(candidates.slot)[b, :m],
                     request_index=int(np.asarray(candidates.request_index)[b]),
                     gap_bucket=int(np.asarray(candidates.gap_bucket)[b]),
-                    request_time=float(np.asarray(candidates.request_time)[b]))
+                    request_time=float(np.asarray(candidates.request_time)[b]),
+                    aggregates=None if candidates.aggregates is None else np.asarray(candidates.aggregates)[b, :m])
             for b, m in enumerate(counts)]
 
 
@@ -69,6 +74,7 @@ class Scorer:
             raise ValueError(f"need rows_per_batch >= 1 and candidates_per_row >= 1, got {rows_per_batch}, "
                              f"{candidates_per_row}")
         self.config = model.config
+        self._aggregate_width = num_aggregates(model.config.features) if model.config.use_aggregates else 0
         self.rows_per_batch, self.candidates_per_row = rows_per_batch, candidates_per_row
         self.tag = history_cache.model_tag(model)
         graphdef, self.state = nnx.split(model)
@@ -158,6 +164,14 @@ class Scorer:
                 content=(np.zeros((ids.size, features.content_dim), np.float32) if request.content is None
                          else request.content),
                 slot=np.zeros(ids.size, np.int32) if request.slot is None else request.slot)
+            if self.config.use_aggregates:
+                if request.aggregates is None:
+                    raise ServingError(f"request {b} has no aggregates: this model reads {self._aggregate_width} "
+                                       "aggregate features per candidate (use_aggregates)")
+                if np.shape(request.aggregates) != (ids.size, self._aggregate_width):
+                    raise ServingError(f"request {b}: aggregates must be [{ids.size}, {self._aggregate_width}] "
+                                       f"(one row per candidate), got shape {np.shape(request.aggregates)}")
+                fields["aggregates"] = request.aggregates
             for field, width in (("side", len(features.side_vocab_sizes)), ("content", features.content_dim)):
                 if np.shape(fields[field]) != (ids.size, width):
                     raise ServingError(f"request {b}: {field} must be [{ids.size}, {width}] (one row of {width} per "
@@ -180,6 +194,7 @@ class Scorer:
         side = np.zeros((size, m, len(features.side_vocab_sizes)), np.int32)
         content = np.zeros((size, m, features.content_dim), np.float32)
         slot = np.zeros((size, m), np.int32)
+        aggregates = np.zeros((size, m, self._aggregate_width), np.float32) if self.config.use_aggregates else None
         counts = np.zeros(size, np.int32)
         request_index, gap_bucket, request_time = (np.zeros(size, np.int32), np.zeros(size, np.int32),
                                                    np.zeros(size, np.float32))
@@ -187,6 +202,8 @@ class Scorer:
             n = ids.size
             item_ids[r, :n], side[r, :n] = ids, fields["side"]
             content[r, :n], slot[r, :n] = fields["content"], fields["slot"]
+            if aggregates is not None:
+                aggregates[r, :n] = fields["aggregates"]
             counts[r] = n
             request_index[r], gap_bucket[r], request_time[r] = (request.request_index, request.gap_bucket,
                                                                 request.request_time)
@@ -194,7 +211,7 @@ class Scorer:
         padded_users[:len(users)] = users
         return padded_users, Candidates(item_ids=item_ids, side=side, content=content, slot=slot,
                                         num_candidates=counts, request_index=request_index,
-                                        gap_bucket=gap_bucket, request_time=request_time)
+                                        gap_bucket=gap_bucket, request_time=request_time, aggregates=aggregates)
 
     def score_requests(self, cache: HistoryCache, requests: Sequence[Request | None]) -> list[np.ndarray | None]:
         """[M_b, A] float32 logits per request (None where the request is None), in micro-batches."""

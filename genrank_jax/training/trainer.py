@@ -428,6 +428,12 @@ class Trainer:
             from genrank_jax.data.own_log.vocabulary import FILE_NAME
 
             self.dataset.vocabulary.save(self.checkpoints.directory / FILE_NAME)
+        if self.builder.aggregate_scaling is not None and jax.process_index() == 0:
+            # what turns a feature store's counts into this model's aggregate inputs: export ships it
+            from genrank_jax.data.aggregates import SCALING_FILE
+
+            self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
+            self.builder.aggregate_scaling.save(self.checkpoints.directory / SCALING_FILE)
 
     def last_good_checkpoint(self) -> int | None:
         """The newest saved step that verifies (checksums and finite values), or None."""
