@@ -3,7 +3,9 @@
 Writes <out>/lis.md (the table), <out>/lis.json (rows + run metadata) and <out>/lis.png (deltas
 with 95% intervals), and prints the table. Each feature's LIS / AIS is its delta against a placebo
 probe (a random feature of its shape), with the raw delta against the no-feature baseline beside it;
-`--no-placebo` skips the placebo probes and reports the raw delta alone.
+`--no-placebo` skips the placebo probes and reports the raw delta alone. A last row, `features`
+(kind reference), is the production features baseline fitted on the same rows: not an LIS, it shows
+whether the probes are competent rankers; `--no-reference` leaves it out.
 
 --cutoff and --eval-end take a time in one of three forms:
   a quantile of the log's times, strictly between 0 and 1   (--cutoff 0.8)
@@ -34,6 +36,7 @@ from genrank_jax.leakage.devices import use_every_cpu_core
 from genrank_jax.leakage.impact import leakage_impact
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.probe import ProbeConfig
+from genrank_jax.leakage.reference import NAME as REFERENCE
 from genrank_jax.leakage.times import format_time, parse_cutoff, parse_duration, parse_time
 
 
@@ -73,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequential", action="store_true", help="train probes one at a time (parallel=False)")
     parser.add_argument("--no-placebo", action="store_true",
                         help="no placebo probes: LIS / AIS against the no-feature baseline only (fewer probes)")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="leave out the `features` reference row (the production features baseline: a logistic "
+                             "regression on point-in-time aggregates fitted on the same rows; it takes seconds)")
     parser.add_argument("--out", default=None, help="output folder (refused if it holds files, unless --overwrite); "
                                                     "default: the next free runs/lis-N")
     parser.add_argument("--overwrite", action="store_true", help="replace the report another run left in --out")
@@ -163,6 +169,9 @@ def _run(args) -> int:
     taken = sorted(set(given_features) & {f"{kind}@{horizon}" for horizon in horizons for kind in kinds})
     if taken:
         raise ValueError(f"feature name {taken[0]!r} is taken by a leak; name the --features entry otherwise")
+    if REFERENCE in given_features and not args.no_reference:
+        raise ValueError(f"feature name {REFERENCE!r} is the reference row's; name the --features entry otherwise "
+                         "(or pass --no-reference)")
     if args.dry_run:
         return _dry_run(args, kinds, horizons, given_features)
     if not args.sequential:
@@ -195,7 +204,8 @@ def _run(args) -> int:
 
         report = leakage_impact(log, cutoff=cutoff, eval_end=eval_end, features=features, seeds=args.seeds,
                                 probe=config, parallel=not args.sequential, kinds=feature_kinds,
-                                bound=args.bound, placebo=not args.no_placebo, progress=progress)
+                                bound=args.bound, placebo=not args.no_placebo, reference=not args.no_reference,
+                                progress=progress)
     from genrank_jax.cli.commands import machine
 
     # the command as typed (no absolute paths of this machine), and what ran it
@@ -270,6 +280,8 @@ def _dry_run(args, kinds: list[str], horizons: list[str], given_features: dict) 
     print(f"probes: {features + 1} x {args.seeds} seeds ({len(leaks)} leaks: {', '.join(leaks) or 'none'}; "
           f"{len(given_features)} features: {', '.join(given_features) or 'none'}; and the baseline)"
           + ("" if args.no_placebo else ", plus one placebo per distinct feature shape and seed")
+          + ("" if args.no_reference else f"; and the {REFERENCE!r} reference row (one logistic regression "
+                                          "on point-in-time aggregates, seconds)")
           + f"; {config.model} probes, {config.epochs} epochs, "
           + ("one at a time" if args.sequential else "trained together"))
     if preview.dataset is not None:

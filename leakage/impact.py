@@ -13,6 +13,8 @@ from genrank_jax.leakage import devices as devices_lib
 from genrank_jax.leakage.log import InteractionLog
 from genrank_jax.leakage.placebo import placebos_for
 from genrank_jax.leakage.probe import ProbeConfig
+from genrank_jax.leakage.reference import L2, column_names, reference_logits
+from genrank_jax.leakage.reference import NAME as REFERENCE
 from genrank_jax.leakage.report import LeakageReport, build_rows
 
 _KINDS = ("leak", "representation")
@@ -27,7 +29,7 @@ def probe_aucs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None = None,
                    features: dict, seeds: int = 8, probe: ProbeConfig = ProbeConfig(), parallel: bool = True,
                    kinds: dict[str, str] | None = None, bound: str | None = None, strategy: str = "auto",
-                   placebo: bool = True, progress=None) -> LeakageReport:
+                   placebo: bool = True, reference: bool = True, progress=None) -> LeakageReport:
     """Train probes with and without each feature; report AUC, delta (LIS / AIS) and intervals.
 
     Probes train on the rows with timestamp < cutoff and are evaluated on cutoff <= t < eval_end
@@ -54,6 +56,9 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         raise ValueError(f"kinds must be 'leak' or 'representation', got {bad}")
     if "baseline" in features:
         raise ValueError("'baseline' is reserved for the probe without a feature")
+    if reference and REFERENCE in features:
+        raise ValueError(f"{REFERENCE!r} is the reference row's name: name the feature otherwise, or pass "
+                         "reference=False")
     eval_end = np.inf if eval_end is None else float(eval_end)
     if not eval_end > cutoff:
         raise ValueError(f"eval_end ({eval_end}) must be after cutoff ({cutoff})")
@@ -62,6 +67,11 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
     if len(eval_rows) == 0:
         raise ValueError(f"no interactions in the eval window [{cutoff}, {eval_end})")
     prepared = {name: bank.as_feature(name, values, log) for name, values in features.items()}
+    reference_aucs, reference_seconds = None, None
+    if reference:  # first: seconds, and its temporaries are gone before the probes' arrays arrive
+        started = time.perf_counter()
+        reference_aucs = probe_aucs(reference_logits(log, train_rows, eval_rows)[None], log.labels[eval_rows])[0]
+        reference_seconds = time.perf_counter() - started
     start = time.perf_counter()
     placebos, pairs = placebos_for(prepared) if placebo else ({}, {})
     run = bank.prepare_run(log, train_rows, eval_rows, {**prepared, **placebos}, probe)
@@ -96,8 +106,15 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
     order = [0] + [1 + run.feature_names.index(name) for name in (*feature_names, *placebo_names)]
     names = tuple(names[i] for i in order)
     row_kinds = [row_kinds[i] for i in order]
-    rows = build_rows(names, row_kinds, aucs[:, order], task_aucs[:, order], log.task_names, bound=bound,
-                      placebos=pairs)
+    aucs, task_aucs = aucs[:, order], task_aucs[:, order]
+    if reference:  # deterministic: the same AUC beside every seed, so its delta pairs with each baseline probe
+        names, row_kinds = names + (REFERENCE,), row_kinds + ["reference"]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(reference_aucs)
+        aucs = np.concatenate([aucs, np.full((seeds, 1), mean)], axis=1)
+        task_aucs = np.concatenate([task_aucs, np.broadcast_to(reference_aucs, (seeds, 1, len(reference_aucs)))],
+                                   axis=1)
+    rows = build_rows(names, row_kinds, aucs, task_aucs, log.task_names, bound=bound, placebos=pairs)
     metadata = {
         "cutoff": float(cutoff), "eval_end": None if np.isinf(eval_end) else eval_end,
         "train_rows": int(len(train_rows)), "eval_rows": int(len(eval_rows)), "seeds": int(seeds),
@@ -109,6 +126,9 @@ def leakage_impact(log: InteractionLog, *, cutoff: float, eval_end: float | None
         "devices": (len(devices_lib.layout(len(slot_of) if parallel else 1, bank.resolve_strategy(strategy)).devices)
                     if probe.model == "mlp" else 1),  # the GenRank probe runs on one device
         "feature_widths": widths, "feature_per": sides,
+        "reference": None if not reference else {
+            "name": REFERENCE, "model": "logistic regression per task on point-in-time aggregates", "l2": L2,
+            "columns": list(column_names(log.task_names)), "seconds": reference_seconds},
         "seconds": time.perf_counter() - start,
     }
     return LeakageReport(tuple(rows), metadata)

@@ -15,6 +15,13 @@ Without a placebo (`leakage_impact(placebo=False)`) `delta` is the raw delta. `s
 95% interval of `delta` excludes 0 (the paper calls +0.0010 AUC significant at its scale; with few
 seeds on small data the interval is the honest yardstick). `fraction_of_bound` = AIS / LIS for
 representation rows, against one leak row, both controlled deltas.
+
+A row of kind "reference" (`features`, `leakage_impact(reference=True)`) is no LIS / AIS: it is
+the production features baseline (`reference.py`), fitted on the same rows, a yardstick for the
+probes themselves (a LIS measured with a probe weaker than it is a weak bound). It is deterministic,
+so its AUC stands beside every seed and its delta is AUC(reference) - AUC(baseline probe of each
+seed), paired like the others: the interval is the baseline probe's spread over seeds, on this eval
+window (the eval rows' own sampling error, shared by both, is not in any interval here).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import math
 import numpy as np
 import scipy.stats
 
-KINDS = ("baseline", "leak", "representation", "feature", "placebo")
+KINDS = ("baseline", "leak", "representation", "feature", "placebo", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +45,8 @@ class LeakageRow:
     representation; ci_low/ci_high: its 95% paired t interval (NaN with one seed); raw_delta,
     raw_ci_low, raw_ci_high: the same against the baseline; fraction_of_bound: AIS / LIS of
     `bound` (representations only, else None). A placebo row's delta is its raw delta: what an
-    input without information costs the probe.
+    input without information costs the probe; a reference row's (kind "reference", see the module)
+    is its gain over the baseline probe, no LIS / AIS, and its aucs repeat one deterministic AUC.
     """
 
     name: str
@@ -141,16 +149,29 @@ class LeakageReport:
     def baseline(self) -> LeakageRow:
         return self.rows[0]
 
+    @property
+    def reference(self) -> LeakageRow | None:
+        """The reference row (the features baseline), or None when the run had none."""
+        return next((r for r in self.rows if r.kind == "reference"), None)
+
     def to_markdown(self, digits: int = 4) -> str:
         """A markdown table: AUC mean +- std; the reported delta (LIS / AIS, against the row named
         in "vs") with its 95% interval; the raw delta against the baseline with its interval;
-        fraction of bound."""
+        fraction of bound. A reference row shows its one AUC and its delta vs the baseline probe
+        (no raw columns: the same figure), and a note under the table says it is no LIS / AIS."""
         lines = ["| feature | kind | AUC (mean ± std) | Δ AUC (LIS / AIS) | 95% CI | significant | vs "
                  "| raw Δ vs baseline | raw 95% CI | AIS / LIS |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in self.rows:
+            auc = f"{r.auc_mean:.{digits}f} ± {r.auc_std:.{digits}f}"
             if r.kind == "baseline":
                 delta = ci = sig = vs = raw = raw_ci = "—"
+            elif r.kind == "reference":
+                auc = f"{r.auc_mean:.{digits}f} (no seeds)"
+                delta = f"{r.delta:+.{digits}f}"
+                ci = _interval(r.ci_low, r.ci_high, digits)
+                sig = "yes" if r.significant else "no"
+                vs, raw, raw_ci = "baseline probe (not an LIS)", "—", "—"
             else:
                 delta = f"{r.delta:+.{digits}f}"
                 ci = _interval(r.ci_low, r.ci_high, digits)
@@ -159,8 +180,13 @@ class LeakageReport:
                 raw = f"{r.raw_delta:+.{digits}f}"
                 raw_ci = _interval(r.raw_ci_low, r.raw_ci_high, digits)
             fraction = "" if r.fraction_of_bound is None else f"{r.fraction_of_bound:.2f} (of {r.bound})"
-            lines.append(f"| {r.name} | {r.kind} | {r.auc_mean:.{digits}f} ± {r.auc_std:.{digits}f} | {delta} | {ci} "
+            lines.append(f"| {r.name} | {r.kind} | {auc} | {delta} | {ci} "
                          f"| {sig} | {vs} | {raw} | {raw_ci} | {fraction} |")
+        if self.reference is not None:
+            lines += ["", f"{self.reference.name} (reference): the production features baseline, a logistic regression "
+                          "on point-in-time item and user rates, counts and recency, fitted on the probes' train rows; "
+                          "not an LIS / AIS. Its Δ is its AUC minus the baseline probe's of each seed: below 0, the "
+                          "probes rank better than it; above 0, they rank worse and their LIS is a weak bound."]
         return "\n".join(lines) + "\n"
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -179,12 +205,13 @@ class LeakageReport:
 
     def plot(self, path) -> None:
         """Bars of each feature's reported delta (solid, against its placebo) and raw delta
-        (hatched, against the baseline), each with its 95% interval; PNG (matplotlib Agg)."""
+        (hatched, against the baseline), each with its 95% interval; PNG (matplotlib Agg). The
+        reference row is no LIS / AIS and gets no bar: its AUC is in the title."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [r for r in self.rows if r.kind != "baseline"]
+        rows = [r for r in self.rows if r.kind not in ("baseline", "reference")]
         colors = {"leak": "#c0392b", "representation": "#2471a3", "feature": "#7f8c8d", "placebo": "#b7950b"}
 
         def bars(values, lows, highs):
@@ -206,8 +233,11 @@ class LeakageReport:
         ax.set_xticks(x, [r.name for r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Δ AUC (95% CI)")
         ax.legend(fontsize=7)
-        ax.set_title(f"LIS / AIS (baseline AUC {self.baseline.auc_mean:.4f}, {len(self.baseline.aucs)} seeds)",
-                     fontsize=9)
+        title = f"LIS / AIS (baseline AUC {self.baseline.auc_mean:.4f}, {len(self.baseline.aucs)} seeds)"
+        reference = self.reference
+        if reference is not None:
+            title += f"\nreference {reference.name} AUC {reference.auc_mean:.4f} ({reference.delta:+.4f} vs baseline)"
+        ax.set_title(title, fontsize=9)
         fig.tight_layout()
         fig.savefig(path, format="png")
         plt.close(fig)

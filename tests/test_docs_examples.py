@@ -29,6 +29,7 @@ CHECKS = {
     "docs/guides/lis.md": """
 table = report.to_markdown()
 assert "| future_item_embeddings@7d | leak |" in table and "| content | representation |" in table, table
+assert "| features | reference |" in table, table  # the features baseline, a yardstick for the probes
 """,
     "docs/guides/serving.md": """
 import numpy as np
