@@ -408,7 +408,9 @@ def lis_section(results: pathlib.Path) -> list[str]:
             f"({meta.get('seconds', 0):.0f} s of probes{_load_text(meta)}). "
             "Δ (LIS / AIS) is the mean paired AUC gain over the "
             "placebo probe of the same seed (a random feature of the same kind and width, the row named in \"vs\"); "
-            "raw Δ is the gain over the no-feature baseline. AIS / LIS divides by the largest LIS.")
+            "raw Δ is the gain over the no-feature baseline. AIS / LIS divides by the largest LIS. The `features` row "
+            "is the production baseline (a logistic regression on point-in-time rates and counts), a reference for "
+            "the probes, not an LIS.")
     return [title, "", f"Machine: {machine(meta)}. Command: `{meta.get('command', 'not recorded')}` (the README's, "
                        "run by `bench/lis_movielens.py`).", "", text, "", *path.read_text().rstrip().splitlines(),
             "", f"_Source: `{relative(path)}`, `{relative(twin)}`._"]
@@ -591,6 +593,12 @@ def headline(results: pathlib.Path) -> str:
             if shown:
                 best = max(shown, key=lambda row: row["fraction_of_bound"])
                 text += f"; the best item feature, `{best['name']}`, reaches AIS / LIS {best['fraction_of_bound']:.2f}"
+            reference = next((row for row in rows if row["kind"] == "reference"), None)
+            if reference is not None:  # is the probe a competent ranker? (issue 26)
+                text += (f"; the `features` baseline scores {reference['auc_mean']:.4f} AUC, "
+                         f"{reference['delta']:+.4f} [{reference['ci_low']:+.4f}, {reference['ci_high']:+.4f}] "
+                         + ("above the probes without a feature (they rank worse: the LIS is a loose bound)"
+                            if reference["ci_low"] > 0 else "against the probes without a feature"))
             lines.append(text + f" {link}.")
     run = newest_run(results, "lis_scale")
     if run is not None:
