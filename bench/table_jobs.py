@@ -8,7 +8,8 @@ One job = one (data, schedule, model) with 3 seeds (`bench/ablation.py --models 
 the queue can run models side by side; pairing by seed happens when the tables are rendered
 (bench/feed_tables.py). Order: the streaming table (issue 22) on the `feed` preset and ml-100k,
 then the epoch protocol on `feed`, then issue 26's table (ml-100k, ml-latest-small, the default
-simulator), then streaming per feed phenomenon (GenRank and DIN). Every model uses the jnp
+simulator), then streaming per feed phenomenon (GenRank and DIN), then the two history ablations
+on sparse ids (the feed preset with 20,000 items). Every model uses the jnp
 attention (`attention_impl=xla`): the two history ablations need it, and the comparison is then
 one attention code for all.
 """
@@ -33,6 +34,7 @@ PHENOMENA = {
     "newitems": ["new_item_fraction=0.3"],
     "trend": ["trend_strength=1.5"],
 }
+SPARSE_ITEMS = 20_000  # the feed preset has 500
 FEED_OFF = ["action_dynamics=0", "fatigue=0", "repeat_strength=0", "new_item_fraction=0", "trend_strength=0"]
 
 
@@ -60,6 +62,10 @@ def jobs(prepared_dir: str) -> list[str]:
         sim += [f"--sim={s}" for s in settings]
         lines += [job(f"phenomenon-{phenomenon}_stream_{m}", "synthetic:feed", m, *stream, *sim)
                   for m in ("genrank", "din")]
+    # the paper's two ablations where its explanation (one pass over sparse ids) would show: the
+    # feed preset with 40x the items, so an item is seen about 40x less often
+    lines += [job(f"sparse-ids_stream_{m}", "synthetic:feed", m, *stream, f"--sim=num_items={SPARSE_ITEMS}")
+              for m in ("genrank", "genrank-historyloss", "genrank-fullhistory")]
     return lines
 
 
