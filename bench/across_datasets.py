@@ -23,6 +23,16 @@ from ablation import MODELS, paired_interval
 from feed_tables import read_runs
 
 
+def goal_verdict(genrank: dict, features: dict) -> str:
+    """GenRank − features paired by seed, and which side of zero its interval lies."""
+    common = sorted(set(genrank) & set(features))
+    if len(common) < 2:
+        return "not measured with 2+ seeds"
+    mean, low, high = paired_interval([genrank[s] for s in common], [features[s] for s in common])
+    side = "above zero: met" if low > 0 else "below zero: not met" if high < 0 else "not separated from zero: not met"
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}] over {len(common)} seeds, {side}"
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="ablation JSON files")
@@ -65,6 +75,9 @@ def main(argv=None) -> str:
             cells.append(cell)
         if any(cells):
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Against the goal (GenRank above features on every dataset, 3 seeds, the paired interval above 0):"]
+    lines += [f"- {data}: {goal_verdict(auc.get((data, 'genrank'), {}), auc.get((data, 'features'), {}))}"
+              for data in datasets]
     text = "\n".join(
         ["Eval AUC of the first action in each model's best validation state (early stopping on the latest 15% of "
          "train; no refit), mean ± std over seeds; 'vs features': the difference to the features baseline paired "
