@@ -541,7 +541,7 @@ def headline(results: pathlib.Path) -> str:
         if found:
             goal = [line.removeprefix("- ") for line in streaming.read_text().splitlines()
                     if line.startswith(("- GenRank − item-oriented: ", "- fully visible history − GenRank",
-                                        "- loss at history positions − GenRank"))]
+                                        "- loss at history positions − GenRank", "- on synthetic:feed, "))]
             lines.append(f"- On the `feed` simulator, trained as feeds train (one pass in time order, each day scored "
                          f"before it is learnt): GenRank − DIN next-day click AUC "
                          f"{found[0].removeprefix('- GenRank − DIN: ')}; " + "; ".join(goal) + f" {link}.")
