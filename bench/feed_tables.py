@@ -157,7 +157,8 @@ def sparse_table(groups) -> list[str]:
 def cost_table(groups) -> list[str]:
     lines = ["Seconds per run (compile + training + validation; median over seeds) on each machine. On the "
              "H200 14 runs shared the GPU and its 16 cores at once (bench/job_queue.py), so a run there took "
-             "longer than it would alone; the CPU is this project's 2-core machine, one run at a time.", "",
+             "longer than it would alone; on this project's 2-core CPU one to three runs shared the cores "
+             "(load average up to 5.6), so its seconds are upper bounds too.", "",
              "| data | schedule | model | machine | seconds per run | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for (data, schedule, model), rows in sorted(groups.items()):
         if ", only " in data:
