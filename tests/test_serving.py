@@ -29,9 +29,11 @@ def feed():
     return simulate(SimulatorConfig.preset("tests"))
 
 
-def make_batch(dataset, organization, seed=0, count=5, max_history=20):
-    """A token batch whose rows have different history lengths, one of them none."""
-    builder = SampleBuilder(dataset, SampleLayout(max_history=max_history, organization=organization))
+def make_batch(dataset, organization, seed=0, count=5, max_history=20, aggregates=False):
+    """A token batch whose rows have different history lengths, one of them none (with the aggregate
+    features training gives a model that reads them, if `aggregates`)."""
+    builder = SampleBuilder(dataset, SampleLayout(max_history=max_history, organization=organization,
+                                                  aggregates=aggregates))
     rng = np.random.default_rng(seed)
     requests = np.asarray(dataset.train_requests)
     with_history = requests[builder.history_count[requests] >= 1]

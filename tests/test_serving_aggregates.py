@@ -7,12 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from genrank_jax.data.samples import SampleBuilder, SampleLayout
 from genrank_jax.data.synthetic import SimulatorConfig, simulate
 from genrank_jax.data.tokens import NO_ITEM
 from genrank_jax.serving import History, ServingError, split_batch
 from genrank_jax.serving.scorer import Scorer, requests_from
-from tests.test_serving import ATOL, full_pass_candidates, make_model
+from tests.test_serving import ATOL, full_pass_candidates, make_batch, make_model
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +19,8 @@ def feed():
     return simulate(SimulatorConfig.preset("tests", seed=5))
 
 
-def aggregate_batch(dataset, seed=0, count=5, max_history=20):
-    """Like test_serving.make_batch, with the aggregate features training gives the model."""
-    builder = SampleBuilder(dataset, SampleLayout(max_history=max_history, aggregates=True))
-    rng = np.random.default_rng(seed)
-    requests = np.asarray(dataset.train_requests)
-    with_history = requests[builder.history_count[requests] >= 1]
-    chosen = np.concatenate([rng.choice(with_history, count - 1, replace=False),
-                             requests[builder.history_count[requests] == 0][:1]])
-    return builder.build(chosen, int(builder.token_counts(chosen).max()) + 3)
+def aggregate_batch(dataset, seed=0, count=5):
+    return make_batch(dataset, "action", seed=seed, count=count, aggregates=True)
 
 
 def aggregate_model(dataset, seed=0):
