@@ -102,9 +102,10 @@ def test_lis_command_writes_table_json_and_plot(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "lis.json").read_text())
     names = [row["name"] for row in report["rows"]]
-    # the leaks, then one placebo per shape (next_item is per interaction, the neighbours per item)
+    # the leaks, then one placebo per shape (next_item is per interaction, the neighbours per item), then
+    # the features baseline as the probes' reference
     assert names == ["baseline", "next_item@7d", "cooccurrence_neighbors@7d", "placebo[interaction,32]",
-                     "placebo[item,32]"]
+                     "placebo[item,32]", "features"]
     rows = {row["name"]: row for row in report["rows"]}
     assert rows["next_item@7d"]["paired_with"] == "placebo[interaction,32]"
     assert rows["cooccurrence_neighbors@7d"]["paired_with"] == "placebo[item,32]"
