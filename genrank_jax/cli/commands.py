@@ -638,8 +638,6 @@ def _run_export(args, out: pathlib.Path) -> int:
     model, step = load_checkpoint_model(args.checkpoint, args.step)
     vocabulary = load_checkpoint_vocabulary(args.checkpoint, step)
     scaling = load_checkpoint_aggregates(args.checkpoint) if model.config.use_aggregates else None
-    check_exportable(model)
-    check_aggregate_scaling(model, scaling)
     names = (["encode.jaxexport", "score.jaxexport", "params.npz", "manifest.json"] + (["vocabulary.npz"]
              if vocabulary else []) + (["aggregates.json"] if scaling else []))
     files = ", ".join(names) + (" (vocabulary.npz: raw ids)" if vocabulary else "") + (
@@ -649,6 +647,8 @@ def _run_export(args, out: pathlib.Path) -> int:
 
         from genrank_jax.cli.dry_run import NOTHING_WRITTEN
 
+        check_exportable(model)  # export_scorer checks these itself
+        check_aggregate_scaling(model, scaling)
         params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
         print(f"checkpoint: step {step} of {args.checkpoint} (verified: checksums, finite), GenRank "
               f"{model.config.organization}/{model.config.block} with {params:,} parameters"

@@ -151,7 +151,7 @@ def export_scorer(model, out, *, platforms=("cpu",), vocabulary=None, aggregate_
     check_aggregate_scaling(model, aggregate_scaling)
     check_free(out, overwrite=overwrite)
     with written_whole(out, overwrite=overwrite) as folder:
-        _write_export(model, folder, platforms, vocabulary, aggregate_scaling if model.config.use_aggregates else None)
+        _write_export(model, folder, platforms, vocabulary, aggregate_scaling)
     return pathlib.Path(out)
 
 
@@ -226,7 +226,7 @@ def _write_export(model, out: pathlib.Path, platforms, vocabulary, aggregate_sca
         manifest["vocabulary"] = dict(file=FILE_NAME, sha256=vocabulary.digest(),
                                       apply="genrank_jax.serving.export.load_vocabulary(folder)"
                                             ".items.lookup(raw_item_ids); .users.lookup(raw_user_ids)")
-    if aggregate_scaling is not None:
+    if config.use_aggregates:  # a scaling given for a model without aggregate inputs is not shipped
         aggregate_scaling.save(out / SCALING_FILE)
         manifest["aggregates"] = dict(
             file=SCALING_FILE, sha256=hashlib.sha256((out / SCALING_FILE).read_bytes()).hexdigest(),

@@ -348,8 +348,7 @@ def _history_tokens(history: History, positions):
                    request_index=jnp.asarray(history.request_index, jnp.int32),
                    gap_bucket=jnp.asarray(history.gap_bucket, jnp.int32), slot=jnp.asarray(history.slot, jnp.int32),
                    timestamps=jnp.asarray(history.timestamps, jnp.float32),
-                   lengths=jnp.asarray(history.lengths, jnp.int32),
-                   aggregates=None if history.aggregates is None else jnp.asarray(history.aggregates, jnp.float32))
+                   lengths=jnp.asarray(history.lengths, jnp.int32), aggregates=history.aggregates)
 
 
 def _pad_to(x, axis: int, size: int, value=0):
@@ -391,8 +390,6 @@ def encode_history(model, history: History, *, num_candidates=None, capacity: in
         # changes every earlier token when one arrives, so no cache can serve it
         raise ServingError(f"a model with history_mask={config.history_mask!r} (a research ablation) cannot be "
                            "served from a history cache: only the causal history can")
-    if not config.use_aggregates:  # a model without aggregate inputs ignores any given
-        history = dataclasses.replace(history, aggregates=None)
     batch, width = history.item_ids.shape
     capacity = width if capacity is None else int(capacity)
     check_history(config, history, capacity)
@@ -464,7 +461,7 @@ def score(model, cache: HistoryCache, candidates: Candidates, *, impl: str | Non
         positions=positions, request_index=per_slot(candidates.request_index, jnp.int32),
         gap_bucket=per_slot(candidates.gap_bucket, jnp.int32), slot=jnp.asarray(candidates.slot, jnp.int32),
         timestamps=per_slot(candidates.request_time, jnp.float32), lengths=num_candidates,
-        aggregates=jnp.asarray(candidates.aggregates, jnp.float32) if config.use_aggregates else None)
+        aggregates=candidates.aggregates)  # read only by a model with use_aggregates
     logits = model.forward(tokens, _attend_cache(cache, tokens, impl=impl)).logits
     return jnp.where(valid[..., None], logits, 0.0)
 
@@ -494,8 +491,6 @@ def append(model, cache: HistoryCache, new: History, *, tag: np.ndarray | None =
                            "history grows; encode the longer history instead")
     _check_cache_shape(model, cache)
     check_model(cache, model_tag(model) if tag is None else tag)
-    if not config.use_aggregates:
-        new = dataclasses.replace(new, aggregates=None)
     batch, width = new.item_ids.shape
     if batch != cache.batch_size:
         raise ServingError(f"new exposures are for {batch} users but the cache holds {cache.batch_size}")
